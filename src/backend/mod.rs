@@ -1,0 +1,119 @@
+//! Backends: where messages go once made. Each sits behind [`Backend`], fed through its own
+//! bounded channel, as the seed's `ContainerLogMonitor([local, mqtt])` does.
+//!
+//! A backend reports what it has *taken* (safely written, acknowledged or spooled) to
+//! [`Progress`]; the resume cursor of a container never passes a line some backend has not taken.
+
+pub mod local;
+pub mod mqtt;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use crate::message::{LogMessage, Position};
+
+/// One destination for log messages.
+pub trait Backend: Send + Sync {
+    /// Short name used in health, metrics and logs (`local`, `mqtt`).
+    fn name(&self) -> &'static str;
+
+    /// Hands one message over. Blocks while the backend's queue is full, which slows the
+    /// container reader and leaves the log with the engine; never drops silently.
+    fn log(&self, msg: &Arc<LogMessage>);
+
+    /// Flushes what is queued and stops the backend's threads. Called once, after the readers
+    /// stopped; returns within the backend's own deadline (well under SPEC's 5 s).
+    fn shutdown(&self);
+
+    /// False when the backend cannot currently do its job (broker away, disk full).
+    fn healthy(&self) -> bool;
+
+    /// This backend's part of `/api/v1/health`.
+    fn health(&self) -> serde_json::Value;
+
+    /// Appends this backend's Prometheus lines to `out`.
+    fn metrics(&self, out: &mut String);
+}
+
+/// Per backend, per container: the last position the backend has taken.
+pub struct Progress {
+    slots: Vec<Mutex<HashMap<Arc<str>, Position>>>,
+}
+
+impl Progress {
+    pub fn new(backends: usize) -> Progress {
+        Progress {
+            slots: (0..backends).map(|_| Mutex::new(HashMap::new())).collect(),
+        }
+    }
+
+    pub fn backends(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Backend `backend` has taken every line of `container` up to `pos`.
+    pub fn taken(&self, backend: usize, container: &Arc<str>, pos: Position) {
+        let Some(slot) = self.slots.get(backend) else {
+            return;
+        };
+        let mut map = slot.lock().unwrap_or_else(|p| p.into_inner());
+        match map.get_mut(container) {
+            Some(p) if *p >= pos => {}
+            Some(p) => *p = pos,
+            None => {
+                map.insert(container.clone(), pos);
+            }
+        }
+    }
+
+    /// For each container every backend has taken something of: the lowest such position.
+    pub fn safe(&self) -> HashMap<Arc<str>, Position> {
+        let mut out: Option<HashMap<Arc<str>, Position>> = None;
+        for slot in &self.slots {
+            let map = slot.lock().unwrap_or_else(|p| p.into_inner());
+            out = Some(match out {
+                None => map.clone(),
+                Some(prev) => prev
+                    .into_iter()
+                    .filter_map(|(k, p)| map.get(&k).map(|q| (k, p.min(*q))))
+                    .collect(),
+            });
+        }
+        out.unwrap_or_default()
+    }
+
+    /// Forgets a container (removed from the engine) in every slot.
+    pub fn forget(&self, container: &str) {
+        for slot in &self.slots {
+            slot.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(container);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pos(ts_ns: i64, seen: u32) -> Position {
+        Position { ts_ns, seen }
+    }
+
+    #[test]
+    fn safe_is_the_slowest_backend() {
+        let p = Progress::new(2);
+        let a: Arc<str> = Arc::from("a");
+        let b: Arc<str> = Arc::from("b");
+        p.taken(0, &a, pos(10, 1));
+        p.taken(0, &b, pos(5, 1));
+        p.taken(1, &a, pos(7, 2));
+        let safe = p.safe();
+        assert_eq!(safe.get(&a), Some(&pos(7, 2)));
+        assert_eq!(safe.get(&b), None, "backend 1 took nothing of b yet");
+        p.taken(1, &a, pos(6, 1));
+        assert_eq!(p.safe().get(&a), Some(&pos(7, 2)), "never moves back");
+        p.taken(1, &b, pos(9, 1));
+        assert_eq!(p.safe().get(&b), Some(&pos(5, 1)));
+    }
+}

@@ -1,0 +1,1 @@
+//! The MQTT backend (SPEC §3–§5).

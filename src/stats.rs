@@ -1,0 +1,64 @@
+//! Counters of the agent as a whole (the reading side); each backend keeps its own.
+//! Read by `/api/v1/health`, `/metrics`, the systemd status line and the watchdog.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Instant;
+
+#[derive(Debug)]
+pub struct Stats {
+    pub started: Instant,
+    /// Container lines read from the engine.
+    pub lines_read: AtomicU64,
+    pub bytes_read: AtomicU64,
+    /// Lines in which invalid UTF-8 was replaced.
+    pub invalid_utf8: AtomicU64,
+    /// Lines cut at `MAX_LINE_BYTES`.
+    pub truncated: AtomicU64,
+    /// Log or event streams that broke, and in-band engine errors.
+    pub engine_errors: AtomicU64,
+    /// Times a reader or the events follower had to reconnect.
+    pub engine_reconnects: AtomicU64,
+    /// Whether the engine answered last time we asked.
+    pub docker_up: AtomicBool,
+    /// Lines skipped by the rate limit.
+    pub suppressed: AtomicU64,
+    /// Resumes that found the engine had already dropped lines past the cursor.
+    pub gaps: AtomicU64,
+    /// Agent warnings that could not become `manager` messages (their queue was full).
+    pub manager_dropped: AtomicU64,
+    /// Bumped by every thread that made progress; the watchdog looks for movement.
+    pub heartbeat: AtomicU64,
+    /// The engine's API version in use.
+    pub api_version: Mutex<String>,
+}
+
+impl Default for Stats {
+    fn default() -> Stats {
+        Stats {
+            started: Instant::now(),
+            lines_read: AtomicU64::new(0),
+            bytes_read: AtomicU64::new(0),
+            invalid_utf8: AtomicU64::new(0),
+            truncated: AtomicU64::new(0),
+            engine_errors: AtomicU64::new(0),
+            engine_reconnects: AtomicU64::new(0),
+            docker_up: AtomicBool::new(false),
+            suppressed: AtomicU64::new(0),
+            gaps: AtomicU64::new(0),
+            manager_dropped: AtomicU64::new(0),
+            heartbeat: AtomicU64::new(0),
+            api_version: Mutex::new(String::new()),
+        }
+    }
+}
+
+impl Stats {
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+}
