@@ -189,37 +189,42 @@ pub struct Draft {
     pub is_stderr: bool,
     pub truncated: bool,
     pub position: Option<Position>,
-    /// Tells apart system and manager messages of the same nanosecond; `seen` is used for lines.
-    pub discriminator: &'static str,
+    /// The stable id (see [`line_id`], [`event_id`], [`manager_id`]).
+    pub id: String,
+}
+
+/// The id of a container line: the same engine line always gets the same id.
+pub fn line_id(origin: &Origin, pos: Position) -> String {
+    format!(
+        "{}-{}-{}",
+        origin.short_id(),
+        pos.ts_ns,
+        pos.seen.saturating_sub(1)
+    )
+}
+
+/// The id of a lifecycle event of a container.
+pub fn event_id(origin: &Origin, time_nano: i64, action: &str) -> String {
+    let mut id = format!("{}-{}-", origin.short_id(), time_nano);
+    id.extend(
+        action
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }),
+    );
+    id
+}
+
+/// The id of the agent's own message number `seq` of this run.
+pub fn manager_id(ts_ns: i64, seq: u64) -> String {
+    format!("manager-{ts_ns}-{seq}")
 }
 
 impl LogMessage {
     pub fn new(d: Draft) -> LogMessage {
-        let id = match (d.kind, d.position) {
-            (SourceKind::Container, Some(p)) => {
-                format!(
-                    "{}-{}-{}",
-                    d.origin.short_id(),
-                    p.ts_ns,
-                    p.seen.saturating_sub(1)
-                )
-            }
-            (SourceKind::Manager, _) => format!("manager-{}-{}", d.ts_ns, d.discriminator),
-            _ => format!(
-                "{}-{}-{}",
-                d.origin.short_id(),
-                d.ts_ns,
-                if d.discriminator.is_empty() {
-                    "system"
-                } else {
-                    d.discriminator
-                }
-            ),
-        };
         let mut json = String::with_capacity(d.text.len() + 320);
-        encode(&mut json, &id, &d);
+        encode(&mut json, &d.id, &d);
         LogMessage {
-            id,
+            id: d.id,
             text: d.text,
             ts_ns: d.ts_ns,
             level: d.level,
@@ -329,7 +334,13 @@ mod tests {
                 ts_ns: 1_696_195_200_000_123_456,
                 seen: 1,
             }),
-            discriminator: "",
+            id: line_id(
+                &origin(),
+                Position {
+                    ts_ns: 1_696_195_200_000_123_456,
+                    seen: 1,
+                },
+            ),
         })
     }
 

@@ -1,1 +1,183 @@
-//! The local backend: a memory ring for the API and a file writer.
+//! The local backend (the seed's `LocalLogBackend`): every message goes into the memory ring at
+//! once and, with `LOG_FILE_PERSISTENCE`, through a bounded channel to the file-writer thread.
+//!
+//! A full channel blocks the caller, which is a container reader: the engine keeps the log
+//! until we catch up. Nothing is dropped here.
+
+pub mod files;
+pub mod ring;
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crossbeam_channel::Sender;
+
+use crate::backend::{Backend, Progress};
+use crate::message::LogMessage;
+use files::{Cmd, FileStats, Settings, Writer};
+use ring::Ring;
+
+/// Messages waiting for the file writer; enough for bursts, small enough for a Pi.
+const QUEUE: usize = 4096;
+
+pub struct LocalBackend {
+    ring: Arc<Ring>,
+    tx: Mutex<Option<Sender<Cmd>>>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+    stats: Arc<FileStats>,
+    progress: Arc<Progress>,
+    index: usize,
+    persist: bool,
+}
+
+impl LocalBackend {
+    /// Starts the file writer (when `files` is given) and returns the backend.
+    pub fn start(
+        memory: usize,
+        files: Option<Settings>,
+        progress: Arc<Progress>,
+        index: usize,
+    ) -> std::io::Result<Arc<LocalBackend>> {
+        let stats = Arc::new(FileStats::default());
+        let (tx, writer) = match files {
+            Some(settings) => {
+                std::fs::create_dir_all(&settings.dir)?;
+                let (tx, rx) = crossbeam_channel::bounded(QUEUE);
+                let w = Writer::new(settings, progress.clone(), index, stats.clone());
+                let handle = std::thread::Builder::new()
+                    .name("file-writer".into())
+                    .stack_size(256 * 1024)
+                    .spawn(move || w.run(rx))?;
+                (Some(tx), Some(handle))
+            }
+            None => (None, None),
+        };
+        Ok(Arc::new(LocalBackend {
+            ring: Arc::new(Ring::new(memory)),
+            persist: tx.is_some(),
+            tx: Mutex::new(tx),
+            writer: Mutex::new(writer),
+            stats,
+            progress,
+            index,
+        }))
+    }
+
+    pub fn ring(&self) -> &Arc<Ring> {
+        &self.ring
+    }
+
+    fn sender(&self) -> Option<Sender<Cmd>> {
+        self.tx.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Closes every log file so the next line reopens it (SIGHUP).
+    pub fn reopen(&self) {
+        if let Some(tx) = self.sender() {
+            let _ = tx.send(Cmd::Reopen);
+        }
+    }
+
+    /// Waits until everything handed over so far is written and flushed; false on timeout.
+    /// The watchdog uses it to see that the writer still moves.
+    pub fn sync(&self, timeout: Duration) -> bool {
+        let Some(tx) = self.sender() else {
+            return true;
+        };
+        let (done_tx, done_rx) = crossbeam_channel::bounded(1);
+        if tx.send_timeout(Cmd::Sync(done_tx), timeout).is_err() {
+            return false;
+        }
+        done_rx.recv_timeout(timeout).is_ok()
+    }
+}
+
+impl Backend for LocalBackend {
+    fn name(&self) -> &'static str {
+        "local"
+    }
+
+    fn log(&self, msg: &Arc<LogMessage>) {
+        self.ring.push(msg);
+        match self.sender() {
+            Some(tx) => {
+                // Blocks while the writer is behind: backpressure onto the reader.
+                if tx.send(Cmd::Write(msg.clone())).is_err() {
+                    self.stats.failed.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            None => {
+                if let Some(pos) = msg.position {
+                    self.progress
+                        .taken(self.index, &msg.origin.container_id, pos);
+                }
+            }
+        }
+    }
+
+    fn shutdown(&self) {
+        drop(self.tx.lock().unwrap_or_else(|p| p.into_inner()).take());
+        if let Some(h) = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            let _ = h.join();
+        }
+    }
+
+    fn healthy(&self) -> bool {
+        !self.stats.failing.load(Ordering::Relaxed)
+    }
+
+    fn health(&self) -> serde_json::Value {
+        serde_json::json!({
+            "memory": self.ring.len(),
+            "files": self.persist,
+            "written": self.stats.written.load(Ordering::Relaxed),
+            "writeErrors": self.stats.failed.load(Ordering::Relaxed),
+            "failing": self.stats.failing.load(Ordering::Relaxed),
+        })
+    }
+
+    fn metrics(&self, out: &mut String) {
+        use std::fmt::Write as _;
+        let s = &self.stats;
+        let rows = [
+            (
+                "container_logd_local_memory_messages",
+                "gauge",
+                "Messages held in the memory ring.",
+                self.ring.len() as u64,
+            ),
+            (
+                "container_logd_local_written_total",
+                "counter",
+                "Lines written to log files.",
+                s.written.load(Ordering::Relaxed),
+            ),
+            (
+                "container_logd_local_written_bytes_total",
+                "counter",
+                "Bytes written to log files.",
+                s.bytes.load(Ordering::Relaxed),
+            ),
+            (
+                "container_logd_local_rotations_total",
+                "counter",
+                "Log file rotations.",
+                s.rotations.load(Ordering::Relaxed),
+            ),
+            (
+                "container_logd_local_dropped_total",
+                "counter",
+                "Lines that could not be written to a file.",
+                s.failed.load(Ordering::Relaxed),
+            ),
+        ];
+        for (name, kind, help, v) in rows {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
+            );
+        }
+    }
+}

@@ -1,0 +1,112 @@
+//! The memory ring: the last `LOG_MAX_MEMORY` messages, for `/api/v1/logs`, and the fan-out of
+//! new messages to live subscribers (`/api/v1/logs/stream`).
+//!
+//! It holds `Arc`s of messages the backends already share, so a message costs memory once.
+//! A subscriber that does not keep up is cut off, never waited for.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+
+use crate::message::LogMessage;
+
+/// A bounded, newest-last list of messages.
+pub struct Ring {
+    inner: Mutex<Inner>,
+    cap: usize,
+}
+
+struct Inner {
+    items: VecDeque<Arc<LogMessage>>,
+    subscribers: Vec<Sender<Arc<LogMessage>>>,
+    /// Messages ever pushed; the ring holds the last `items.len()` of them.
+    total: u64,
+}
+
+impl Ring {
+    pub fn new(cap: usize) -> Ring {
+        Ring {
+            inner: Mutex::new(Inner {
+                items: VecDeque::with_capacity(cap.min(4096)),
+                subscribers: Vec::new(),
+                total: 0,
+            }),
+            cap: cap.max(1),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn push(&self, msg: &Arc<LogMessage>) {
+        let mut inner = self.lock();
+        if inner.items.len() == self.cap {
+            inner.items.pop_front();
+        }
+        inner.items.push_back(msg.clone());
+        inner.total += 1;
+        // A full subscriber queue means a slow client: drop it (its stream ends), keep going.
+        inner.subscribers.retain(|tx| {
+            !matches!(
+                tx.try_send(msg.clone()),
+                Err(TrySendError::Full(_) | TrySendError::Disconnected(_))
+            )
+        });
+    }
+
+    /// Up to `limit` of the newest messages that `keep` accepts, oldest first.
+    pub fn query(&self, limit: usize, keep: impl Fn(&LogMessage) -> bool) -> Vec<Arc<LogMessage>> {
+        let inner = self.lock();
+        let mut out: Vec<Arc<LogMessage>> = inner
+            .items
+            .iter()
+            .rev()
+            .filter(|m| keep(m))
+            .take(limit)
+            .cloned()
+            .collect();
+        out.reverse();
+        out
+    }
+
+    /// The current contents that `keep` accepts (up to `limit`) and a receiver of every message
+    /// pushed after them, taken under one lock so nothing falls between the two.
+    pub fn subscribe(
+        &self,
+        limit: usize,
+        queue: usize,
+        keep: impl Fn(&LogMessage) -> bool,
+    ) -> (Vec<Arc<LogMessage>>, Receiver<Arc<LogMessage>>) {
+        let (tx, rx) = crossbeam_channel::bounded(queue);
+        let mut inner = self.lock();
+        let mut backlog: Vec<Arc<LogMessage>> = inner
+            .items
+            .iter()
+            .rev()
+            .filter(|m| keep(m))
+            .take(limit)
+            .cloned()
+            .collect();
+        backlog.reverse();
+        inner.subscribers.push(tx);
+        (backlog, rx)
+    }
+
+    pub fn len(&self) -> usize {
+        self.lock().items.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn total(&self) -> u64 {
+        self.lock().total
+    }
+
+    pub fn subscribers(&self) -> usize {
+        self.lock().subscribers.len()
+    }
+}
