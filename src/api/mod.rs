@@ -1,0 +1,245 @@
+//! The HTTP API of SPEC §6 on tiny_http: `/api/v1/logs`, `/api/v1/containers`,
+//! `/api/v1/health`, `/metrics`.
+//!
+//! One thread (`api`) answers requests one after another; every answer is built from memory in
+//! well under a millisecond. With `API_TOKEN` set, every request needs
+//! `Authorization: Bearer <token>`. This module only reads: it never changes the pipeline.
+
+pub mod query;
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use tiny_http::{Header, Method, Request, Response, Server};
+
+use crate::backend::local::ring::Ring;
+use crate::backend::Backend;
+use crate::config::Secret;
+use crate::message::push_json_str;
+use crate::monitor::Shared;
+use crate::stats::Stats;
+use query::{split_url, Filter};
+
+/// What the API reads from.
+pub struct Context {
+    pub ring: Arc<Ring>,
+    pub monitor: Arc<Shared>,
+    pub backends: Vec<Arc<dyn Backend>>,
+    pub stats: Arc<Stats>,
+    pub token: Option<Secret>,
+}
+
+pub struct Api {
+    server: Arc<Server>,
+    thread: Option<JoinHandle<()>>,
+    pub addr: SocketAddr,
+}
+
+impl Api {
+    pub fn start(addr: SocketAddr, ctx: Context) -> std::io::Result<Api> {
+        let server = Server::http(addr).map_err(|e| std::io::Error::other(format!("cannot listen on {addr}: {e}")))?;
+        let server = Arc::new(server);
+        let bound = server.server_addr().to_ip().unwrap_or(addr);
+        let s = server.clone();
+        let ctx = Arc::new(ctx);
+        let thread = std::thread::Builder::new()
+            .name("api".into())
+            .stack_size(256 * 1024)
+            .spawn(move || {
+                for req in s.incoming_requests() {
+                    handle(&ctx, req);
+                }
+            })?;
+        Ok(Api {
+            server,
+            thread: Some(thread),
+            addr: bound,
+        })
+    }
+
+    pub fn stop(&mut self) {
+        self.server.unblock();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn header(name: &str, value: &str) -> Header {
+    // Both are ASCII literals of ours; from_bytes fails only on non-ASCII.
+    Header::from_bytes(name.as_bytes(), value.as_bytes()).unwrap_or_else(|_| {
+        Header::from_bytes(&b"X-Invalid"[..], &b"1"[..]).unwrap_or_else(|_| unreachable!())
+    })
+}
+
+fn json(status: u16, body: String) -> Response<std::io::Cursor<Vec<u8>>> {
+    Response::from_data(body.into_bytes())
+        .with_status_code(status)
+        .with_header(header("Content-Type", "application/json"))
+        .with_header(header("Cache-Control", "no-store"))
+}
+
+fn error(status: u16, text: &str) -> Response<std::io::Cursor<Vec<u8>>> {
+    let mut body = String::from("{\"error\":");
+    push_json_str(&mut body, text);
+    body.push('}');
+    json(status, body)
+}
+
+/// Constant-time comparison, so the token cannot be guessed byte by byte from timings.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn authorised(ctx: &Context, req: &Request) -> bool {
+    let Some(token) = &ctx.token else {
+        return true;
+    };
+    req.headers().iter().any(|h| {
+        h.field.equiv("Authorization")
+            && h.value
+                .as_str()
+                .strip_prefix("Bearer ")
+                .is_some_and(|t| same(t.trim().as_bytes(), token.expose().as_bytes()))
+    })
+}
+
+fn handle(ctx: &Context, req: Request) {
+    let url = req.url().to_string();
+    let resp = if !authorised(ctx, &req) {
+        error(401, "missing or wrong bearer token (Authorization: Bearer <API_TOKEN>)")
+            .with_header(header("WWW-Authenticate", "Bearer"))
+    } else if *req.method() != Method::Get && *req.method() != Method::Head {
+        error(405, "only GET is supported")
+    } else {
+        route(ctx, &url)
+    };
+    let _ = req.respond(resp);
+}
+
+fn route(ctx: &Context, url: &str) -> Response<std::io::Cursor<Vec<u8>>> {
+    let (path, pairs) = match split_url(url) {
+        Ok(x) => x,
+        Err(e) => return error(400, &e.to_string()),
+    };
+    match path {
+        "/api/v1/logs" => match Filter::parse(&pairs, &[]) {
+            Ok(f) => logs(ctx, &f),
+            Err(e) => error(400, &e.to_string()),
+        },
+        "/api/v1/containers" => containers(ctx),
+        "/api/v1/health" => health(ctx),
+        "/metrics" => Response::from_data(metrics(ctx).into_bytes())
+            .with_header(header("Content-Type", "text/plain; version=0.0.4")),
+        _ => error(404, &format!("no such path: {path}")),
+    }
+}
+
+fn logs(ctx: &Context, f: &Filter) -> Response<std::io::Cursor<Vec<u8>>> {
+    let found = ctx.ring.query(f.limit, |m| f.matches(m));
+    let mut body = String::with_capacity(2 + found.iter().map(|m| m.json.len() + 1).sum::<usize>());
+    body.push('[');
+    for (i, m) in found.iter().enumerate() {
+        if i > 0 {
+            body.push(',');
+        }
+        body.push_str(&m.json);
+    }
+    body.push(']');
+    json(200, body)
+}
+
+fn containers(ctx: &Context) -> Response<std::io::Cursor<Vec<u8>>> {
+    let list: Vec<serde_json::Value> = ctx
+        .monitor
+        .views()
+        .into_iter()
+        .map(|v| {
+            serde_json::json!({
+                "id": v.id,
+                "name": v.name,
+                "appId": v.app_id,
+                "serviceName": v.service_name,
+                "state": v.state,
+                "linesRead": v.lines,
+                "lastLineTime": v.last_line_ms,
+            })
+        })
+        .collect();
+    json(200, serde_json::Value::Array(list).to_string())
+}
+
+/// The health document and whether all is well.
+pub fn health_doc(ctx: &Context) -> (bool, serde_json::Value) {
+    let s = &ctx.stats;
+    let docker_up = s.docker_up.load(Ordering::Relaxed);
+    let mut ok = docker_up;
+    let mut doc = serde_json::json!({
+        "docker": {
+            "connected": docker_up,
+            "host": ctx.monitor.cfg.docker_host,
+            "apiVersion": s.api_version.lock().map(|v| v.clone()).unwrap_or_default(),
+            "containers": ctx.monitor.views().len(),
+            "errors": Stats::get(&s.engine_errors),
+            "reconnects": Stats::get(&s.engine_reconnects),
+        },
+        "mqtt": null,
+        "spoolBytes": 0,
+        "dropped": 0,
+        "linesRead": Stats::get(&s.lines_read),
+        "invalidUtf8": Stats::get(&s.invalid_utf8),
+        "truncated": Stats::get(&s.truncated),
+        "suppressed": Stats::get(&s.suppressed),
+        "gaps": Stats::get(&s.gaps),
+        "managerDropped": Stats::get(&s.manager_dropped) + crate::agentlog::FORWARD_DROPPED.load(Ordering::Relaxed),
+        "uptimeSeconds": s.started.elapsed().as_secs(),
+        "version": env!("CARGO_PKG_VERSION"),
+    });
+    let mut dropped = 0u64;
+    let mut spool = 0u64;
+    for b in &ctx.backends {
+        let h = b.health();
+        ok &= b.healthy();
+        dropped += h.get("dropped").and_then(|v| v.as_u64()).unwrap_or(0);
+        dropped += h.get("writeErrors").and_then(|v| v.as_u64()).unwrap_or(0);
+        spool += h.get("spoolBytes").and_then(|v| v.as_u64()).unwrap_or(0);
+        doc[b.name()] = h;
+    }
+    doc["dropped"] = dropped.into();
+    doc["spoolBytes"] = spool.into();
+    doc["status"] = if ok { "ok" } else { "degraded" }.into();
+    (ok, doc)
+}
+
+fn health(ctx: &Context) -> Response<std::io::Cursor<Vec<u8>>> {
+    let (ok, doc) = health_doc(ctx);
+    json(if ok { 200 } else { 503 }, doc.to_string())
+}
+
+fn metrics(ctx: &Context) -> String {
+    let s = &ctx.stats;
+    let mut out = String::with_capacity(4096);
+    let rows = [
+        ("container_logd_lines_read_total", "counter", "Container log lines read from the engine.", Stats::get(&s.lines_read)),
+        ("container_logd_bytes_read_total", "counter", "Bytes of container log lines read.", Stats::get(&s.bytes_read)),
+        ("container_logd_invalid_utf8_total", "counter", "Lines in which invalid UTF-8 was replaced.", Stats::get(&s.invalid_utf8)),
+        ("container_logd_truncated_total", "counter", "Lines cut at MAX_LINE_BYTES.", Stats::get(&s.truncated)),
+        ("container_logd_suppressed_total", "counter", "Lines dropped by the rate limit.", Stats::get(&s.suppressed)),
+        ("container_logd_gaps_total", "counter", "Resumes that found lines rotated away by the engine.", Stats::get(&s.gaps)),
+        ("container_logd_engine_errors_total", "counter", "Broken engine streams and in-band engine errors.", Stats::get(&s.engine_errors)),
+        ("container_logd_engine_reconnects_total", "counter", "Reconnects to the engine.", Stats::get(&s.engine_reconnects)),
+        ("container_logd_engine_up", "gauge", "1 when the engine answers.", u64::from(s.docker_up.load(Ordering::Relaxed))),
+        ("container_logd_containers", "gauge", "Containers followed.", ctx.monitor.views().len() as u64),
+        ("container_logd_uptime_seconds", "gauge", "Seconds since the agent started.", s.started.elapsed().as_secs()),
+    ];
+    for (name, kind, help, v) in rows {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
+    }
+    for b in &ctx.backends {
+        b.metrics(&mut out);
+    }
+    out
+}

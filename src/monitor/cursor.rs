@@ -1,0 +1,197 @@
+//! Resume cursors (SPEC §7): `STATE_DIR/cursors.json`, per container the engine timestamp (ns)
+//! of the last line every backend has taken and how many lines at that timestamp were seen.
+//!
+//! Written atomically (temp file, fsync, rename) and only when something changed, at most every
+//! few seconds and at shutdown, to spare an SD card. A cursor never moves backwards.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+
+use crate::message::Position;
+
+#[derive(Serialize, Deserialize, Default)]
+struct File {
+    version: u32,
+    /// When this file was last written (ns since the epoch).
+    #[serde(rename = "savedAt")]
+    saved_at: i64,
+    /// Set by a clean stop.
+    #[serde(rename = "stoppedAt", default)]
+    stopped_at: Option<i64>,
+    containers: HashMap<String, Entry>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy)]
+struct Entry {
+    ts: i64,
+    seen: u32,
+}
+
+pub struct CursorStore {
+    path: PathBuf,
+    inner: Mutex<Inner>,
+}
+
+struct Inner {
+    cursors: HashMap<String, Position>,
+    dirty: bool,
+    last_alive: Option<i64>,
+}
+
+pub fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+impl CursorStore {
+    /// Loads `dir/cursors.json`; a missing file is an empty store, a damaged one is kept aside
+    /// as `cursors.json.bad` and reported.
+    pub fn load(dir: &Path) -> io::Result<CursorStore> {
+        fs::create_dir_all(dir)?;
+        let path = dir.join("cursors.json");
+        let file: File = match fs::read(&path) {
+            Ok(bytes) => match serde_json::from_slice(&bytes) {
+                Ok(f) => f,
+                Err(e) => {
+                    log::warn!(
+                        "{} is damaged ({e}); starting without resume cursors, kept it as cursors.json.bad",
+                        path.display()
+                    );
+                    let _ = fs::rename(&path, dir.join("cursors.json.bad"));
+                    File::default()
+                }
+            },
+            Err(e) if e.kind() == io::ErrorKind::NotFound => File::default(),
+            Err(e) => return Err(e),
+        };
+        let last_alive = if file.saved_at > 0 {
+            Some(file.stopped_at.unwrap_or(file.saved_at))
+        } else {
+            None
+        };
+        Ok(CursorStore {
+            path,
+            inner: Mutex::new(Inner {
+                cursors: file
+                    .containers
+                    .into_iter()
+                    .map(|(k, e)| (k, Position { ts_ns: e.ts, seen: e.seen }))
+                    .collect(),
+                dirty: false,
+                last_alive,
+            }),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn get(&self, id: &str) -> Option<Position> {
+        self.lock().cursors.get(id).copied()
+    }
+
+    /// When the previous run of the agent was last alive (its clean stop, or its last save).
+    pub fn last_alive_ns(&self) -> Option<i64> {
+        self.lock().last_alive
+    }
+
+    /// Moves cursors forward to the positions every backend has taken.
+    pub fn advance(&self, safe: &HashMap<Arc<str>, Position>) {
+        let mut inner = self.lock();
+        for (id, pos) in safe {
+            match inner.cursors.get_mut(&**id) {
+                Some(cur) if *cur >= *pos => {}
+                Some(cur) => {
+                    *cur = *pos;
+                    inner.dirty = true;
+                }
+                None => {
+                    inner.cursors.insert(id.to_string(), *pos);
+                    inner.dirty = true;
+                }
+            }
+        }
+    }
+
+    /// Drops the cursor of a container the engine removed.
+    pub fn forget(&self, id: &str) {
+        let mut inner = self.lock();
+        if inner.cursors.remove(id).is_some() {
+            inner.dirty = true;
+        }
+    }
+
+    /// Writes the file if anything changed (always when `stopping`).
+    pub fn save(&self, stopping: bool) -> io::Result<()> {
+        let (file, dirty) = {
+            let inner = self.lock();
+            let now = now_ns();
+            let f = File {
+                version: 1,
+                saved_at: now,
+                stopped_at: stopping.then_some(now),
+                containers: inner
+                    .cursors
+                    .iter()
+                    .map(|(k, p)| (k.clone(), Entry { ts: p.ts_ns, seen: p.seen }))
+                    .collect(),
+            };
+            (f, inner.dirty)
+        };
+        if !dirty && !stopping {
+            return Ok(());
+        }
+        let bytes = serde_json::to_vec(&file).map_err(io::Error::other)?;
+        let tmp = self.path.with_extension("json.tmp");
+        {
+            let mut f = fs::File::create(&tmp)?;
+            f.write_all(&bytes)?;
+            f.sync_all()?;
+        }
+        fs::rename(&tmp, &self.path)?;
+        if let Some(dir) = self.path.parent() {
+            // The rename itself must reach the disk, or a power cut brings back the old file.
+            if let Ok(d) = fs::File::open(dir) {
+                let _ = d.sync_all();
+            }
+        }
+        self.lock().dirty = false;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_never_backwards() {
+        let dir = std::env::temp_dir().join(format!("cld-cursor-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let s = CursorStore::load(&dir).expect("load");
+        assert_eq!(s.last_alive_ns(), None);
+        let id: Arc<str> = Arc::from("abc");
+        let mut safe = HashMap::new();
+        safe.insert(id.clone(), Position { ts_ns: 10, seen: 2 });
+        s.advance(&safe);
+        safe.insert(id.clone(), Position { ts_ns: 9, seen: 5 });
+        s.advance(&safe);
+        s.save(false).expect("save");
+        let again = CursorStore::load(&dir).expect("reload");
+        assert_eq!(again.get("abc"), Some(Position { ts_ns: 10, seen: 2 }));
+        assert!(again.last_alive_ns().is_some());
+        fs::write(dir.join("cursors.json"), b"{not json").expect("write");
+        let damaged = CursorStore::load(&dir).expect("damaged is not fatal");
+        assert_eq!(damaged.get("abc"), None);
+        assert!(dir.join("cursors.json.bad").exists());
+        let _ = fs::remove_dir_all(&dir);
+    }
+}

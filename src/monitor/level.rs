@@ -1,0 +1,183 @@
+//! Reads a line's level from its text (SPEC §4): a JSON line's `level`/`severity`/`lvl` field,
+//! logfmt `level=`, a leading `ERROR`, `[warn]`, `W/`, `E0412`-style glog prefix is not guessed,
+//! a syslog `<N>` prefix. Looks only at the start of the line (and JSON fields), so a word deep
+//! in a message never changes its level. Allocation-free.
+
+use crate::message::Level;
+
+/// The level the line names, if it names one.
+pub fn detect(line: &str) -> Option<Level> {
+    let t = line.trim_start();
+    if t.starts_with('{') {
+        if let Some(l) = json_level(t) {
+            return Some(l);
+        }
+    }
+    if let Some(l) = syslog_prefix(t) {
+        return Some(l);
+    }
+    if let Some(l) = logfmt_level(t) {
+        return Some(l);
+    }
+    leading_word(t)
+}
+
+fn json_level(t: &str) -> Option<Level> {
+    for key in ["\"level\"", "\"severity\"", "\"lvl\"", "\"loglevel\""] {
+        if let Some(i) = t.find(key) {
+            let rest = t[i + key.len()..].trim_start().strip_prefix(':')?.trim_start();
+            if let Some(s) = rest.strip_prefix('"') {
+                let end = s.find('"')?;
+                return Level::parse_name(&s[..end]);
+            }
+            // Numeric levels as bunyan/pino write them: 10 trace … 60 fatal.
+            let digits: &str = &rest[..rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len())];
+            if let Ok(n) = digits.parse::<u32>() {
+                return Some(match n {
+                    50.. => Level::Error,
+                    40..=49 => Level::Warn,
+                    30..=39 => Level::Info,
+                    _ => Level::Debug,
+                });
+            }
+        }
+    }
+    None
+}
+
+fn syslog_prefix(t: &str) -> Option<Level> {
+    let b = t.as_bytes();
+    if b.len() >= 3 && b[0] == b'<' && b[1].is_ascii_digit() {
+        let close = t[..t.len().min(5)].find('>')?;
+        let n: u32 = t[1..close].parse().ok()?;
+        return Some(match n % 8 {
+            0..=3 => Level::Error,
+            4 => Level::Warn,
+            5 | 6 => Level::Info,
+            _ => Level::Debug,
+        });
+    }
+    None
+}
+
+fn logfmt_level(t: &str) -> Option<Level> {
+    // Only within the first few fields: `ts=… level=warn msg=…`.
+    let head = &t[..floor_char_boundary(t, 160)];
+    for key in ["level=", "lvl=", "severity="] {
+        let mut from = 0;
+        while let Some(i) = head[from..].find(key) {
+            let at = from + i;
+            let boundary = at == 0 || head.as_bytes()[at - 1] == b' ';
+            if boundary {
+                let v = head[at + key.len()..].trim_start_matches('"');
+                let end = v.find(|c: char| c == ' ' || c == '"').unwrap_or(v.len());
+                return Level::parse_name(&v[..end]);
+            }
+            from = at + key.len();
+        }
+    }
+    None
+}
+
+fn leading_word(t: &str) -> Option<Level> {
+    // Skip a leading timestamp-ish token (digits, `-`, `:`, `.`, `T`, `Z`, `+`) once.
+    let mut s = t;
+    let first_end = s.find(' ').unwrap_or(s.len());
+    let first = &s[..first_end];
+    if first.len() >= 6
+        && first.bytes().next().is_some_and(|c| c.is_ascii_digit())
+        && first.bytes().all(|c| c.is_ascii_digit() || b"-:.TZ+,/".contains(&c))
+    {
+        s = s[first_end..].trim_start();
+        // `2024-01-01 12:00:00,123 WARN …`: a second time token.
+        let e = s.find(' ').unwrap_or(s.len());
+        if s[..e].bytes().next().is_some_and(|c| c.is_ascii_digit())
+            && s[..e].bytes().all(|c| c.is_ascii_digit() || b":.,".contains(&c))
+        {
+            s = s[e..].trim_start();
+        }
+    }
+    // Android-style `W/Tag: …`.
+    let b = s.as_bytes();
+    if b.len() >= 2 && b[1] == b'/' && b"EWIDV".contains(&b[0]) {
+        return Level::parse_name(&s[..1]);
+    }
+    let s = s.trim_start_matches(['[', '(', '<']);
+    let end = s
+        .find(|c: char| !c.is_ascii_alphabetic())
+        .unwrap_or(s.len());
+    let word = &s[..end];
+    // A single letter only counts with brackets or a colon (`[W]`, `E:`), not as a word.
+    if word.len() < 3 {
+        let after = s[end..].chars().next();
+        if word.len() == 1 && matches!(after, Some(']' | ':' | ')')) {
+            return Level::parse_name(word);
+        }
+        return None;
+    }
+    let uppercase = word.bytes().all(|c| c.is_ascii_uppercase());
+    let bracketed = t.len() != s.len() || matches!(s[end..].chars().next(), Some(']' | ':' | ')'));
+    // `Error: …` and `ERROR …` name a level; a sentence starting with "Information" does not.
+    if uppercase || bracketed {
+        Level::parse_name(word)
+    } else {
+        None
+    }
+}
+
+fn floor_char_boundary(s: &str, mut i: usize) -> usize {
+    if i >= s.len() {
+        return s.len();
+    }
+    while !s.is_char_boundary(i) {
+        i -= 1;
+    }
+    i
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn named_levels() {
+        let cases: &[(&str, Option<Level>)] = &[
+            (r#"{"level":"warn","msg":"x"}"#, Some(Level::Warn)),
+            (r#"{"msg":"x","severity": "ERROR"}"#, Some(Level::Error)),
+            (r#"{"lvl":"debug"}"#, Some(Level::Debug)),
+            (r#"{"level":50,"msg":"pino"}"#, Some(Level::Error)),
+            ("ts=2024 level=warn msg=hi", Some(Level::Warn)),
+            ("level=error msg=\"x\"", Some(Level::Error)),
+            ("ERROR something broke", Some(Level::Error)),
+            ("[warn] disk almost full", Some(Level::Warn)),
+            ("[WARNING] x", Some(Level::Warn)),
+            ("W/ActivityManager: slow", Some(Level::Warn)),
+            ("<3>kernel says", Some(Level::Error)),
+            ("<14>user info", Some(Level::Info)),
+            ("2024-01-01T12:00:00Z INFO started", Some(Level::Info)),
+            ("2024-01-01 12:00:00,123 WARN x", Some(Level::Warn)),
+            ("Error: cannot open", Some(Level::Error)),
+            ("DEBUG: x", Some(Level::Debug)),
+            ("E: x", Some(Level::Error)),
+            ("Information is power", None),
+            ("Server started on port 8080", None),
+            ("the error was ignored", None),
+            ("", None),
+            ("<", None),
+            ("{", None),
+            ("é level=warn", Some(Level::Warn)),
+        ];
+        for (line, want) in cases {
+            assert_eq!(detect(line), *want, "{line:?}");
+        }
+    }
+
+    #[test]
+    fn never_panics_on_odd_text() {
+        for s in ["<9999999999>", "{\"level\":", "{\"level\": \"", "level=", "[", "W/", "€€€ level=€"] {
+            let _ = detect(s);
+        }
+        let long = "x".repeat(200) + "é" + &"y".repeat(10);
+        let _ = detect(&long);
+    }
+}

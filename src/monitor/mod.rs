@@ -1,0 +1,454 @@
+//! The monitor (the seed's `ContainerLogMonitor`): decides which containers to follow, runs one
+//! reader thread per followed container and one thread on `/events`, turns lifecycle events into
+//! `system` messages and the agent's own warnings into `manager` messages, and hands every
+//! message to all backends.
+//!
+//! Threads: `events` (the engine's event stream; re-lists containers on every reconnect, since
+//! the engine keeps only 256 past events), `logs-<name>` (see `reader`), `manager`.
+//! Invariant: at most one reader per container id; a reader ends when its container is gone,
+//! and a `start` event for a container whose reader is still winding down makes it re-attach.
+
+pub mod cursor;
+pub mod level;
+pub mod meta;
+pub mod reader;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, Sender};
+
+use crate::agentlog::Note;
+use crate::backend::{Backend, Progress};
+use crate::config::Config;
+use crate::engine::{Closer, Engine, Event};
+use crate::message::{event_id, manager_id, Draft, Level, LogMessage, Origin, SourceKind};
+use crate::stats::Stats;
+use cursor::CursorStore;
+
+/// What `/api/v1/containers` shows of a followed container.
+#[derive(Debug, Clone, Default)]
+pub struct View {
+    pub id: String,
+    pub name: String,
+    pub app_id: String,
+    pub service_name: String,
+    /// `following`, `reconnecting` or `starting`.
+    pub state: &'static str,
+    pub lines: u64,
+    /// Engine time of the last line, ms since the epoch.
+    pub last_line_ms: Option<i64>,
+}
+
+/// One followed container.
+pub struct Slot {
+    pub id: String,
+    /// Seen first through a `start` event, i.e. started while we run: read all it has.
+    from_event: bool,
+    /// A `start` came while the reader was ending; it must attach again.
+    restart_pending: AtomicBool,
+    closer: Mutex<Option<Closer>>,
+    handle: Mutex<Option<JoinHandle<()>>>,
+    pub view: Mutex<View>,
+}
+
+impl Slot {
+    fn set_closer(&self, c: Option<Closer>) {
+        *self.closer.lock().unwrap_or_else(|p| p.into_inner()) = c;
+    }
+}
+
+/// Everything the monitor's threads share.
+pub struct Shared {
+    pub cfg: Arc<Config>,
+    pub engine: Engine,
+    pub backends: Vec<Arc<dyn Backend>>,
+    pub stats: Arc<Stats>,
+    pub cursors: Arc<CursorStore>,
+    pub progress: Arc<Progress>,
+    pub host: Arc<str>,
+    pub own_id: Option<String>,
+    stopping: AtomicBool,
+    /// Never sent on; dropped on stop so every interruptible sleep wakes at once.
+    stop_tx: Mutex<Option<Sender<()>>>,
+    stop_rx: Receiver<()>,
+    registry: Mutex<HashMap<String, Arc<Slot>>>,
+    events_closer: Mutex<Option<Closer>>,
+    manager_origin: Arc<Origin>,
+    manager_seq: AtomicU64,
+}
+
+impl Shared {
+    pub fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
+    }
+
+    /// Sleeps `d` unless the agent stops first; true when it should go on.
+    pub fn sleep(&self, d: Duration) -> bool {
+        let _ = self.stop_rx.recv_timeout(d);
+        !self.stopping()
+    }
+
+    /// Hands a message to every backend, in order.
+    pub fn deliver(&self, msg: LogMessage) {
+        let msg = Arc::new(msg);
+        for b in &self.backends {
+            b.log(&msg);
+        }
+        self.stats.heartbeat.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A `system` message about a container.
+    pub fn system(&self, origin: &Arc<Origin>, ts_ns: i64, level: Level, action: &str, text: String) {
+        self.deliver(LogMessage::new(Draft {
+            id: event_id(origin, ts_ns, action),
+            text,
+            ts_ns,
+            level,
+            kind: SourceKind::System,
+            origin: origin.clone(),
+            is_stderr: false,
+            truncated: false,
+            position: None,
+        }));
+    }
+
+    fn manager(&self, note: Note) {
+        let ts_ns = cursor::now_ns();
+        let level = match note.level {
+            log::Level::Error => Level::Error,
+            _ => Level::Warn,
+        };
+        let seq = self.manager_seq.fetch_add(1, Ordering::Relaxed);
+        self.deliver(LogMessage::new(Draft {
+            id: manager_id(ts_ns, seq),
+            text: note.text,
+            ts_ns,
+            level,
+            kind: SourceKind::Manager,
+            origin: self.manager_origin.clone(),
+            is_stderr: false,
+            truncated: false,
+            position: None,
+        }));
+    }
+
+    /// The followed containers, for the API.
+    pub fn views(&self) -> Vec<View> {
+        let reg = self.registry.lock().unwrap_or_else(|p| p.into_inner());
+        let mut v: Vec<View> = reg
+            .values()
+            .map(|s| s.view.lock().unwrap_or_else(|p| p.into_inner()).clone())
+            .collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
+    }
+
+    /// Starts following `id` unless a reader already does; `from_event` for a `start` event.
+    fn attach(self: &Arc<Self>, id: &str, from_event: bool) {
+        if self.stopping() {
+            return;
+        }
+        let info = match self.engine.inspect(id) {
+            Ok(i) => i,
+            Err(e) if e.is_not_found() => return,
+            Err(e) => {
+                log::warn!("cannot inspect container {id}: {e}");
+                return;
+            }
+        };
+        if !meta::followed(&self.cfg, self.own_id.as_deref(), &info.id, &info.name, &info.labels) {
+            log::debug!("not following {} ({})", info.name, &info.id[..info.id.len().min(12)]);
+            return;
+        }
+        let mut reg = self.registry.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(slot) = reg.get(&info.id) {
+            slot.restart_pending.store(true, Ordering::Release);
+            return;
+        }
+        let slot = Arc::new(Slot {
+            id: info.id.clone(),
+            from_event,
+            restart_pending: AtomicBool::new(false),
+            closer: Mutex::new(None),
+            handle: Mutex::new(None),
+            view: Mutex::new(View {
+                id: info.id.clone(),
+                name: info.name.clone(),
+                state: "starting",
+                ..View::default()
+            }),
+        });
+        let shared = self.clone();
+        let s = slot.clone();
+        let spawned = std::thread::Builder::new()
+            .name(thread_name(&info.name))
+            .stack_size(192 * 1024)
+            .spawn(move || reader::follow(shared, s));
+        match spawned {
+            Ok(h) => {
+                *slot.handle.lock().unwrap_or_else(|p| p.into_inner()) = Some(h);
+                reg.insert(info.id.clone(), slot);
+                log::info!("following {} ({})", info.name, &info.id[..info.id.len().min(12)]);
+            }
+            Err(e) => log::error!("cannot start a reader for {}: {e}", info.name),
+        }
+    }
+
+    /// Called by a reader whose container stopped: removes its slot unless a restart is
+    /// pending, in which case the reader goes on (returns false).
+    fn detach(&self, slot: &Slot) -> bool {
+        let mut reg = self.registry.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.restart_pending.swap(false, Ordering::AcqRel) && !self.stopping() {
+            return false;
+        }
+        reg.remove(&slot.id);
+        true
+    }
+
+    fn on_event(self: &Arc<Self>, ev: Event) {
+        let name = ev.attributes.get("name").cloned().unwrap_or_default();
+        if !meta::followed(&self.cfg, self.own_id.as_deref(), &ev.id, &name, &ev.attributes) {
+            return;
+        }
+        let origin = Arc::new(meta::origin(&self.cfg, &self.host, &ev.id, &name, &ev.attributes));
+        let ts = ev.time_nano;
+        match ev.action.as_str() {
+            "start" => {
+                self.system(&origin, ts, Level::Info, "start", format!("container {name} started"));
+                self.attach(&ev.id, true);
+            }
+            "die" => {
+                let code = ev.attributes.get("exitCode").map(String::as_str).unwrap_or("?");
+                let (level, text) = if code == "0" {
+                    (Level::Info, format!("container {name} exited with code 0"))
+                } else {
+                    (Level::Error, format!("container {name} died with exit code {code}"))
+                };
+                self.system(&origin, ts, level, "die", text);
+            }
+            "oom" => self.system(
+                &origin,
+                ts,
+                Level::Error,
+                "oom",
+                format!("container {name} was killed: out of memory"),
+            ),
+            "restart" => self.system(&origin, ts, Level::Warn, "restart", format!("container {name} restarting")),
+            "pause" | "unpause" => {
+                self.system(&origin, ts, Level::Info, &ev.action, format!("container {name}: {}", ev.action))
+            }
+            "destroy" => {
+                self.cursors.forget(&ev.id);
+                self.progress.forget(&ev.id);
+            }
+            a if a.starts_with("health_status") => {
+                let status = a.rsplit(' ').next().unwrap_or(a);
+                let level = if status == "unhealthy" { Level::Warn } else { Level::Info };
+                self.system(&origin, ts, level, "health", format!("container {name} is {status}"));
+            }
+            _ => {}
+        }
+    }
+}
+
+fn thread_name(container: &str) -> String {
+    let mut n = String::from("logs-");
+    n.extend(container.chars().take(32));
+    n
+}
+
+/// The running monitor; [`Monitor::stop`] ends every thread it started.
+pub struct Monitor {
+    shared: Arc<Shared>,
+    events: Option<JoinHandle<()>>,
+    manager: Option<JoinHandle<()>>,
+}
+
+impl Monitor {
+    #[allow(clippy::too_many_arguments)]
+    pub fn start(
+        cfg: Arc<Config>,
+        engine: Engine,
+        backends: Vec<Arc<dyn Backend>>,
+        stats: Arc<Stats>,
+        cursors: Arc<CursorStore>,
+        progress: Arc<Progress>,
+        notes: Receiver<Note>,
+    ) -> std::io::Result<Monitor> {
+        let host: Arc<str> = Arc::from(cfg.hostname.as_str());
+        let (stop_tx, stop_rx) = crossbeam_channel::bounded(0);
+        let shared = Arc::new(Shared {
+            manager_origin: Arc::new(Origin::manager(host.clone())),
+            cfg,
+            engine,
+            backends,
+            stats,
+            cursors,
+            progress,
+            host,
+            own_id: meta::own_container_id(),
+            stopping: AtomicBool::new(false),
+            stop_tx: Mutex::new(Some(stop_tx)),
+            stop_rx,
+            registry: Mutex::new(HashMap::new()),
+            events_closer: Mutex::new(None),
+            manager_seq: AtomicU64::new(0),
+        });
+        let s = shared.clone();
+        let manager = std::thread::Builder::new()
+            .name("manager".into())
+            .stack_size(128 * 1024)
+            .spawn(move || {
+                let stop = s.stop_rx.clone();
+                loop {
+                    crossbeam_channel::select! {
+                        recv(notes) -> n => match n {
+                            Ok(note) => s.manager(note),
+                            Err(_) => break,
+                        },
+                        recv(stop) -> _ => break,
+                    }
+                }
+            })?;
+        let s = shared.clone();
+        let events = std::thread::Builder::new()
+            .name("events".into())
+            .stack_size(192 * 1024)
+            .spawn(move || events_loop(s))?;
+        Ok(Monitor {
+            shared,
+            events: Some(events),
+            manager: Some(manager),
+        })
+    }
+
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Stops reading: closes every stream and joins every thread. Backends are not touched.
+    pub fn stop(&mut self) {
+        let s = &self.shared;
+        s.stopping.store(true, Ordering::Release);
+        drop(s.stop_tx.lock().unwrap_or_else(|p| p.into_inner()).take());
+        if let Some(c) = s.events_closer.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            c.close();
+        }
+        let slots: Vec<Arc<Slot>> = s
+            .registry
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        for slot in &slots {
+            if let Some(c) = slot.closer.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+                c.close();
+            }
+        }
+        if let Some(h) = self.events.take() {
+            let _ = h.join();
+        }
+        for slot in &slots {
+            if let Some(h) = slot.handle.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                let _ = h.join();
+            }
+        }
+        if let Some(h) = self.manager.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// Capped exponential back-off: 0.5 s, 1 s, 2 s … 30 s.
+pub struct Backoff {
+    next: Duration,
+}
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_millis(500);
+    const MAX: Duration = Duration::from_secs(30);
+
+    pub fn new() -> Backoff {
+        Backoff { next: Self::FIRST }
+    }
+
+    pub fn reset(&mut self) {
+        self.next = Self::FIRST;
+    }
+
+    pub fn next_delay(&mut self) -> Duration {
+        let d = self.next;
+        self.next = (self.next * 2).min(Self::MAX);
+        d
+    }
+}
+
+impl Default for Backoff {
+    fn default() -> Backoff {
+        Backoff::new()
+    }
+}
+
+fn events_loop(s: Arc<Shared>) {
+    let mut backoff = Backoff::new();
+    let mut was_up = true;
+    while !s.stopping() {
+        match s.engine.events() {
+            Ok(mut stream) => {
+                *s.events_closer.lock().unwrap_or_else(|p| p.into_inner()) = Some(stream.closer());
+                if s.stopping() {
+                    break;
+                }
+                s.stats.docker_up.store(true, Ordering::Relaxed);
+                if !was_up {
+                    log::warn!("engine at {} is back", s.cfg.docker_host);
+                    was_up = true;
+                }
+                // Listing after subscribing: a container started in between is seen twice, not never.
+                match s.engine.list_running() {
+                    Ok(ids) => {
+                        for id in ids {
+                            s.attach(&id, false);
+                        }
+                    }
+                    Err(e) => log::warn!("cannot list containers: {e}"),
+                }
+                loop {
+                    match stream.next_event() {
+                        Ok(Some(ev)) => {
+                            backoff.reset();
+                            s.on_event(ev);
+                        }
+                        Ok(None) => break,
+                        Err(e) => {
+                            if !s.stopping() {
+                                log::warn!("event stream broke: {e}");
+                                Stats::add(&s.stats.engine_errors, 1);
+                            }
+                            break;
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                s.stats.docker_up.store(false, Ordering::Relaxed);
+                if was_up {
+                    log::error!("engine at {} unreachable: {e}; retrying", s.cfg.docker_host);
+                    was_up = false;
+                }
+            }
+        }
+        if s.stopping() {
+            break;
+        }
+        Stats::add(&s.stats.engine_reconnects, 1);
+        if !s.sleep(backoff.next_delay()) {
+            break;
+        }
+    }
+}
