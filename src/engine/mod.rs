@@ -5,6 +5,12 @@
 //! values out, no sockets. [`Engine`] and the streams glue them to a socket. Nothing here knows
 //! about backends, levels or labels-to-topics: it hands out raw lines and events.
 
+pub mod chunked;
+pub mod events;
+pub mod frames;
+pub mod http;
+pub mod timestamp;
+
 use std::collections::BTreeMap;
 use std::fmt;
 
