@@ -1,8 +1,9 @@
 //! The engine side: a Docker Engine API client over `DOCKER_HOST` (`unix://` or `tcp://`),
 //! speaking HTTP/1.1 that we write and parse ourselves.
 //!
-//! The wire parsers (`http`, `chunked`, `frames`, `timestamp`, `events`) are pure: bytes in,
-//! values out, no sockets. [`Engine`] and the streams glue them to a socket. Nothing here knows
+//! The wire parsers (`http`, `chunked`, `frames`, `timestamp`, `events`, `containers`) are pure:
+//! bytes in, values out, no sockets, tested on recorded engine answers in `tests/data/`.
+//! `transport` owns the socket; [`Engine`] and the streams here glue the two together. Nothing here knows
 //! about backends, levels or labels-to-topics: it hands out raw lines and events.
 
 pub mod chunked;
