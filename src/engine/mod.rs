@@ -214,13 +214,7 @@ impl Engine {
             }
         }
         let (reader, body) = self.open(&path)?;
-        Ok(LogStream {
-            reader,
-            body,
-            frames: Decoder::new(tty, max_line_bytes),
-            ready: VecDeque::new(),
-            ended: false,
-        })
+        Ok(LogStream::new(reader, body, tty, max_line_bytes))
     }
 
     /// Follows `/events` for containers.
@@ -228,51 +222,53 @@ impl Engine {
         // `{"type":["container"]}`, URL-encoded.
         let path = self.path("/events?filters=%7B%22type%22%3A%5B%22container%22%5D%7D");
         let (reader, body) = self.open(&path)?;
-        Ok(EventStream {
-            reader,
-            body,
-            splitter: EventSplitter::new(),
-            ready: VecDeque::new(),
-            ended: false,
-        })
+        Ok(EventStream::new(reader, body))
     }
 
     fn path(&self, rest: &str) -> String {
         format!("/v{}{}", self.version, rest)
     }
 
-    fn connect(&self, path: &str, one_shot: bool) -> Result<(Reader, http::Head), Error> {
-        let conn = Conn::connect(&self.addr, CONNECT_TIMEOUT)?;
-        let mut request = Vec::with_capacity(256);
-        http::write_request(&mut request, path, one_shot);
-        Reader::send(conn, &request, REQUEST_TIMEOUT)
-    }
-
-    /// A one-shot request: the head and the whole body, or the engine's error.
     fn get(&self, path: &str) -> Result<(http::Head, Vec<u8>), Error> {
-        let (mut reader, head) = self.connect(path, true)?;
-        let limit = if head.is_success() {
-            MAX_BODY_BYTES
-        } else {
-            MAX_ERROR_BODY_BYTES
-        };
-        let body = read_body(&mut reader, head.framing, limit)?;
-        if !head.is_success() {
-            return Err(http::status_error(head.status, &body));
-        }
-        Ok((head, body))
+        get_on(Conn::connect(&self.addr, CONNECT_TIMEOUT)?, path)
     }
 
-    /// Opens a followed stream: checks the status, then leaves the socket blocking.
     fn open(&self, path: &str) -> Result<(Reader, BodyDecoder), Error> {
-        let (mut reader, head) = self.connect(path, false)?;
-        if !head.is_success() {
-            let body = read_body(&mut reader, head.framing, MAX_ERROR_BODY_BYTES)?;
-            return Err(http::status_error(head.status, &body));
-        }
-        reader.set_timeout(None)?;
-        Ok((reader, BodyDecoder::new(head.framing)))
+        open_on(Conn::connect(&self.addr, CONNECT_TIMEOUT)?, path)
     }
+}
+
+/// Sends `GET path` and reads the response head.
+fn send(conn: Conn, path: &str, one_shot: bool) -> Result<(Reader, http::Head), Error> {
+    let mut request = Vec::with_capacity(256);
+    http::write_request(&mut request, path, one_shot);
+    Reader::send(conn, &request, REQUEST_TIMEOUT)
+}
+
+/// A one-shot request: the head and the whole body, or the engine's error.
+fn get_on(conn: Conn, path: &str) -> Result<(http::Head, Vec<u8>), Error> {
+    let (mut reader, head) = send(conn, path, true)?;
+    let limit = if head.is_success() {
+        MAX_BODY_BYTES
+    } else {
+        MAX_ERROR_BODY_BYTES
+    };
+    let body = read_body(&mut reader, head.framing, limit)?;
+    if !head.is_success() {
+        return Err(http::status_error(head.status, &body));
+    }
+    Ok((head, body))
+}
+
+/// Opens a followed stream: checks the status, then leaves the socket blocking.
+fn open_on(conn: Conn, path: &str) -> Result<(Reader, BodyDecoder), Error> {
+    let (mut reader, head) = send(conn, path, false)?;
+    if !head.is_success() {
+        let body = read_body(&mut reader, head.framing, MAX_ERROR_BODY_BYTES)?;
+        return Err(http::status_error(head.status, &body));
+    }
+    reader.set_timeout(None)?;
+    Ok((reader, BodyDecoder::new(head.framing)))
 }
 
 /// Reads a whole body of at most `limit` bytes (an error body may be cut at the limit).
@@ -347,6 +343,16 @@ pub struct LogStream {
 }
 
 impl LogStream {
+    fn new(reader: Reader, body: BodyDecoder, tty: bool, max_line_bytes: usize) -> LogStream {
+        LogStream {
+            reader,
+            body,
+            frames: Decoder::new(tty, max_line_bytes),
+            ready: VecDeque::new(),
+            ended: false,
+        }
+    }
+
     /// Blocks for the next whole line. With `idle = Some(d)`: if no complete line arrives
     /// within about `d`, a pending partial line (no newline yet) is emitted as a line, else
     /// [`Next::Idle`] is returned.
@@ -414,6 +420,16 @@ pub struct EventStream {
 }
 
 impl EventStream {
+    fn new(reader: Reader, body: BodyDecoder) -> EventStream {
+        EventStream {
+            reader,
+            body,
+            splitter: EventSplitter::new(),
+            ready: VecDeque::new(),
+            ended: false,
+        }
+    }
+
     /// Blocks for the next container event; `None` when the stream ended.
     pub fn next_event(&mut self) -> Result<Option<Event>, Error> {
         loop {
@@ -470,6 +486,170 @@ mod tests {
         assert_eq!(encode_id("/my-app_1.web"), "my-app_1.web");
         assert_eq!(encode_id("a b/c?d"), "a%20b%2Fc%3Fd");
         assert!(matches!(Engine::new("ssh://x"), Err(Error::InvalidHost(_))));
+    }
+
+    const SMALL: &[u8] = include_bytes!("../../tests/data/logs-small.http");
+    const NOT_FOUND: &[u8] = include_bytes!("../../tests/data/logs-404.http");
+    const EVENTS: &[u8] = include_bytes!("../../tests/data/events.http");
+    const INSPECT: &[u8] = include_bytes!("../../tests/data/inspect-running.http");
+
+    /// A socket pair whose far end plays the engine: it reads the request, then writes each
+    /// piece after its pause and closes. No engine is involved.
+    fn fake_engine(pieces: Vec<(u64, Vec<u8>)>) -> (Conn, std::thread::JoinHandle<Vec<u8>>) {
+        use std::io::{Read, Write};
+        let (ours, mut theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        let t = std::thread::spawn(move || {
+            let mut request = Vec::new();
+            let mut b = [0u8; 1024];
+            while !request.ends_with(b"\r\n\r\n") {
+                let n = theirs.read(&mut b).unwrap();
+                assert!(n > 0);
+                request.extend_from_slice(&b[..n]);
+            }
+            for (pause_ms, bytes) in pieces {
+                std::thread::sleep(Duration::from_millis(pause_ms));
+                // The client may have gone already; that is what some tests check.
+                if theirs.write_all(&bytes).is_err() {
+                    break;
+                }
+            }
+            request
+        });
+        (Conn::Unix(ours), t)
+    }
+
+    fn log_stream(pieces: Vec<(u64, Vec<u8>)>, tty: bool) -> LogStream {
+        let (conn, _) = fake_engine(pieces);
+        let (reader, body) = open_on(conn, "/v1.41/containers/x/logs").unwrap();
+        LogStream::new(reader, body, tty, 1000)
+    }
+
+    fn line_text(n: Next) -> String {
+        match n {
+            Next::Line(l) => String::from_utf8(l.bytes).unwrap(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn follows_a_recorded_stream_to_its_end() {
+        let cut = SMALL.len() / 2;
+        let mut s = log_stream(
+            vec![(0, SMALL[..cut].to_vec()), (20, SMALL[cut..].to_vec())],
+            false,
+        );
+        let mut lines = Vec::new();
+        loop {
+            match s.next(None).unwrap() {
+                Next::Line(l) => lines.push(String::from_utf8(l.bytes).unwrap()),
+                Next::End => break,
+                Next::Idle => panic!("no idle without a timeout"),
+            }
+        }
+        assert_eq!(
+            lines,
+            ["two", "one", "three", "1", "2", "3", "4", "5", "tail"]
+        );
+        assert_eq!(s.next(None).unwrap(), Next::End);
+    }
+
+    #[test]
+    fn idle_flushes_a_partial_line_then_reports_idle() {
+        let head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+        let chunk = |s: &[u8]| {
+            let mut c = format!("{:x}\r\n", s.len()).into_bytes();
+            c.extend_from_slice(s);
+            c.extend_from_slice(b"\r\n");
+            c
+        };
+        let mut s = log_stream(
+            vec![
+                (0, head),
+                (
+                    0,
+                    chunk(b"2026-11-25T02:10:05Z whole\r\n2026-11-25T02:10:06Z hal"),
+                ),
+                (1000, chunk(b"f\r\n")),
+                (0, b"0\r\n\r\n".to_vec()),
+            ],
+            true,
+        );
+        let idle = Some(Duration::from_millis(60));
+        assert_eq!(line_text(s.next(idle).unwrap()), "whole");
+        assert_eq!(line_text(s.next(idle).unwrap()), "hal");
+        assert_eq!(s.next(idle).unwrap(), Next::Idle);
+        // The rest of the line arrives later as a line of its own; without a timeout we wait.
+        assert_eq!(line_text(s.next(None).unwrap()), "f");
+        assert_eq!(s.next(idle).unwrap(), Next::End);
+    }
+
+    #[test]
+    fn closer_ends_a_blocked_stream() {
+        let head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+        let mut s = log_stream(vec![(0, head), (5000, b"0\r\n\r\n".to_vec())], false);
+        let closer = s.closer();
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            closer.close();
+        });
+        let started = Instant::now();
+        let r = s.next(None);
+        assert!(matches!(r, Ok(Next::End) | Err(Error::Io(_))), "{r:?}");
+        assert!(started.elapsed() < Duration::from_secs(2));
+        t.join().unwrap();
+    }
+
+    #[test]
+    fn stream_errors_carry_the_engines_message() {
+        let (conn, t) = fake_engine(vec![(0, NOT_FOUND.to_vec())]);
+        let e = open_on(conn, "/v1.41/containers/no-such-ctr/logs?follow=1")
+            .err()
+            .unwrap();
+        assert!(e.is_not_found());
+        assert_eq!(
+            e.to_string(),
+            "engine answered 404: No such container: no-such-ctr"
+        );
+        let request = String::from_utf8(t.join().unwrap()).unwrap();
+        assert!(request.starts_with(
+            "GET /v1.41/containers/no-such-ctr/logs?follow=1 HTTP/1.1\r\nHost: docker\r\n"
+        ));
+    }
+
+    #[test]
+    fn one_shot_requests_read_the_whole_body() {
+        let (conn, t) = fake_engine(vec![
+            (0, INSPECT[..100].to_vec()),
+            (10, INSPECT[100..].to_vec()),
+        ]);
+        let (head, body) = get_on(conn, "/v1.41/containers/eng-cap-lbl/json").unwrap();
+        assert_eq!(head.status, 200);
+        assert_eq!(
+            containers::parse_inspect(&body).unwrap().name,
+            "eng-cap-lbl"
+        );
+        assert!(String::from_utf8(t.join().unwrap())
+            .unwrap()
+            .contains("Connection: close\r\n"));
+        // A body cut short is an error, not a short answer.
+        let (conn, _) = fake_engine(vec![(0, INSPECT[..INSPECT.len() - 10].to_vec())]);
+        assert!(get_on(conn, "/x").is_err());
+        // So is a peer that closes before the head is complete.
+        let (conn, _) = fake_engine(vec![(0, b"HTTP/1.1 200 OK\r\n".to_vec())]);
+        assert!(get_on(conn, "/x").is_err());
+    }
+
+    #[test]
+    fn follows_recorded_events() {
+        let (conn, _) = fake_engine(vec![(0, EVENTS.to_vec())]);
+        let (reader, body) = open_on(conn, "/v1.41/events").unwrap();
+        let mut s = EventStream::new(reader, body);
+        let mut actions = Vec::new();
+        while let Some(ev) = s.next_event().unwrap() {
+            actions.push(ev.action);
+        }
+        assert!(actions.starts_with(&["create".to_string(), "attach".into(), "start".into()]));
+        assert_eq!(s.next_event().unwrap(), None);
     }
 
     #[test]
