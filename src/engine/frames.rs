@@ -370,6 +370,7 @@ mod tests {
     const SMALL_TTY: &[u8] = include_bytes!("../../tests/data/logs-smalltty.http");
     const PLAIN: &[u8] = include_bytes!("../../tests/data/logs-plain.http");
     const TTY: &[u8] = include_bytes!("../../tests/data/logs-tty.http");
+    const TTY_16K: &[u8] = include_bytes!("../../tests/data/logs-tty-16k.http");
 
     const OUT: StreamKind = StreamKind::Stdout;
     const ERR: StreamKind = StreamKind::Stderr;
@@ -521,13 +522,14 @@ mod tests {
     /// (Splitting a 53 KB stream at all of its offsets takes minutes in a debug build.)
     #[test]
     fn every_split_offset_of_the_long_line_streams() {
-        for (resp, tty) in [(PLAIN, false), (TTY, true)] {
+        for (resp, tty) in [(PLAIN, false), (TTY, true), (TTY_16K, true)] {
             let b = body(resp);
             let whole = decode(tty, 1 << 20, &[&b]);
             let in_run = |i: usize| {
                 let lo = i.saturating_sub(48);
                 let hi = (i + 48).min(b.len());
-                b[lo..hi].iter().all(|&c| c == b'a') || b[lo..hi].iter().all(|&c| c == b'b')
+                let run = &b[lo..hi];
+                run.iter().all(|&c| c == run[0]) && matches!(run[0], b'a' | b'b' | b'c')
             };
             let mut tried = 0;
             for cut in 0..=b.len() {
@@ -551,6 +553,28 @@ mod tests {
             let b = body(resp);
             let pieces: Vec<&[u8]> = b.chunks(1).collect();
             check_big(&decode(tty, 1 << 20, &pieces), tty);
+        }
+    }
+
+    /// On a TTY the `\r` of `\r\n` counts towards the engine's 16 KiB, so lines of 16383,
+    /// 16384 and 16385 bytes are cut in three different places; all must come back whole.
+    #[test]
+    fn tty_lines_around_16k() {
+        let b = body(TTY_16K);
+        for lines in [
+            decode(true, 1 << 20, &[&b]),
+            decode(true, 1 << 20, &b.chunks(1).collect::<Vec<_>>()),
+        ] {
+            let got: Vec<(usize, bool)> = lines
+                .iter()
+                .map(|l| (l.bytes.len(), l.bytes.iter().all(|&c| c == b'c')))
+                .collect();
+            assert_eq!(
+                got,
+                [(16383, true), (16384, true), (16385, true), (3, false)]
+            );
+            assert_eq!(lines[3].bytes, b"end");
+            assert!(lines.iter().all(|l| l.stream == OUT && !l.truncated));
         }
     }
 
