@@ -3,8 +3,9 @@
 //!
 //! The wire parsers (`http`, `chunked`, `frames`, `timestamp`, `events`, `containers`) are pure:
 //! bytes in, values out, no sockets, tested on recorded engine answers in `tests/data/`.
-//! `transport` owns the socket; [`Engine`] and the streams here glue the two together. Nothing here knows
-//! about backends, levels or labels-to-topics: it hands out raw lines and events.
+//! `transport` owns the socket; [`Engine`] and the streams here glue the two together.
+//! Nothing here knows about backends, levels or labels-to-topics: it hands out raw lines and
+//! events.
 
 pub mod chunked;
 pub mod containers;
