@@ -1,12 +1,30 @@
 //! The engine side: a Docker Engine API client over `DOCKER_HOST` (`unix://` or `tcp://`),
 //! speaking HTTP/1.1 that we write and parse ourselves.
 //!
-//! The wire parsers (`http`, `chunked`, `frames`, `timestamp`, `events`) are pure: bytes in,
-//! values out, no sockets. [`Engine`] and the streams glue them to a socket. Nothing here knows
-//! about backends, levels or labels-to-topics: it hands out raw lines and events.
+//! The wire parsers (`http`, `chunked`, `frames`, `timestamp`, `events`, `containers`) are pure:
+//! bytes in, values out, no sockets, tested on recorded engine answers in `tests/data/`.
+//! `transport` owns the socket; [`Engine`] and the streams here glue the two together.
+//! Nothing here knows about backends, levels or labels-to-topics: it hands out raw lines and
+//! events.
 
-use std::collections::BTreeMap;
+pub mod chunked;
+pub mod containers;
+pub mod events;
+pub mod frames;
+pub mod http;
+pub mod timestamp;
+mod transport;
+
+use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
+use std::time::{Duration, Instant};
+
+use chunked::BodyDecoder;
+use events::EventSplitter;
+use frames::Decoder;
+use transport::{is_timeout, Addr, Conn, Reader};
+
+pub use transport::Closer;
 
 /// Everything that can go wrong talking to the engine.
 #[derive(Debug)]
@@ -17,8 +35,8 @@ pub enum Error {
     Status { status: u16, message: String },
     /// The bytes on the wire were not what the protocol allows.
     Protocol(String),
-    /// Not implemented yet.
-    Unsupported(&'static str),
+    /// `DOCKER_HOST` is not a `unix://` or `tcp://` address we can use.
+    InvalidHost(String),
 }
 
 impl fmt::Display for Error {
@@ -27,7 +45,7 @@ impl fmt::Display for Error {
             Error::Io(e) => write!(f, "engine connection: {e}"),
             Error::Status { status, message } => write!(f, "engine answered {status}: {message}"),
             Error::Protocol(m) => write!(f, "engine protocol: {m}"),
-            Error::Unsupported(m) => write!(f, "not supported: {m}"),
+            Error::InvalidHost(m) => write!(f, "bad DOCKER_HOST {m}"),
         }
     }
 }
@@ -107,4 +125,541 @@ pub struct Event {
     pub attributes: BTreeMap<String, String>,
     /// `timeNano`.
     pub time_nano: i64,
+}
+
+/// The newest API version we speak; older engines get theirs.
+pub const OUR_API_VERSION: &str = "1.47";
+/// Engines that do not say which version they speak are older than the header (API 1.25).
+const FALLBACK_API_VERSION: &str = "1.24";
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a one-shot request, and the head of a stream, may take per read.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// One-shot bodies (lists, inspects) bigger than this are refused.
+const MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
+/// Error bodies are read up to this size only, since only their message is wanted.
+const MAX_ERROR_BODY_BYTES: usize = 64 * 1024;
+
+/// A client for one engine. Cheap to clone; every request opens its own connection, so clones
+/// can be used from different threads.
+#[derive(Debug, Clone)]
+pub struct Engine {
+    addr: Addr,
+    version: String,
+}
+
+impl Engine {
+    /// Parses `DOCKER_HOST`: `unix:///path` or `tcp://host:port`. No I/O. Until
+    /// [`Engine::negotiate`] is called, requests use [`OUR_API_VERSION`].
+    pub fn new(docker_host: &str) -> Result<Engine, Error> {
+        Ok(Engine {
+            addr: Addr::parse(docker_host)?,
+            version: OUR_API_VERSION.to_string(),
+        })
+    }
+
+    /// `GET /_ping`; uses the lower of our version and the engine's `Api-Version` for all later
+    /// requests. Returns the version chosen.
+    pub fn negotiate(&mut self) -> Result<String, Error> {
+        let (head, _) = self.get("/_ping")?;
+        let theirs = head.api_version().unwrap_or(FALLBACK_API_VERSION);
+        let chosen = match (parse_version(theirs), parse_version(OUR_API_VERSION)) {
+            (Some(t), Some(o)) if t < o => theirs.trim().to_string(),
+            (Some(_), _) => OUR_API_VERSION.to_string(),
+            (None, _) => {
+                return Err(Error::Protocol(format!(
+                    "engine sent a bad Api-Version {theirs:?}"
+                )))
+            }
+        };
+        self.version = chosen.clone();
+        Ok(chosen)
+    }
+
+    /// The API version used in request paths.
+    pub fn api_version(&self) -> &str {
+        &self.version
+    }
+
+    /// `GET /containers/json`: the ids of the running containers.
+    pub fn list_running(&self) -> Result<Vec<String>, Error> {
+        let (_, body) = self.get(&self.path("/containers/json"))?;
+        containers::parse_list(&body)
+    }
+
+    /// `GET /containers/{id}/json`; `id` may also be a name.
+    pub fn inspect(&self, id: &str) -> Result<ContainerInfo, Error> {
+        let path = self.path(&format!("/containers/{}/json", encode_id(id)));
+        let (_, body) = self.get(&path)?;
+        containers::parse_inspect(&body)
+    }
+
+    /// Follows a container's logs with timestamps from `since`. `tty` must match the
+    /// container's `Config.Tty`, since it decides how the body is framed.
+    pub fn logs(
+        &self,
+        id: &str,
+        tty: bool,
+        since: Since,
+        max_line_bytes: usize,
+    ) -> Result<LogStream, Error> {
+        let mut path = self.path(&format!(
+            "/containers/{}/logs?follow=1&stdout=1&stderr=1&timestamps=1",
+            encode_id(id)
+        ));
+        match since {
+            Since::All => {}
+            Since::Now => path.push_str("&tail=0"),
+            Since::At(ns) => {
+                path.push_str("&since=");
+                path.push_str(&timestamp::format_since(ns));
+            }
+        }
+        let (reader, body) = self.open(&path)?;
+        Ok(LogStream::new(reader, body, tty, max_line_bytes))
+    }
+
+    /// Follows `/events` for containers.
+    pub fn events(&self) -> Result<EventStream, Error> {
+        // `{"type":["container"]}`, URL-encoded.
+        let path = self.path("/events?filters=%7B%22type%22%3A%5B%22container%22%5D%7D");
+        let (reader, body) = self.open(&path)?;
+        Ok(EventStream::new(reader, body))
+    }
+
+    fn path(&self, rest: &str) -> String {
+        format!("/v{}{}", self.version, rest)
+    }
+
+    fn get(&self, path: &str) -> Result<(http::Head, Vec<u8>), Error> {
+        get_on(Conn::connect(&self.addr, CONNECT_TIMEOUT)?, path)
+    }
+
+    fn open(&self, path: &str) -> Result<(Reader, BodyDecoder), Error> {
+        open_on(Conn::connect(&self.addr, CONNECT_TIMEOUT)?, path)
+    }
+}
+
+/// Sends `GET path` and reads the response head.
+fn send(conn: Conn, path: &str, one_shot: bool) -> Result<(Reader, http::Head), Error> {
+    let mut request = Vec::with_capacity(256);
+    http::write_request(&mut request, path, one_shot);
+    Reader::send(conn, &request, REQUEST_TIMEOUT)
+}
+
+/// A one-shot request: the head and the whole body, or the engine's error.
+fn get_on(conn: Conn, path: &str) -> Result<(http::Head, Vec<u8>), Error> {
+    let (mut reader, head) = send(conn, path, true)?;
+    let limit = if head.is_success() {
+        MAX_BODY_BYTES
+    } else {
+        MAX_ERROR_BODY_BYTES
+    };
+    let body = read_body(&mut reader, head.framing, limit)?;
+    if !head.is_success() {
+        return Err(http::status_error(head.status, &body));
+    }
+    Ok((head, body))
+}
+
+/// Opens a followed stream: checks the status, then leaves the socket blocking.
+fn open_on(conn: Conn, path: &str) -> Result<(Reader, BodyDecoder), Error> {
+    let (mut reader, head) = send(conn, path, false)?;
+    if !head.is_success() {
+        let body = read_body(&mut reader, head.framing, MAX_ERROR_BODY_BYTES)?;
+        return Err(http::status_error(head.status, &body));
+    }
+    reader.set_timeout(None)?;
+    Ok((reader, BodyDecoder::new(head.framing)))
+}
+
+/// Reads a whole body of at most `limit` bytes (an error body may be cut at the limit).
+fn read_body(
+    reader: &mut Reader,
+    framing: chunked::Framing,
+    limit: usize,
+) -> Result<Vec<u8>, Error> {
+    let mut decoder = BodyDecoder::new(framing);
+    let mut body = Vec::new();
+    while !decoder.is_done() {
+        let bytes = reader.read()?;
+        if bytes.is_empty() {
+            decoder.on_eof()?;
+            break;
+        }
+        let mut over = false;
+        decoder.decode(bytes, &mut |b| {
+            body.extend_from_slice(b);
+            over |= body.len() > limit;
+            Ok(())
+        })?;
+        if over {
+            if limit == MAX_ERROR_BODY_BYTES {
+                body.truncate(limit);
+                break;
+            }
+            return Err(Error::Protocol(format!("response body over {limit} bytes")));
+        }
+    }
+    Ok(body)
+}
+
+/// `1.41` → (1, 41), so versions compare as numbers.
+fn parse_version(v: &str) -> Option<(u32, u32)> {
+    let (major, minor) = v.trim().split_once('.')?;
+    Some((major.parse().ok()?, minor.parse().ok()?))
+}
+
+/// Percent-encodes an id or name for a path segment; a leading `/` of a name is dropped.
+fn encode_id(id: &str) -> String {
+    let id = id.trim_start_matches('/');
+    let mut out = String::with_capacity(id.len());
+    for b in id.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// What [`LogStream::next`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Next {
+    Line(LogLine),
+    /// Nothing arrived within the idle time and no partial line was waiting.
+    Idle,
+    /// The engine ended the stream (the container stopped, or the stream was closed).
+    End,
+}
+
+/// A followed log stream.
+pub struct LogStream {
+    reader: Reader,
+    body: BodyDecoder,
+    frames: Decoder,
+    /// Lines decoded but not yet handed out.
+    ready: VecDeque<LogLine>,
+    ended: bool,
+}
+
+impl LogStream {
+    fn new(reader: Reader, body: BodyDecoder, tty: bool, max_line_bytes: usize) -> LogStream {
+        LogStream {
+            reader,
+            body,
+            frames: Decoder::new(tty, max_line_bytes),
+            ready: VecDeque::new(),
+            ended: false,
+        }
+    }
+
+    /// Blocks for the next whole line. With `idle = Some(d)`: if no complete line arrives
+    /// within about `d`, a pending partial line (no newline yet) is emitted as a line, else
+    /// [`Next::Idle`] is returned.
+    pub fn next(&mut self, idle: Option<Duration>) -> Result<Next, Error> {
+        let started = Instant::now();
+        loop {
+            if let Some(line) = self.ready.pop_front() {
+                return Ok(Next::Line(line));
+            }
+            if self.ended {
+                return Ok(Next::End);
+            }
+            self.reader.set_timeout(idle)?;
+            let ready = &mut self.ready;
+            let frames = &mut self.frames;
+            let bytes = match self.reader.read() {
+                Ok(b) => b,
+                Err(e) if is_timeout(&e) && idle.is_some() => {
+                    frames.flush_partial(&mut |l| ready.push_back(l));
+                    if ready.is_empty() {
+                        return Ok(Next::Idle);
+                    }
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
+            if bytes.is_empty() {
+                // A stream cut short (engine restart, closer) ends like a finished one: the
+                // caller re-opens it from the last timestamp either way.
+                if let Err(e) = self.body.on_eof() {
+                    log::debug!("log stream: {e}");
+                }
+                frames.finish(&mut |l| ready.push_back(l));
+                self.ended = true;
+                continue;
+            }
+            self.body
+                .decode(bytes, &mut |b| frames.feed(b, &mut |l| ready.push_back(l)))?;
+            if self.body.is_done() {
+                frames.finish(&mut |l| ready.push_back(l));
+                self.ended = true;
+            } else if ready.is_empty() && idle.is_some_and(|d| started.elapsed() >= d) {
+                // Bytes trickled in without completing a line; the idle time still counts.
+                frames.flush_partial(&mut |l| ready.push_back(l));
+                if ready.is_empty() {
+                    return Ok(Next::Idle);
+                }
+            }
+        }
+    }
+
+    /// A handle another thread can use to end this stream at once.
+    pub fn closer(&self) -> Closer {
+        self.reader.closer()
+    }
+}
+
+/// A followed `/events` stream of container events.
+pub struct EventStream {
+    reader: Reader,
+    body: BodyDecoder,
+    splitter: EventSplitter,
+    ready: VecDeque<Event>,
+    ended: bool,
+}
+
+impl EventStream {
+    fn new(reader: Reader, body: BodyDecoder) -> EventStream {
+        EventStream {
+            reader,
+            body,
+            splitter: EventSplitter::new(),
+            ready: VecDeque::new(),
+            ended: false,
+        }
+    }
+
+    /// Blocks for the next container event; `None` when the stream ended.
+    pub fn next_event(&mut self) -> Result<Option<Event>, Error> {
+        loop {
+            if let Some(ev) = self.ready.pop_front() {
+                return Ok(Some(ev));
+            }
+            if self.ended {
+                return Ok(None);
+            }
+            let ready = &mut self.ready;
+            let splitter = &mut self.splitter;
+            let bytes = self.reader.read()?;
+            if bytes.is_empty() {
+                if let Err(e) = self.body.on_eof() {
+                    log::debug!("event stream: {e}");
+                }
+                splitter.finish(&mut |e| ready.push_back(e))?;
+                self.ended = true;
+                continue;
+            }
+            self.body.decode(bytes, &mut |b| {
+                splitter.feed(b, &mut |e| ready.push_back(e))
+            })?;
+            if self.body.is_done() {
+                splitter.finish(&mut |e| ready.push_back(e))?;
+                self.ended = true;
+            }
+        }
+    }
+
+    /// A handle another thread can use to end this stream at once.
+    pub fn closer(&self) -> Closer {
+        self.reader.closer()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compares_versions_as_numbers() {
+        assert_eq!(parse_version("1.41"), Some((1, 41)));
+        assert!(parse_version("1.9") < parse_version("1.41"));
+        assert_eq!(parse_version("x"), None);
+        assert_eq!(parse_version("1."), None);
+    }
+
+    #[test]
+    fn builds_paths() {
+        let e = Engine::new("unix:///tmp/docker.sock").unwrap();
+        assert_eq!(e.api_version(), OUR_API_VERSION);
+        assert_eq!(e.path("/containers/json"), "/v1.47/containers/json");
+        assert_eq!(encode_id("/my-app_1.web"), "my-app_1.web");
+        assert_eq!(encode_id("a b/c?d"), "a%20b%2Fc%3Fd");
+        assert!(matches!(Engine::new("ssh://x"), Err(Error::InvalidHost(_))));
+    }
+
+    const SMALL: &[u8] = include_bytes!("../../tests/data/logs-small.http");
+    const NOT_FOUND: &[u8] = include_bytes!("../../tests/data/logs-404.http");
+    const EVENTS: &[u8] = include_bytes!("../../tests/data/events.http");
+    const INSPECT: &[u8] = include_bytes!("../../tests/data/inspect-running.http");
+
+    /// A socket pair whose far end plays the engine: it reads the request, then writes each
+    /// piece after its pause and closes. No engine is involved.
+    fn fake_engine(pieces: Vec<(u64, Vec<u8>)>) -> (Conn, std::thread::JoinHandle<Vec<u8>>) {
+        use std::io::{Read, Write};
+        let (ours, mut theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        let t = std::thread::spawn(move || {
+            let mut request = Vec::new();
+            let mut b = [0u8; 1024];
+            while !request.ends_with(b"\r\n\r\n") {
+                let n = theirs.read(&mut b).unwrap();
+                assert!(n > 0);
+                request.extend_from_slice(&b[..n]);
+            }
+            for (pause_ms, bytes) in pieces {
+                std::thread::sleep(Duration::from_millis(pause_ms));
+                // The client may have gone already; that is what some tests check.
+                if theirs.write_all(&bytes).is_err() {
+                    break;
+                }
+            }
+            request
+        });
+        (Conn::Unix(ours), t)
+    }
+
+    fn log_stream(pieces: Vec<(u64, Vec<u8>)>, tty: bool) -> LogStream {
+        let (conn, _) = fake_engine(pieces);
+        let (reader, body) = open_on(conn, "/v1.41/containers/x/logs").unwrap();
+        LogStream::new(reader, body, tty, 1000)
+    }
+
+    fn line_text(n: Next) -> String {
+        match n {
+            Next::Line(l) => String::from_utf8(l.bytes).unwrap(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn follows_a_recorded_stream_to_its_end() {
+        let cut = SMALL.len() / 2;
+        let mut s = log_stream(
+            vec![(0, SMALL[..cut].to_vec()), (20, SMALL[cut..].to_vec())],
+            false,
+        );
+        let mut lines = Vec::new();
+        loop {
+            match s.next(None).unwrap() {
+                Next::Line(l) => lines.push(String::from_utf8(l.bytes).unwrap()),
+                Next::End => break,
+                Next::Idle => panic!("no idle without a timeout"),
+            }
+        }
+        assert_eq!(
+            lines,
+            ["two", "one", "three", "1", "2", "3", "4", "5", "tail"]
+        );
+        assert_eq!(s.next(None).unwrap(), Next::End);
+    }
+
+    #[test]
+    fn idle_flushes_a_partial_line_then_reports_idle() {
+        let head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+        let chunk = |s: &[u8]| {
+            let mut c = format!("{:x}\r\n", s.len()).into_bytes();
+            c.extend_from_slice(s);
+            c.extend_from_slice(b"\r\n");
+            c
+        };
+        let mut s = log_stream(
+            vec![
+                (0, head),
+                (
+                    0,
+                    chunk(b"2026-11-25T02:10:05Z whole\r\n2026-11-25T02:10:06Z hal"),
+                ),
+                (1000, chunk(b"f\r\n")),
+                (0, b"0\r\n\r\n".to_vec()),
+            ],
+            true,
+        );
+        let idle = Some(Duration::from_millis(60));
+        assert_eq!(line_text(s.next(idle).unwrap()), "whole");
+        assert_eq!(line_text(s.next(idle).unwrap()), "hal");
+        assert_eq!(s.next(idle).unwrap(), Next::Idle);
+        // The rest of the line arrives later as a line of its own; without a timeout we wait.
+        assert_eq!(line_text(s.next(None).unwrap()), "f");
+        assert_eq!(s.next(idle).unwrap(), Next::End);
+    }
+
+    #[test]
+    fn closer_ends_a_blocked_stream() {
+        let head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+        let mut s = log_stream(vec![(0, head), (5000, b"0\r\n\r\n".to_vec())], false);
+        let closer = s.closer();
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            closer.close();
+        });
+        let started = Instant::now();
+        let r = s.next(None);
+        assert!(matches!(r, Ok(Next::End) | Err(Error::Io(_))), "{r:?}");
+        assert!(started.elapsed() < Duration::from_secs(2));
+        t.join().unwrap();
+    }
+
+    #[test]
+    fn stream_errors_carry_the_engines_message() {
+        let (conn, t) = fake_engine(vec![(0, NOT_FOUND.to_vec())]);
+        let e = open_on(conn, "/v1.41/containers/no-such-ctr/logs?follow=1")
+            .err()
+            .unwrap();
+        assert!(e.is_not_found());
+        assert_eq!(
+            e.to_string(),
+            "engine answered 404: No such container: no-such-ctr"
+        );
+        let request = String::from_utf8(t.join().unwrap()).unwrap();
+        assert!(request.starts_with(
+            "GET /v1.41/containers/no-such-ctr/logs?follow=1 HTTP/1.1\r\nHost: docker\r\n"
+        ));
+    }
+
+    #[test]
+    fn one_shot_requests_read_the_whole_body() {
+        let (conn, t) = fake_engine(vec![
+            (0, INSPECT[..100].to_vec()),
+            (10, INSPECT[100..].to_vec()),
+        ]);
+        let (head, body) = get_on(conn, "/v1.41/containers/eng-cap-lbl/json").unwrap();
+        assert_eq!(head.status, 200);
+        assert_eq!(
+            containers::parse_inspect(&body).unwrap().name,
+            "eng-cap-lbl"
+        );
+        assert!(String::from_utf8(t.join().unwrap())
+            .unwrap()
+            .contains("Connection: close\r\n"));
+        // A body cut short is an error, not a short answer.
+        let (conn, _) = fake_engine(vec![(0, INSPECT[..INSPECT.len() - 10].to_vec())]);
+        assert!(get_on(conn, "/x").is_err());
+        // So is a peer that closes before the head is complete.
+        let (conn, _) = fake_engine(vec![(0, b"HTTP/1.1 200 OK\r\n".to_vec())]);
+        assert!(get_on(conn, "/x").is_err());
+    }
+
+    #[test]
+    fn follows_recorded_events() {
+        let (conn, _) = fake_engine(vec![(0, EVENTS.to_vec())]);
+        let (reader, body) = open_on(conn, "/v1.41/events").unwrap();
+        let mut s = EventStream::new(reader, body);
+        let mut actions = Vec::new();
+        while let Some(ev) = s.next_event().unwrap() {
+            actions.push(ev.action);
+        }
+        assert!(actions.starts_with(&["create".to_string(), "attach".into(), "start".into()]));
+        assert_eq!(s.next_event().unwrap(), None);
+    }
+
+    #[test]
+    fn closer_is_send_and_sync() {
+        fn check<T: Send + Sync + Clone>() {}
+        check::<Closer>();
+        check::<Engine>();
+        fn send<T: Send>() {}
+        send::<LogStream>();
+        send::<EventStream>();
+    }
 }

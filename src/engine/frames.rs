@@ -1,0 +1,745 @@
+//! The log stream decoder: turns the body of `/containers/{id}/logs?timestamps=1` (after chunk
+//! decoding) into [`LogLine`]s.
+//!
+//! Without a TTY the body is multiplexed in frames with an 8-byte header
+//! `[type, 0, 0, 0, size u32 BE]`: type 1 is stdout, 2 stderr, 0 stdin (ignored) and 3 an error
+//! the engine reports in band. With a TTY the body is raw bytes. Either way every log entry
+//! starts with `<RFC3339Nano> `, which becomes `ts_ns`. The engine cuts lines longer than
+//! 16 KiB into several entries, each with the same timestamp and no `\n` but the last; they are
+//! rejoined per stream, keeping the first fragment's timestamp and at most `max_line_bytes`.
+//!
+//! Pure and incremental: frames, entries and timestamps may be cut anywhere between two calls
+//! to [`Decoder::feed`]. It never panics; a corrupt multiplex header is an error.
+
+use super::timestamp::{parse_rfc3339_ns, MAX_TIMESTAMP_LEN};
+use super::{Error, LogLine, StreamKind};
+
+/// The engine's log copier emits a partial entry when its 16 KiB buffer fills without a `\n`.
+/// A TTY stream has no frames, so this size is how we know where such a fragment ends.
+pub const PARTIAL_BYTES: usize = 16 * 1024;
+
+/// What the current multiplexed frame carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FrameKind {
+    Stdin,
+    Log(StreamKind),
+    System,
+}
+
+/// A line being assembled for one stream.
+#[derive(Debug, Default)]
+struct Pending {
+    bytes: Vec<u8>,
+    /// Timestamp of the line's first fragment; valid while `active`.
+    ts: i64,
+    /// Some bytes (possibly none kept, if truncated) of this line were seen.
+    active: bool,
+    truncated: bool,
+    /// A TTY `\r` at the end of what we have so far: dropped if `\n` follows, kept otherwise.
+    cr_held: bool,
+}
+
+/// Decodes one log stream.
+#[derive(Debug)]
+pub struct Decoder {
+    tty: bool,
+    max_line_bytes: usize,
+    /// Multiplex header bytes gathered so far (non-TTY).
+    header: [u8; 8],
+    header_len: usize,
+    in_frame: bool,
+    frame_left: usize,
+    frame_kind: FrameKind,
+    /// At the start of an entry, gathering its timestamp into `prefix`.
+    in_prefix: bool,
+    /// The prefix is only maybe a timestamp: a TTY fragment just reached [`PARTIAL_BYTES`].
+    tentative: bool,
+    prefix: Vec<u8>,
+    /// The stream the current entry's content goes to.
+    entry_stream: StreamKind,
+    /// Content bytes of the current fragment, for the TTY fragment-size rule.
+    fragment_len: usize,
+    /// The most recent timestamp seen, for lines whose own timestamp is missing.
+    last_ts: i64,
+    /// Lines being assembled: stdout, stderr, engine errors.
+    pending: [Pending; 3],
+}
+
+fn slot(stream: StreamKind) -> usize {
+    match stream {
+        StreamKind::Stdout => 0,
+        StreamKind::Stderr => 1,
+        StreamKind::EngineError => 2,
+    }
+}
+
+const STREAMS: [StreamKind; 3] = [
+    StreamKind::Stdout,
+    StreamKind::Stderr,
+    StreamKind::EngineError,
+];
+
+impl Decoder {
+    /// A decoder for a stream with (`tty`) or without a TTY; lines keep at most
+    /// `max_line_bytes` bytes.
+    pub fn new(tty: bool, max_line_bytes: usize) -> Decoder {
+        Decoder {
+            tty,
+            max_line_bytes,
+            header: [0; 8],
+            header_len: 0,
+            in_frame: false,
+            frame_left: 0,
+            frame_kind: FrameKind::Stdin,
+            in_prefix: tty,
+            tentative: false,
+            prefix: Vec::with_capacity(MAX_TIMESTAMP_LEN + 1),
+            entry_stream: StreamKind::Stdout,
+            fragment_len: 0,
+            last_ts: 0,
+            pending: Default::default(),
+        }
+    }
+
+    /// Decodes the next bytes of the body, calling `emit` for every complete line.
+    pub fn feed(&mut self, mut input: &[u8], emit: &mut impl FnMut(LogLine)) -> Result<(), Error> {
+        if self.tty {
+            self.entry_bytes(input, emit);
+            return Ok(());
+        }
+        while !input.is_empty() {
+            if !self.in_frame {
+                let n = (8 - self.header_len).min(input.len());
+                self.header[self.header_len..self.header_len + n].copy_from_slice(&input[..n]);
+                self.header_len += n;
+                input = &input[n..];
+                if self.header_len == 8 {
+                    self.header_len = 0;
+                    self.start_frame(emit)?;
+                }
+                continue;
+            }
+            let n = self.frame_left.min(input.len());
+            let (payload, rest) = input.split_at(n);
+            input = rest;
+            self.frame_left -= n;
+            match self.frame_kind {
+                FrameKind::Stdin => {}
+                FrameKind::Log(_) => self.entry_bytes(payload, emit),
+                FrameKind::System => {
+                    let mut data = payload;
+                    while !data.is_empty() {
+                        let used = self.content(StreamKind::EngineError, data, usize::MAX, emit);
+                        data = &data[used..];
+                    }
+                }
+            }
+            if self.frame_left == 0 {
+                self.end_frame(emit);
+            }
+        }
+        Ok(())
+    }
+
+    /// Emits the lines still waiting for their `\n` (used when the stream goes quiet). Bytes
+    /// that arrive later for those lines start new lines.
+    pub fn flush_partial(&mut self, emit: &mut impl FnMut(LogLine)) {
+        for stream in STREAMS {
+            if self.pending[slot(stream)].active {
+                self.finish_line(stream, emit);
+            }
+        }
+    }
+
+    /// The stream ended: everything still held, even half a timestamp, becomes a line.
+    pub fn finish(&mut self, emit: &mut impl FnMut(LogLine)) {
+        if self.in_prefix && !self.prefix.is_empty() {
+            self.prefix_failed(false, emit);
+        }
+        self.flush_partial(emit);
+    }
+
+    fn start_frame(&mut self, emit: &mut impl FnMut(LogLine)) -> Result<(), Error> {
+        let h = self.header;
+        if h[1] != 0 || h[2] != 0 || h[3] != 0 {
+            return Err(Error::Protocol(format!(
+                "bad log frame header {h:02x?} (is the container's TTY setting right?)"
+            )));
+        }
+        self.frame_kind = match h[0] {
+            0 => FrameKind::Stdin,
+            1 => FrameKind::Log(StreamKind::Stdout),
+            2 => FrameKind::Log(StreamKind::Stderr),
+            3 => FrameKind::System,
+            t => return Err(Error::Protocol(format!("unknown log frame type {t}"))),
+        };
+        let size = u32::from_be_bytes([h[4], h[5], h[6], h[7]]);
+        self.frame_left = usize::try_from(size).unwrap_or(usize::MAX);
+        self.in_frame = true;
+        self.fragment_len = 0;
+        self.prefix.clear();
+        self.tentative = false;
+        if let FrameKind::Log(stream) = self.frame_kind {
+            self.in_prefix = true;
+            self.entry_stream = stream;
+        } else {
+            self.in_prefix = false;
+        }
+        if self.frame_left == 0 {
+            self.end_frame(emit);
+        }
+        Ok(())
+    }
+
+    /// A frame ends its last entry; a timestamp cut short by the frame end is content.
+    fn end_frame(&mut self, emit: &mut impl FnMut(LogLine)) {
+        if self.in_prefix && !self.prefix.is_empty() {
+            self.prefix_failed(false, emit);
+        }
+        self.in_prefix = false;
+        self.in_frame = false;
+    }
+
+    /// Bytes of log entries: a timestamp prefix, then content up to `\n`, repeated.
+    fn entry_bytes(&mut self, mut data: &[u8], emit: &mut impl FnMut(LogLine)) {
+        while !data.is_empty() {
+            if self.in_prefix {
+                let room = MAX_TIMESTAMP_LEN - self.prefix.len().min(MAX_TIMESTAMP_LEN);
+                let window = &data[..data.len().min(room + 1)];
+                match window.iter().position(|&b| b == b' ' || b == b'\n') {
+                    Some(i) if window[i] == b' ' => {
+                        self.prefix.extend_from_slice(&window[..i]);
+                        data = &data[i + 1..];
+                        match parse_rfc3339_ns(&self.prefix) {
+                            Ok(ts) => self.begin_entry(ts),
+                            Err(_) => self.prefix_failed(true, emit),
+                        }
+                    }
+                    Some(i) => {
+                        // A `\n` before any space: no timestamp here; the `\n` is content.
+                        self.prefix.extend_from_slice(&window[..i]);
+                        data = &data[i..];
+                        self.prefix_failed(false, emit);
+                    }
+                    None => {
+                        self.prefix.extend_from_slice(window);
+                        data = &data[window.len()..];
+                        if self.prefix.len() > MAX_TIMESTAMP_LEN {
+                            self.prefix_failed(false, emit);
+                        }
+                    }
+                }
+                continue;
+            }
+            let limit = if self.tty && self.fragment_len < PARTIAL_BYTES {
+                PARTIAL_BYTES - self.fragment_len
+            } else {
+                usize::MAX
+            };
+            let used = self.content(self.entry_stream, data, limit, emit);
+            let newline = data[..used].last() == Some(&b'\n');
+            data = &data[used..];
+            if newline {
+                self.in_prefix = true;
+                self.tentative = false;
+                self.prefix.clear();
+                self.fragment_len = 0;
+            } else if self.tty && self.fragment_len == PARTIAL_BYTES {
+                self.in_prefix = true;
+                self.tentative = true;
+                self.prefix.clear();
+            }
+        }
+    }
+
+    fn begin_entry(&mut self, ts: i64) {
+        self.last_ts = ts;
+        self.in_prefix = false;
+        self.tentative = false;
+        self.prefix.clear();
+        self.fragment_len = 0;
+        if self.tty {
+            self.entry_stream = StreamKind::Stdout;
+        }
+    }
+
+    /// What looked like a timestamp prefix was not one: its bytes are content. On a TTY an
+    /// entry without a timestamp can only come from the engine itself (container output always
+    /// gets one), so it becomes an engine error line; after a 16 KiB fragment it simply
+    /// continues the line.
+    fn prefix_failed(&mut self, with_space: bool, emit: &mut impl FnMut(LogLine)) {
+        self.in_prefix = false;
+        if self.tty && !self.tentative {
+            self.entry_stream = StreamKind::EngineError;
+        }
+        self.tentative = false;
+        let prefix = std::mem::take(&mut self.prefix);
+        let stream = self.entry_stream;
+        // The prefix holds no `\n`, so content takes all of it at once.
+        self.content(stream, &prefix, usize::MAX, emit);
+        if with_space {
+            self.content(stream, b" ", usize::MAX, emit);
+        }
+        self.prefix = prefix;
+        self.prefix.clear();
+    }
+
+    /// Adds content for `stream` up to and including the first `\n` (which completes the line)
+    /// and at most `limit` bytes; returns how many bytes of `data` it took.
+    fn content(
+        &mut self,
+        stream: StreamKind,
+        data: &[u8],
+        limit: usize,
+        emit: &mut impl FnMut(LogLine),
+    ) -> usize {
+        let window = &data[..data.len().min(limit)];
+        match window.iter().position(|&b| b == b'\n') {
+            Some(i) => {
+                self.append(stream, &window[..i]);
+                self.fragment_len += i;
+                self.finish_line(stream, emit);
+                i + 1
+            }
+            None => {
+                self.append(stream, window);
+                self.fragment_len += window.len();
+                window.len()
+            }
+        }
+    }
+
+    fn append(&mut self, stream: StreamKind, bytes: &[u8]) {
+        let max = self.max_line_bytes;
+        let tty = self.tty;
+        let p = &mut self.pending[slot(stream)];
+        if !p.active {
+            p.active = true;
+            p.ts = self.last_ts;
+        }
+        if bytes.is_empty() {
+            return;
+        }
+        if p.cr_held {
+            p.cr_held = false;
+            push_capped(p, b"\r", max);
+        }
+        match bytes.split_last() {
+            Some((b'\r', body)) if tty => {
+                push_capped(p, body, max);
+                p.cr_held = true;
+            }
+            _ => push_capped(p, bytes, max),
+        }
+    }
+
+    fn finish_line(&mut self, stream: StreamKind, emit: &mut impl FnMut(LogLine)) {
+        let last_ts = self.last_ts;
+        let p = &mut self.pending[slot(stream)];
+        let line = LogLine {
+            stream,
+            ts_ns: if p.active { p.ts } else { last_ts },
+            // A copy of exactly the line's length; the buffer is kept for the next line.
+            bytes: p.bytes.clone(),
+            truncated: p.truncated,
+        };
+        p.bytes.clear();
+        p.active = false;
+        p.truncated = false;
+        p.cr_held = false;
+        emit(line);
+    }
+}
+
+fn push_capped(p: &mut Pending, bytes: &[u8], max: usize) {
+    let room = max.saturating_sub(p.bytes.len());
+    let take = room.min(bytes.len());
+    p.bytes.extend_from_slice(&bytes[..take]);
+    if take < bytes.len() {
+        p.truncated = true;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::chunked::{BodyDecoder, Framing};
+    use crate::engine::http::parse_head;
+
+    const SMALL: &[u8] = include_bytes!("../../tests/data/logs-small.http");
+    const SMALL_TTY: &[u8] = include_bytes!("../../tests/data/logs-smalltty.http");
+    const PLAIN: &[u8] = include_bytes!("../../tests/data/logs-plain.http");
+    const TTY: &[u8] = include_bytes!("../../tests/data/logs-tty.http");
+    const TTY_16K: &[u8] = include_bytes!("../../tests/data/logs-tty-16k.http");
+
+    const OUT: StreamKind = StreamKind::Stdout;
+    const ERR: StreamKind = StreamKind::Stderr;
+    const SYS: StreamKind = StreamKind::EngineError;
+
+    /// The de-chunked body of a recorded response.
+    fn body(resp: &[u8]) -> Vec<u8> {
+        let (_, used) = parse_head(resp).unwrap().unwrap();
+        let mut d = BodyDecoder::new(Framing::Chunked);
+        let mut out = Vec::new();
+        d.decode(&resp[used..], &mut |b| {
+            out.extend_from_slice(b);
+            Ok(())
+        })
+        .unwrap();
+        assert!(d.is_done());
+        out
+    }
+
+    fn decode(tty: bool, max: usize, pieces: &[&[u8]]) -> Vec<LogLine> {
+        let mut d = Decoder::new(tty, max);
+        let mut out = Vec::new();
+        for p in pieces {
+            d.feed(p, &mut |l| out.push(l)).unwrap();
+        }
+        d.finish(&mut |l| out.push(l));
+        out
+    }
+
+    fn text(lines: &[LogLine]) -> Vec<(StreamKind, String)> {
+        lines
+            .iter()
+            .map(|l| (l.stream, String::from_utf8_lossy(&l.bytes).into_owned()))
+            .collect()
+    }
+
+    fn ts(s: &str) -> i64 {
+        parse_rfc3339_ns(s.as_bytes()).unwrap()
+    }
+
+    /// A multiplexed frame.
+    fn frame(kind: u8, payload: &[u8]) -> Vec<u8> {
+        let mut f = vec![kind, 0, 0, 0];
+        f.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+        f.extend_from_slice(payload);
+        f
+    }
+
+    #[test]
+    fn decodes_the_recorded_small_stream() {
+        let lines = decode(false, 1 << 20, &[&body(SMALL)]);
+        let want: Vec<(StreamKind, String)> = [
+            (ERR, "two"),
+            (OUT, "one"),
+            (OUT, "three"),
+            (OUT, "1"),
+            (OUT, "2"),
+            (OUT, "3"),
+            (OUT, "4"),
+            (OUT, "5"),
+            (OUT, "tail"),
+        ]
+        .iter()
+        .map(|(s, t)| (*s, t.to_string()))
+        .collect();
+        assert_eq!(text(&lines), want);
+        assert_eq!(lines[0].ts_ns, ts("2026-11-25T02:10:05.620164341Z"));
+        assert_eq!(lines[8].ts_ns, ts("2026-11-25T02:10:05.656902940Z"));
+        assert!(lines.iter().all(|l| !l.truncated));
+    }
+
+    #[test]
+    fn decodes_the_recorded_small_tty_stream() {
+        let lines = decode(true, 1 << 20, &[&body(SMALL_TTY)]);
+        let got: Vec<String> = text(&lines)
+            .into_iter()
+            .map(|(s, t)| {
+                assert_eq!(s, OUT);
+                t
+            })
+            .collect();
+        assert_eq!(
+            got,
+            ["one", "two", "three", "1", "2", "3", "4", "5", "tail"]
+        );
+        assert_eq!(lines[8].ts_ns, ts("2026-11-25T02:10:06.081714388Z"));
+    }
+
+    fn check_big(lines: &[LogLine], tty: bool) {
+        // Stdout and stderr may arrive out of order relative to each other, so each stream is
+        // checked on its own.
+        let of = |stream| -> Vec<(String, i64)> {
+            lines
+                .iter()
+                .filter(|l| l.stream == stream)
+                .map(|l| (String::from_utf8_lossy(&l.bytes).into_owned(), l.ts_ns))
+                .collect()
+        };
+        assert_eq!(lines.len(), 8);
+        let out = of(OUT);
+        let err = if tty { out.clone() } else { of(ERR) };
+        let out_text: Vec<&str> = out.iter().map(|l| l.0.as_str()).collect();
+        let a = "a".repeat(33000);
+        let b = "b".repeat(20000);
+        let mut want = vec!["hello", "bad \u{fffd}\u{fffd} bytes", "  spaced  ", "", &a];
+        if tty {
+            want.insert(1, "to-stderr");
+            want.push(&b);
+        } else {
+            let err_text: Vec<&str> = err.iter().map(|l| l.0.as_str()).collect();
+            assert_eq!(err_text, ["to-stderr", b.as_str()]);
+        }
+        want.push("no newline at end");
+        assert_eq!(out_text, want);
+        // A rejoined line keeps the timestamp of its first fragment (all fragments share it).
+        let a_ts = out.iter().find(|l| l.0 == a).unwrap().1;
+        let b_ts = err.iter().find(|l| l.0 == b).unwrap().1;
+        assert!(a_ts > out[0].1);
+        assert!(b_ts >= a_ts);
+    }
+
+    #[test]
+    fn rejoins_long_lines_in_the_recorded_streams() {
+        check_big(&decode(false, 1 << 20, &[&body(PLAIN)]), false);
+        check_big(&decode(true, 1 << 20, &[&body(TTY)]), true);
+    }
+
+    #[test]
+    fn every_split_offset_of_the_small_streams() {
+        for (resp, tty) in [(SMALL, false), (SMALL_TTY, true)] {
+            let b = body(resp);
+            let whole = decode(tty, 1 << 20, &[&b]);
+            for cut in 0..=b.len() {
+                assert_eq!(
+                    decode(tty, 1 << 20, &[&b[..cut], &b[cut..]]),
+                    whole,
+                    "cut {cut}"
+                );
+                for cut2 in cut..=b.len() {
+                    let got = decode(tty, 1 << 20, &[&b[..cut], &b[cut..cut2], &b[cut2..]]);
+                    assert_eq!(got, whole, "cuts {cut} {cut2}");
+                }
+            }
+        }
+    }
+
+    /// Every split offset except those deep inside the runs of `a` and `b` of the long lines,
+    /// where the decoder's state is the same from one byte to the next; of those, every 97th.
+    /// (Splitting a 53 KB stream at all of its offsets takes minutes in a debug build.)
+    #[test]
+    fn every_split_offset_of_the_long_line_streams() {
+        for (resp, tty) in [(PLAIN, false), (TTY, true), (TTY_16K, true)] {
+            let b = body(resp);
+            let whole = decode(tty, 1 << 20, &[&b]);
+            let in_run = |i: usize| {
+                let lo = i.saturating_sub(48);
+                let hi = (i + 48).min(b.len());
+                let run = &b[lo..hi];
+                run.iter().all(|&c| c == run[0]) && matches!(run[0], b'a' | b'b' | b'c')
+            };
+            let mut tried = 0;
+            for cut in 0..=b.len() {
+                if in_run(cut) && cut % 97 != 0 {
+                    continue;
+                }
+                tried += 1;
+                assert_eq!(
+                    decode(tty, 1 << 20, &[&b[..cut], &b[cut..]]),
+                    whole,
+                    "cut {cut}"
+                );
+            }
+            assert!(tried > 1000);
+        }
+    }
+
+    #[test]
+    fn byte_at_a_time() {
+        for (resp, tty) in [(PLAIN, false), (TTY, true)] {
+            let b = body(resp);
+            let pieces: Vec<&[u8]> = b.chunks(1).collect();
+            check_big(&decode(tty, 1 << 20, &pieces), tty);
+        }
+    }
+
+    /// On a TTY the `\r` of `\r\n` counts towards the engine's 16 KiB, so lines of 16383,
+    /// 16384 and 16385 bytes are cut in three different places; all must come back whole.
+    #[test]
+    fn tty_lines_around_16k() {
+        let b = body(TTY_16K);
+        for lines in [
+            decode(true, 1 << 20, &[&b]),
+            decode(true, 1 << 20, &b.chunks(1).collect::<Vec<_>>()),
+        ] {
+            let got: Vec<(usize, bool)> = lines
+                .iter()
+                .map(|l| (l.bytes.len(), l.bytes.iter().all(|&c| c == b'c')))
+                .collect();
+            assert_eq!(
+                got,
+                [(16383, true), (16384, true), (16385, true), (3, false)]
+            );
+            assert_eq!(lines[3].bytes, b"end");
+            assert!(lines.iter().all(|l| l.stream == OUT && !l.truncated));
+        }
+    }
+
+    #[test]
+    fn truncates_but_keeps_consuming_to_the_newline() {
+        for (resp, tty) in [(PLAIN, false), (TTY, true)] {
+            let lines = decode(tty, 1000, &[&body(resp)]);
+            assert_eq!(lines.len(), 8);
+            let long: Vec<&LogLine> = lines.iter().filter(|l| l.bytes.len() == 1000).collect();
+            assert_eq!(long.len(), 2);
+            assert_eq!(long[0].bytes, vec![b'a'; 1000]);
+            assert_eq!(long[1].bytes, vec![b'b'; 1000]);
+            assert!(long.iter().all(|l| l.truncated));
+            assert_eq!(lines[7].bytes, b"no newline at end");
+            assert!(!lines[7].truncated);
+            assert_eq!(lines.iter().filter(|l| l.truncated).count(), 2);
+        }
+        let lines = decode(false, 3, &[&frame(1, b"2026-11-25T02:10:05Z abc\n")]);
+        assert_eq!(
+            (lines[0].bytes.as_slice(), lines[0].truncated),
+            (&b"abc"[..], false)
+        );
+        let lines = decode(false, 0, &[&frame(1, b"2026-11-25T02:10:05Z abc\n")]);
+        assert!(lines[0].bytes.is_empty() && lines[0].truncated);
+        // On a TTY the `\r` of `\r\n` does not count against the cap.
+        let lines = decode(true, 3, &[b"2026-11-25T02:10:05Z abc\r\n"]);
+        assert_eq!(
+            (lines[0].bytes.as_slice(), lines[0].truncated),
+            (&b"abc"[..], false)
+        );
+    }
+
+    #[test]
+    fn several_entries_in_one_frame_and_interleaved_partials() {
+        let t1 = "2026-11-25T02:10:05.1Z";
+        let t2 = "2026-11-25T02:10:06.2Z";
+        let mut s = frame(1, format!("{t1} one\n{t1} two\n{t1} par").as_bytes());
+        s.extend(frame(2, format!("{t2} err-start").as_bytes()));
+        s.extend(frame(0, b"stdin is ignored\n"));
+        s.extend(frame(1, format!("{t2} tial\n{t2} three\n").as_bytes()));
+        s.extend(frame(2, format!("{t2} -end\n").as_bytes()));
+        let lines = decode(false, 100, &[&s]);
+        assert_eq!(
+            text(&lines),
+            vec![
+                (OUT, "one".into()),
+                (OUT, "two".into()),
+                (OUT, "partial".into()),
+                (OUT, "three".into()),
+                (ERR, "err-start-end".into()),
+            ]
+        );
+        assert_eq!(lines[2].ts_ns, ts(t1));
+        assert_eq!(lines[3].ts_ns, ts(t2));
+        assert_eq!(lines[4].ts_ns, ts(t2));
+    }
+
+    #[test]
+    fn engine_errors_in_band() {
+        let mut s = frame(1, b"2026-11-25T02:10:05Z one\n");
+        s.extend(frame(3, b"Error grabbing logs: log file is gone\n"));
+        let lines = decode(false, 100, &[&s]);
+        assert_eq!(lines[1].stream, SYS);
+        assert_eq!(lines[1].bytes, b"Error grabbing logs: log file is gone");
+        assert_eq!(lines[1].ts_ns, lines[0].ts_ns);
+        // On a TTY the engine writes the same message raw, without a timestamp.
+        let lines = decode(
+            true,
+            100,
+            &[b"2026-11-25T02:10:05Z one\r\nError grabbing logs: x\n"],
+        );
+        assert_eq!(
+            text(&lines),
+            vec![(OUT, "one".into()), (SYS, "Error grabbing logs: x".into())]
+        );
+    }
+
+    #[test]
+    fn tty_fragment_rule() {
+        let t = "2026-11-25T02:10:05.5Z";
+        // Exactly 16 KiB then something that is not a timestamp: one line.
+        let mut s = format!("{t} ").into_bytes();
+        s.extend(vec![b'x'; PARTIAL_BYTES]);
+        s.extend_from_slice(b"not a time stamp\r\n");
+        let lines = decode(true, 1 << 20, &[&s]);
+        assert_eq!(lines.len(), 1);
+        assert_eq!(lines[0].bytes.len(), PARTIAL_BYTES + 16);
+        assert!(lines[0].bytes.ends_with(b"xnot a time stamp"));
+        // Exactly 16 KiB, then an entry holding only the line end.
+        let mut s = format!("{t} ").into_bytes();
+        s.extend(vec![b'x'; PARTIAL_BYTES]);
+        s.extend_from_slice(format!("{t} \r\n{t} next\r\n").as_bytes());
+        let lines = decode(true, 1 << 20, &[&s]);
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[0].bytes, vec![b'x'; PARTIAL_BYTES]);
+        assert_eq!(lines[1].bytes, b"next");
+    }
+
+    #[test]
+    fn flush_partial_emits_what_is_pending() {
+        let mut d = Decoder::new(false, 100);
+        let mut out = Vec::new();
+        let f = frame(1, b"2026-11-25T02:10:05Z half");
+        d.feed(&f[..f.len() - 2], &mut |l| out.push(l)).unwrap();
+        assert!(out.is_empty());
+        d.flush_partial(&mut |l| out.push(l));
+        assert_eq!(text(&out), vec![(OUT, "ha".into())]);
+        d.feed(&f[f.len() - 2..], &mut |l| out.push(l)).unwrap();
+        d.feed(&frame(1, b"2026-11-25T02:10:06Z !\n"), &mut |l| out.push(l))
+            .unwrap();
+        assert_eq!(out[1].bytes, b"lf!");
+        assert_eq!(out[1].ts_ns, ts("2026-11-25T02:10:05Z"));
+        d.flush_partial(&mut |l| out.push(l));
+        assert_eq!(out.len(), 2);
+        // A TTY `\r` waiting for its `\n` is not part of the line.
+        let mut d = Decoder::new(true, 100);
+        d.feed(b"2026-11-25T02:10:05Z x\r", &mut |l| out.push(l))
+            .unwrap();
+        d.flush_partial(&mut |l| out.push(l));
+        assert_eq!(out[2].bytes, b"x");
+        // A `\r` inside a line is kept.
+        let lines = decode(true, 100, &[b"2026-11-25T02:10:05Z a\r", b"b\r\n"]);
+        assert_eq!(lines[0].bytes, b"a\rb");
+    }
+
+    #[test]
+    fn rejects_bad_frame_headers() {
+        let mut d = Decoder::new(false, 100);
+        assert!(d
+            .feed(b"2026-11-25T02:10:05Z hello\n", &mut |_| {})
+            .is_err());
+        let mut d = Decoder::new(false, 100);
+        assert!(d
+            .feed(&[4, 0, 0, 0, 0, 0, 0, 1, b'x'], &mut |_| {})
+            .is_err());
+        let mut d = Decoder::new(false, 100);
+        assert!(d
+            .feed(&[1, 0, 1, 0, 0, 0, 0, 1, b'x'], &mut |_| {})
+            .is_err());
+        // A truncated header at the end is dropped quietly.
+        assert!(decode(false, 100, &[&[1, 0, 0]]).is_empty());
+        // Empty frames are fine.
+        assert!(decode(false, 100, &[&frame(1, b""), &frame(2, b"")]).is_empty());
+    }
+
+    #[test]
+    fn never_panics_on_garbage() {
+        let mut seed = 0x1234_5678_9abc_def1u64;
+        let alphabet = b"\x00\x01\x02\x03\x00\x00\n\r 2026-11-25T02:10:05.5Z+:x";
+        for round in 0..3000 {
+            let mut buf = Vec::new();
+            for _ in 0..(seed % 200) {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                buf.push(alphabet[(seed % alphabet.len() as u64) as usize]);
+            }
+            let tty = round % 2 == 0;
+            let mut d = Decoder::new(tty, (seed % 50) as usize);
+            for piece in buf.chunks(1 + (seed % 7) as usize) {
+                if d.feed(piece, &mut |_| {}).is_err() {
+                    break;
+                }
+            }
+            d.finish(&mut |_| {});
+        }
+    }
+}
