@@ -93,7 +93,7 @@ pub fn parse_time(s: &str) -> Option<i64> {
     if let Ok(ms) = s.parse::<i64>() {
         return Some(ms);
     }
-    crate::engine::timestamp::parse_rfc3339(s.as_bytes())
+    crate::engine::timestamp::parse_rfc3339_ns(s.as_bytes())
         .ok()
         .map(|ns| ns.div_euclid(1_000_000))
 }
