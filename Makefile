@@ -87,15 +87,12 @@ cargo-deb:
 
 deb: cargo-deb
 	$(CARGO) deb --locked --output $(DEB)
-	@echo $(DEB)
 
 deb-armhf: cargo-deb armv7
 	$(CARGO) deb --target $(ARMV7) --no-build --no-strip --output $(DEB_ARMHF)
-	@echo $(DEB_ARMHF)
 
 deb-arm64: cargo-deb aarch64
 	$(CARGO) deb --target $(AARCH64) --no-build --no-strip --output $(DEB_ARM64)
-	@echo $(DEB_ARM64)
 
 armv7:
 	CARGO=$(CARGO) packaging/cross.sh $(ARMV7)

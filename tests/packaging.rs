@@ -123,7 +123,10 @@ fn deb_path() -> &'static Path {
             return path;
         }
         // The target directory of `cargo test` may still be locked by it: build elsewhere.
-        let target = manifest_dir().join("target").join("packaging-test");
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| manifest_dir().join("target"))
+            .join("packaging-test");
         let arch = run_ok(Command::new("dpkg").arg("--print-architecture"), SHORT);
         let path = target.join(format!(
             "debian/{PACKAGE}_{}_{}.deb",
