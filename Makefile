@@ -1,0 +1,134 @@
+# Makefile of container-logd: builds, tests, cross-compiles for the Raspberry Pi, packages and
+# installs. Every variable can be overridden: make CARGO=cargo-1.80 PREFIX=/usr DESTDIR=/tmp/root
+#
+#   make / make build   release binary for this machine
+#   make run            runs the agent against this machine's engine, data under ./data
+#   make demo           tests/demo.sh
+#   make test           installs missing test tools (as root), fmt + clippy + every test
+#   make bench          bench/run.sh
+#   make deb            container-logd_<version>_<arch>.deb for this machine
+#   make armv7 armv6 aarch64   static Pi binaries (packaging/cross.sh)
+#   make arm-check      runs the Pi binaries under qemu
+#   make unit-check     systemd-analyze verify + security score of the unit
+#   make deb-armhf deb-arm64   .debs from the armv7 and aarch64 binaries
+#   make install        installs binary, unit and settings under $(DESTDIR)$(PREFIX)
+#   make clean          removes build output (never ./data)
+
+CARGO ?= cargo
+DESTDIR ?=
+PREFIX ?= /usr/local
+BINDIR ?= $(PREFIX)/bin
+SYSCONFDIR ?= /etc
+UNITDIR ?= /lib/systemd/system
+INSTALL ?= install
+
+CARGO_DEB_VERSION ?= 3.8.0
+TARGET_DIR ?= $(if $(CARGO_TARGET_DIR),$(CARGO_TARGET_DIR),target)
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
+HOST_ARCH := $(shell dpkg --print-architecture 2>/dev/null || echo amd64)
+DEB_DIR ?= $(TARGET_DIR)/debian
+DEB ?= $(DEB_DIR)/container-logd_$(VERSION)_$(HOST_ARCH).deb
+DEB_ARMHF ?= $(DEB_DIR)/container-logd_$(VERSION)_armhf.deb
+DEB_ARM64 ?= $(DEB_DIR)/container-logd_$(VERSION)_arm64.deb
+
+# `make run` settings; ARGS go to the agent, e.g. make run ARGS=check
+RUN_DATA ?= ./data
+ARGS ?=
+# Extra arguments for `cargo test`, e.g. make test TEST_ARGS='packaging'
+TEST_ARGS ?=
+
+ARMV7 := armv7-unknown-linux-gnueabihf
+ARMV6 := arm-unknown-linux-gnueabi
+AARCH64 := aarch64-unknown-linux-gnu
+
+.PHONY: all build run demo test lint bench deb deb-armhf deb-arm64 cargo-deb \
+	armv7 armv6 aarch64 arm arm-check unit-check install uninstall clean
+
+all: build
+
+build:
+	$(CARGO) build --release --locked
+
+run:
+	mkdir -p $(RUN_DATA)/logs $(RUN_DATA)/state
+	LOG_DIR=$(RUN_DATA)/logs STATE_DIR=$(RUN_DATA)/state $(CARGO) run --release --locked -- $(ARGS)
+
+demo:
+	tests/demo.sh
+
+bench:
+	bench/run.sh
+
+# Root on Debian: tests/env.sh deps installs what is missing. The .deb is built first and handed
+# to tests/packaging.rs; the private engine the tests start is stopped whatever their outcome,
+# and the tests' exit status is kept.
+test:
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		tests/env.sh deps; \
+	else \
+		echo "make test: not root on Debian, skipping tests/env.sh deps"; \
+	fi
+	$(CARGO) fmt --check
+	$(CARGO) clippy --all-targets --locked -- -D warnings
+	$(MAKE) deb
+	status=0; \
+	CARGO_DEB_PATH="$(abspath $(DEB))" $(CARGO) test --locked $(TEST_ARGS) || status=$$?; \
+	tests/env.sh down || echo "make test: tests/env.sh down failed"; \
+	exit $$status
+
+lint:
+	$(CARGO) fmt --check
+	$(CARGO) clippy --all-targets --locked -- -D warnings
+
+# cargo-deb, pinned, installed only when missing.
+cargo-deb:
+	@$(CARGO) deb --version >/dev/null 2>&1 || \
+		$(CARGO) install --locked cargo-deb@$(CARGO_DEB_VERSION)
+
+deb: cargo-deb
+	$(CARGO) deb --locked --output $(DEB)
+
+deb-armhf: cargo-deb armv7
+	$(CARGO) deb --target $(ARMV7) --no-build --no-strip --output $(DEB_ARMHF)
+
+deb-arm64: cargo-deb aarch64
+	$(CARGO) deb --target $(AARCH64) --no-build --no-strip --output $(DEB_ARM64)
+
+armv7:
+	CARGO=$(CARGO) packaging/cross.sh $(ARMV7)
+
+armv6:
+	CARGO=$(CARGO) packaging/cross.sh $(ARMV6)
+
+aarch64:
+	CARGO=$(CARGO) packaging/cross.sh $(AARCH64)
+
+arm: armv7 armv6 aarch64
+
+# systemd-analyze verify and the offline security score of the unit (needs a built binary).
+unit-check:
+	TARGET_DIR=$(TARGET_DIR) packaging/check-unit.sh
+
+# Checks whichever Pi binaries have been built (make armv7 arm-check checks one).
+arm-check:
+	TARGET_DIR=$(TARGET_DIR) packaging/qemu-check.sh
+
+install: build
+	$(INSTALL) -D -m 755 $(TARGET_DIR)/release/container-logd $(DESTDIR)$(BINDIR)/container-logd
+	$(INSTALL) -d $(DESTDIR)$(UNITDIR)
+	sed 's|^ExecStart=/usr/bin/container-logd|ExecStart=$(BINDIR)/container-logd|' \
+		etc/container-logd.service > $(DESTDIR)$(UNITDIR)/container-logd.service
+	chmod 644 $(DESTDIR)$(UNITDIR)/container-logd.service
+	@if [ -e $(DESTDIR)$(SYSCONFDIR)/default/container-logd ]; then \
+		echo "keeping $(DESTDIR)$(SYSCONFDIR)/default/container-logd"; \
+	else \
+		$(INSTALL) -D -m 644 etc/default/container-logd $(DESTDIR)$(SYSCONFDIR)/default/container-logd; \
+	fi
+	@echo "then: adduser --system --group --no-create-home container-logd;" \
+		"systemctl daemon-reload; systemctl enable --now container-logd"
+
+uninstall:
+	rm -f $(DESTDIR)$(BINDIR)/container-logd $(DESTDIR)$(UNITDIR)/container-logd.service
+
+clean:
+	$(CARGO) clean
