@@ -44,7 +44,7 @@ const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// How long shutdown waits for acknowledgements before spooling the rest.
 const ACK_WAIT: Duration = Duration::from_secs(2);
 /// How long a disconnect may last before `healthy()` says so.
-const GRACE: Duration = Duration::from_secs(5);
+const GRACE: Duration = Duration::from_secs(3);
 /// Stacks of our threads; the conn thread runs rumqttc's runtime and the TLS handshake.
 const PUB_STACK: usize = 256 << 10;
 const CONN_STACK: usize = 512 << 10;

@@ -132,7 +132,7 @@ impl Spool {
         Ok(Spool {
             dir: dir.to_path_buf(),
             max_bytes,
-            seg_size: (max_bytes / 8).clamp(64 << 10, 8 << 20),
+            seg_size: (max_bytes / 8).clamp(16 << 10, 8 << 20),
             segs,
             total,
         })
@@ -158,37 +158,64 @@ impl Spool {
         !self.segs.is_empty()
     }
 
-    /// Appends records after everything spooled; returns how many records were dropped
-    /// (oldest segments first) to stay under the limit.
+    /// Appends records after everything spooled, one write per segment touched; returns how
+    /// many records were dropped (oldest segments first) to stay under the limit.
     pub fn append<'a>(
         &mut self,
         records: impl Iterator<Item = (&'a str, &'a str)>,
     ) -> io::Result<u64> {
-        let (buf, n) = encode(records);
-        if n == 0 {
-            return Ok(0);
+        let mut buf = Vec::new();
+        let mut n = 0;
+        let mut dropped = 0;
+        for (topic, json) in records {
+            let room = match self.segs.back() {
+                Some(s) => self.seg_size.saturating_sub(s.len),
+                None => 0,
+            };
+            let line_len = (topic.len() + json.len() + 2) as u64;
+            if n > 0 && buf.len() as u64 + line_len > room {
+                dropped += self.write_tail(&buf, n)?;
+                buf.clear();
+                n = 0;
+            }
+            if n == 0 && line_len > room {
+                self.roll();
+            }
+            buf.extend_from_slice(topic.as_bytes());
+            buf.push(b'\t');
+            buf.extend_from_slice(json.as_bytes());
+            buf.push(b'\n');
+            n += 1;
         }
-        let roll = match self.segs.back() {
-            None => true,
-            Some(s) => s.len + buf.len() as u64 > self.seg_size,
-        };
-        if roll {
-            let id = self.segs.back().map(|s| s.id + 1).unwrap_or(FIRST_ID);
-            self.segs.push_back(Segment {
-                id,
-                len: 0,
-                records: 0,
-                read_off: 0,
-                read_records: 0,
-                acked_off: 0,
-                acked_records: 0,
-            });
+        if n > 0 {
+            dropped += self.write_tail(&buf, n)?;
+        }
+        Ok(dropped)
+    }
+
+    /// Starts a new last segment (its file is made by the first write).
+    fn roll(&mut self) {
+        let id = self.segs.back().map(|s| s.id + 1).unwrap_or(FIRST_ID);
+        self.segs.push_back(Segment {
+            id,
+            len: 0,
+            records: 0,
+            read_off: 0,
+            read_records: 0,
+            acked_off: 0,
+            acked_records: 0,
+        });
+    }
+
+    fn write_tail(&mut self, buf: &[u8], n: u64) -> io::Result<u64> {
+        if self.segs.is_empty() {
+            self.roll();
         }
         let Some(last) = self.segs.back_mut() else {
             return Ok(0);
         };
         let path = seg_path(&self.dir, last.id);
-        if let Err(e) = write_at_end(&path, last.len, &buf) {
+        if let Err(e) = write_at_end(&path, last.len, buf) {
             if last.len == 0 {
                 self.segs.pop_back();
             }
