@@ -513,7 +513,7 @@ fn batches_by_count_and_by_interval() {
     );
     for (i, g) in got.iter().enumerate() {
         assert_eq!(g.topic, "container-manager/logs/1001/web/error/batch");
-        let mut want = format!("{{\"count\":5,\"logs\":[");
+        let mut want = String::from("{\"count\":5,\"logs\":[");
         for (k, m) in sent[i * 5..i * 5 + 5].iter().enumerate() {
             if k > 0 {
                 want.push(',');
@@ -651,7 +651,7 @@ fn username_and_password() {
     );
     let (b, _p) = start(&bad, dir.path());
     wait_for("refusal", Duration::from_secs(10), || {
-        b.health()["lastError"].as_str().unwrap_or("") != ""
+        !b.health()["lastError"].as_str().unwrap_or("").is_empty()
     });
     let h = b.health();
     assert_eq!(h["connected"], false);
@@ -799,7 +799,7 @@ fn tls_verified_and_wrong_ca_refused() {
     let (b, _p) = start(&c, state.path());
     b.log(&line(&o, 2, Level::Info, "must not go out"));
     wait_for("tls refusal", Duration::from_secs(10), || {
-        b.health()["lastError"].as_str().unwrap_or("") != ""
+        !b.health()["lastError"].as_str().unwrap_or("").is_empty()
     });
     let h = b.health();
     let err = h["lastError"].as_str().unwrap_or("").to_string();
