@@ -31,7 +31,8 @@ const SPOOL_CHUNK_MSGS: usize = 1024;
 /// larger, so `try_publish` never meets a full channel.
 pub const MAX_INFLIGHT_UNITS: usize = 256;
 const MAX_INFLIGHT_BYTES: usize = 2 << 20;
-/// Largest payload we build; well below [`MAX_PACKET`] so a batch never tears the connection.
+/// Largest batch payload we build; well below [`MAX_PACKET`] so a batch never tears the
+/// connection down.
 pub const PAYLOAD_CAP: usize = 256 << 10;
 /// The MQTT packet size limit we set on the client.
 pub const MAX_PACKET: usize = 1 << 20;
@@ -260,8 +261,10 @@ impl Core {
             }
             _ => None,
         };
-        let json = if msg.json.len() + topic.len() + 64 > PAYLOAD_CAP {
-            Json::Text(cut(&msg.json, PAYLOAD_CAP - topic.len() - 256))
+        // A message too large for one packet is cut to fit; anything smaller goes out whole,
+        // alone when it does not fit a batch.
+        let json = if msg.json.len() + topic.len() + 4096 > MAX_PACKET {
+            Json::Text(cut(&msg.json, MAX_PACKET - topic.len() - 8192))
         } else {
             Json::Msg(msg)
         };

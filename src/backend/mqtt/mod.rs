@@ -47,7 +47,7 @@ const ACK_WAIT: Duration = Duration::from_secs(2);
 const GRACE: Duration = Duration::from_secs(3);
 /// Stacks of our threads; the conn thread runs rumqttc's runtime and the TLS handshake.
 const PUB_STACK: usize = 256 << 10;
-const CONN_STACK: usize = 512 << 10;
+const CONN_STACK: usize = 256 << 10;
 
 /// Why the MQTT backend could not start. An unreachable broker is not one of them.
 #[derive(Debug)]

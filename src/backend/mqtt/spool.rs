@@ -277,7 +277,16 @@ impl Spool {
                 continue;
             }
             let path = seg_path(&self.dir, seg.id);
-            let mut f = File::open(&path)?;
+            let mut f = match File::open(&path) {
+                Ok(f) => f,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    // Removed behind our back: nothing to read there, and no reason to retry.
+                    seg.read_off = seg.len;
+                    seg.acked_off = seg.len;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             f.seek(SeekFrom::Start(seg.read_off))?;
             let avail = (seg.len - seg.read_off) as usize;
             let mut want = budget.min(avail).max(1);
