@@ -50,7 +50,14 @@ impl TempDir {
 
 impl Drop for TempDir {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        // After a failed assertion a backend may still be spooling into the directory; give
+        // it a moment and try again.
+        for _ in 0..3 {
+            if std::fs::remove_dir_all(&self.0).is_ok() || !self.0.exists() {
+                return;
+            }
+            thread::sleep(Duration::from_millis(200));
+        }
     }
 }
 
@@ -570,22 +577,23 @@ fn retained_status_and_clean_offline() {
 }
 
 /// Run as a child process by `last_will_when_the_agent_is_killed`: an agent that never stops.
-fn child_agent(port: u16, status: &str) {
-    let dir = TempDir::new("child");
+fn child_agent(port: u16, status: &str, state: &Path) {
     let c = cfg(port, &[("MQTT_STATUS_TOPIC", status)]);
-    let (_b, _p) = start(&c, dir.path());
+    let (_b, _p) = start(&c, state);
     thread::sleep(Duration::from_secs(60));
 }
 
 #[test]
 fn last_will_when_the_agent_is_killed() {
-    if let (Ok(port), Ok(status)) = (
+    if let (Ok(port), Ok(status), Ok(state)) = (
         std::env::var("MQTT_TEST_CHILD_PORT"),
         std::env::var("MQTT_TEST_CHILD_STATUS"),
+        std::env::var("MQTT_TEST_CHILD_STATE"),
     ) {
-        child_agent(port.parse().expect("port"), &status);
+        child_agent(port.parse().expect("port"), &status, Path::new(&state));
         return;
     }
+    // The child is killed, so its state directory is ours to remove.
     let dir = TempDir::new("will");
     let port = free_port();
     let _broker = Broker::start(dir.path(), port, "");
@@ -600,6 +608,7 @@ fn last_will_when_the_agent_is_killed() {
         ])
         .env("MQTT_TEST_CHILD_PORT", port.to_string())
         .env("MQTT_TEST_CHILD_STATUS", &status)
+        .env("MQTT_TEST_CHILD_STATE", dir.path().join("child-state"))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
