@@ -1,0 +1,752 @@
+//! The MQTT backend's state, shared by the `mqtt-pub` and `mqtt-conn` threads under one mutex:
+//! what waits in memory, what is in flight and under which packet id, the spool, and which
+//! container positions may be reported to `Progress`.
+//!
+//! The logical queue, oldest first, is: in flight → retry (returned from flight by a disconnect)
+//! → spool replay → spool on disk → memory → open batches. Every path keeps that order, so a
+//! subscriber sees each container's lines in order and a restart resumes without a gap.
+//! A message counts as delivered only on its PUBACK/PUBCOMP (QoS 1/2) or once written to the
+//! socket (QoS 0). This module never blocks: it calls only `try_publish` on the client, and it
+//! never sleeps; the threads in `mod.rs` do the waiting.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rumqttc::{Client, QoS};
+
+use super::spool::Spool;
+use super::topic;
+use crate::backend::Progress;
+use crate::config::MqttConfig;
+use crate::message::{LogMessage, Position, SourceKind};
+
+/// Messages kept in memory (retry, memory queue, open batches) before the spool takes over.
+pub const MEM_MAX_MSGS: usize = 4096;
+/// Bytes kept in memory before the spool takes over.
+pub const MEM_MAX_BYTES: usize = 4 << 20;
+/// Messages moved to the spool in one write.
+const SPOOL_CHUNK_MSGS: usize = 1024;
+/// Publishes handed to the client and not yet acknowledged; the client's request channel is
+/// larger, so `try_publish` never meets a full channel.
+pub const MAX_INFLIGHT_UNITS: usize = 256;
+const MAX_INFLIGHT_BYTES: usize = 2 << 20;
+/// Largest batch payload we build; well below [`MAX_PACKET`] so a batch never tears the
+/// connection down.
+pub const PAYLOAD_CAP: usize = 256 << 10;
+/// The MQTT packet size limit we set on the client.
+pub const MAX_PACKET: usize = 1 << 20;
+/// Connected but no acknowledgement for this long: treat the broker as away and spool.
+const STALL: Duration = Duration::from_secs(2);
+
+/// A message body: the stored JSON of a message, or a line read back from the spool.
+enum Json {
+    Msg(Arc<LogMessage>),
+    Text(String),
+}
+
+impl Json {
+    fn as_str(&self) -> &str {
+        match self {
+            Json::Msg(m) => &m.json,
+            Json::Text(t) => t,
+        }
+    }
+}
+
+/// One message inside a unit.
+struct Part {
+    json: Json,
+    /// Its slot in the progress tracker (container messages with a position only).
+    seq: Option<u64>,
+    /// Where it sits in the spool, for messages read back from it.
+    spool: Option<(u64, u64)>,
+}
+
+/// One MQTT publish: a single message or a batch, all on one topic.
+struct Unit {
+    /// The message topic, without `/batch`.
+    topic: String,
+    parts: Vec<Part>,
+    bytes: usize,
+    from_spool: bool,
+}
+
+struct Open {
+    unit: Unit,
+    since: Instant,
+}
+
+/// A publish handed to the client, waiting for its packet id and acknowledgement.
+struct Sent {
+    /// `None` for the status message.
+    unit: Option<Unit>,
+    pkid: Option<u16>,
+    qos0: bool,
+    acked: bool,
+}
+
+/// Counters shown in health and metrics.
+#[derive(Default, Clone, Copy)]
+pub struct Counters {
+    pub published: u64,
+    pub acknowledged: u64,
+    pub spooled: u64,
+    pub dropped: u64,
+    pub reconnects: u64,
+}
+
+/// Which positions may be reported: a position is reported only once every earlier container
+/// message (in intake order) is acknowledged or spooled.
+struct Tracker {
+    base: u64,
+    slots: VecDeque<(Arc<str>, Position, bool)>,
+}
+
+impl Tracker {
+    fn push(&mut self, container: Arc<str>, pos: Position) -> u64 {
+        self.slots.push_back((container, pos, false));
+        self.base + self.slots.len() as u64 - 1
+    }
+
+    fn take(&mut self, seq: u64) {
+        if let Some(i) = seq.checked_sub(self.base) {
+            if let Some(s) = self.slots.get_mut(i as usize) {
+                s.2 = true;
+            }
+        }
+    }
+
+    fn report(&mut self, progress: &Progress, index: usize) {
+        let mut last: Option<(Arc<str>, Position)> = None;
+        while self.slots.front().is_some_and(|s| s.2) {
+            if let Some((c, p, _)) = self.slots.pop_front() {
+                self.base += 1;
+                if let Some((lc, lp)) = &last {
+                    if *lc != c {
+                        progress.taken(index, lc, *lp);
+                    }
+                }
+                last = Some((c, p));
+            }
+        }
+        if let Some((c, p)) = last {
+            progress.taken(index, &c, p);
+        }
+    }
+}
+
+/// Everything both threads share.
+pub struct Core {
+    base_topic: String,
+    qos: QoS,
+    retain: bool,
+    batch: bool,
+    batch_max: usize,
+    batch_interval: Duration,
+    pub status_topic: String,
+    pub online: String,
+    pub offline: String,
+
+    retry: VecDeque<Unit>,
+    replay: VecDeque<Unit>,
+    memory: VecDeque<Unit>,
+    open: Vec<Open>,
+    waiting_msgs: usize,
+    waiting_bytes: usize,
+    pub spool: Spool,
+    inflight: VecDeque<Sent>,
+    inflight_bytes: usize,
+    tracker: Tracker,
+
+    pub connected: bool,
+    pub ever_connected: bool,
+    pub stopping: bool,
+    /// Set while shutting down: the spool is no longer read for sending.
+    pub draining: bool,
+    status_due: bool,
+    pub disconnected_since: Option<Instant>,
+    last_ack: Instant,
+    pub last_drop: Option<Instant>,
+    pub counters: Counters,
+    pub last_error: String,
+
+    progress: Arc<Progress>,
+    index: usize,
+}
+
+impl Core {
+    pub fn new(
+        cfg: &MqttConfig,
+        spool: Spool,
+        progress: Arc<Progress>,
+        index: usize,
+        online: String,
+        offline: String,
+    ) -> Core {
+        let now = Instant::now();
+        Core {
+            base_topic: cfg.base_topic.clone(),
+            qos: qos(cfg.qos),
+            retain: cfg.retain,
+            batch: cfg.batch,
+            batch_max: cfg.batch_max.max(1),
+            batch_interval: cfg.batch_interval,
+            status_topic: cfg.status_topic.clone(),
+            online,
+            offline,
+            retry: VecDeque::new(),
+            replay: VecDeque::new(),
+            memory: VecDeque::new(),
+            open: Vec::new(),
+            waiting_msgs: 0,
+            waiting_bytes: 0,
+            spool,
+            inflight: VecDeque::new(),
+            inflight_bytes: 0,
+            tracker: Tracker {
+                base: 0,
+                slots: VecDeque::new(),
+            },
+            connected: false,
+            ever_connected: false,
+            stopping: false,
+            draining: false,
+            status_due: false,
+            disconnected_since: Some(now),
+            last_ack: now,
+            last_drop: None,
+            counters: Counters::default(),
+            last_error: String::new(),
+            progress,
+            index,
+        }
+    }
+
+    /// Messages waiting in memory (not counting what is in flight).
+    pub fn queued(&self) -> usize {
+        self.waiting_msgs + self.replay.iter().map(|u| u.parts.len()).sum::<usize>()
+    }
+
+    fn overflowing(&self) -> bool {
+        self.waiting_msgs > MEM_MAX_MSGS || self.waiting_bytes > MEM_MAX_BYTES
+    }
+
+    /// Whether memory overflow may go to the spool now rather than slow the input down.
+    fn may_spool(&self, now: Instant) -> bool {
+        !self.connected
+            || self.spool.has_unacked()
+            || (!self.inflight.is_empty() && now.duration_since(self.last_ack) > STALL)
+    }
+
+    /// False when the publisher should stop taking messages (backpressure on `log()`).
+    pub fn accepting(&self, now: Instant) -> bool {
+        !self.overflowing() || self.may_spool(now)
+    }
+
+    /// When the next open batch is due.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.open
+            .iter()
+            .map(|o| o.since + self.batch_interval)
+            .min()
+    }
+
+    /// Takes one message in.
+    pub fn intake(&mut self, msg: Arc<LogMessage>, now: Instant) {
+        let topic = topic::topic_for(&self.base_topic, &msg);
+        let seq = match (msg.kind, msg.position) {
+            (SourceKind::Container, Some(pos)) => {
+                Some(self.tracker.push(msg.origin.container_id.clone(), pos))
+            }
+            _ => None,
+        };
+        // A message too large for one packet is cut to fit; anything smaller goes out whole,
+        // alone when it does not fit a batch.
+        let json = if msg.json.len() + topic.len() + 4096 > MAX_PACKET {
+            Json::Text(cut(&msg.json, MAX_PACKET - topic.len() - 8192))
+        } else {
+            Json::Msg(msg)
+        };
+        let len = json.as_str().len();
+        let part = Part {
+            json,
+            seq,
+            spool: None,
+        };
+        self.waiting_msgs += 1;
+        self.waiting_bytes += len;
+        if !self.batch {
+            self.memory.push_back(Unit {
+                topic,
+                parts: vec![part],
+                bytes: len,
+                from_spool: false,
+            });
+            return;
+        }
+        let cap = PAYLOAD_CAP - topic::batch_overhead(self.batch_max) - topic.len();
+        if let Some(i) = self.open.iter().position(|o| o.unit.topic == topic) {
+            if self.open[i].unit.bytes + len > cap {
+                let o = self.open.remove(i);
+                self.memory.push_back(o.unit);
+            }
+        }
+        let i = match self.open.iter().position(|o| o.unit.topic == topic) {
+            Some(i) => i,
+            None => {
+                self.open.push(Open {
+                    unit: Unit {
+                        topic,
+                        parts: Vec::new(),
+                        bytes: 0,
+                        from_spool: false,
+                    },
+                    since: now,
+                });
+                self.open.len() - 1
+            }
+        };
+        let o = &mut self.open[i];
+        o.unit.parts.push(part);
+        o.unit.bytes += len;
+        if o.unit.parts.len() >= self.batch_max {
+            let o = self.open.remove(i);
+            self.memory.push_back(o.unit);
+        }
+    }
+
+    /// Closes open batches whose interval has passed (all of them when `all`).
+    pub fn close_batches(&mut self, now: Instant, all: bool) {
+        let interval = self.batch_interval;
+        let mut due: Vec<Open> = Vec::new();
+        let mut i = 0;
+        while i < self.open.len() {
+            if all || self.open[i].since + interval <= now {
+                due.push(self.open.remove(i));
+            } else {
+                i += 1;
+            }
+        }
+        due.sort_by_key(|o| o.since);
+        self.memory.extend(due.into_iter().map(|o| o.unit));
+    }
+
+    /// One step of the publisher: close due batches, spool overflow, send what may be sent,
+    /// report progress.
+    pub fn step(&mut self, client: &Client, now: Instant) {
+        self.close_batches(now, false);
+        if self.overflowing() && self.may_spool(now) {
+            self.spool_overflow(now);
+        }
+        if self.connected && !self.stopping {
+            self.pump(client);
+        }
+        self.tracker.report(&self.progress, self.index);
+    }
+
+    fn spool_overflow(&mut self, now: Instant) {
+        if self.memory.is_empty() {
+            self.close_batches(now, true);
+        }
+        if !self.retry.is_empty() && !self.connected {
+            let units: Vec<Unit> = self.retry.drain(..).collect();
+            self.write_spool(units, true);
+        }
+        let mut units = Vec::new();
+        let mut n = 0;
+        while n < SPOOL_CHUNK_MSGS {
+            let Some(u) = self.memory.pop_front() else {
+                break;
+            };
+            n += u.parts.len();
+            units.push(u);
+        }
+        self.write_spool(units, false);
+    }
+
+    /// Writes units to the spool in one write, in front of it or after it.
+    fn write_spool(&mut self, units: Vec<Unit>, front: bool) {
+        if units.is_empty() {
+            return;
+        }
+        let records = units.iter().flat_map(|u| {
+            u.parts
+                .iter()
+                .map(move |p| (u.topic.as_str(), p.json.as_str()))
+        });
+        let result = if front {
+            self.spool.prepend(records)
+        } else {
+            self.spool.append(records)
+        };
+        let n: usize = units.iter().map(|u| u.parts.len()).sum();
+        match result {
+            Ok(dropped) => {
+                self.counters.spooled += n as u64;
+                if dropped > 0 {
+                    self.counters.dropped += dropped;
+                    self.last_drop = Some(Instant::now());
+                    log::warn!("mqtt spool is full: dropped the {dropped} oldest messages");
+                }
+            }
+            Err(e) => {
+                self.counters.dropped += n as u64;
+                self.last_drop = Some(Instant::now());
+                log::warn!("mqtt spool write failed, dropped {n} messages: {e}");
+            }
+        }
+        for u in &units {
+            self.waiting_msgs -= u.parts.len();
+            self.waiting_bytes -= u.bytes;
+            for p in &u.parts {
+                if let Some(seq) = p.seq {
+                    self.tracker.take(seq);
+                }
+            }
+        }
+    }
+
+    /// Moves everything not acknowledged to the spool (shutdown, broker away): in-flight and
+    /// retried messages in front of it, memory and open batches after it.
+    pub fn spool_everything(&mut self) {
+        self.close_batches(Instant::now(), true);
+        let mut front: Vec<Unit> = Vec::new();
+        let inflight: Vec<Sent> = self.inflight.drain(..).collect();
+        for s in inflight {
+            let Some(u) = s.unit else { continue };
+            if u.from_spool {
+                continue;
+            }
+            if s.acked {
+                self.counters.acknowledged += u.parts.len() as u64;
+                self.settle_unit(&u);
+                continue;
+            }
+            self.waiting_msgs += u.parts.len();
+            self.waiting_bytes += u.bytes;
+            front.push(u);
+        }
+        self.inflight_bytes = 0;
+        front.extend(self.retry.drain(..));
+        self.replay.clear();
+        self.spool.rewind();
+        self.write_spool(front, true);
+        let rest: Vec<Unit> = self.memory.drain(..).collect();
+        self.write_spool(rest, false);
+        self.tracker.report(&self.progress, self.index);
+    }
+
+    /// True when nothing of memory is left to send (the spool may still hold messages).
+    pub fn drained(&self) -> bool {
+        self.inflight.is_empty()
+            && self.retry.is_empty()
+            && self.open.is_empty()
+            && (self.memory.is_empty() || self.spool.has_unacked())
+    }
+
+    fn fill_replay(&mut self) {
+        let records = match self.spool.read(1024, 512 << 10) {
+            Ok(r) => r,
+            Err(e) => {
+                self.last_error = format!("spool read: {e}");
+                log::warn!("mqtt spool read failed: {e}");
+                return;
+            }
+        };
+        for r in records {
+            let len = r.json.len();
+            let part = Part {
+                json: Json::Text(r.json),
+                seq: None,
+                spool: Some((r.seg, r.end)),
+            };
+            if self.batch {
+                let cap = PAYLOAD_CAP - topic::batch_overhead(self.batch_max) - r.topic.len();
+                if let Some(last) = self.replay.back_mut() {
+                    if last.topic == r.topic
+                        && last.parts.len() < self.batch_max
+                        && last.bytes + len <= cap
+                    {
+                        last.parts.push(part);
+                        last.bytes += len;
+                        continue;
+                    }
+                }
+            }
+            self.replay.push_back(Unit {
+                topic: r.topic,
+                parts: vec![part],
+                bytes: len,
+                from_spool: true,
+            });
+        }
+    }
+
+    /// Hands units to the client in queue order while the in-flight window has room.
+    fn pump(&mut self, client: &Client) {
+        if self.status_due {
+            let ok = client
+                .try_publish(
+                    self.status_topic.clone(),
+                    QoS::AtLeastOnce,
+                    true,
+                    self.online.clone().into_bytes(),
+                )
+                .is_ok();
+            if ok {
+                self.status_due = false;
+                self.inflight.push_back(Sent {
+                    unit: None,
+                    pkid: None,
+                    qos0: false,
+                    acked: false,
+                });
+            }
+        }
+        while self.inflight.len() < MAX_INFLIGHT_UNITS && self.inflight_bytes < MAX_INFLIGHT_BYTES {
+            let unit = if let Some(u) = self.retry.pop_front() {
+                self.waiting_msgs -= u.parts.len();
+                self.waiting_bytes -= u.bytes;
+                u
+            } else {
+                if self.replay.is_empty() && !self.draining && self.spool.has_unread() {
+                    self.fill_replay();
+                }
+                if let Some(u) = self.replay.pop_front() {
+                    u
+                } else if !self.spool.has_unacked() {
+                    // Memory goes out only once the spool is acknowledged: a disconnect could
+                    // otherwise send newer memory before older spooled messages.
+                    match self.memory.pop_front() {
+                        Some(u) => {
+                            self.waiting_msgs -= u.parts.len();
+                            self.waiting_bytes -= u.bytes;
+                            u
+                        }
+                        None => break,
+                    }
+                } else {
+                    break;
+                }
+            };
+            let (topic, payload) = if self.batch {
+                (
+                    topic::batch_topic(&unit.topic),
+                    topic::batch_payload(unit.parts.iter().map(|p| p.json.as_str())),
+                )
+            } else {
+                let json = unit.parts.first().map(|p| p.json.as_str()).unwrap_or("");
+                (unit.topic.clone(), json.as_bytes().to_vec())
+            };
+            if !rumqttc::valid_topic(&topic) {
+                // Only a base topic with a wildcard gets here; config validation should stop it.
+                self.counters.dropped += unit.parts.len() as u64;
+                self.last_drop = Some(Instant::now());
+                log::warn!(
+                    "mqtt topic {topic:?} is not valid, dropped {} messages",
+                    unit.parts.len()
+                );
+                self.settle_unit(&unit);
+                continue;
+            }
+            let bytes = payload.len();
+            match client.try_publish(topic, self.qos, self.retain, payload) {
+                Ok(()) => {
+                    self.counters.published += unit.parts.len() as u64;
+                    self.inflight_bytes += bytes;
+                    self.inflight.push_back(Sent {
+                        unit: Some(unit),
+                        pkid: None,
+                        qos0: self.qos == QoS::AtMostOnce,
+                        acked: false,
+                    });
+                }
+                Err(_) => {
+                    // The request channel is full (should not happen with our window): retry.
+                    self.waiting_msgs += unit.parts.len();
+                    self.waiting_bytes += unit.bytes;
+                    if unit.from_spool {
+                        self.replay.push_front(unit);
+                    } else {
+                        self.retry.push_front(unit);
+                    }
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Marks a unit's messages as done for progress and the spool.
+    fn settle_unit(&mut self, unit: &Unit) {
+        for p in &unit.parts {
+            if let Some(seq) = p.seq {
+                self.tracker.take(seq);
+            }
+            if let Some((seg, end)) = p.spool {
+                self.spool.ack(seg, end);
+            }
+        }
+    }
+
+    /// The broker accepted our connection.
+    pub fn on_connack(&mut self) {
+        if self.ever_connected {
+            self.counters.reconnects += 1;
+        }
+        self.ever_connected = true;
+        self.connected = true;
+        self.status_due = true;
+        self.disconnected_since = None;
+        self.last_ack = Instant::now();
+    }
+
+    /// The client wrote a publish to the socket; publishes go out in the order we handed them.
+    pub fn on_sent(&mut self, pkid: u16) {
+        if let Some(s) = self.inflight.iter_mut().find(|s| s.pkid.is_none()) {
+            s.pkid = Some(pkid);
+            if s.qos0 {
+                s.acked = true;
+                self.settle();
+            }
+        }
+    }
+
+    /// The broker acknowledged packet `pkid` (PUBACK for QoS 1, PUBCOMP for QoS 2).
+    pub fn on_ack(&mut self, pkid: u16) {
+        if let Some(s) = self
+            .inflight
+            .iter_mut()
+            .find(|s| s.pkid == Some(pkid) && !s.acked && !s.qos0)
+        {
+            s.acked = true;
+            self.last_ack = Instant::now();
+            self.settle();
+        }
+    }
+
+    fn settle(&mut self) {
+        while self.inflight.front().is_some_and(|s| s.acked) {
+            let Some(s) = self.inflight.pop_front() else {
+                break;
+            };
+            if let Some(u) = s.unit {
+                self.counters.acknowledged += u.parts.len() as u64;
+                self.inflight_bytes = self.inflight_bytes.saturating_sub(u.bytes);
+                self.settle_unit(&u);
+            }
+        }
+        self.tracker.report(&self.progress, self.index);
+    }
+
+    /// The connection failed or dropped: what was in flight goes back, in order, to be sent
+    /// again after the next CONNACK (a clean session forgets it on the broker side).
+    pub fn on_disconnect(&mut self, error: String) {
+        if self.connected {
+            self.disconnected_since = Some(Instant::now());
+        }
+        self.connected = false;
+        self.last_error = error;
+        let mut back: Vec<Unit> = Vec::new();
+        let inflight: Vec<Sent> = self.inflight.drain(..).collect();
+        for s in inflight {
+            let Some(u) = s.unit else { continue };
+            if u.from_spool {
+                // Read again from the spool; an out-of-order ack must not move its offset.
+                continue;
+            }
+            if s.acked {
+                self.counters.acknowledged += u.parts.len() as u64;
+                self.settle_unit(&u);
+                continue;
+            }
+            self.waiting_msgs += u.parts.len();
+            self.waiting_bytes += u.bytes;
+            back.push(u);
+        }
+        self.inflight_bytes = 0;
+        self.tracker.report(&self.progress, self.index);
+        for u in back.into_iter().rev() {
+            self.retry.push_front(u);
+        }
+        // Spooled messages in flight or read ahead are read again from the spool.
+        self.replay.clear();
+        self.spool.rewind();
+    }
+}
+
+/// Cuts a message JSON too large for one packet: the text is shortened and marked truncated,
+/// so the subscriber still gets valid JSON with the same id.
+fn cut(json: &str, max: usize) -> String {
+    let Ok(serde_json::Value::Object(mut obj)) = serde_json::from_str::<serde_json::Value>(json)
+    else {
+        return String::from("{\"truncated\":true}");
+    };
+    let text = obj
+        .get("message")
+        .and_then(|m| m.as_str())
+        .unwrap_or("")
+        .to_string();
+    let mut keep = max.saturating_sub(json.len() - text.len().min(json.len())) / 2;
+    loop {
+        while keep > 0 && !text.is_char_boundary(keep) {
+            keep -= 1;
+        }
+        obj.insert(
+            "message".into(),
+            serde_json::Value::String(text[..keep.min(text.len())].to_string()),
+        );
+        obj.insert("truncated".into(), serde_json::Value::Bool(true));
+        let out = serde_json::Value::Object(obj.clone()).to_string();
+        if out.len() <= max || keep == 0 {
+            return out;
+        }
+        keep /= 2;
+    }
+}
+
+/// The rumqttc QoS of a configured 0, 1 or 2.
+pub fn qos(n: u8) -> QoS {
+    match n {
+        0 => QoS::AtMostOnce,
+        2 => QoS::ExactlyOnce,
+        _ => QoS::AtLeastOnce,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cut_keeps_valid_json() {
+        let big = format!(
+            r#"{{"id":"x","message":"{}","level":"info"}}"#,
+            "é".repeat(100_000)
+        );
+        let out = cut(&big, 10_000);
+        assert!(out.len() <= 10_000);
+        let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+        assert_eq!(v["id"], "x");
+        assert_eq!(v["truncated"], true);
+    }
+
+    #[test]
+    fn tracker_reports_in_order() {
+        let p = Progress::new(1);
+        let mut t = Tracker {
+            base: 0,
+            slots: VecDeque::new(),
+        };
+        let c: Arc<str> = Arc::from("c");
+        let pos = |n| Position { ts_ns: n, seen: 1 };
+        let a = t.push(c.clone(), pos(1));
+        let b = t.push(c.clone(), pos(2));
+        t.take(b);
+        t.report(&p, 0);
+        assert_eq!(p.safe().get(&c), None, "1 is still only in memory");
+        t.take(a);
+        t.report(&p, 0);
+        assert_eq!(p.safe().get(&c), Some(&pos(2)));
+    }
+}

@@ -1,0 +1,147 @@
+//! Topic names and payload shapes of SPEC §5: which topic a message goes to, how a topic level
+//! is sanitised and how a batch payload is built from the stored JSON strings.
+//!
+//! Pure functions on strings only. This module never does I/O and never re-encodes a message:
+//! the payload of a single message is its stored JSON, byte for byte.
+
+use crate::message::{LogMessage, SourceKind};
+
+/// Replaces what MQTT gives a meaning to inside one topic level (`/`, `+`, `#`) and control
+/// characters with `_`, so a service named `a/b` cannot open a new level or a wildcard.
+pub fn sanitize_level(level: &str) -> String {
+    if level.is_empty() {
+        return "_".to_string();
+    }
+    level
+        .chars()
+        .map(|c| match c {
+            '/' | '+' | '#' => '_',
+            c if c.is_control() => '_',
+            c => c,
+        })
+        .collect()
+}
+
+/// The topic a single message is published to (without the `/batch` suffix).
+pub fn topic_for(base: &str, msg: &LogMessage) -> String {
+    let level = msg.level.as_str();
+    match msg.kind {
+        SourceKind::Container => format!(
+            "{base}/{}/{}/{level}",
+            sanitize_level(msg.origin.app_id.as_str()),
+            sanitize_level(&msg.origin.service_name)
+        ),
+        SourceKind::System => format!("{base}/system/{level}"),
+        SourceKind::Manager => format!("{base}/manager/{level}"),
+    }
+}
+
+/// The topic of a batch of messages that all share `topic`.
+pub fn batch_topic(topic: &str) -> String {
+    format!("{topic}/batch")
+}
+
+/// Bytes a batch payload adds around its messages: `{"count":N,"logs":[` … `]}` and commas.
+pub fn batch_overhead(count: usize) -> usize {
+    r#"{"count":,"logs":[]}"#.len() + 20 + count
+}
+
+/// Builds `{"count":N,"logs":[json,json,…]}` from stored JSON objects, concatenated unchanged.
+pub fn batch_payload<'a>(jsons: impl ExactSizeIterator<Item = &'a str>) -> Vec<u8> {
+    let count = jsons.len();
+    let mut out = Vec::with_capacity(256 * count + 32);
+    out.extend_from_slice(format!("{{\"count\":{count},\"logs\":[").as_bytes());
+    for (i, j) in jsons.enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(j.as_bytes());
+    }
+    out.extend_from_slice(b"]}");
+    out
+}
+
+/// The retained status payload of SPEC §5.
+pub fn status_payload(status: &str, host: &str, version: &str) -> String {
+    let mut out = String::from("{\"status\":");
+    crate::message::push_json_str(&mut out, status);
+    out.push_str(",\"host\":");
+    crate::message::push_json_str(&mut out, host);
+    out.push_str(",\"version\":");
+    crate::message::push_json_str(&mut out, version);
+    out.push('}');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::{Draft, LabelValue, Level, Origin, Position};
+    use std::sync::Arc;
+
+    fn msg(kind: SourceKind, app: &str, service: &str, level: Level) -> LogMessage {
+        LogMessage::new(Draft {
+            text: "hello".into(),
+            ts_ns: 1_000,
+            level,
+            kind,
+            origin: Arc::new(Origin {
+                container_id: Arc::from("c1"),
+                name: service.into(),
+                app_id: LabelValue::from_label(app),
+                service_name: service.into(),
+                service_id: None,
+                host: Arc::from("pi"),
+            }),
+            is_stderr: false,
+            truncated: false,
+            position: Some(Position {
+                ts_ns: 1_000,
+                seen: 1,
+            }),
+            discriminator: "",
+        })
+    }
+
+    #[test]
+    fn levels_are_sanitised() {
+        assert_eq!(sanitize_level("web"), "web");
+        assert_eq!(sanitize_level("a/b+c#d"), "a_b_c_d");
+        assert_eq!(sanitize_level("tab\there\nnl\u{7f}"), "tab_here_nl_");
+        assert_eq!(sanitize_level(""), "_");
+        assert_eq!(sanitize_level("é😀"), "é😀");
+    }
+
+    #[test]
+    fn topics_by_kind() {
+        let base = "container-manager/logs";
+        let m = msg(SourceKind::Container, "1001", "web", Level::Error);
+        assert_eq!(topic_for(base, &m), "container-manager/logs/1001/web/error");
+        let m = msg(SourceKind::Container, "shop", "a/b", Level::Info);
+        assert_eq!(topic_for(base, &m), "container-manager/logs/shop/a_b/info");
+        let m = msg(SourceKind::System, "1001", "web", Level::Warn);
+        assert_eq!(topic_for(base, &m), "container-manager/logs/system/warn");
+        let m = msg(SourceKind::Manager, "x", "y", Level::Error);
+        assert_eq!(topic_for(base, &m), "container-manager/logs/manager/error");
+        assert_eq!(batch_topic("t/x"), "t/x/batch");
+    }
+
+    #[test]
+    fn batch_payload_shape() {
+        let a = r#"{"id":"a"}"#;
+        let b = r#"{"id":"b"}"#;
+        let p = batch_payload([a, b].into_iter());
+        assert_eq!(p, br#"{"count":2,"logs":[{"id":"a"},{"id":"b"}]}"#);
+        let v: serde_json::Value = serde_json::from_slice(&p).expect("valid json");
+        assert_eq!(v["count"], 2);
+        assert!(batch_overhead(2) >= p.len() - a.len() - b.len());
+    }
+
+    #[test]
+    fn status_shape() {
+        assert_eq!(
+            status_payload("online", "pi", "0.1.0"),
+            r#"{"status":"online","host":"pi","version":"0.1.0"}"#
+        );
+    }
+}

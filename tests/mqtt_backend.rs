@@ -1,0 +1,1028 @@
+//! The MQTT backend against a real mosquitto: every test starts its own broker on a free
+//! loopback port, drives `MqttBackend` through the library API and checks what a real
+//! subscriber receives, topic and payload byte for byte.
+//!
+//! Each test is bounded in time and cleans up its broker and temporary directory, also when it
+//! panics (Drop guards). Nothing here may depend on a broker or files outside its own temp dir.
+
+use std::collections::{HashMap, HashSet};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use container_logd::backend::mqtt::MqttBackend;
+use container_logd::backend::{Backend, Progress};
+use container_logd::config::{Config, MqttConfig};
+use container_logd::message::{Draft, LabelValue, Level, LogMessage, Origin, Position, SourceKind};
+use crossbeam_channel::{unbounded, Receiver};
+use rumqttc::{Client, Event, Incoming, MqttOptions, QoS};
+
+const MOSQUITTO: &str = "/usr/sbin/mosquitto";
+const TS0: i64 = 1_700_000_000_000_000_000;
+static UNIQUE: AtomicUsize = AtomicUsize::new(0);
+
+fn unique(name: &str) -> String {
+    format!(
+        "{name}-{}-{}",
+        std::process::id(),
+        UNIQUE.fetch_add(1, Ordering::SeqCst)
+    )
+}
+
+/// A temporary directory removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> TempDir {
+        let p = std::env::temp_dir().join(format!("mqtt-test-{}", unique(name)));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).expect("temp dir");
+        TempDir(p)
+    }
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        // After a failed assertion a backend may still be spooling into the directory; give
+        // it a moment and try again.
+        for _ in 0..3 {
+            if std::fs::remove_dir_all(&self.0).is_ok() || !self.0.exists() {
+                return;
+            }
+            thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// A private mosquitto, killed on drop.
+struct Broker {
+    child: Option<Child>,
+    conf: PathBuf,
+    port: u16,
+}
+
+impl Broker {
+    /// Starts mosquitto with `listener PORT 127.0.0.1`, anonymous access and `extra` lines.
+    fn start(dir: &Path, port: u16, extra: &str) -> Broker {
+        let conf = dir.join(format!("mosquitto-{port}.conf"));
+        let persist = dir.join("broker-db");
+        std::fs::create_dir_all(&persist).expect("db dir");
+        let text = format!(
+            "user root\nper_listener_settings false\nlistener {port} 127.0.0.1\nallow_anonymous true\n\
+             persistence true\npersistence_location {}/\nmax_queued_messages 0\n\
+             max_inflight_messages 0\nlog_dest none\n{extra}\n",
+            persist.display()
+        );
+        std::fs::write(&conf, text).expect("conf");
+        let mut b = Broker {
+            child: None,
+            conf,
+            port,
+        };
+        b.restart();
+        b
+    }
+
+    fn restart(&mut self) {
+        let child = Command::new(MOSQUITTO)
+            .arg("-c")
+            .arg(&self.conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mosquitto starts");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "mosquitto did not listen");
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Stops the broker with SIGTERM, so it saves persistent sessions.
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(c.id().to_string())
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A child process killed on drop (the agent of the last-will test).
+struct Kill(Child);
+
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A message as the subscriber got it.
+#[derive(Debug, Clone)]
+struct Got {
+    topic: String,
+    payload: Vec<u8>,
+    retain: bool,
+}
+
+/// A rumqttc subscriber in the test process.
+struct Sub {
+    rx: Receiver<Got>,
+    client: Client,
+    stop: Arc<AtomicBool>,
+}
+
+impl Drop for Sub {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = self.client.try_disconnect();
+    }
+}
+
+struct SubOpts<'a> {
+    port: u16,
+    filters: &'a [&'a str],
+    creds: Option<(&'a str, &'a str)>,
+    /// A persistent session survives a broker restart (with mosquitto's persistence on).
+    persistent: bool,
+}
+
+fn subscribe(port: u16, filters: &[&str]) -> Sub {
+    subscribe_with(SubOpts {
+        port,
+        filters,
+        creds: None,
+        persistent: false,
+    })
+}
+
+fn subscribe_with(o: SubOpts) -> Sub {
+    let mut opts = MqttOptions::new(unique("sub"), "127.0.0.1", o.port);
+    opts.set_max_packet_size(8 << 20, 8 << 20);
+    opts.set_keep_alive(Duration::from_secs(5));
+    opts.set_clean_session(!o.persistent);
+    opts.set_inflight(1000);
+    if let Some((u, p)) = o.creds {
+        opts.set_credentials(u, p);
+    }
+    let (client, mut conn) = Client::new(opts, 100);
+    for f in o.filters {
+        client.subscribe(*f, QoS::ExactlyOnce).expect("subscribe");
+    }
+    let (tx, rx) = unbounded();
+    let (ready_tx, ready_rx) = unbounded();
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop2 = stop.clone();
+    let want = o.filters.len();
+    thread::spawn(move || {
+        let mut subacks = 0;
+        for ev in conn.iter() {
+            if stop2.load(Ordering::SeqCst) {
+                break;
+            }
+            match ev {
+                Ok(Event::Incoming(Incoming::Publish(p))) => {
+                    let _ = tx.send(Got {
+                        topic: p.topic.clone(),
+                        payload: p.payload.to_vec(),
+                        retain: p.retain,
+                    });
+                }
+                Ok(Event::Incoming(Incoming::SubAck(_))) => {
+                    subacks += 1;
+                    if subacks == want {
+                        let _ = ready_tx.send(());
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => thread::sleep(Duration::from_millis(100)),
+            }
+        }
+    });
+    ready_rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("subscribed");
+    Sub { rx, client, stop }
+}
+
+impl Sub {
+    /// Collects `n` messages or whatever came before `within` ran out.
+    fn take(&self, n: usize, within: Duration) -> Vec<Got> {
+        let deadline = Instant::now() + within;
+        let mut out = Vec::new();
+        while out.len() < n {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok(g) => out.push(g),
+                Err(_) => break,
+            }
+        }
+        out
+    }
+
+    /// Asserts that nothing more arrives for `quiet`.
+    fn nothing_more(&self, quiet: Duration) {
+        if let Ok(g) = self.rx.recv_timeout(quiet) {
+            panic!(
+                "unexpected message on {}: {}",
+                g.topic,
+                String::from_utf8_lossy(&g.payload)
+            );
+        }
+    }
+}
+
+fn cfg(port: u16, vars: &[(&str, &str)]) -> MqttConfig {
+    let mut env: HashMap<String, String> = HashMap::new();
+    env.insert("MQTT_BROKER".into(), format!("mqtt://127.0.0.1:{port}"));
+    env.insert("MQTT_CLIENT_ID".into(), unique("agent"));
+    env.insert("MQTT_KEEPALIVE_S".into(), "5".into());
+    for (k, v) in vars {
+        env.insert(k.to_string(), v.to_string());
+    }
+    Config::from_env(&env)
+        .expect("config")
+        .mqtt
+        .expect("mqtt on")
+}
+
+fn origin(app: &str, service: &str, cid: &str) -> Arc<Origin> {
+    Arc::new(Origin {
+        container_id: Arc::from(cid),
+        name: service.into(),
+        app_id: LabelValue::from_label(app),
+        service_name: service.into(),
+        service_id: Some(LabelValue::from_label(app)),
+        host: Arc::from("pi-test"),
+    })
+}
+
+fn pos(n: i64) -> Position {
+    Position {
+        ts_ns: TS0 + n,
+        seen: 1,
+    }
+}
+
+fn line(o: &Arc<Origin>, n: i64, level: Level, text: &str) -> Arc<LogMessage> {
+    Arc::new(LogMessage::new(Draft {
+        text: text.into(),
+        ts_ns: TS0 + n,
+        level,
+        kind: SourceKind::Container,
+        origin: o.clone(),
+        is_stderr: level == Level::Error,
+        truncated: false,
+        position: Some(pos(n)),
+        discriminator: "",
+    }))
+}
+
+fn event(kind: SourceKind, level: Level, text: &str) -> Arc<LogMessage> {
+    let o = match kind {
+        SourceKind::Manager => Arc::new(Origin::manager(Arc::from("pi-test"))),
+        _ => origin("1001", "web", "c-web"),
+    };
+    Arc::new(LogMessage::new(Draft {
+        text: text.into(),
+        ts_ns: TS0,
+        level,
+        kind,
+        origin: o,
+        is_stderr: false,
+        truncated: false,
+        position: None,
+        discriminator: "ev",
+    }))
+}
+
+fn start(c: &MqttConfig, state: &Path) -> (Arc<MqttBackend>, Arc<Progress>) {
+    let progress = Arc::new(Progress::new(1));
+    let b = MqttBackend::start(c, state, progress.clone(), 0, "pi-test", "0.1.0").expect("start");
+    (b, progress)
+}
+
+/// Shuts the backend down and checks SPEC's deadline.
+fn stop(b: &MqttBackend) {
+    let t = Instant::now();
+    b.shutdown();
+    assert!(
+        t.elapsed() < Duration::from_millis(3200),
+        "shutdown took {:?}",
+        t.elapsed()
+    );
+}
+
+fn wait_for(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn json(g: &Got) -> serde_json::Value {
+    serde_json::from_slice(&g.payload).expect("payload is json")
+}
+
+/// Checks: every id of `sent` arrived at least once, and per container the first arrivals keep
+/// the order of `sent`. Returns the number of duplicates.
+fn check_complete_in_order(sent: &[Arc<LogMessage>], got: &[Got]) -> usize {
+    let mut seen: HashSet<String> = HashSet::new();
+    let mut dups = 0;
+    let mut last: HashMap<String, i64> = HashMap::new();
+    let by_id: HashMap<&str, &Arc<LogMessage>> = sent.iter().map(|m| (m.id.as_str(), m)).collect();
+    for g in got {
+        let v = json(g);
+        let id = v["id"].as_str().expect("id").to_string();
+        let m = by_id.get(id.as_str()).expect("a message we sent");
+        assert_eq!(g.payload, m.json.as_bytes(), "payload byte for byte");
+        if !seen.insert(id) {
+            dups += 1;
+            continue;
+        }
+        let c = m.origin.container_id.to_string();
+        let ts = m.ts_ns;
+        if let Some(prev) = last.insert(c.clone(), ts) {
+            assert!(ts > prev, "order per container broken in {c}");
+        }
+    }
+    let missing = sent.iter().filter(|m| !seen.contains(&m.id)).count();
+    assert_eq!(missing, 0, "{missing} messages missing");
+    dups
+}
+
+#[test]
+fn topics_and_payloads_for_every_kind() {
+    let dir = TempDir::new("topics");
+    let port = free_port();
+    let _broker = Broker::start(dir.path(), port, "");
+    let all = subscribe(port, &["container-manager/logs/#"]);
+    let web = subscribe(port, &["container-manager/logs/1001/web/+"]);
+    let errors = subscribe(port, &["container-manager/logs/+/+/error"]);
+    let (b, progress) = start(&cfg(port, &[]), dir.path());
+
+    let w = origin("1001", "web", "c-web");
+    let odd = origin("shop", "a/b+c", "c-odd");
+    let msgs = vec![
+        line(&w, 1, Level::Info, "Server started on port 8080"),
+        line(&w, 2, Level::Error, "boom \"quoted\" \u{7} é"),
+        line(&odd, 3, Level::Error, "odd service"),
+        event(SourceKind::System, Level::Warn, "container web died"),
+        event(SourceKind::Manager, Level::Error, "agent trouble"),
+    ];
+    for m in &msgs {
+        b.log(m);
+    }
+    let got = all.take(5, Duration::from_secs(10));
+    let topics: Vec<&str> = got.iter().map(|g| g.topic.as_str()).collect();
+    assert_eq!(
+        topics,
+        [
+            "container-manager/logs/1001/web/info",
+            "container-manager/logs/1001/web/error",
+            "container-manager/logs/shop/a_b_c/error",
+            "container-manager/logs/system/warn",
+            "container-manager/logs/manager/error",
+        ]
+    );
+    for (g, m) in got.iter().zip(&msgs) {
+        assert_eq!(g.payload, m.json.as_bytes());
+        assert!(!g.retain);
+    }
+    let got = web.take(2, Duration::from_secs(5));
+    assert_eq!(got.len(), 2);
+    assert_eq!(got[1].payload, msgs[1].json.as_bytes());
+    let got = errors.take(2, Duration::from_secs(5));
+    assert_eq!(got[0].topic, "container-manager/logs/1001/web/error");
+    assert_eq!(got[1].topic, "container-manager/logs/shop/a_b_c/error");
+    errors.nothing_more(Duration::from_millis(300));
+
+    wait_for("progress", Duration::from_secs(5), || {
+        progress.safe().get("c-web").copied() == Some(pos(2))
+    });
+    assert_eq!(progress.safe().get("c-odd").copied(), Some(pos(3)));
+    let h = b.health();
+    assert_eq!(h["connected"], true);
+    assert_eq!(h["acknowledged"], 5);
+    assert_eq!(h["broker"], format!("127.0.0.1:{port}"));
+    assert!(b.healthy());
+    let mut m = String::new();
+    b.metrics(&mut m);
+    assert!(m.contains("# TYPE container_logd_mqtt_published_total counter"));
+    assert!(m.contains("container_logd_mqtt_acknowledged_total 5"));
+    stop(&b);
+}
+
+fn qos_round_trip(qos: &str) {
+    let dir = TempDir::new("qos");
+    let port = free_port();
+    let _broker = Broker::start(dir.path(), port, "");
+    let sub = subscribe(port, &["container-manager/logs/#"]);
+    let (b, progress) = start(&cfg(port, &[("MQTT_QOS", qos)]), dir.path());
+    let o = origin("1001", "web", "c-web");
+    let sent: Vec<_> = (1..=500)
+        .map(|n| line(&o, n, Level::Info, &format!("line {n}")))
+        .collect();
+    for m in &sent {
+        b.log(m);
+    }
+    let got = sub.take(500, Duration::from_secs(20));
+    assert_eq!(check_complete_in_order(&sent, &got), 0);
+    wait_for("progress", Duration::from_secs(5), || {
+        progress.safe().get("c-web").copied() == Some(pos(500))
+    });
+    assert_eq!(b.health()["acknowledged"], 500);
+    stop(&b);
+}
+
+#[test]
+fn qos0_delivers() {
+    qos_round_trip("0");
+}
+
+#[test]
+fn qos1_delivers() {
+    qos_round_trip("1");
+}
+
+#[test]
+fn qos2_delivers() {
+    qos_round_trip("2");
+}
+
+#[test]
+fn batches_by_count_and_by_interval() {
+    let dir = TempDir::new("batch");
+    let port = free_port();
+    let _broker = Broker::start(dir.path(), port, "");
+    let sub = subscribe(port, &["container-manager/logs/+/+/error/#"]);
+    let c = cfg(
+        port,
+        &[
+            ("MQTT_BATCH", "true"),
+            ("MQTT_BATCH_MAX", "5"),
+            ("MQTT_BATCH_INTERVAL_MS", "400"),
+        ],
+    );
+    let (b, _p) = start(&c, dir.path());
+    let o = origin("1001", "web", "c-web");
+    let sent: Vec<_> = (1..=12)
+        .map(|n| line(&o, n, Level::Error, &format!("e{n}")))
+        .collect();
+    // An info line in between must not end up in an error batch.
+    b.log(&line(&o, 100, Level::Info, "not an error"));
+    let t0 = Instant::now();
+    for m in &sent {
+        b.log(m);
+    }
+    let got = sub.take(2, Duration::from_secs(5));
+    assert_eq!(got.len(), 2, "two full batches");
+    assert!(
+        t0.elapsed() < Duration::from_millis(350),
+        "full batches go at once"
+    );
+    for (i, g) in got.iter().enumerate() {
+        assert_eq!(g.topic, "container-manager/logs/1001/web/error/batch");
+        let mut want = String::from("{\"count\":5,\"logs\":[");
+        for (k, m) in sent[i * 5..i * 5 + 5].iter().enumerate() {
+            if k > 0 {
+                want.push(',');
+            }
+            want.push_str(&m.json);
+        }
+        want.push_str("]}");
+        assert_eq!(String::from_utf8_lossy(&g.payload), want);
+    }
+    // The last two go when the interval since the first of them ran out.
+    let rest = sub.take(1, Duration::from_secs(5));
+    let waited = t0.elapsed();
+    assert!(
+        waited >= Duration::from_millis(350),
+        "interval batch came after {waited:?}"
+    );
+    let v = json(&rest[0]);
+    assert_eq!(v["count"], 2);
+    assert_eq!(v["logs"][0]["message"], "e11");
+    assert_eq!(v["logs"][1]["message"], "e12");
+    sub.nothing_more(Duration::from_millis(600));
+    stop(&b);
+}
+
+#[test]
+fn retained_status_and_clean_offline() {
+    let dir = TempDir::new("status");
+    let port = free_port();
+    let _broker = Broker::start(dir.path(), port, "");
+    let status = format!("test/status/{}", unique("s"));
+    let c = cfg(port, &[("MQTT_STATUS_TOPIC", &status)]);
+    let (b, _p) = start(&c, dir.path());
+    wait_for("connect", Duration::from_secs(10), || {
+        b.health()["connected"] == true
+    });
+    // A subscriber arriving later gets the retained online status.
+    let sub = subscribe(port, &[&status]);
+    let got = sub.take(1, Duration::from_secs(5));
+    assert_eq!(
+        String::from_utf8_lossy(&got[0].payload),
+        r#"{"status":"online","host":"pi-test","version":"0.1.0"}"#
+    );
+    assert!(got[0].retain);
+    stop(&b);
+    let got = sub.take(1, Duration::from_secs(5));
+    assert_eq!(
+        String::from_utf8_lossy(&got[0].payload),
+        r#"{"status":"offline","host":"pi-test","version":"0.1.0"}"#
+    );
+    let later = subscribe(port, &[&status]);
+    let got = later.take(1, Duration::from_secs(5));
+    assert!(got[0].retain);
+    assert_eq!(json(&got[0])["status"], "offline");
+}
+
+/// Run as a child process by `last_will_when_the_agent_is_killed`: an agent that never stops.
+fn child_agent(port: u16, status: &str, state: &Path) {
+    let c = cfg(port, &[("MQTT_STATUS_TOPIC", status)]);
+    let (_b, _p) = start(&c, state);
+    thread::sleep(Duration::from_secs(60));
+}
+
+#[test]
+fn last_will_when_the_agent_is_killed() {
+    if let (Ok(port), Ok(status), Ok(state)) = (
+        std::env::var("MQTT_TEST_CHILD_PORT"),
+        std::env::var("MQTT_TEST_CHILD_STATUS"),
+        std::env::var("MQTT_TEST_CHILD_STATE"),
+    ) {
+        child_agent(port.parse().expect("port"), &status, Path::new(&state));
+        return;
+    }
+    // The child is killed, so its state directory is ours to remove.
+    let dir = TempDir::new("will");
+    let port = free_port();
+    let _broker = Broker::start(dir.path(), port, "");
+    let status = format!("test/status/{}", unique("w"));
+    let sub = subscribe(port, &[&status]);
+    let exe = std::env::current_exe().expect("test binary");
+    let child = Command::new(exe)
+        .args([
+            "last_will_when_the_agent_is_killed",
+            "--exact",
+            "--nocapture",
+        ])
+        .env("MQTT_TEST_CHILD_PORT", port.to_string())
+        .env("MQTT_TEST_CHILD_STATUS", &status)
+        .env("MQTT_TEST_CHILD_STATE", dir.path().join("child-state"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("child agent");
+    let mut child = Kill(child);
+    let got = sub.take(1, Duration::from_secs(15));
+    assert_eq!(json(&got[0])["status"], "online");
+    child.0.kill().expect("SIGKILL");
+    let _ = child.0.wait();
+    let got = sub.take(1, Duration::from_secs(15));
+    assert_eq!(got.len(), 1, "last will published");
+    assert_eq!(
+        String::from_utf8_lossy(&got[0].payload),
+        r#"{"status":"offline","host":"pi-test","version":"0.1.0"}"#
+    );
+    let later = subscribe(port, &[&status]);
+    let got = later.take(1, Duration::from_secs(5));
+    assert!(got[0].retain, "the will is retained");
+    assert_eq!(json(&got[0])["status"], "offline");
+}
+
+#[test]
+fn username_and_password() {
+    let dir = TempDir::new("auth");
+    let port = free_port();
+    let pw = dir.path().join("passwd");
+    let ok = Command::new("mosquitto_passwd")
+        .args(["-b", "-c"])
+        .arg(&pw)
+        .args(["logd", "s3cret word"])
+        .status()
+        .expect("mosquitto_passwd");
+    assert!(ok.success());
+    let _broker = Broker::start(
+        dir.path(),
+        port,
+        &format!("allow_anonymous false\npassword_file {}", pw.display()),
+    );
+    let sub = subscribe_with(SubOpts {
+        port,
+        filters: &["container-manager/logs/#"],
+        creds: Some(("logd", "s3cret word")),
+        persistent: false,
+    });
+    // A wrong password is refused and said so in health, without the password itself.
+    let bad = cfg(
+        port,
+        &[("MQTT_USERNAME", "logd"), ("MQTT_PASSWORD", "wrong-pass")],
+    );
+    let (b, _p) = start(&bad, dir.path());
+    wait_for("refusal", Duration::from_secs(10), || {
+        !b.health()["lastError"].as_str().unwrap_or("").is_empty()
+    });
+    let h = b.health();
+    assert_eq!(h["connected"], false);
+    assert!(!h.to_string().contains("wrong-pass"));
+    stop(&b);
+
+    let state = TempDir::new("auth-state");
+    let good = cfg(
+        port,
+        &[("MQTT_USERNAME", "logd"), ("MQTT_PASSWORD", "s3cret word")],
+    );
+    let (b, _p) = start(&good, state.path());
+    let o = origin("1001", "web", "c-web");
+    let m = line(&o, 1, Level::Info, "with auth");
+    b.log(&m);
+    let got = sub.take(1, Duration::from_secs(10));
+    assert_eq!(got[0].payload, m.json.as_bytes());
+    stop(&b);
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn make_ca(dir: &Path, name: &str) {
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            &format!("{name}.key"),
+            "-out",
+            &format!("{name}.crt"),
+            "-days",
+            "2",
+            "-subj",
+            &format!("/CN={name}"),
+        ],
+    );
+}
+
+#[test]
+fn tls_verified_and_wrong_ca_refused() {
+    let dir = TempDir::new("tls");
+    let d = dir.path();
+    make_ca(d, "ca");
+    make_ca(d, "other-ca");
+    openssl(
+        d,
+        &[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=localhost",
+        ],
+    );
+    std::fs::write(
+        d.join("ext.cnf"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+    )
+    .expect("ext");
+    openssl(
+        d,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.crt",
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+        ],
+    );
+    let plain = free_port();
+    let tls_port = free_port();
+    let _broker = Broker::start(
+        d,
+        plain,
+        &format!(
+            "listener {tls_port} 127.0.0.1\ncafile {0}/ca.crt\ncertfile {0}/server.crt\nkeyfile {0}/server.key",
+            d.display()
+        ),
+    );
+    wait_for("tls listener", Duration::from_secs(5), || {
+        TcpStream::connect(("127.0.0.1", tls_port)).is_ok()
+    });
+    let sub = subscribe(plain, &["container-manager/logs/#"]);
+
+    let ca = d.join("ca.crt");
+    let mut c = cfg(
+        tls_port,
+        &[("MQTT_CA_FILE", ca.to_str().expect("utf-8 path"))],
+    );
+    c.tls = true;
+    c.host = "localhost".into();
+    let state = TempDir::new("tls-state");
+    let (b, _p) = start(&c, state.path());
+    let o = origin("1001", "web", "c-web");
+    let m = line(&o, 1, Level::Info, "over tls");
+    b.log(&m);
+    let got = sub.take(1, Duration::from_secs(10));
+    assert_eq!(got.len(), 1, "health: {}", b.health());
+    assert_eq!(got[0].payload, m.json.as_bytes());
+    stop(&b);
+
+    let other = d.join("other-ca.crt");
+    let mut c = cfg(
+        tls_port,
+        &[("MQTT_CA_FILE", other.to_str().expect("utf-8 path"))],
+    );
+    c.tls = true;
+    c.host = "localhost".into();
+    let state = TempDir::new("tls-state2");
+    let (b, _p) = start(&c, state.path());
+    b.log(&line(&o, 2, Level::Info, "must not go out"));
+    wait_for("tls refusal", Duration::from_secs(10), || {
+        !b.health()["lastError"].as_str().unwrap_or("").is_empty()
+    });
+    let h = b.health();
+    let err = h["lastError"].as_str().unwrap_or("").to_string();
+    assert!(
+        err.to_lowercase().contains("certificate"),
+        "lastError: {err}"
+    );
+    assert_eq!(h["connected"], false);
+    sub.nothing_more(Duration::from_millis(500));
+    stop(&b);
+
+    // A CA file holding no certificate stops start-up with a clear error.
+    let junk = d.join("junk.pem");
+    std::fs::write(&junk, "not a certificate").expect("junk");
+    let mut c = cfg(tls_port, &[("MQTT_CA_FILE", junk.to_str().expect("utf-8"))]);
+    c.tls = true;
+    let e = MqttBackend::start(&c, state.path(), Arc::new(Progress::new(1)), 0, "h", "v")
+        .err()
+        .expect("refused");
+    assert!(e.to_string().contains("junk.pem"), "{e}");
+}
+
+#[test]
+fn broker_outage_loses_nothing() {
+    let dir = TempDir::new("outage");
+    let port = free_port();
+    let mut broker = Broker::start(dir.path(), port, "");
+    let sub = subscribe_with(SubOpts {
+        port,
+        filters: &["container-manager/logs/#"],
+        creds: None,
+        persistent: true,
+    });
+    let (b, progress) = start(&cfg(port, &[]), dir.path());
+    let origins = [
+        origin("1001", "web", "c-web"),
+        origin("1001", "db", "c-db"),
+        origin("1002", "api", "c-api"),
+    ];
+    let mut sent = Vec::new();
+    let mut n = 0;
+    let mut log_some = |count: usize, sent: &mut Vec<Arc<LogMessage>>| {
+        for _ in 0..count {
+            n += 1;
+            let o = &origins[n as usize % origins.len()];
+            let level = if n % 7 == 0 {
+                Level::Error
+            } else {
+                Level::Info
+            };
+            let m = line(
+                o,
+                n,
+                level,
+                &format!("message number {n} {}", "x".repeat(100)),
+            );
+            b.log(&m);
+            sent.push(m);
+        }
+    };
+    log_some(2000, &mut sent);
+    broker.stop();
+    let t = Instant::now();
+    log_some(10_000, &mut sent);
+    let took = t.elapsed();
+    assert!(took < Duration::from_secs(5), "log() blocked for {took:?}");
+    thread::sleep(Duration::from_secs(4));
+    let h = b.health();
+    assert_eq!(h["connected"], false);
+    assert!(h["spooled"].as_u64().unwrap_or(0) > 0, "{h}");
+    assert!(!b.healthy(), "disconnected for 4 s");
+    broker.restart();
+    log_some(1000, &mut sent);
+
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let mut got = Vec::new();
+    let mut ids = HashSet::new();
+    while ids.len() < sent.len() && Instant::now() < deadline {
+        for g in sub.take(1, Duration::from_millis(200)) {
+            ids.insert(json(&g)["id"].as_str().unwrap_or("").to_string());
+            got.push(g);
+        }
+    }
+    let dups = check_complete_in_order(&sent, &got);
+    eprintln!(
+        "outage: {} sent, {} received, {dups} duplicates; health {}",
+        sent.len(),
+        got.len(),
+        b.health()
+    );
+    wait_for("progress", Duration::from_secs(5), || {
+        let safe = progress.safe();
+        origins.iter().all(|o| {
+            let last = sent
+                .iter()
+                .filter(|m| m.origin.container_id == o.container_id)
+                .map(|m| m.position)
+                .max()
+                .flatten();
+            safe.get(&o.container_id).copied() == last
+        })
+    });
+    let h = b.health();
+    assert!(h["reconnects"].as_u64().unwrap_or(0) >= 1);
+    assert_eq!(h["dropped"], 0);
+    assert!(b.healthy());
+    stop(&b);
+}
+
+#[test]
+fn spool_survives_a_restart_of_the_agent() {
+    let dir = TempDir::new("replay");
+    let state = TempDir::new("replay-state");
+    let port = free_port();
+    let c = cfg(port, &[]);
+    // No broker yet: start-up must neither fail nor block.
+    let t = Instant::now();
+    let (b, progress) = start(&c, state.path());
+    assert!(t.elapsed() < Duration::from_secs(1));
+    let o = origin("1001", "web", "c-web");
+    let sent: Vec<_> = (1..=3000)
+        .map(|n| line(&o, n, Level::Info, &format!("spooled {n}")))
+        .collect();
+    for m in &sent {
+        b.log(m);
+    }
+    stop(&b);
+    // Everything was spooled at shutdown, so every position is taken.
+    assert_eq!(progress.safe().get("c-web").copied(), Some(pos(3000)));
+    let spooled: u64 = std::fs::read_dir(state.path().join("spool"))
+        .expect("spool dir")
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".seg"))
+        .map(|e| e.metadata().map(|m| m.len()).unwrap_or(0))
+        .sum();
+    assert!(spooled > 0);
+
+    let _broker = Broker::start(dir.path(), port, "");
+    let sub = subscribe(port, &["container-manager/logs/#"]);
+    let (b, _p) = start(&c, state.path());
+    let got = sub.take(3000, Duration::from_secs(30));
+    assert_eq!(check_complete_in_order(&sent, &got), 0);
+    wait_for("spool emptied", Duration::from_secs(5), || {
+        b.health()["spoolBytes"] == 0
+    });
+    stop(&b);
+    // A clean stop with nothing left leaves no segment to replay.
+    let (b, _p) = start(&c, state.path());
+    sub.nothing_more(Duration::from_millis(800));
+    stop(&b);
+}
+
+#[test]
+fn spool_limit_drops_the_oldest() {
+    let dir = TempDir::new("limit");
+    let port = free_port();
+    let c = cfg(port, &[("MQTT_SPOOL_MAX_BYTES", "300000")]);
+    let (b, _p) = start(&c, dir.path());
+    let o = origin("1001", "web", "c-web");
+    let sent: Vec<_> = (1..=8000)
+        .map(|n| line(&o, n, Level::Info, &format!("{n} {}", "y".repeat(200))))
+        .collect();
+    for m in &sent {
+        b.log(m);
+    }
+    wait_for("drops", Duration::from_secs(10), || {
+        b.health()["dropped"].as_u64().unwrap_or(0) > 0
+    });
+    // Let the publisher finish taking the rest in before counting.
+    thread::sleep(Duration::from_millis(700));
+    let h = b.health();
+    assert!(
+        h["spoolBytes"].as_u64().unwrap_or(u64::MAX) <= 300_000,
+        "{h}"
+    );
+    assert!(!b.healthy(), "a recent drop makes the backend unhealthy");
+    let dropped = h["dropped"].as_u64().unwrap_or(0) as usize;
+
+    let _broker = Broker::start(dir.path(), port, "");
+    let sub = subscribe(port, &["container-manager/logs/#"]);
+    let want = sent.len() - dropped;
+    let got = sub.take(want, Duration::from_secs(30));
+    sub.nothing_more(Duration::from_millis(500));
+    // What arrives is the newest part, complete and in order: the oldest went first.
+    let tail = &sent[dropped..];
+    assert_eq!(check_complete_in_order(tail, &got), 0);
+    stop(&b);
+}
+
+#[test]
+fn qos1_throughput() {
+    let dir = TempDir::new("speed");
+    let port = free_port();
+    let _broker = Broker::start(dir.path(), port, "");
+    let (b, _p) = start(&cfg(port, &[]), dir.path());
+    wait_for("connect", Duration::from_secs(10), || {
+        b.health()["connected"] == true
+    });
+    let o = origin("1001", "web", "c-web");
+    let n = 20_000;
+    let msgs: Vec<_> = (1..=n)
+        .map(|i| line(&o, i, Level::Info, &format!("{i} {}", "z".repeat(80))))
+        .collect();
+    let t = Instant::now();
+    for m in &msgs {
+        b.log(m);
+    }
+    wait_for("acks", Duration::from_secs(30), || {
+        b.health()["acknowledged"].as_u64() == Some(n as u64)
+    });
+    let secs = t.elapsed().as_secs_f64();
+    eprintln!(
+        "qos1 throughput: {n} messages in {secs:.2} s = {:.0} msgs/s",
+        n as f64 / secs
+    );
+    stop(&b);
+}
