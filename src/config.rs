@@ -335,8 +335,10 @@ fn parse_level(env: &Env, var: &'static str, default: Level) -> Result<Level, Er
     Level::parse_name(v).ok_or_else(|| invalid(var, v, "one of error, warn, info, debug"))
 }
 
-fn path_var(env: &Env, var: &'static str, default: &PathBuf) -> PathBuf {
-    env.get(var).map(PathBuf::from).unwrap_or(default.clone())
+fn path_var(env: &Env, var: &'static str, default: &std::path::Path) -> PathBuf {
+    env.get(var)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| default.to_path_buf())
 }
 
 impl Config {

@@ -1,3 +1,68 @@
-fn main() {
-    println!("container-logd {}", env!("CARGO_PKG_VERSION"));
+//! `container-logd`: parses the command line, loads the configuration and hands over to the
+//! agent (`run`), the checker (`check`) or the log reader (`logs`). Nothing else lives here.
+
+use std::process::ExitCode;
+
+use container_logd::{agent, agentlog, config::Config};
+
+const USAGE: &str = "\
+container-logd — follows the logs of every container, keeps them locally and pushes them to MQTT
+
+usage:
+  container-logd [run]      run the agent in the foreground (what systemd starts)
+  container-logd check      check the configuration, the engine and the broker
+  container-logd logs [--app ID] [--service NAME] [--level LEVEL] [--since TIME] [--limit N] [-f|--follow] [--json]
+                            read logs from a running agent's API
+  container-logd --help | --version
+
+Configuration comes from environment variables (see /etc/default/container-logd).
+Exit codes: 0 clean stop, 1 fatal error, 2 bad configuration or usage.";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        None => run(),
+        Some("run") if args.len() == 1 => run(),
+        Some("-h" | "--help" | "help") => {
+            println!("{USAGE}");
+            ExitCode::SUCCESS
+        }
+        Some("-V" | "--version" | "version") => {
+            println!("container-logd {}", env!("CARGO_PKG_VERSION"));
+            ExitCode::SUCCESS
+        }
+        Some(cmd @ ("check" | "logs")) => {
+            eprintln!("container-logd: '{cmd}' is not available in this version yet");
+            ExitCode::from(1)
+        }
+        Some(other) => {
+            eprintln!("container-logd: unknown command or argument '{other}'\n\n{USAGE}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run() -> ExitCode {
+    let cfg = match Config::from_process_env() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("container-logd: configuration: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    agentlog::init(cfg.log_level);
+    // A panic in any thread would leave a limping agent: exit, and let systemd restart us.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default_hook(info);
+        log::error!("panic: {info}; exiting so the service manager restarts the agent");
+        std::process::exit(1);
+    }));
+    match agent::run(cfg) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            log::error!("{e}");
+            ExitCode::from(1)
+        }
+    }
 }

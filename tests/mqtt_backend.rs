@@ -310,7 +310,7 @@ fn line(o: &Arc<Origin>, n: i64, level: Level, text: &str) -> Arc<LogMessage> {
         is_stderr: level == Level::Error,
         truncated: false,
         position: Some(pos(n)),
-        discriminator: "",
+        id: container_logd::message::line_id(o, pos(n)),
     }))
 }
 
@@ -328,7 +328,7 @@ fn event(kind: SourceKind, level: Level, text: &str) -> Arc<LogMessage> {
         is_stderr: false,
         truncated: false,
         position: None,
-        discriminator: "ev",
+        id: format!("ev-{TS0}-{text}"),
     }))
 }
 

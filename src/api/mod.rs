@@ -40,7 +40,8 @@ pub struct Api {
 
 impl Api {
     pub fn start(addr: SocketAddr, ctx: Context) -> std::io::Result<Api> {
-        let server = Server::http(addr).map_err(|e| std::io::Error::other(format!("cannot listen on {addr}: {e}")))?;
+        let server = Server::http(addr)
+            .map_err(|e| std::io::Error::other(format!("cannot listen on {addr}: {e}")))?;
         let server = Arc::new(server);
         let bound = server.server_addr().to_ip().unwrap_or(addr);
         let s = server.clone();
@@ -110,8 +111,11 @@ fn authorised(ctx: &Context, req: &Request) -> bool {
 fn handle(ctx: &Context, req: Request) {
     let url = req.url().to_string();
     let resp = if !authorised(ctx, &req) {
-        error(401, "missing or wrong bearer token (Authorization: Bearer <API_TOKEN>)")
-            .with_header(header("WWW-Authenticate", "Bearer"))
+        error(
+            401,
+            "missing or wrong bearer token (Authorization: Bearer <API_TOKEN>)",
+        )
+        .with_header(header("WWW-Authenticate", "Bearer"))
     } else if *req.method() != Method::Get && *req.method() != Method::Head {
         error(405, "only GET is supported")
     } else {
@@ -223,20 +227,78 @@ fn metrics(ctx: &Context) -> String {
     let s = &ctx.stats;
     let mut out = String::with_capacity(4096);
     let rows = [
-        ("container_logd_lines_read_total", "counter", "Container log lines read from the engine.", Stats::get(&s.lines_read)),
-        ("container_logd_bytes_read_total", "counter", "Bytes of container log lines read.", Stats::get(&s.bytes_read)),
-        ("container_logd_invalid_utf8_total", "counter", "Lines in which invalid UTF-8 was replaced.", Stats::get(&s.invalid_utf8)),
-        ("container_logd_truncated_total", "counter", "Lines cut at MAX_LINE_BYTES.", Stats::get(&s.truncated)),
-        ("container_logd_suppressed_total", "counter", "Lines dropped by the rate limit.", Stats::get(&s.suppressed)),
-        ("container_logd_gaps_total", "counter", "Resumes that found lines rotated away by the engine.", Stats::get(&s.gaps)),
-        ("container_logd_engine_errors_total", "counter", "Broken engine streams and in-band engine errors.", Stats::get(&s.engine_errors)),
-        ("container_logd_engine_reconnects_total", "counter", "Reconnects to the engine.", Stats::get(&s.engine_reconnects)),
-        ("container_logd_engine_up", "gauge", "1 when the engine answers.", u64::from(s.docker_up.load(Ordering::Relaxed))),
-        ("container_logd_containers", "gauge", "Containers followed.", ctx.monitor.views().len() as u64),
-        ("container_logd_uptime_seconds", "gauge", "Seconds since the agent started.", s.started.elapsed().as_secs()),
+        (
+            "container_logd_lines_read_total",
+            "counter",
+            "Container log lines read from the engine.",
+            Stats::get(&s.lines_read),
+        ),
+        (
+            "container_logd_bytes_read_total",
+            "counter",
+            "Bytes of container log lines read.",
+            Stats::get(&s.bytes_read),
+        ),
+        (
+            "container_logd_invalid_utf8_total",
+            "counter",
+            "Lines in which invalid UTF-8 was replaced.",
+            Stats::get(&s.invalid_utf8),
+        ),
+        (
+            "container_logd_truncated_total",
+            "counter",
+            "Lines cut at MAX_LINE_BYTES.",
+            Stats::get(&s.truncated),
+        ),
+        (
+            "container_logd_suppressed_total",
+            "counter",
+            "Lines dropped by the rate limit.",
+            Stats::get(&s.suppressed),
+        ),
+        (
+            "container_logd_gaps_total",
+            "counter",
+            "Resumes that found lines rotated away by the engine.",
+            Stats::get(&s.gaps),
+        ),
+        (
+            "container_logd_engine_errors_total",
+            "counter",
+            "Broken engine streams and in-band engine errors.",
+            Stats::get(&s.engine_errors),
+        ),
+        (
+            "container_logd_engine_reconnects_total",
+            "counter",
+            "Reconnects to the engine.",
+            Stats::get(&s.engine_reconnects),
+        ),
+        (
+            "container_logd_engine_up",
+            "gauge",
+            "1 when the engine answers.",
+            u64::from(s.docker_up.load(Ordering::Relaxed)),
+        ),
+        (
+            "container_logd_containers",
+            "gauge",
+            "Containers followed.",
+            ctx.monitor.views().len() as u64,
+        ),
+        (
+            "container_logd_uptime_seconds",
+            "gauge",
+            "Seconds since the agent started.",
+            s.started.elapsed().as_secs(),
+        ),
     ];
     for (name, kind, help, v) in rows {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
+        );
     }
     for b in &ctx.backends {
         b.metrics(&mut out);

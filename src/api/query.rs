@@ -75,8 +75,11 @@ pub fn percent_decode(s: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
-/// Splits a URL into its path and decoded `(name, value)` pairs.
-pub fn split_url(url: &str) -> Result<(&str, Vec<(String, String)>), BadParam> {
+/// Decoded `(name, value)` pairs of a query string.
+pub type Pairs = Vec<(String, String)>;
+
+/// Splits a URL into its path and decoded query pairs.
+pub fn split_url(url: &str) -> Result<(&str, Pairs), BadParam> {
     let (path, query) = url.split_once('?').unwrap_or((url, ""));
     let mut pairs = Vec::new();
     for part in query.split('&').filter(|p| !p.is_empty()) {
@@ -110,11 +113,22 @@ impl Filter {
                 "q" => f.q = non_empty(),
                 "level" => {
                     f.level = Some(
-                        Level::parse_name(v).ok_or_else(|| bad(k, "one of error, warn, info, debug"))?,
+                        Level::parse_name(v)
+                            .ok_or_else(|| bad(k, "one of error, warn, info, debug"))?,
                     )
                 }
-                "since" => f.since_ms = Some(parse_time(v).ok_or_else(|| bad(k, "ms since the epoch or an RFC 3339 time"))?),
-                "until" => f.until_ms = Some(parse_time(v).ok_or_else(|| bad(k, "ms since the epoch or an RFC 3339 time"))?),
+                "since" => {
+                    f.since_ms = Some(
+                        parse_time(v)
+                            .ok_or_else(|| bad(k, "ms since the epoch or an RFC 3339 time"))?,
+                    )
+                }
+                "until" => {
+                    f.until_ms = Some(
+                        parse_time(v)
+                            .ok_or_else(|| bad(k, "ms since the epoch or an RFC 3339 time"))?,
+                    )
+                }
                 "limit" => {
                     f.limit = match v.parse::<usize>() {
                         Ok(n) if (1..=MAX_LIMIT).contains(&n) => n,
@@ -173,7 +187,8 @@ mod tests {
 
     #[test]
     fn filters_parse() {
-        let f = parse("/api/v1/logs?appId=1001&service=web&level=warn&limit=5&q=a%20b+c").expect("ok");
+        let f =
+            parse("/api/v1/logs?appId=1001&service=web&level=warn&limit=5&q=a%20b+c").expect("ok");
         assert_eq!(f.app_id.as_deref(), Some("1001"));
         assert_eq!(f.service.as_deref(), Some("web"));
         assert_eq!(f.level, Some(Level::Warn));

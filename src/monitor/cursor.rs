@@ -82,7 +82,15 @@ impl CursorStore {
                 cursors: file
                     .containers
                     .into_iter()
-                    .map(|(k, e)| (k, Position { ts_ns: e.ts, seen: e.seen }))
+                    .map(|(k, e)| {
+                        (
+                            k,
+                            Position {
+                                ts_ns: e.ts,
+                                seen: e.seen,
+                            },
+                        )
+                    })
                     .collect(),
                 dirty: false,
                 last_alive,
@@ -141,7 +149,15 @@ impl CursorStore {
                 containers: inner
                     .cursors
                     .iter()
-                    .map(|(k, p)| (k.clone(), Entry { ts: p.ts_ns, seen: p.seen }))
+                    .map(|(k, p)| {
+                        (
+                            k.clone(),
+                            Entry {
+                                ts: p.ts_ns,
+                                seen: p.seen,
+                            },
+                        )
+                    })
                     .collect(),
             };
             (f, inner.dirty)

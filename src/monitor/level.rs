@@ -25,13 +25,18 @@ pub fn detect(line: &str) -> Option<Level> {
 fn json_level(t: &str) -> Option<Level> {
     for key in ["\"level\"", "\"severity\"", "\"lvl\"", "\"loglevel\""] {
         if let Some(i) = t.find(key) {
-            let rest = t[i + key.len()..].trim_start().strip_prefix(':')?.trim_start();
+            let rest = t[i + key.len()..]
+                .trim_start()
+                .strip_prefix(':')?
+                .trim_start();
             if let Some(s) = rest.strip_prefix('"') {
                 let end = s.find('"')?;
                 return Level::parse_name(&s[..end]);
             }
             // Numeric levels as bunyan/pino write them: 10 trace … 60 fatal.
-            let digits: &str = &rest[..rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len())];
+            let digits: &str = &rest[..rest
+                .find(|c: char| !c.is_ascii_digit())
+                .unwrap_or(rest.len())];
             if let Ok(n) = digits.parse::<u32>() {
                 return Some(match n {
                     50.. => Level::Error,
@@ -70,7 +75,7 @@ fn logfmt_level(t: &str) -> Option<Level> {
             let boundary = at == 0 || head.as_bytes()[at - 1] == b' ';
             if boundary {
                 let v = head[at + key.len()..].trim_start_matches('"');
-                let end = v.find(|c: char| c == ' ' || c == '"').unwrap_or(v.len());
+                let end = v.find([' ', '"']).unwrap_or(v.len());
                 return Level::parse_name(&v[..end]);
             }
             from = at + key.len();
@@ -86,13 +91,17 @@ fn leading_word(t: &str) -> Option<Level> {
     let first = &s[..first_end];
     if first.len() >= 6
         && first.bytes().next().is_some_and(|c| c.is_ascii_digit())
-        && first.bytes().all(|c| c.is_ascii_digit() || b"-:.TZ+,/".contains(&c))
+        && first
+            .bytes()
+            .all(|c| c.is_ascii_digit() || b"-:.TZ+,/".contains(&c))
     {
         s = s[first_end..].trim_start();
         // `2024-01-01 12:00:00,123 WARN …`: a second time token.
         let e = s.find(' ').unwrap_or(s.len());
         if s[..e].bytes().next().is_some_and(|c| c.is_ascii_digit())
-            && s[..e].bytes().all(|c| c.is_ascii_digit() || b":.,".contains(&c))
+            && s[..e]
+                .bytes()
+                .all(|c| c.is_ascii_digit() || b":.,".contains(&c))
         {
             s = s[e..].trim_start();
         }
@@ -174,7 +183,15 @@ mod tests {
 
     #[test]
     fn never_panics_on_odd_text() {
-        for s in ["<9999999999>", "{\"level\":", "{\"level\": \"", "level=", "[", "W/", "€€€ level=€"] {
+        for s in [
+            "<9999999999>",
+            "{\"level\":",
+            "{\"level\": \"",
+            "level=",
+            "[",
+            "W/",
+            "€€€ level=€",
+        ] {
             let _ = detect(s);
         }
         let long = "x".repeat(200) + "é" + &"y".repeat(10);

@@ -134,8 +134,20 @@ mod tests {
     fn ignore_label_and_self() {
         let cfg = Config::from_env(&HashMap::new()).expect("defaults");
         assert!(followed(&cfg, None, "abc", "/x", &labels(&[])));
-        assert!(!followed(&cfg, None, "abc", "/x", &labels(&[(IGNORE_LABEL, "true")])));
-        assert!(!followed(&cfg, Some("abcdef"), "abcdef", "/x", &labels(&[])));
+        assert!(!followed(
+            &cfg,
+            None,
+            "abc",
+            "/x",
+            &labels(&[(IGNORE_LABEL, "true")])
+        ));
+        assert!(!followed(
+            &cfg,
+            Some("abcdef"),
+            "abcdef",
+            "/x",
+            &labels(&[])
+        ));
     }
 
     #[test]
@@ -145,7 +157,10 @@ mod tests {
             "612 600 0:50 /var/lib/docker/containers/{id}/hostname /etc/hostname rw - ext4"
         );
         assert_eq!(find_container_id(&mountinfo), Some(id.clone()));
-        assert_eq!(find_container_id(&format!("0::/system.slice/docker-{id}.scope")), Some(id));
+        assert_eq!(
+            find_container_id(&format!("0::/system.slice/docker-{id}.scope")),
+            Some(id)
+        );
         assert_eq!(find_container_id("0::/user.slice"), None);
     }
 }

@@ -102,7 +102,14 @@ impl Shared {
     }
 
     /// A `system` message about a container.
-    pub fn system(&self, origin: &Arc<Origin>, ts_ns: i64, level: Level, action: &str, text: String) {
+    pub fn system(
+        &self,
+        origin: &Arc<Origin>,
+        ts_ns: i64,
+        level: Level,
+        action: &str,
+        text: String,
+    ) {
         self.deliver(LogMessage::new(Draft {
             id: event_id(origin, ts_ns, action),
             text,
@@ -160,8 +167,18 @@ impl Shared {
                 return;
             }
         };
-        if !meta::followed(&self.cfg, self.own_id.as_deref(), &info.id, &info.name, &info.labels) {
-            log::debug!("not following {} ({})", info.name, &info.id[..info.id.len().min(12)]);
+        if !meta::followed(
+            &self.cfg,
+            self.own_id.as_deref(),
+            &info.id,
+            &info.name,
+            &info.labels,
+        ) {
+            log::debug!(
+                "not following {} ({})",
+                info.name,
+                &info.id[..info.id.len().min(12)]
+            );
             return;
         }
         let mut reg = self.registry.lock().unwrap_or_else(|p| p.into_inner());
@@ -192,7 +209,11 @@ impl Shared {
             Ok(h) => {
                 *slot.handle.lock().unwrap_or_else(|p| p.into_inner()) = Some(h);
                 reg.insert(info.id.clone(), slot);
-                log::info!("following {} ({})", info.name, &info.id[..info.id.len().min(12)]);
+                log::info!(
+                    "following {} ({})",
+                    info.name,
+                    &info.id[..info.id.len().min(12)]
+                );
             }
             Err(e) => log::error!("cannot start a reader for {}: {e}", info.name),
         }
@@ -211,22 +232,47 @@ impl Shared {
 
     fn on_event(self: &Arc<Self>, ev: Event) {
         let name = ev.attributes.get("name").cloned().unwrap_or_default();
-        if !meta::followed(&self.cfg, self.own_id.as_deref(), &ev.id, &name, &ev.attributes) {
+        if !meta::followed(
+            &self.cfg,
+            self.own_id.as_deref(),
+            &ev.id,
+            &name,
+            &ev.attributes,
+        ) {
             return;
         }
-        let origin = Arc::new(meta::origin(&self.cfg, &self.host, &ev.id, &name, &ev.attributes));
+        let origin = Arc::new(meta::origin(
+            &self.cfg,
+            &self.host,
+            &ev.id,
+            &name,
+            &ev.attributes,
+        ));
         let ts = ev.time_nano;
         match ev.action.as_str() {
             "start" => {
-                self.system(&origin, ts, Level::Info, "start", format!("container {name} started"));
+                self.system(
+                    &origin,
+                    ts,
+                    Level::Info,
+                    "start",
+                    format!("container {name} started"),
+                );
                 self.attach(&ev.id, true);
             }
             "die" => {
-                let code = ev.attributes.get("exitCode").map(String::as_str).unwrap_or("?");
+                let code = ev
+                    .attributes
+                    .get("exitCode")
+                    .map(String::as_str)
+                    .unwrap_or("?");
                 let (level, text) = if code == "0" {
                     (Level::Info, format!("container {name} exited with code 0"))
                 } else {
-                    (Level::Error, format!("container {name} died with exit code {code}"))
+                    (
+                        Level::Error,
+                        format!("container {name} died with exit code {code}"),
+                    )
                 };
                 self.system(&origin, ts, level, "die", text);
             }
@@ -237,18 +283,38 @@ impl Shared {
                 "oom",
                 format!("container {name} was killed: out of memory"),
             ),
-            "restart" => self.system(&origin, ts, Level::Warn, "restart", format!("container {name} restarting")),
-            "pause" | "unpause" => {
-                self.system(&origin, ts, Level::Info, &ev.action, format!("container {name}: {}", ev.action))
-            }
+            "restart" => self.system(
+                &origin,
+                ts,
+                Level::Warn,
+                "restart",
+                format!("container {name} restarting"),
+            ),
+            "pause" | "unpause" => self.system(
+                &origin,
+                ts,
+                Level::Info,
+                &ev.action,
+                format!("container {name}: {}", ev.action),
+            ),
             "destroy" => {
                 self.cursors.forget(&ev.id);
                 self.progress.forget(&ev.id);
             }
             a if a.starts_with("health_status") => {
                 let status = a.rsplit(' ').next().unwrap_or(a);
-                let level = if status == "unhealthy" { Level::Warn } else { Level::Info };
-                self.system(&origin, ts, level, "health", format!("container {name} is {status}"));
+                let level = if status == "unhealthy" {
+                    Level::Warn
+                } else {
+                    Level::Info
+                };
+                self.system(
+                    &origin,
+                    ts,
+                    level,
+                    "health",
+                    format!("container {name} is {status}"),
+                );
             }
             _ => {}
         }
@@ -335,7 +401,12 @@ impl Monitor {
         let s = &self.shared;
         s.stopping.store(true, Ordering::Release);
         drop(s.stop_tx.lock().unwrap_or_else(|p| p.into_inner()).take());
-        if let Some(c) = s.events_closer.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+        if let Some(c) = s
+            .events_closer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+        {
             c.close();
         }
         let slots: Vec<Arc<Slot>> = s
@@ -346,7 +417,12 @@ impl Monitor {
             .cloned()
             .collect();
         for slot in &slots {
-            if let Some(c) = slot.closer.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            if let Some(c) = slot
+                .closer
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .as_ref()
+            {
                 c.close();
             }
         }

@@ -50,7 +50,13 @@ pub fn follow(shared: Arc<Shared>, slot: Arc<Slot>) {
             }
             continue;
         }
-        let origin = Arc::new(meta::origin(&shared.cfg, &shared.host, &info.id, &info.name, &info.labels));
+        let origin = Arc::new(meta::origin(
+            &shared.cfg,
+            &shared.host,
+            &info.id,
+            &info.name,
+            &info.labels,
+        ));
         {
             let mut v = slot.view.lock().unwrap_or_else(|p| p.into_inner());
             v.name = origin.name.clone();
@@ -62,20 +68,24 @@ pub fn follow(shared: Arc<Shared>, slot: Arc<Slot>) {
             Some(p) => Since::At(p.ts_ns),
             None => first_since(&shared, &slot, info.started_at_ns),
         };
-        let mut stream = match shared.engine.logs(&slot.id, info.tty, since, shared.cfg.max_line_bytes) {
-            Ok(s) => s,
-            Err(e) => {
-                set_state(&slot, "reconnecting");
-                if !e.is_not_found() {
-                    log::warn!("cannot open the log stream of {}: {e}", origin.name);
-                    Stats::add(&shared.stats.engine_errors, 1);
+        let mut stream =
+            match shared
+                .engine
+                .logs(&slot.id, info.tty, since, shared.cfg.max_line_bytes)
+            {
+                Ok(s) => s,
+                Err(e) => {
+                    set_state(&slot, "reconnecting");
+                    if !e.is_not_found() {
+                        log::warn!("cannot open the log stream of {}: {e}", origin.name);
+                        Stats::add(&shared.stats.engine_errors, 1);
+                    }
+                    if !shared.sleep(backoff.next_delay()) {
+                        break;
+                    }
+                    continue;
                 }
-                if !shared.sleep(backoff.next_delay()) {
-                    break;
-                }
-                continue;
-            }
-        };
+            };
         slot.set_closer(Some(stream.closer()));
         if shared.stopping() {
             break;
@@ -126,7 +136,14 @@ fn first_since(shared: &Shared, slot: &Slot, started_at_ns: i64) -> Since {
         let now = cursor::now_ns();
         let id: Arc<str> = Arc::from(slot.id.as_str());
         for i in 0..shared.progress.backends() {
-            shared.progress.taken(i, &id, Position { ts_ns: now, seen: 0 });
+            shared.progress.taken(
+                i,
+                &id,
+                Position {
+                    ts_ns: now,
+                    seen: 0,
+                },
+            );
         }
         Since::At(now)
     };
@@ -169,7 +186,8 @@ struct Bucket {
 impl Bucket {
     fn allow(&mut self) -> bool {
         let now = Instant::now();
-        self.tokens = (self.tokens + now.duration_since(self.at).as_secs_f64() * self.rate).min(self.burst);
+        self.tokens =
+            (self.tokens + now.duration_since(self.at).as_secs_f64() * self.rate).min(self.burst);
         self.at = now;
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
@@ -199,7 +217,12 @@ struct Lines<'a> {
 }
 
 impl<'a> Lines<'a> {
-    fn new(shared: &'a Shared, slot: &'a Slot, origin: Arc<Origin>, resume: Option<Position>) -> Lines<'a> {
+    fn new(
+        shared: &'a Shared,
+        slot: &'a Slot,
+        origin: Arc<Origin>,
+        resume: Option<Position>,
+    ) -> Lines<'a> {
         let cfg = &shared.cfg;
         Lines {
             shared,
@@ -236,7 +259,10 @@ impl<'a> Lines<'a> {
     fn position(&mut self, ts: i64) -> Position {
         if let Some(e) = self.recent.iter_mut().find(|e| e.0 == ts) {
             e.1 += 1;
-            return Position { ts_ns: ts, seen: e.1 };
+            return Position {
+                ts_ns: ts,
+                seen: e.1,
+            };
         }
         self.recent[self.recent_next] = (ts, 1);
         self.recent_next = (self.recent_next + 1) % self.recent.len();
@@ -314,7 +340,11 @@ impl<'a> Lines<'a> {
             }
             self.flush_pending();
         }
-        let level = level::detect(&text).unwrap_or(if is_stderr { cfg.level_stderr } else { cfg.level_stdout });
+        let level = level::detect(&text).unwrap_or(if is_stderr {
+            cfg.level_stderr
+        } else {
+            cfg.level_stdout
+        });
         let p = Pending {
             text,
             first: pos,
@@ -381,7 +411,11 @@ impl<'a> Lines<'a> {
 
     /// The stream was quiet for [`Lines::idle`].
     fn tick(&mut self) {
-        if self.pending.as_ref().is_some_and(|p| p.at.elapsed() >= MULTILINE_QUIET) {
+        if self
+            .pending
+            .as_ref()
+            .is_some_and(|p| p.at.elapsed() >= MULTILINE_QUIET)
+        {
             self.flush_pending();
         }
         self.report_suppressed(false);

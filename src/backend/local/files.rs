@@ -374,7 +374,7 @@ mod tests {
             .as_str()
             .unwrap_or("")
             .starts_with("line 0099"));
-        assert_eq!(stats.rotations.load(Ordering::Relaxed) > 0, true);
+        assert!(stats.rotations.load(Ordering::Relaxed) > 0);
         let mode = fs::metadata(dir.join("1001/web.log")).expect("meta");
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(mode.permissions().mode() & 0o777, 0o640);

@@ -99,7 +99,7 @@ mod tests {
                 ts_ns: 1_000,
                 seen: 1,
             }),
-            discriminator: "",
+            id: "c1-1000-0".into(),
         })
     }
 
