@@ -607,6 +607,8 @@ impl Core {
             s.pkid = Some(pkid);
             if s.qos0 {
                 s.acked = true;
+                // At QoS 0 the socket taking the publish is all the progress there is.
+                self.last_ack = Instant::now();
                 self.settle();
             }
         }
