@@ -66,6 +66,10 @@ pub struct Writer {
     index: usize,
     stats: Arc<FileStats>,
     last_error_log: Option<Instant>,
+    /// Per container, the line last found in the files at start. A restart after a crash
+    /// resumes from a cursor that may lag the files by a few seconds; lines up to here are
+    /// already written and are skipped, so the files hold every line once.
+    written_before: HashMap<String, Position>,
 }
 
 /// Replaces what must not reach a path: separators, `..`, control characters.
@@ -109,9 +113,25 @@ impl Writer {
             unflushed: HashMap::new(),
             progress,
             index,
+            written_before: HashMap::new(),
             stats,
             last_error_log: None,
         }
+    }
+
+    /// Reads the tail of every log file under the directory to learn, per container, the last
+    /// line already written (see `written_before`).
+    pub fn scan_existing(&mut self) {
+        let mut found: HashMap<String, Position> = HashMap::new();
+        for path in log_files(&self.settings.dir) {
+            for (container, pos) in tail_positions(&path, TAIL_SCAN_BYTES) {
+                let e = found.entry(container).or_default();
+                if pos > *e {
+                    *e = pos;
+                }
+            }
+        }
+        self.written_before = found;
     }
 
     /// The thread's body: until the channel closes, write, and flush whenever it runs dry.
@@ -140,7 +160,32 @@ impl Writer {
         }
     }
 
+    /// True when this line is already in the files (written before a crash).
+    fn already_written(&mut self, msg: &LogMessage) -> bool {
+        if self.written_before.is_empty() || msg.kind != SourceKind::Container {
+            return false;
+        }
+        let id: &str = &msg.origin.container_id;
+        let Some(&last) = self.written_before.get(id) else {
+            return false;
+        };
+        match id_position(&msg.id) {
+            Some(p) if p <= last => true,
+            _ => {
+                // Past the last written line: nothing more to skip for this container.
+                self.written_before.remove(id);
+                false
+            }
+        }
+    }
+
     fn write(&mut self, msg: &LogMessage) {
+        if self.already_written(msg) {
+            if let Some(pos) = msg.position {
+                self.unflushed.insert(msg.origin.container_id.clone(), pos);
+            }
+            return;
+        }
         let rel = relative_path(msg);
         let len = msg.json.len() as u64 + 1;
         let result = self.write_line(&rel, msg.json.as_bytes(), len);
@@ -283,6 +328,74 @@ impl Writer {
     }
 }
 
+/// How much of each file's end is read at start to find the last lines written.
+const TAIL_SCAN_BYTES: u64 = 256 * 1024;
+
+/// Every `*.log` file one or two levels below `dir` (`{appId}/{serviceName}.log`).
+fn log_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Ok(apps) = fs::read_dir(dir) else {
+        return out;
+    };
+    for app in apps.flatten() {
+        let Ok(files) = fs::read_dir(app.path()) else {
+            continue;
+        };
+        for f in files.flatten() {
+            let p = f.path();
+            if p.extension().is_some_and(|e| e == "log") {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+/// The `(containerId, position)` of the lines in the last `max` bytes of a file.
+fn tail_positions(path: &Path, max: u64) -> Vec<(String, Position)> {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut f) = File::open(path) else {
+        return Vec::new();
+    };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let start = len.saturating_sub(max);
+    if f.seek(SeekFrom::Start(start)).is_err() {
+        return Vec::new();
+    }
+    let mut buf = Vec::new();
+    if f.take(max).read_to_end(&mut buf).is_err() {
+        return Vec::new();
+    }
+    let text = String::from_utf8_lossy(&buf);
+    let mut lines = text.split('\n');
+    if start > 0 {
+        lines.next(); // The first piece may be the end of a line cut by the seek.
+    }
+    #[derive(serde::Deserialize)]
+    struct Line<'a> {
+        #[serde(borrow)]
+        id: std::borrow::Cow<'a, str>,
+        #[serde(rename = "containerId", borrow)]
+        container_id: std::borrow::Cow<'a, str>,
+    }
+    lines
+        .filter_map(|l| serde_json::from_str::<Line>(l).ok())
+        .filter_map(|l| Some((l.container_id.into_owned(), id_position(&l.id)?)))
+        .collect()
+}
+
+/// The position a container line's id encodes (`<short id>-<ts ns>-<index>`).
+fn id_position(id: &str) -> Option<Position> {
+    let mut parts = id.rsplitn(3, '-');
+    let index: u32 = parts.next()?.parse().ok()?;
+    let ts_ns: i64 = parts.next()?.parse().ok()?;
+    parts.next()?;
+    Some(Position {
+        ts_ns,
+        seen: index + 1,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -386,6 +499,54 @@ mod tests {
                 seen: 1
             })
         );
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn lines_already_in_the_files_are_not_written_again() {
+        let dir = tempdir("dedup");
+        let run = |from: i64, to: i64| {
+            let progress = Arc::new(Progress::new(1));
+            let (tx, rx) = crossbeam_channel::bounded(16);
+            let mut w = Writer::new(
+                Settings {
+                    dir: dir.clone(),
+                    max_bytes: 1 << 20,
+                    keep: 1,
+                },
+                progress,
+                0,
+                Arc::new(FileStats::default()),
+            );
+            w.scan_existing();
+            let t = std::thread::spawn(move || w.run(rx));
+            for i in from..=to {
+                tx.send(Cmd::Write(msg("1001", "web", &format!("n{i}"), i)))
+                    .expect("send");
+            }
+            drop(tx);
+            t.join().expect("writer");
+        };
+        run(1, 50);
+        // A restart resumes from a lagging cursor and reads 40..=50 again.
+        run(40, 80);
+        let text = fs::read_to_string(dir.join("1001/web.log")).expect("file");
+        let got: Vec<String> = text
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).expect("json")["message"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string()
+            })
+            .collect();
+        let want: Vec<String> = (1..=80).map(|i| format!("n{i}")).collect();
+        assert_eq!(got, want);
+        assert_eq!(
+            id_position("abc-17-2"),
+            Some(Position { ts_ns: 17, seen: 3 })
+        );
+        assert_eq!(id_position("manager-1-x"), None);
         let _ = fs::remove_dir_all(&dir);
     }
 }

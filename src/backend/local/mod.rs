@@ -45,7 +45,8 @@ impl LocalBackend {
             Some(settings) => {
                 std::fs::create_dir_all(&settings.dir)?;
                 let (tx, rx) = crossbeam_channel::bounded(QUEUE);
-                let w = Writer::new(settings, progress.clone(), index, stats.clone());
+                let mut w = Writer::new(settings, progress.clone(), index, stats.clone());
+                w.scan_existing();
                 let handle = std::thread::Builder::new()
                     .name("file-writer".into())
                     .stack_size(256 * 1024)
