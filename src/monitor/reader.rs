@@ -23,6 +23,8 @@ const SUPPRESS_REPORT: Duration = Duration::from_secs(1);
 pub fn follow(shared: Arc<Shared>, slot: Arc<Slot>) {
     let mut last: Option<Position> = None;
     let mut backoff = Backoff::new();
+    // The run (by its start time) whose stream was read to its end after it stopped.
+    let mut drained: Option<i64> = None;
     loop {
         if shared.stopping() {
             break;
@@ -44,7 +46,9 @@ pub fn follow(shared: Arc<Shared>, slot: Arc<Slot>) {
                 continue;
             }
         };
-        if !info.running {
+        // A stopped container is read once more to its end: a short-lived one may have
+        // stopped before we first looked, and its lines are still with the engine.
+        if !info.running && drained == Some(info.started_at_ns) {
             if shared.detach(&slot) {
                 break;
             }
@@ -109,6 +113,9 @@ pub fn follow(shared: Arc<Shared>, slot: Arc<Slot>) {
         }
         lines.finish();
         slot.set_closer(None);
+        if !info.running {
+            drained = Some(info.started_at_ns);
+        }
         last = lines.last.or(last);
         if shared.stopping() {
             break;

@@ -1,0 +1,341 @@
+//! The integration-test harness: the private Docker engine of `tests/env.sh`, containers that
+//! remove themselves, the real agent binary in a fresh directory, mosquitto brokers on free
+//! loopback ports, and small HTTP and wait helpers. Everything started here is stopped by a
+//! `Drop`, so a failing test leaves nothing behind.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+pub const IMAGE: &str = "cld-busybox";
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The private engine's `DOCKER_HOST`, started on first use.
+pub fn engine() -> &'static str {
+    static HOST: OnceLock<String> = OnceLock::new();
+    HOST.get_or_init(|| {
+        let env_sh = repo().join("tests/env.sh");
+        let up = Command::new(&env_sh)
+            .arg("up")
+            .status()
+            .expect("run tests/env.sh up");
+        assert!(
+            up.success(),
+            "tests/env.sh up failed: the private engine is needed"
+        );
+        let out = Command::new(&env_sh)
+            .arg("host")
+            .output()
+            .expect("tests/env.sh host");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    })
+}
+
+/// Runs the docker CLI against the private engine.
+pub fn docker(args: &[&str]) -> Output {
+    Command::new("docker")
+        .args(args)
+        .env("DOCKER_HOST", engine())
+        .output()
+        .expect("docker CLI")
+}
+
+/// A name no other test uses.
+pub fn unique(tag: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "cld-{tag}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A container removed (with `docker rm -f`) when dropped.
+pub struct Container {
+    pub name: String,
+    pub id: String,
+}
+
+impl Container {
+    /// `docker run -d --network none --name NAME <extra> cld-busybox sh -c SCRIPT`.
+    pub fn run(name: &str, extra: &[&str], script: &str) -> Container {
+        let mut args = vec!["run", "-d", "--network", "none", "--name", name];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&[IMAGE, "sh", "-c", script]);
+        let out = docker(&args);
+        assert!(
+            out.status.success(),
+            "docker run {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Container {
+            name: name.to_string(),
+            id: String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        }
+    }
+
+    pub fn short(&self) -> &str {
+        &self.id[..12]
+    }
+
+    /// Waits for the container to exit; its exit code.
+    pub fn wait(&self, timeout: Duration) -> i32 {
+        let out = Command::new("timeout")
+            .arg(format!("{}", timeout.as_secs().max(1)))
+            .args(["docker", "wait", &self.name])
+            .env("DOCKER_HOST", engine())
+            .output()
+            .expect("docker wait");
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("container {} did not exit in {timeout:?}", self.name))
+    }
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        let _ = docker(&["rm", "-f", &self.name]);
+    }
+}
+
+/// A directory removed when dropped.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        let p = std::env::temp_dir().join(unique(tag));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).expect("temp dir");
+        TempDir(p)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// Polls `f` every 50 ms until it holds or `timeout` passes.
+pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let until = Instant::now() + timeout;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() >= until {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A plain HTTP/1.0 GET; (status, body). Status 0 when nothing answers.
+pub fn http_get(port: u16, path: &str, token: Option<&str>) -> (u16, String) {
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+        return (0, String::new());
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let req = format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n{auth}\r\n");
+    if s.write_all(req.as_bytes()).is_err() {
+        return (0, String::new());
+    }
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+pub fn json(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
+/// The real agent binary, run in its own directory; killed when dropped.
+pub struct Agent {
+    pub dir: TempDir,
+    pub port: u16,
+    child: Option<Child>,
+    env: Vec<(String, String)>,
+}
+
+impl Agent {
+    /// Starts the agent on the private engine with MQTT off, the API on a free port, and
+    /// LOG_DIR/STATE_DIR in a fresh directory; `env` adds or overrides variables.
+    pub fn start(env: &[(&str, &str)]) -> Agent {
+        let dir = TempDir::new("agent");
+        let port = free_port();
+        let mut vars: Vec<(String, String)> = vec![
+            ("DOCKER_HOST".into(), engine().into()),
+            ("MQTT_BROKER".into(), "off".into()),
+            ("API_LISTEN".into(), format!("127.0.0.1:{port}")),
+            (
+                "LOG_DIR".into(),
+                dir.path().join("logs").display().to_string(),
+            ),
+            (
+                "STATE_DIR".into(),
+                dir.path().join("state").display().to_string(),
+            ),
+            ("LOG_LEVEL".into(), "debug".into()),
+        ];
+        for (k, v) in env {
+            vars.retain(|(x, _)| x != k);
+            vars.push((k.to_string(), v.to_string()));
+        }
+        let mut a = Agent {
+            dir,
+            port,
+            child: None,
+            env: vars,
+        };
+        a.spawn();
+        a
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("agent.log"))
+            .expect("agent log");
+        let child = Command::new(env!("CARGO_BIN_EXE_container-logd"))
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn agent");
+        self.child = Some(child);
+        let port = self.port;
+        assert!(
+            wait_until(Duration::from_secs(15), || http_get(
+                port,
+                "/api/v1/health",
+                None
+            )
+            .0 != 0),
+            "agent API did not come up; its log:\n{}",
+            self.log()
+        );
+    }
+
+    /// Starts the agent again with the same directory and settings.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "agent still running");
+        self.spawn();
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).expect("running")
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let _ = Command::new("kill")
+            .args([&format!("-{sig}"), &self.pid().to_string()])
+            .status();
+    }
+
+    /// SIGKILL, and reap.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM; the exit code and how long the stop took.
+    pub fn stop(&mut self) -> (i32, Duration) {
+        let t0 = Instant::now();
+        self.signal("TERM");
+        let mut c = self.child.take().expect("running");
+        loop {
+            if let Ok(Some(status)) = c.try_wait() {
+                return (status.code().unwrap_or(-1), t0.elapsed());
+            }
+            if t0.elapsed() > Duration::from_secs(15) {
+                let _ = c.kill();
+                let _ = c.wait();
+                panic!("agent did not stop within 15 s; its log:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
+    }
+
+    pub fn get(&self, path: &str) -> (u16, String) {
+        http_get(self.port, path, None)
+    }
+
+    /// `/api/v1/logs` with a query, as JSON values.
+    pub fn logs(&self, query: &str) -> Vec<serde_json::Value> {
+        let (status, body) = self.get(&format!("/api/v1/logs?{query}"));
+        assert_eq!(status, 200, "{body}");
+        match json(&body) {
+            serde_json::Value::Array(v) => v,
+            other => panic!("not an array: {other}"),
+        }
+    }
+
+    pub fn log_dir(&self) -> PathBuf {
+        self.dir.path().join("logs")
+    }
+
+    /// The JSON lines of `LOG_DIR/{app}/{service}.log`.
+    pub fn file_lines(&self, app: &str, service: &str) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(self.log_dir().join(app).join(format!("{service}.log")))
+            .unwrap_or_default()
+            .lines()
+            .map(json)
+            .collect()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The `message` fields of some messages.
+pub fn messages(v: &[serde_json::Value]) -> Vec<String> {
+    v.iter()
+        .map(|m| m["message"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
