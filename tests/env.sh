@@ -5,7 +5,9 @@
 #
 #   tests/env.sh deps    install what the tests need (apt), as root
 #   tests/env.sh up      start the private engine (if not answering) and build the image
+#   tests/env.sh stop    stop the private engine, keeping its containers and images
 #   tests/env.sh down    stop the private engine and remove its state
+#   CLD_ENGINE_DIR=DIR   a second private engine of its own (socket DIR/docker.sock)
 #   tests/env.sh host    print the DOCKER_HOST of the private engine
 set -euo pipefail
 
@@ -62,6 +64,16 @@ up() {
   fi
 }
 
+# Stops the engine but keeps its data, as a crash or an upgrade of the engine would.
+stop() {
+  [ -f "$ENGINE_DIR/dockerd.pid" ] || return 0
+  local pid
+  pid=$(cat "$ENGINE_DIR/dockerd.pid")
+  kill "$pid" 2>/dev/null || true
+  for _ in $(seq 1 150); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  kill -9 "$pid" 2>/dev/null || true
+}
+
 down() {
   [ -d "$ENGINE_DIR" ] || return 0
   if ping_engine; then
@@ -84,7 +96,8 @@ down() {
 case "${1:-}" in
   deps) shift; deps "$@" ;;
   up) up ;;
+  stop) stop ;;
   down) down ;;
   host) echo "unix://$SOCK" ;;
-  *) echo "usage: $0 deps|up|down|host" >&2; exit 2 ;;
+  *) echo "usage: $0 deps|up|stop|down|host" >&2; exit 2 ;;
 esac

@@ -489,3 +489,66 @@ fn sighup_reopens_files_and_sigterm_saves_cursors() {
         "{cursors}"
     );
 }
+
+/// The engine goes away and comes back: the agent says so in its health, and follows the
+/// restarted container again without a restart of its own.
+#[test]
+fn engine_outage_is_reported_and_survived() {
+    let engine = OwnEngine::start("outage");
+    let host = engine.host();
+    let agent = Agent::start(&[("DOCKER_HOST", host.as_str())]);
+    let out = engine.docker(&[
+        "run",
+        "-d",
+        "--network",
+        "none",
+        "--restart",
+        "always",
+        "--name",
+        "phoenix",
+        IMAGE,
+        "sh",
+        "-c",
+        "echo rise; while true; do sleep 0.3; echo tick; done",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_logs(&agent, "q=rise", 1);
+
+    engine.stop();
+    let mut health = serde_json::Value::Null;
+    assert!(
+        wait_until(Duration::from_secs(15), || {
+            let (status, body) = agent.get("/api/v1/health");
+            health = json(&body);
+            status == 503 && health["docker"]["connected"] == false
+        }),
+        "health shows the engine down: {health}"
+    );
+    assert_eq!(health["status"], "degraded");
+
+    engine.up();
+    assert!(
+        wait_until(Duration::from_secs(40), || lines(&agent, "q=rise").len()
+            >= 2),
+        "the restarted container is followed again; log:\n{}",
+        agent.log()
+    );
+    assert!(wait_until(Duration::from_secs(10), || agent
+        .get("/api/v1/health")
+        .0
+        == 200));
+    let (_, body) = agent.get("/api/v1/health");
+    let h = json(&body);
+    assert!(h["docker"]["reconnects"].as_u64().unwrap_or(0) >= 1, "{h}");
+    let manager = agent.logs("q=unreachable");
+    assert!(
+        manager
+            .iter()
+            .any(|m| m["source"]["type"] == "manager" && m["level"] == "error"),
+        "the outage is a manager message too: {manager:?}"
+    );
+}

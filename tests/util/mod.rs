@@ -339,3 +339,60 @@ pub fn messages(v: &[serde_json::Value]) -> Vec<String> {
         .map(|m| m["message"].as_str().unwrap_or_default().to_string())
         .collect()
 }
+
+/// A private engine of a test's own (for stopping and starting it); removed when dropped.
+pub struct OwnEngine {
+    pub dir: PathBuf,
+}
+
+impl OwnEngine {
+    pub fn start(tag: &str) -> OwnEngine {
+        let dir = PathBuf::from(format!("/tmp/cld-{tag}-{}", std::process::id()));
+        let e = OwnEngine { dir };
+        e.run("up");
+        e
+    }
+
+    fn run(&self, cmd: &str) {
+        let status = Command::new(repo().join("tests/env.sh"))
+            .arg(cmd)
+            .env("CLD_ENGINE_DIR", &self.dir)
+            .status()
+            .expect("tests/env.sh");
+        assert!(
+            status.success(),
+            "tests/env.sh {cmd} for {}",
+            self.dir.display()
+        );
+    }
+
+    pub fn host(&self) -> String {
+        format!("unix://{}/docker.sock", self.dir.display())
+    }
+
+    /// Stops the engine, keeping its containers.
+    pub fn stop(&self) {
+        self.run("stop");
+    }
+
+    pub fn up(&self) {
+        self.run("up");
+    }
+
+    pub fn docker(&self, args: &[&str]) -> Output {
+        Command::new("docker")
+            .args(args)
+            .env("DOCKER_HOST", self.host())
+            .output()
+            .expect("docker CLI")
+    }
+}
+
+impl Drop for OwnEngine {
+    fn drop(&mut self) {
+        let _ = Command::new(repo().join("tests/env.sh"))
+            .arg("down")
+            .env("CLD_ENGINE_DIR", &self.dir)
+            .status();
+    }
+}
