@@ -552,3 +552,91 @@ fn engine_outage_is_reported_and_survived() {
         "the outage is a manager message too: {manager:?}"
     );
 }
+
+#[test]
+fn multiline_auto_joins_stack_traces() {
+    let p = unique("multi");
+    let agent = agent_for(&p, &[("MULTILINE", "auto")]);
+    let _c = Container::run(
+        &format!("{p}-java"),
+        &[],
+        "echo 'ERROR request failed'; echo '    at com.shop.Orders.load(Orders.java:42)'; \
+         echo '    at com.shop.Api.get(Api.java:7)'; echo 'Caused by: java.io.IOException: gone'; \
+         echo 'next request ok'; exec sleep 60",
+    );
+    let got = wait_logs(&agent, "", 2);
+    assert_eq!(
+        messages(&got),
+        [
+            "ERROR request failed\n    at com.shop.Orders.load(Orders.java:42)\n    at com.shop.Api.get(Api.java:7)\nCaused by: java.io.IOException: gone",
+            "next request ok"
+        ]
+    );
+    assert_eq!(got[0]["level"], "error");
+}
+
+#[test]
+fn rate_limit_keeps_errors_and_reports_what_it_suppressed() {
+    let p = unique("rate");
+    let agent = agent_for(
+        &p,
+        &[("RATE_LIMIT_LINES", "50"), ("RATE_LIMIT_BURST", "50")],
+    );
+    let c = Container::run(
+        &format!("{p}-noisy"),
+        &[],
+        "i=0; while [ $i -lt 2000 ]; do i=$((i+1)); echo \"chatter $i\"; done; echo 'ERROR still here'; exec sleep 60",
+    );
+    let errors = wait_logs(&agent, "q=still+here", 1);
+    assert_eq!(errors[0]["level"], "error", "error lines pass the limit");
+    let mut suppressed = Vec::new();
+    assert!(wait_until(Duration::from_secs(10), || {
+        suppressed = agent.logs(&format!("q=lines+from+{}", c.name));
+        !suppressed.is_empty()
+    }));
+    let kept = lines(&agent, "q=chatter&limit=100000").len();
+    let reported: u64 = suppressed
+        .iter()
+        .filter_map(|m| {
+            m["message"]
+                .as_str()?
+                .split_whitespace()
+                .nth(1)?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum();
+    assert!(kept < 2000 && kept >= 50, "kept {kept}");
+    assert_eq!(
+        kept as u64 + reported,
+        2000,
+        "every line is kept or reported as suppressed"
+    );
+    assert_eq!(suppressed[0]["source"]["type"], "system");
+    let (_, health) = agent.get("/api/v1/health");
+    assert_eq!(json(&health)["suppressed"], reported);
+}
+
+/// The engine rotates away lines while the agent is stopped: the agent says so on resume.
+#[test]
+fn lines_rotated_away_by_the_engine_are_reported_as_a_gap() {
+    let p = unique("gap");
+    let mut agent = agent_for(&p, &[]);
+    let c = Container::run(
+        &format!("{p}-rot"),
+        &["--log-opt", "max-size=2k", "--log-opt", "max-file=2"],
+        "echo first; sleep 3; i=0; while [ $i -lt 400 ]; do i=$((i+1)); echo \"filler line number $i\"; done; echo last; exec sleep 60",
+    );
+    wait_logs(&agent, "q=first", 1);
+    let (code, _) = agent.stop();
+    assert_eq!(code, 0);
+    std::thread::sleep(Duration::from_secs(4));
+    agent.restart();
+    wait_logs(&agent, "q=last", 1);
+    let gap = agent.logs("q=dropped+by+the+engine");
+    assert_eq!(gap.len(), 1, "one gap warning; log:\n{}", agent.log());
+    assert_eq!(gap[0]["level"], "warn");
+    assert_eq!(gap[0]["containerId"], c.id.as_str());
+    let (_, health) = agent.get("/api/v1/health");
+    assert_eq!(json(&health)["gaps"], 1);
+}
