@@ -640,3 +640,64 @@ fn lines_rotated_away_by_the_engine_are_reported_as_a_gap() {
     let (_, health) = agent.get("/api/v1/health");
     assert_eq!(json(&health)["gaps"], 1);
 }
+
+/// Under systemd: `<N>` journald priorities without timestamps, and READY/WATCHDOG/STATUS/
+/// STOPPING on `$NOTIFY_SOCKET`.
+#[test]
+fn systemd_notifications_and_journald_priorities() {
+    use std::os::unix::net::UnixDatagram;
+    let dir = TempDir::new("notify");
+    let sock_path = dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).expect("bind notify socket");
+    sock.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let sock_str = sock_path.display().to_string();
+    let mut agent = Agent::start(&[
+        ("NOTIFY_SOCKET", sock_str.as_str()),
+        ("WATCHDOG_USEC", "2000000"),
+        ("JOURNAL_STREAM", "8:12345"),
+        ("CONTAINERS_INCLUDE", "none-at-all"),
+        ("LOG_LEVEL", "info"),
+    ]);
+    let mut seen: Vec<String> = Vec::new();
+    let mut buf = [0u8; 4096];
+    let t0 = std::time::Instant::now();
+    while t0.elapsed() < Duration::from_secs(10)
+        && !(seen.iter().any(|s| s == "READY=1") && seen.iter().any(|s| s == "WATCHDOG=1"))
+    {
+        if let Ok(n) = sock.recv(&mut buf) {
+            seen.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+    }
+    assert!(seen.iter().any(|s| s == "READY=1"), "{seen:?}");
+    assert!(
+        seen.iter().any(|s| s == "WATCHDOG=1"),
+        "watchdog pinged while the pipeline moves: {seen:?}"
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            if let Ok(n) = sock.recv(&mut buf) {
+                seen.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+            }
+            seen.iter().any(|s| s.starts_with("STATUS=following"))
+        }),
+        "{seen:?}"
+    );
+    let (code, _) = agent.stop();
+    assert_eq!(code, 0);
+    let mut stopping = false;
+    while let Ok(n) = sock.recv(&mut buf) {
+        if &buf[..n] == b"STOPPING=1" {
+            stopping = true;
+            break;
+        }
+    }
+    assert!(stopping, "STOPPING=1 on SIGTERM");
+    let log = agent.log();
+    let first = log.lines().next().unwrap_or_default();
+    assert!(
+        first.starts_with("<6>container-logd "),
+        "journald priority, no timestamp: {first:?}"
+    );
+    assert!(log.lines().all(|l| l.starts_with('<')), "{log}");
+}
