@@ -8,6 +8,8 @@ cd "$(dirname "$0")/.."
 MQTT_PORT=${DEMO_MQTT_PORT:-18830}
 API=${DEMO_API:-127.0.0.1:7780}
 WORK=$(mktemp -d /tmp/cld-demo.XXXXXX)
+# An engine of the demo's own, so the demo never disturbs the tests' engine.
+export CLD_ENGINE_DIR=${CLD_ENGINE_DIR:-/tmp/cld-demo-engine}
 if [ "$(id -u)" = 0 ]; then tests/env.sh deps; fi
 tests/env.sh up
 export DOCKER_HOST
@@ -15,6 +17,7 @@ DOCKER_HOST=$(tests/env.sh host)
 
 pids=()
 cleanup() {
+  trap - EXIT INT TERM
   echo
   echo "demo: stopping"
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done

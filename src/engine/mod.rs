@@ -59,9 +59,10 @@ impl From<std::io::Error> for Error {
 }
 
 impl Error {
-    /// True for a 404: the container (or path) does not exist.
+    /// True for a 404 (the container does not exist) or a 409 for a container that is dead
+    /// or being removed: either way there is nothing left to read.
     pub fn is_not_found(&self) -> bool {
-        matches!(self, Error::Status { status: 404, .. })
+        matches!(self, Error::Status { status: 404 | 409, .. })
     }
 }
 
