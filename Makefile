@@ -8,7 +8,7 @@
 #   make bench          bench/run.sh
 #   make deb            container-logd_<version>_<arch>.deb for this machine
 #   make armv7 armv6 aarch64   static Pi binaries (packaging/cross.sh)
-#   make arm-check      runs the Pi binaries under qemu
+#   make arm-check      runs the Pi binaries under qemu (and a real ARMv7 session)
 #   make unit-check     systemd-analyze verify + security score of the unit
 #   make deb-armhf deb-arm64   .debs from the armv7 and aarch64 binaries
 #   make install        installs binary, unit and settings under $(DESTDIR)$(PREFIX)
@@ -109,9 +109,13 @@ arm: armv7 armv6 aarch64
 unit-check:
 	TARGET_DIR=$(TARGET_DIR) packaging/check-unit.sh
 
-# Checks whichever Pi binaries have been built (make armv7 arm-check checks one).
+# Checks whichever Pi binaries have been built (make armv7 arm-check checks one), then runs a
+# short real session of the ARMv7 one against a private engine and broker.
 arm-check:
 	TARGET_DIR=$(TARGET_DIR) packaging/qemu-check.sh
+	@if [ -x $(TARGET_DIR)/$(ARMV7)/release/container-logd ]; then \
+		TARGET_DIR=$(TARGET_DIR) packaging/qemu-session.sh; \
+	fi
 
 install: build
 	$(INSTALL) -D -m 755 $(TARGET_DIR)/release/container-logd $(DESTDIR)$(BINDIR)/container-logd

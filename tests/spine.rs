@@ -701,3 +701,17 @@ fn systemd_notifications_and_journald_priorities() {
     );
     assert!(log.lines().all(|l| l.starts_with('<')), "{log}");
 }
+
+#[test]
+fn tcp_docker_host_through_a_socket_proxy() {
+    let p = unique("tcp");
+    let sock = engine().trim_start_matches("unix://").to_string();
+    let port = tcp_proxy_to(&sock);
+    let host = format!("tcp://127.0.0.1:{port}");
+    let agent = agent_for(&p, &[("DOCKER_HOST", host.as_str())]);
+    let _c = Container::run(&format!("{p}-net"), &[], "echo over tcp; exec sleep 60");
+    let got = wait_logs(&agent, "", 1);
+    assert_eq!(messages(&got), ["over tcp"]);
+    let (_, health) = agent.get("/api/v1/health");
+    assert_eq!(json(&health)["docker"]["host"], host.as_str());
+}

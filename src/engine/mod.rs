@@ -62,7 +62,13 @@ impl Error {
     /// True for a 404 (the container does not exist) or a 409 for a container that is dead
     /// or being removed: either way there is nothing left to read.
     pub fn is_not_found(&self) -> bool {
-        matches!(self, Error::Status { status: 404 | 409, .. })
+        matches!(
+            self,
+            Error::Status {
+                status: 404 | 409,
+                ..
+            }
+        )
     }
 }
 

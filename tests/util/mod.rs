@@ -396,3 +396,32 @@ impl Drop for OwnEngine {
             .status();
     }
 }
+
+/// A TCP listener on loopback that forwards every connection to a Unix socket, as a
+/// docker-socket-proxy does; runs until the test process ends.
+pub fn tcp_proxy_to(unix_path: &str) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind proxy");
+    let port = listener.local_addr().expect("addr").port();
+    let target = unix_path.to_string();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            let Ok(upstream) = std::os::unix::net::UnixStream::connect(&target) else {
+                continue;
+            };
+            let (mut a_read, mut b_write) = match (conn.try_clone(), upstream.try_clone()) {
+                (Ok(a), Ok(b)) => (a, b),
+                _ => continue,
+            };
+            let (mut b_read, mut a_write) = (upstream, conn);
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut a_read, &mut b_write);
+                let _ = b_write.shutdown(std::net::Shutdown::Write);
+            });
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut b_read, &mut a_write);
+                let _ = a_write.shutdown(std::net::Shutdown::Write);
+            });
+        }
+    });
+    port
+}
