@@ -27,7 +27,7 @@ use crate::message::LogMessage;
 /// Streams open at once; one more gets 503.
 pub const MAX_STREAMS: usize = 16;
 /// Messages a stream may lag behind before the ring cuts it off.
-const QUEUE: usize = 2048;
+const QUEUE: usize = 8192;
 /// A comment is sent this often when nothing else is, so proxies and clients see a live link.
 const HEARTBEAT: Duration = Duration::from_secs(15);
 /// Events written in one chunk at most, so one write stays small on a Pi.
@@ -290,6 +290,9 @@ impl Sse {
         if self.send().is_err() {
             return End::WriteFailed;
         }
+        // The last message taken from the queue, shown or filtered out: an overflow names it, so
+        // a resume with Last-Event-ID neither repeats nor skips anything.
+        let mut last: Option<Arc<LogMessage>> = None;
         loop {
             select! {
                 recv(rx) -> msg => match msg {
@@ -297,17 +300,22 @@ impl Sse {
                         if filter.matches(&m) {
                             event(&mut self.buf, &m);
                         }
+                        last = Some(m);
                         // Whatever else is waiting goes out in the same chunk.
                         for m in rx.try_iter().take(BATCH) {
                             if filter.matches(&m) {
                                 event(&mut self.buf, &m);
                             }
+                            last = Some(m);
                         }
                         if !self.buf.is_empty() && self.send().is_err() {
                             return End::WriteFailed;
                         }
                     }
                     Err(_) => {
+                        if let Some(m) = &last {
+                            push_id(&mut self.buf, &m.id);
+                        }
                         self.buf.push_str(
                             "event: overflow\ndata: {\"error\":\"this stream fell behind and \
                              was cut off; reconnect with Last-Event-ID to resume\"}\n\n",
@@ -355,12 +363,17 @@ impl Sse {
 
 /// Appends one event: the message id, then its JSON (one line: the JSON escapes newlines).
 fn event(buf: &mut String, m: &LogMessage) {
-    buf.push_str("id: ");
-    // An id is ours and has no line breaks; a stray one would end the field early.
-    buf.extend(m.id.chars().filter(|c| *c != '\n' && *c != '\r'));
-    buf.push_str("\ndata: ");
+    push_id(buf, &m.id);
+    buf.push_str("data: ");
     buf.push_str(&m.json);
     buf.push_str("\n\n");
+}
+
+fn push_id(buf: &mut String, id: &str) {
+    buf.push_str("id: ");
+    // An id is ours and has no line breaks; a stray one would end the field early.
+    buf.extend(id.chars().filter(|c| *c != '\n' && *c != '\r'));
+    buf.push('\n');
 }
 
 #[cfg(test)]
