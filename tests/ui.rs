@@ -390,11 +390,9 @@ fn disconnect_ends_the_thread_and_last_event_id_resumes_without_gap() {
     thread::sleep(Duration::from_millis(800));
 
     let mut r = Stream::open(agent.port, &path, Some(&last.0));
-    let mut expect = last.1 + 1;
-    for _ in 0..8 {
+    for expect in last.1 + 1..last.1 + 9 {
         let (_, v) = r.next_json();
         assert_eq!(tick(&v), expect, "resumed stream has a gap or a duplicate");
-        expect += 1;
     }
 }
 
@@ -442,7 +440,9 @@ fn a_slow_client_is_cut_off_and_others_keep_going_and_the_cap_holds() {
     println!("the reading client resumed {resumes} times");
     println!("60000 lines through the pipeline in {:?}", t0.elapsed());
     // The slow stream's thread is cut off: its writes time out (or its queue overflowed).
-    wait_for("the slow stream to end", 30, || agent.streams() == 1);
+    let t1 = Instant::now();
+    wait_for("the slow stream to end", 60, || agent.streams() == 1);
+    println!("the slow stream ended {:?} after the flood", t1.elapsed());
     drop(slow);
 
     // The cap: 16 streams, the 17th gets 503 with a JSON error.

@@ -151,7 +151,8 @@ fn handle(ctx: &Context, streams: &Arc<Streams>, req: Request) {
     let get = *req.method() == Method::Get || *req.method() == Method::Head;
     if authorised && get {
         if let Ok(("/api/v1/logs/stream", pairs)) = split_url(&url) {
-            if let Err((e, req)) = stream::open(streams, &ctx.ring, req, &pairs) {
+            if let Err(failed) = stream::open(streams, &ctx.ring, req, &pairs) {
+                let (e, req) = *failed;
                 let _ = req.respond(error(e.status(), &e.to_string()));
             }
             return;

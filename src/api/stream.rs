@@ -150,10 +150,10 @@ pub fn open(
     ring: &Arc<Ring>,
     req: Request,
     pairs: &Pairs,
-) -> Result<(), (Error, Request)> {
+) -> Result<(), Box<(Error, Request)>> {
     let filter = match Filter::parse(pairs, &["access_token"]) {
         Ok(f) => f,
-        Err(e) => return Err((Error::BadParam(e.to_string()), req)),
+        Err(e) => return Err(Box::new((Error::BadParam(e.to_string()), req))),
     };
     let last_event_id = req
         .headers()
@@ -162,7 +162,7 @@ pub fn open(
         .map(|h| h.value.as_str().trim().to_string());
     let backlog = backlog_of(pairs, &filter, last_event_id.as_deref());
     let Some(slot) = streams.acquire() else {
-        return Err((Error::Busy, req));
+        return Err(Box::new((Error::Busy, req)));
     };
 
     // The backlog and the subscription come from one lock, so no message falls between them.

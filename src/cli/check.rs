@@ -19,6 +19,9 @@ use crate::engine::Engine;
 /// How long the broker has to accept us.
 const BROKER_WAIT: Duration = Duration::from_secs(5);
 
+/// One group of checks run against the configuration.
+type Check<'a> = &'a dyn Fn(&Config) -> Vec<Outcome>;
+
 /// The result of one check.
 pub struct Outcome {
     pub name: &'static str,
@@ -61,7 +64,7 @@ pub fn main(args: &[String]) -> u8 {
     };
     println!("✓ configuration: valid");
     let mut all = true;
-    let checks: [&dyn Fn(&Config) -> Vec<Outcome>; 5] = [
+    let checks: [Check; 5] = [
         &|c| engine(&c.docker_host),
         &|c| vec![broker(c.mqtt.as_ref())],
         &|c| dirs(c),
