@@ -5,6 +5,7 @@ pub mod agent;
 pub mod agentlog;
 pub mod api;
 pub mod backend;
+pub mod cli;
 pub mod config;
 pub mod engine;
 pub mod message;

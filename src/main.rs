@@ -3,7 +3,7 @@
 
 use std::process::ExitCode;
 
-use container_logd::{agent, agentlog, config::Config};
+use container_logd::{agent, agentlog, cli, config::Config};
 
 const USAGE: &str = "\
 container-logd — follows the logs of every container, keeps them locally and pushes them to MQTT
@@ -31,10 +31,8 @@ fn main() -> ExitCode {
             println!("container-logd {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
         }
-        Some(cmd @ ("check" | "logs")) => {
-            eprintln!("container-logd: '{cmd}' is not available in this version yet");
-            ExitCode::from(1)
-        }
+        Some("check") => ExitCode::from(cli::check::main(&args[1..])),
+        Some("logs") => ExitCode::from(cli::logs::main(&args[1..])),
         Some(other) => {
             eprintln!("container-logd: unknown command or argument '{other}'\n\n{USAGE}");
             ExitCode::from(2)

@@ -1,17 +1,21 @@
-//! The HTTP API of SPEC §6 on tiny_http: `/api/v1/logs`, `/api/v1/containers`,
-//! `/api/v1/health`, `/metrics`.
+//! The HTTP API of SPEC §6 on tiny_http: `/api/v1/logs`, `/api/v1/logs/stream`,
+//! `/api/v1/containers`, `/api/v1/health`, `/metrics` and the live page at `/`.
 //!
 //! One thread (`api`) answers requests one after another; every answer is built from memory in
-//! well under a millisecond. With `API_TOKEN` set, every request needs
-//! `Authorization: Bearer <token>`. This module only reads: it never changes the pipeline.
+//! well under a millisecond, and a live stream is handed to a thread of its own ([`stream`]).
+//! With `API_TOKEN` set, every request but the page needs `Authorization: Bearer <token>` or,
+//! for a browser's EventSource, which cannot send headers, `?access_token=<token>`. This module
+//! only reads: it never changes the pipeline.
 
 pub mod query;
+pub mod stream;
 
 use std::fmt::Write as _;
-use std::net::SocketAddr;
+use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use tiny_http::{Header, Method, Request, Response, Server};
 
@@ -22,6 +26,13 @@ use crate::message::push_json_str;
 use crate::monitor::Shared;
 use crate::stats::Stats;
 use query::{split_url, Filter};
+use stream::Streams;
+
+/// The live page, built into the binary so it works offline and needs no build step.
+const PAGE: &str = include_str!("page.html");
+/// A client that takes no bytes for this long is dropped, so a stuck reader cannot hold a
+/// thread (tiny_http has no timeouts of its own).
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What the API reads from.
 pub struct Context {
@@ -40,18 +51,22 @@ pub struct Api {
 
 impl Api {
     pub fn start(addr: SocketAddr, ctx: Context) -> std::io::Result<Api> {
-        let server = Server::http(addr)
+        let listener = TcpListener::bind(addr)
+            .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
+        with_write_timeout(&listener, WRITE_TIMEOUT)?;
+        let server = Server::from_listener(listener, None)
             .map_err(|e| std::io::Error::other(format!("cannot listen on {addr}: {e}")))?;
         let server = Arc::new(server);
         let bound = server.server_addr().to_ip().unwrap_or(addr);
         let s = server.clone();
         let ctx = Arc::new(ctx);
+        let streams = Arc::new(Streams::default());
         let thread = std::thread::Builder::new()
             .name("api".into())
             .stack_size(256 * 1024)
             .spawn(move || {
                 for req in s.incoming_requests() {
-                    handle(&ctx, req);
+                    handle(&ctx, &streams, req);
                 }
             })?;
         Ok(Api {
@@ -67,6 +82,17 @@ impl Api {
             let _ = t.join();
         }
     }
+}
+
+/// Sets `SO_SNDTIMEO` on the listening socket; Linux hands it on to every accepted
+/// connection, which is the only way to give tiny_http's connections a write timeout.
+fn with_write_timeout(listener: &TcpListener, d: Duration) -> std::io::Result<()> {
+    use std::os::fd::{AsFd, FromRawFd, IntoRawFd};
+    let fd = listener.as_fd().try_clone_to_owned()?;
+    // SAFETY: `fd` is a fresh duplicate that we own; the TcpStream takes it over and closes it
+    // when dropped. Only a socket option is set through it, which std does portably.
+    let s = unsafe { std::net::TcpStream::from_raw_fd(fd.into_raw_fd()) };
+    s.set_write_timeout(Some(d))
 }
 
 fn header(name: &str, value: &str) -> Header {
@@ -99,18 +125,40 @@ fn authorised(ctx: &Context, req: &Request) -> bool {
     let Some(token) = &ctx.token else {
         return true;
     };
-    req.headers().iter().any(|h| {
-        h.field.equiv("Authorization")
-            && h.value
-                .as_str()
-                .strip_prefix("Bearer ")
-                .is_some_and(|t| same(t.trim().as_bytes(), token.expose().as_bytes()))
-    })
+    // The page holds no data, and a browser cannot send a header when it opens it.
+    let url = req.url();
+    if url == "/" || url.starts_with("/?") || url.starts_with("/#") {
+        return true;
+    }
+    let by_query = split_url(url).is_ok_and(|(_, pairs)| {
+        pairs
+            .iter()
+            .any(|(k, v)| k == "access_token" && same(v.as_bytes(), token.expose().as_bytes()))
+    });
+    by_query
+        || req.headers().iter().any(|h| {
+            h.field.equiv("Authorization")
+                && h.value
+                    .as_str()
+                    .strip_prefix("Bearer ")
+                    .is_some_and(|t| same(t.trim().as_bytes(), token.expose().as_bytes()))
+        })
 }
 
-fn handle(ctx: &Context, req: Request) {
+fn handle(ctx: &Context, streams: &Arc<Streams>, req: Request) {
     let url = req.url().to_string();
-    let resp = if !authorised(ctx, &req) {
+    let authorised = authorised(ctx, &req);
+    let get = *req.method() == Method::Get || *req.method() == Method::Head;
+    if authorised && get {
+        if let Ok(("/api/v1/logs/stream", pairs)) = split_url(&url) {
+            if let Err(failed) = stream::open(streams, &ctx.ring, req, &pairs) {
+                let (e, req) = *failed;
+                let _ = req.respond(error(e.status(), &e.to_string()));
+            }
+            return;
+        }
+    }
+    let resp = if !authorised {
         error(
             401,
             "missing or wrong bearer token (Authorization: Bearer <API_TOKEN>)",
@@ -119,24 +167,27 @@ fn handle(ctx: &Context, req: Request) {
     } else if *req.method() != Method::Get && *req.method() != Method::Head {
         error(405, "only GET is supported")
     } else {
-        route(ctx, &url)
+        route(ctx, streams, &url)
     };
     let _ = req.respond(resp);
 }
 
-fn route(ctx: &Context, url: &str) -> Response<std::io::Cursor<Vec<u8>>> {
+fn route(ctx: &Context, streams: &Streams, url: &str) -> Response<std::io::Cursor<Vec<u8>>> {
     let (path, pairs) = match split_url(url) {
         Ok(x) => x,
         Err(e) => return error(400, &e.to_string()),
     };
     match path {
-        "/api/v1/logs" => match Filter::parse(&pairs, &[]) {
+        "/" => Response::from_data(PAGE.as_bytes().to_vec())
+            .with_header(header("Content-Type", "text/html; charset=utf-8"))
+            .with_header(header("Cache-Control", "no-store")),
+        "/api/v1/logs" => match Filter::parse(&pairs, &["access_token"]) {
             Ok(f) => logs(ctx, &f),
             Err(e) => error(400, &e.to_string()),
         },
         "/api/v1/containers" => containers(ctx),
-        "/api/v1/health" => health(ctx),
-        "/metrics" => Response::from_data(metrics(ctx).into_bytes())
+        "/api/v1/health" => health(ctx, streams),
+        "/metrics" => Response::from_data(metrics(ctx, streams).into_bytes())
             .with_header(header("Content-Type", "text/plain; version=0.0.4")),
         _ => error(404, &format!("no such path: {path}")),
     }
@@ -218,12 +269,13 @@ pub fn health_doc(ctx: &Context) -> (bool, serde_json::Value) {
     (ok, doc)
 }
 
-fn health(ctx: &Context) -> Response<std::io::Cursor<Vec<u8>>> {
-    let (ok, doc) = health_doc(ctx);
+fn health(ctx: &Context, streams: &Streams) -> Response<std::io::Cursor<Vec<u8>>> {
+    let (ok, mut doc) = health_doc(ctx);
+    doc["streams"] = streams.active().into();
     json(if ok { 200 } else { 503 }, doc.to_string())
 }
 
-fn metrics(ctx: &Context) -> String {
+fn metrics(ctx: &Context, streams: &Streams) -> String {
     let s = &ctx.stats;
     let mut out = String::with_capacity(4096);
     let rows = [
@@ -292,6 +344,24 @@ fn metrics(ctx: &Context) -> String {
             "gauge",
             "Seconds since the agent started.",
             s.started.elapsed().as_secs(),
+        ),
+        (
+            "container_logd_api_streams",
+            "gauge",
+            "Live log streams open.",
+            streams.active() as u64,
+        ),
+        (
+            "container_logd_api_streams_opened_total",
+            "counter",
+            "Live log streams ever opened.",
+            streams.opened(),
+        ),
+        (
+            "container_logd_api_stream_overflows_total",
+            "counter",
+            "Live log streams cut off because their client fell behind.",
+            streams.overflows(),
         ),
     ];
     for (name, kind, help, v) in rows {

@@ -11,7 +11,7 @@
 
 mod link;
 pub mod spool;
-mod tls;
+pub mod tls;
 pub mod topic;
 
 use std::fmt;

@@ -1,0 +1,415 @@
+//! `GET /api/v1/logs/stream`: Server-Sent Events of the ring's messages, with the filters of
+//! `/api/v1/logs`, an optional backlog, `id:` lines for a gapless resume with `Last-Event-ID`,
+//! and a heartbeat comment every 15 s.
+//!
+//! Each stream runs on its own thread (`sse-N`) that owns the connection's writer; the `api`
+//! thread only parses, subscribes and spawns, so it never blocks on a client. tiny_http's own
+//! chunked writer buffers 8 KiB, so this module writes the status line, the headers and the
+//! chunk framing itself and flushes after every batch of events.
+//!
+//! This module must never make the pipeline wait: a client that falls behind fills its own
+//! bounded queue, the ring drops it, and the stream ends with an `overflow` event. It must
+//! never hold more than [`MAX_STREAMS`] streams open at once.
+
+use std::fmt::Write as _;
+use std::io::Write;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crossbeam_channel::{select, Receiver};
+use tiny_http::{HTTPVersion, Request};
+
+use super::query::{Filter, Pairs};
+use crate::backend::local::ring::Ring;
+use crate::message::LogMessage;
+
+/// Streams open at once; one more gets 503.
+pub const MAX_STREAMS: usize = 16;
+/// Messages a stream may lag behind before the ring cuts it off.
+const QUEUE: usize = 8192;
+/// A comment is sent this often when nothing else is, so proxies and clients see a live link.
+const HEARTBEAT: Duration = Duration::from_secs(15);
+/// Events written in one chunk at most, so one write stays small on a Pi.
+const BATCH: usize = 256;
+/// A stream thread only formats and writes; it needs little stack.
+const STACK: usize = 128 * 1024;
+/// How long the browser waits before it reconnects on its own.
+const RETRY_MS: u32 = 2000;
+
+/// The streams currently open, and counters for `/metrics`.
+#[derive(Default)]
+pub struct Streams {
+    active: AtomicUsize,
+    next: AtomicU64,
+    overflows: AtomicU64,
+}
+
+impl Streams {
+    /// Streams open now.
+    pub fn active(&self) -> usize {
+        self.active.load(Ordering::Relaxed)
+    }
+
+    /// Streams ever opened.
+    pub fn opened(&self) -> u64 {
+        self.next.load(Ordering::Relaxed)
+    }
+
+    /// Streams cut off because their client fell behind.
+    pub fn overflows(&self) -> u64 {
+        self.overflows.load(Ordering::Relaxed)
+    }
+
+    /// Takes a place, or `None` when [`MAX_STREAMS`] are open.
+    fn acquire(self: &Arc<Self>) -> Option<Slot> {
+        self.active
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < MAX_STREAMS).then_some(n + 1)
+            })
+            .ok()?;
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        Some(Slot {
+            streams: self.clone(),
+            n,
+        })
+    }
+}
+
+/// A place among the open streams, given back when the stream's thread ends (or never starts).
+struct Slot {
+    streams: Arc<Streams>,
+    n: u64,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.streams.active.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Why a stream could not be opened; the caller answers with the status and the text.
+#[derive(Debug)]
+pub enum Error {
+    /// A query parameter is unusable (400).
+    BadParam(String),
+    /// [`MAX_STREAMS`] are open already (503).
+    Busy,
+}
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Error::BadParam(m) => f.write_str(m),
+            Error::Busy => write!(
+                f,
+                "too many live streams ({MAX_STREAMS} open); close one or use /api/v1/logs"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl Error {
+    pub fn status(&self) -> u16 {
+        match self {
+            Error::BadParam(_) => 400,
+            Error::Busy => 503,
+        }
+    }
+}
+
+/// What to send before the live messages.
+#[derive(Debug, PartialEq, Eq)]
+enum Backlog {
+    /// Nothing: live only.
+    None,
+    /// The newest `limit` matching messages (since `since`, when given).
+    Newest(usize),
+    /// Every matching message after the one with this id (a reconnect).
+    After(String),
+}
+
+fn backlog_of(pairs: &Pairs, filter: &Filter, last_event_id: Option<&str>) -> Backlog {
+    if let Some(id) = last_event_id.filter(|s| !s.is_empty()) {
+        return Backlog::After(id.to_string());
+    }
+    let given = |name: &str| pairs.iter().any(|(k, _)| k == name);
+    if given("limit") || given("since") {
+        Backlog::Newest(filter.limit)
+    } else {
+        Backlog::None
+    }
+}
+
+/// Opens a stream for `req` on a thread of its own. On an error `req` comes back so the caller
+/// can answer it.
+pub fn open(
+    streams: &Arc<Streams>,
+    ring: &Arc<Ring>,
+    req: Request,
+    pairs: &Pairs,
+) -> Result<(), Box<(Error, Request)>> {
+    let filter = match Filter::parse(pairs, &["access_token"]) {
+        Ok(f) => f,
+        Err(e) => return Err(Box::new((Error::BadParam(e.to_string()), req))),
+    };
+    let last_event_id = req
+        .headers()
+        .iter()
+        .find(|h| h.field.equiv("Last-Event-ID"))
+        .map(|h| h.value.as_str().trim().to_string());
+    let backlog = backlog_of(pairs, &filter, last_event_id.as_deref());
+    let Some(slot) = streams.acquire() else {
+        return Err(Box::new((Error::Busy, req)));
+    };
+
+    // The backlog and the subscription come from one lock, so no message falls between them.
+    let (mut backlog, rx, resumed) = match &backlog {
+        Backlog::None => {
+            let (_, rx) = ring.subscribe(0, QUEUE, |_| false);
+            (Vec::new(), rx, None)
+        }
+        Backlog::Newest(limit) => {
+            let (b, rx) = ring.subscribe(*limit, QUEUE, |m| filter.matches(m));
+            (b, rx, None)
+        }
+        Backlog::After(id) => {
+            // The ring is scanned newest first: keep what matches until the last message the
+            // client saw, nothing older than it.
+            let seen = std::cell::Cell::new(false);
+            let (b, rx) = ring.subscribe(usize::MAX, QUEUE, |m| {
+                if seen.get() {
+                    return false;
+                }
+                if m.id == *id {
+                    seen.set(true);
+                    return false;
+                }
+                filter.matches(m)
+            });
+            (b, rx, Some(seen.get()))
+        }
+    };
+    // A reconnect whose last id has left the ring gets what the ring still has: a gap is told,
+    // never hidden, so the comment says so.
+    let note = match resumed {
+        Some(false) => Some("last event id no longer in memory; sending all that is"),
+        _ => None,
+    };
+    if resumed == Some(false) && backlog.len() > filter.limit {
+        backlog.drain(..backlog.len() - filter.limit);
+    }
+    let chunked = *req.http_version() >= HTTPVersion(1, 1);
+    let head_only = *req.method() == tiny_http::Method::Head;
+    let spawned = std::thread::Builder::new()
+        .name(format!("sse-{}", slot.n))
+        .stack_size(STACK)
+        .spawn(move || {
+            let out = req.into_writer();
+            let mut s = Sse {
+                out,
+                chunked,
+                buf: String::with_capacity(8192),
+            };
+            let end = s.run(&filter, backlog, &rx, note, head_only);
+            if end == End::Overflow {
+                slot.streams.overflows.fetch_add(1, Ordering::Relaxed);
+            }
+            if end != End::WriteFailed {
+                let _ = s.finish();
+            }
+            log::debug!("stream sse-{} ended: {end:?}", slot.n);
+            drop(slot);
+        });
+    match spawned {
+        Ok(_) => Ok(()),
+        // The closure, with the request in it, is gone; tiny_http answers a dropped request
+        // with a bare 500 itself.
+        Err(e) => {
+            log::warn!("cannot start a stream thread: {e}");
+            Ok(())
+        }
+    }
+}
+
+/// Why a stream ended.
+#[derive(Debug, PartialEq, Eq)]
+enum End {
+    /// The client went away (a write failed or timed out).
+    WriteFailed,
+    /// The ring cut the client off for falling behind, or the agent is stopping.
+    Overflow,
+    /// A HEAD request got its headers.
+    HeadOnly,
+}
+
+/// One open event stream: the connection's writer and the framing.
+struct Sse {
+    out: Box<dyn Write + Send>,
+    chunked: bool,
+    buf: String,
+}
+
+impl Sse {
+    fn run(
+        &mut self,
+        filter: &Filter,
+        backlog: Vec<Arc<LogMessage>>,
+        rx: &Receiver<Arc<LogMessage>>,
+        note: Option<&str>,
+        head_only: bool,
+    ) -> End {
+        let mut head = String::from(
+            "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream; charset=utf-8\r\n\
+             Cache-Control: no-store\r\nX-Accel-Buffering: no\r\nConnection: close\r\n",
+        );
+        if self.chunked {
+            head.push_str("Transfer-Encoding: chunked\r\n");
+        }
+        head.push_str("\r\n");
+        if self.out.write_all(head.as_bytes()).is_err() {
+            return End::WriteFailed;
+        }
+        if head_only {
+            return End::HeadOnly;
+        }
+        let _ = write!(self.buf, "retry: {RETRY_MS}\n: connected\n\n");
+        if let Some(n) = note {
+            let _ = write!(self.buf, ": {n}\n\n");
+        }
+        for chunk in backlog.chunks(BATCH) {
+            for m in chunk {
+                event(&mut self.buf, m);
+            }
+            if self.send().is_err() {
+                return End::WriteFailed;
+            }
+        }
+        if self.send().is_err() {
+            return End::WriteFailed;
+        }
+        // The last message taken from the queue, shown or filtered out: an overflow names it, so
+        // a resume with Last-Event-ID neither repeats nor skips anything.
+        let mut last: Option<Arc<LogMessage>> = None;
+        loop {
+            select! {
+                recv(rx) -> msg => match msg {
+                    Ok(m) => {
+                        if filter.matches(&m) {
+                            event(&mut self.buf, &m);
+                        }
+                        last = Some(m);
+                        // Whatever else is waiting goes out in the same chunk.
+                        for m in rx.try_iter().take(BATCH) {
+                            if filter.matches(&m) {
+                                event(&mut self.buf, &m);
+                            }
+                            last = Some(m);
+                        }
+                        if !self.buf.is_empty() && self.send().is_err() {
+                            return End::WriteFailed;
+                        }
+                    }
+                    Err(_) => {
+                        if let Some(m) = &last {
+                            push_id(&mut self.buf, &m.id);
+                        }
+                        self.buf.push_str(
+                            "event: overflow\ndata: {\"error\":\"this stream fell behind and \
+                             was cut off; reconnect with Last-Event-ID to resume\"}\n\n",
+                        );
+                        if self.send().is_err() {
+                            return End::WriteFailed;
+                        }
+                        return End::Overflow;
+                    }
+                },
+                default(HEARTBEAT) => {
+                    self.buf.push_str(": heartbeat\n\n");
+                    if self.send().is_err() {
+                        return End::WriteFailed;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Writes the buffered events as one chunk and flushes.
+    fn send(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        if self.chunked {
+            write!(self.out, "{:x}\r\n", self.buf.len())?;
+            self.out.write_all(self.buf.as_bytes())?;
+            self.out.write_all(b"\r\n")?;
+        } else {
+            self.out.write_all(self.buf.as_bytes())?;
+        }
+        self.buf.clear();
+        self.out.flush()
+    }
+
+    /// Ends the body properly, so the client sees a clean end rather than a broken connection.
+    fn finish(&mut self) -> std::io::Result<()> {
+        if self.chunked {
+            self.out.write_all(b"0\r\n\r\n")?;
+        }
+        self.out.flush()
+    }
+}
+
+/// Appends one event: the message id, then its JSON (one line: the JSON escapes newlines).
+fn event(buf: &mut String, m: &LogMessage) {
+    push_id(buf, &m.id);
+    buf.push_str("data: ");
+    buf.push_str(&m.json);
+    buf.push_str("\n\n");
+}
+
+fn push_id(buf: &mut String, id: &str) {
+    buf.push_str("id: ");
+    // An id is ours and has no line breaks; a stray one would end the field early.
+    buf.extend(id.chars().filter(|c| *c != '\n' && *c != '\r'));
+    buf.push('\n');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pairs(q: &str) -> Pairs {
+        super::super::query::split_url(q).expect("url").1
+    }
+
+    #[test]
+    fn backlog_only_when_asked() {
+        let p = pairs("/s?level=warn");
+        let f = Filter::parse(&p, &[]).expect("filter");
+        assert_eq!(backlog_of(&p, &f, None), Backlog::None);
+        let p = pairs("/s?limit=5");
+        let f = Filter::parse(&p, &[]).expect("filter");
+        assert_eq!(backlog_of(&p, &f, None), Backlog::Newest(5));
+        let p = pairs("/s?since=0");
+        let f = Filter::parse(&p, &[]).expect("filter");
+        assert_eq!(backlog_of(&p, &f, None), Backlog::Newest(1000));
+        assert_eq!(
+            backlog_of(&p, &f, Some("abc")),
+            Backlog::After("abc".into())
+        );
+        assert_eq!(backlog_of(&p, &f, Some("")), Backlog::Newest(1000));
+    }
+
+    #[test]
+    fn the_cap_holds_and_frees() {
+        let s = Arc::new(Streams::default());
+        let slots: Vec<Slot> = (0..MAX_STREAMS).filter_map(|_| s.acquire()).collect();
+        assert_eq!(slots.len(), MAX_STREAMS);
+        assert!(s.acquire().is_none());
+        drop(slots);
+        assert_eq!(s.active(), 0);
+        assert!(s.acquire().is_some());
+    }
+}

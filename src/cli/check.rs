@@ -1,0 +1,353 @@
+//! `container-logd check`: validates the configuration, then probes what the agent will need
+//! (the engine and its socket, the broker with its TLS and credentials, the writable
+//! directories, the spool, the API port) and prints one line per check: ✓ or ✗, the reason,
+//! and for a ✗ what to do about it.
+//!
+//! It only probes: it must never change the agent's state (the probe files it writes are
+//! removed at once, the broker session uses a client id of its own so it cannot push the
+//! running agent off the broker) and never prints a secret.
+
+use std::io::ErrorKind;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::time::Duration;
+
+use super::{FAILED, OK, USAGE};
+use crate::config::{Config, MqttConfig};
+use crate::engine::Engine;
+
+/// How long the broker has to accept us.
+const BROKER_WAIT: Duration = Duration::from_secs(5);
+
+/// One group of checks run against the configuration.
+type Check<'a> = &'a dyn Fn(&Config) -> Vec<Outcome>;
+
+/// The result of one check.
+pub struct Outcome {
+    pub name: &'static str,
+    pub ok: bool,
+    pub text: String,
+}
+
+fn pass(name: &'static str, text: impl Into<String>) -> Outcome {
+    Outcome {
+        name,
+        ok: true,
+        text: text.into(),
+    }
+}
+
+fn fail(name: &'static str, text: impl Into<String>) -> Outcome {
+    Outcome {
+        name,
+        ok: false,
+        text: text.into(),
+    }
+}
+
+/// Runs every check; returns the exit code.
+pub fn main(args: &[String]) -> u8 {
+    if let Some(a) = args.first() {
+        if a == "-h" || a == "--help" {
+            println!("usage: container-logd check\n\nChecks the configuration (environment variables), the engine, the broker, the directories and the API port; exits 0 only if all pass.");
+            return OK;
+        }
+        eprintln!("container-logd check: unknown argument '{a}' (check takes none)");
+        return USAGE;
+    }
+    let cfg = match Config::from_process_env() {
+        Ok(c) => c,
+        Err(e) => {
+            println!("✗ configuration: {e}; fix the variable (in /etc/default/container-logd for the service)");
+            return USAGE;
+        }
+    };
+    println!("✓ configuration: valid");
+    let mut all = true;
+    let checks: [Check; 5] = [
+        &|c| engine(&c.docker_host),
+        &|c| vec![broker(c.mqtt.as_ref())],
+        &|c| dirs(c),
+        &|c| vec![spool(c)],
+        &|c| vec![api_port(c)],
+    ];
+    for check in checks {
+        for o in check(&cfg) {
+            all &= o.ok;
+            println!("{} {}: {}", if o.ok { "✓" } else { "✗" }, o.name, o.text);
+        }
+    }
+    if all {
+        OK
+    } else {
+        FAILED
+    }
+}
+
+/// The socket's permission, then the engine's answer and API version.
+pub fn engine(host: &str) -> Vec<Outcome> {
+    let mut out = Vec::new();
+    if let Some(path) = host.strip_prefix("unix://") {
+        match std::os::unix::net::UnixStream::connect(path) {
+            Ok(_) => out.push(pass("engine socket", format!("{path} can be opened"))),
+            Err(e) if e.kind() == ErrorKind::PermissionDenied => {
+                out.push(fail(
+                    "engine socket",
+                    format!(
+                        "permission denied on {path}: add the user to the group that owns it \
+                         (usually `docker`: `sudo usermod -aG docker $USER`, then log in again); \
+                         the packaged service gets it by SupplementaryGroups=docker"
+                    ),
+                ));
+                return out;
+            }
+            Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::ConnectionRefused) => {
+                out.push(fail(
+                    "engine socket",
+                    format!(
+                        "no engine at {path} ({e}): start it (`systemctl start docker`) or set \
+                         DOCKER_HOST to its socket (balenaEngine: \
+                         unix:///var/run/balena-engine.sock)"
+                    ),
+                ));
+                return out;
+            }
+            Err(e) => {
+                out.push(fail("engine socket", format!("cannot open {path}: {e}")));
+                return out;
+            }
+        }
+    }
+    let result = Engine::new(host).and_then(|mut e| e.negotiate());
+    out.push(match result {
+        Ok(v) => pass("engine", format!("{host} answers, API version {v}")),
+        Err(e) => fail(
+            "engine",
+            format!(
+                "{host}: {e}: make sure a Docker-compatible engine runs there, or set \
+                 DOCKER_HOST"
+            ),
+        ),
+    });
+    out
+}
+
+/// Connects to the broker with the configured TLS and credentials and waits for its answer.
+pub fn broker(cfg: Option<&MqttConfig>) -> Outcome {
+    let Some(cfg) = cfg else {
+        return pass("broker", "skipped (MQTT_BROKER=off)");
+    };
+    let scheme = if cfg.tls { "mqtts" } else { "mqtt" };
+    let url = format!("{scheme}://{}:{}", cfg.host, cfg.port);
+    match connect_broker(cfg) {
+        Ok(()) => pass(
+            "broker",
+            format!(
+                "{url} accepted us{}{}",
+                if cfg.tls { " over TLS" } else { "" },
+                if cfg.username.is_some() {
+                    " with the configured credentials"
+                } else {
+                    ""
+                }
+            ),
+        ),
+        Err(e) => fail("broker", format!("{url}: {e}")),
+    }
+}
+
+fn connect_broker(cfg: &MqttConfig) -> Result<(), String> {
+    use rumqttc::{
+        Client, ConnectReturnCode, ConnectionError, Event, Incoming, MqttOptions, TlsConfiguration,
+        Transport,
+    };
+    // An id of our own: the broker would otherwise disconnect the running agent's session.
+    let id = format!("{}-check-{}", cfg.client_id, std::process::id());
+    let mut options = MqttOptions::new(id, cfg.host.clone(), cfg.port);
+    options
+        .set_keep_alive(Duration::from_secs(5))
+        .set_clean_session(true);
+    if let Some(user) = &cfg.username {
+        let password = cfg.password.as_ref().map(|p| p.expose()).unwrap_or("");
+        options.set_credentials(user.clone(), password);
+    }
+    if cfg.tls {
+        let tls = crate::backend::mqtt::tls::client_config(cfg).map_err(|e| {
+            format!("{e}: check MQTT_CA_FILE, MQTT_CLIENT_CERT_FILE and MQTT_CLIENT_KEY_FILE")
+        })?;
+        options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(tls)));
+    }
+    let (client, mut connection) = Client::new(options, 4);
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    // rumqttc does its I/O on the thread that iterates the connection: give it one, and stop
+    // waiting for it after BROKER_WAIT (a thread stuck in a TCP connect ends with the process).
+    let spawned = std::thread::Builder::new()
+        .name("check-mqtt".into())
+        .stack_size(256 * 1024)
+        .spawn(move || {
+            let first = connection.iter().find_map(|ev| match ev {
+                Ok(Event::Incoming(Incoming::ConnAck(ack))) => Some(Ok(ack.code)),
+                Ok(_) => None,
+                Err(e) => Some(Err(e)),
+            });
+            let _ = tx.send(first);
+        });
+    if let Err(e) = spawned {
+        return Err(format!("cannot start a thread: {e}"));
+    }
+    let answer = rx.recv_timeout(BROKER_WAIT);
+    let _ = client.try_disconnect();
+    let fix_auth = "set MQTT_USERNAME and MQTT_PASSWORD (or MQTT_PASSWORD_FILE) to what the \
+                    broker expects";
+    let fix_up = "start the broker, or set MQTT_BROKER to where it runs (off disables MQTT)";
+    match answer {
+        Ok(Some(Ok(ConnectReturnCode::Success))) => Ok(()),
+        Ok(Some(Ok(code))) | Ok(Some(Err(ConnectionError::ConnectionRefused(code)))) => {
+            let auth = matches!(
+                code,
+                ConnectReturnCode::BadUserNamePassword | ConnectReturnCode::NotAuthorized
+            );
+            Err(format!(
+                "refused ({code:?}): {}",
+                if auth {
+                    fix_auth
+                } else {
+                    "check the broker's log for why"
+                }
+            ))
+        }
+        Ok(Some(Err(ConnectionError::Tls(e)))) => Err(format!(
+            "TLS failed ({e}): check MQTT_CA_FILE (the broker's certificate must be signed by it \
+             and name the host in MQTT_BROKER)"
+        )),
+        Ok(Some(Err(e))) => Err(format!("{e}: {fix_up}")),
+        Ok(None) => Err(format!("the connection ended without an answer: {fix_up}")),
+        Err(_) => Err(format!(
+            "no answer within {}s: {fix_up}",
+            BROKER_WAIT.as_secs()
+        )),
+    }
+}
+
+/// Creates, writes and removes a probe file in `dir` (creating `dir` as the agent would).
+pub fn writable(dir: &Path) -> Result<(), std::io::Error> {
+    std::fs::create_dir_all(dir)?;
+    let probe = dir.join(format!(".container-logd-check-{}", std::process::id()));
+    std::fs::write(&probe, b"probe\n")?;
+    std::fs::remove_file(&probe)
+}
+
+fn dirs(cfg: &Config) -> Vec<Outcome> {
+    let one = |name: &'static str, var: &str, dir: &Path| match writable(dir) {
+        Ok(()) => pass(name, format!("{} is writable", dir.display())),
+        Err(e) => fail(
+            name,
+            format!(
+                "{}: {e}: create it and give the agent's user write access, or set {var}",
+                dir.display()
+            ),
+        ),
+    };
+    let logs = if cfg.log_file_persistence {
+        one("log directory", "LOG_DIR", &cfg.log_dir)
+    } else {
+        pass("log directory", "skipped (LOG_FILE_PERSISTENCE=false)")
+    };
+    vec![logs, one("state directory", "STATE_DIR", &cfg.state_dir)]
+}
+
+fn dir_bytes(dir: &Path) -> u64 {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    rd.flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_bytes(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+fn mib(b: u64) -> String {
+    format!("{:.1} MiB", b as f64 / (1024.0 * 1024.0))
+}
+
+fn spool(cfg: &Config) -> Outcome {
+    let Some(m) = &cfg.mqtt else {
+        return pass("spool", "skipped (MQTT_BROKER=off)");
+    };
+    let dir = cfg.state_dir.join("spool");
+    let used = dir_bytes(&dir);
+    if used >= m.spool_max_bytes {
+        fail(
+            "spool",
+            format!(
+                "{} of {} used: full, the oldest messages are being dropped; get the broker \
+                 back, or raise MQTT_SPOOL_MAX_BYTES",
+                mib(used),
+                mib(m.spool_max_bytes)
+            ),
+        )
+    } else {
+        pass(
+            "spool",
+            format!(
+                "{} of {} (MQTT_SPOOL_MAX_BYTES) used",
+                mib(used),
+                mib(m.spool_max_bytes)
+            ),
+        )
+    }
+}
+
+fn api_port(cfg: &Config) -> Outcome {
+    let Some(addr) = cfg.api_listen else {
+        return pass("API port", "skipped (API_LISTEN=off)");
+    };
+    match TcpListener::bind(addr) {
+        Ok(_) => pass("API port", format!("{addr} is free")),
+        Err(e) if e.kind() == ErrorKind::AddrInUse => {
+            if agent_answers(addr) {
+                pass(
+                    "API port",
+                    format!("{addr} is in use by a running container-logd agent"),
+                )
+            } else {
+                fail(
+                    "API port",
+                    format!(
+                        "{addr} is in use by another program: stop it, or set API_LISTEN to a \
+                         free address"
+                    ),
+                )
+            }
+        }
+        Err(e) => fail(
+            "API port",
+            format!("cannot listen on {addr}: {e}: set API_LISTEN to an address of this host"),
+        ),
+    }
+}
+
+/// True when a container-logd agent answers its health path at `addr`.
+fn agent_answers(addr: SocketAddr) -> bool {
+    use std::io::{Read, Write};
+    let mut target = addr;
+    if target.ip().is_unspecified() {
+        target.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let Ok(mut s) = TcpStream::connect_timeout(&target, Duration::from_secs(2)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    let req = format!("GET /api/v1/health HTTP/1.0\r\nHost: {target}\r\n\r\n");
+    if s.write_all(req.as_bytes()).is_err() {
+        return false;
+    }
+    let mut body = Vec::new();
+    let _ = s.take(64 * 1024).read_to_end(&mut body);
+    let text = String::from_utf8_lossy(&body);
+    // The health answer names the engine; a 401 from a token-protected agent names the token.
+    text.contains("\"docker\"") || text.contains("API_TOKEN")
+}
