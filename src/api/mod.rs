@@ -87,12 +87,11 @@ impl Api {
 /// Sets `SO_SNDTIMEO` on the listening socket; Linux hands it on to every accepted
 /// connection, which is the only way to give tiny_http's connections a write timeout.
 fn with_write_timeout(listener: &TcpListener, d: Duration) -> std::io::Result<()> {
-    use std::os::fd::{AsFd, FromRawFd, IntoRawFd};
+    use std::os::fd::AsFd;
+    // A duplicate of the listening socket, seen as a stream only to set SO_SNDTIMEO on it;
+    // dropping it closes the duplicate, not the listener.
     let fd = listener.as_fd().try_clone_to_owned()?;
-    // SAFETY: `fd` is a fresh duplicate that we own; the TcpStream takes it over and closes it
-    // when dropped. Only a socket option is set through it, which std does portably.
-    let s = unsafe { std::net::TcpStream::from_raw_fd(fd.into_raw_fd()) };
-    s.set_write_timeout(Some(d))
+    std::net::TcpStream::from(fd).set_write_timeout(Some(d))
 }
 
 fn header(name: &str, value: &str) -> Header {
