@@ -621,13 +621,15 @@ fn check_command() {
     assert!(text.contains("broker: skipped (MQTT_BROKER=off)"), "{text}");
 }
 
-fn page(port: u16, query: &str, shot: &Path) -> String {
+/// The page's DOM once `want` is in it (or after 20 s), with a screenshot.
+fn page(port: u16, query: &str, shot: &Path, want: &str) -> String {
     let out = Command::new("timeout")
         .args(["60", "python3"])
         .arg(repo().join("tests/ui/page.py"))
         .arg(format!("http://127.0.0.1:{port}/{query}"))
-        .arg("2500")
+        .arg("20000")
         .arg(shot)
+        .arg(want)
         .output()
         .expect("page.py");
     assert!(
@@ -664,6 +666,7 @@ fn live_page_in_headless_chromium() {
         agent.port,
         &format!("?appId={app}"),
         &shots.join("page.png"),
+        "page hello",
     );
     assert!(
         dom.contains("page hello") && dom.contains("page careful"),
@@ -676,6 +679,7 @@ fn live_page_in_headless_chromium() {
         agent.port,
         &format!("?appId={app}&level=error"),
         &shots.join("page-error.png"),
+        "page broken",
     );
     assert!(dom.contains("page broken"));
     assert!(!dom.contains("page hello") && !dom.contains("page careful"));
@@ -684,7 +688,7 @@ fn live_page_in_headless_chromium() {
     let port = agent.port;
     let app2 = app.clone();
     let shot = shots.join("page-live.png");
-    let h = thread::spawn(move || page(port, &format!("?appId={app2}"), &shot));
+    let h = thread::spawn(move || page(port, &format!("?appId={app2}"), &shot, "live one"));
     thread::sleep(Duration::from_millis(1200));
     let _c2 = Container::run(&host, &app, "echo 'ERROR live one' >&2; sleep 600");
     let dom = h.join().expect("page thread");

@@ -8,7 +8,10 @@ over the DevTools protocol on a pipe (`--remote-debugging-pipe`: fd 3 in, fd 4 o
 ended by NUL), which needs nothing but the standard library. It never reaches beyond the URL
 it is given.
 
-usage: page.py URL WAIT_MS SCREENSHOT.png
+usage: page.py URL WAIT_MS SCREENSHOT.png [TEXT]
+
+With TEXT, it reads the page every 100 ms until TEXT is in it (at most WAIT_MS), so a slow
+machine gets more time and a fast one less; without, it waits WAIT_MS.
 """
 import base64
 import json
@@ -19,6 +22,7 @@ import tempfile
 import time
 
 url, wait_ms, shot = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+want = sys.argv[4] if len(sys.argv) > 4 else None
 chrome = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 profile = tempfile.mkdtemp(prefix="cld-chromium-")
 to_chrome_r, to_chrome_w = os.pipe()
@@ -73,10 +77,17 @@ try:
     session = call("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
     call("Emulation.setDeviceMetricsOverride",
          {"width": 1200, "height": 800, "deviceScaleFactor": 1, "mobile": False}, session)
-    time.sleep(wait_ms / 1000)
-    html = call("Runtime.evaluate",
-                {"expression": "document.documentElement.outerHTML", "returnByValue": True},
-                session)["result"]["value"]
+    deadline = time.monotonic() + wait_ms / 1000
+    while True:
+        html = call("Runtime.evaluate",
+                    {"expression": "document.documentElement.outerHTML", "returnByValue": True},
+                    session)["result"]["value"]
+        if want is None:
+            if time.monotonic() >= deadline:
+                break
+        elif want in html or time.monotonic() >= deadline:
+            break
+        time.sleep(0.1)
     png = call("Page.captureScreenshot", {"format": "png"}, session)["data"]
     os.makedirs(os.path.dirname(os.path.abspath(shot)), exist_ok=True)
     with open(shot, "wb") as f:
