@@ -79,9 +79,10 @@ try:
          {"width": 1200, "height": 800, "deviceScaleFactor": 1, "mobile": False}, session)
     deadline = time.monotonic() + wait_ms / 1000
     while True:
+        # Before the document exists the answer has no value yet.
         html = call("Runtime.evaluate",
                     {"expression": "document.documentElement.outerHTML", "returnByValue": True},
-                    session)["result"]["value"]
+                    session)["result"].get("value") or ""
         if want is None:
             if time.monotonic() >= deadline:
                 break
