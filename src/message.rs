@@ -163,10 +163,17 @@ pub struct Position {
 }
 
 /// One log message, immutable once made; backends share it through an `Arc`.
+///
+/// The id and the text live only inside `json` (ranges point at them), so a message costs one
+/// allocation for its bytes, not three: the memory ring holds thousands of them on a Pi.
 #[derive(Debug)]
 pub struct LogMessage {
-    pub id: String,
-    pub text: String,
+    /// Byte range of the id inside `json` (ids need no escaping).
+    id_at: (u32, u32),
+    /// Byte range of the text's JSON string literal (with its quotes) inside `json`.
+    text_at: (u32, u32),
+    /// The text needed escaping, so its literal differs from the text.
+    text_escaped: bool,
     pub ts_ns: i64,
     pub level: Level,
     pub kind: SourceKind,
@@ -222,10 +229,12 @@ pub fn manager_id(ts_ns: i64, seq: u64) -> String {
 impl LogMessage {
     pub fn new(d: Draft) -> LogMessage {
         let mut json = String::with_capacity(d.text.len() + 320);
-        encode(&mut json, &d.id, &d);
+        let (id_at, text_at) = encode(&mut json, &d.id, &d);
+        let text_escaped = (text_at.1 - text_at.0) as usize != d.text.len() + 2;
         LogMessage {
-            id: d.id,
-            text: d.text,
+            id_at,
+            text_at,
+            text_escaped,
             ts_ns: d.ts_ns,
             level: d.level,
             kind: d.kind,
@@ -240,14 +249,39 @@ impl LogMessage {
     pub fn timestamp_ms(&self) -> i64 {
         self.ts_ns.div_euclid(1_000_000)
     }
+
+    /// The stable id.
+    pub fn id(&self) -> &str {
+        self.json
+            .get(self.id_at.0 as usize..self.id_at.1 as usize)
+            .unwrap_or_default()
+    }
+
+    /// The text of the line.
+    pub fn text(&self) -> std::borrow::Cow<'_, str> {
+        let literal = self
+            .json
+            .get(self.text_at.0 as usize..self.text_at.1 as usize)
+            .unwrap_or("\"\"");
+        if !self.text_escaped {
+            return std::borrow::Cow::Borrowed(&literal[1..literal.len() - 1]);
+        }
+        // Only messages with quotes, backslashes or control characters pay for this.
+        std::borrow::Cow::Owned(serde_json::from_str::<String>(literal).unwrap_or_default())
+    }
 }
 
-fn encode(out: &mut String, id: &str, d: &Draft) {
+/// Writes the JSON; returns where the id (inside its quotes) and the text literal are.
+fn encode(out: &mut String, id: &str, d: &Draft) -> ((u32, u32), (u32, u32)) {
     let o = &d.origin;
     out.push_str("{\"id\":");
+    let id_start = out.len() + 1;
     push_json_str(out, id);
+    let id_at = (id_start as u32, (out.len() - 1) as u32);
     out.push_str(",\"message\":");
+    let text_start = out.len();
     push_json_str(out, &d.text);
+    let text_at = (text_start as u32, out.len() as u32);
     let _ = write!(out, ",\"timestamp\":{}", d.ts_ns.div_euclid(1_000_000));
     out.push_str(",\"level\":\"");
     out.push_str(d.level.as_str());
@@ -277,6 +311,7 @@ fn encode(out: &mut String, id: &str, d: &Draft) {
         out.push_str(",\"truncated\":true");
     }
     out.push('}');
+    (id_at, text_at)
 }
 
 /// Appends `s` as a JSON string literal.
@@ -361,6 +396,9 @@ mod tests {
         let m = line(text);
         let v: serde_json::Value = serde_json::from_str(&m.json).expect("valid json");
         assert_eq!(v["message"], text);
+        assert_eq!(m.text(), text);
+        assert_eq!(line("plain").text(), "plain");
+        assert_eq!(m.id(), "3f2a9c1b7d0e-1696195200000123456-0");
     }
 
     #[test]

@@ -405,7 +405,7 @@ fn check_arrivals(sent: &[Arc<LogMessage>], got: &[Got], per_topic: bool) -> usi
     let mut seen: HashSet<String> = HashSet::new();
     let mut dups = 0;
     let mut last: HashMap<String, i64> = HashMap::new();
-    let by_id: HashMap<&str, &Arc<LogMessage>> = sent.iter().map(|m| (m.id.as_str(), m)).collect();
+    let by_id: HashMap<&str, &Arc<LogMessage>> = sent.iter().map(|m| (m.id(), m)).collect();
     for g in &unbatch(&by_id, got) {
         let v = json(g);
         let id = v["id"].as_str().expect("id").to_string();
@@ -425,7 +425,7 @@ fn check_arrivals(sent: &[Arc<LogMessage>], got: &[Got], per_topic: bool) -> usi
             assert!(ts > prev, "order per container broken in {c}");
         }
     }
-    let missing = sent.iter().filter(|m| !seen.contains(&m.id)).count();
+    let missing = sent.iter().filter(|m| !seen.contains(m.id())).count();
     assert_eq!(missing, 0, "{missing} messages missing");
     dups
 }
@@ -944,7 +944,7 @@ fn outage(vars: &[(&str, &str)]) {
     let deadline = Instant::now() + Duration::from_secs(40);
     let mut got = Vec::new();
     let mut ids = HashSet::new();
-    let by_id: HashMap<&str, &Arc<LogMessage>> = sent.iter().map(|m| (m.id.as_str(), m)).collect();
+    let by_id: HashMap<&str, &Arc<LogMessage>> = sent.iter().map(|m| (m.id(), m)).collect();
     while ids.len() < sent.len() && Instant::now() < deadline {
         let more = sub.take(100, Duration::from_millis(200));
         for g in unbatch(&by_id, &more) {

@@ -168,7 +168,7 @@ impl Filter {
             return false;
         }
         if let Some(q) = &self.q {
-            if !m.text.contains(q.as_str()) {
+            if !m.text().contains(q.as_str()) {
                 return false;
             }
         }

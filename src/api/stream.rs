@@ -183,7 +183,7 @@ pub fn open(
                 if seen.get() {
                     return false;
                 }
-                if m.id == *id {
+                if m.id() == *id {
                     seen.set(true);
                     return false;
                 }
@@ -314,7 +314,7 @@ impl Sse {
                     }
                     Err(_) => {
                         if let Some(m) = &last {
-                            push_id(&mut self.buf, &m.id);
+                            push_id(&mut self.buf, m.id());
                         }
                         self.buf.push_str(
                             "event: overflow\ndata: {\"error\":\"this stream fell behind and \
@@ -363,7 +363,7 @@ impl Sse {
 
 /// Appends one event: the message id, then its JSON (one line: the JSON escapes newlines).
 fn event(buf: &mut String, m: &LogMessage) {
-    push_id(buf, &m.id);
+    push_id(buf, m.id());
     buf.push_str("data: ");
     buf.push_str(&m.json);
     buf.push_str("\n\n");

@@ -169,7 +169,7 @@ impl Writer {
         let Some(&last) = self.written_before.get(id) else {
             return false;
         };
-        match id_position(&msg.id) {
+        match id_position(msg.id()) {
             Some(p) if p <= last => true,
             _ => {
                 // Past the last written line: nothing more to skip for this container.
