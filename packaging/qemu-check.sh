@@ -46,7 +46,7 @@ run_one() {
             else
                 echo "ok   $triple: check ran and reported (exit $rc):"
             fi
-            printf '     %s\n' "$out"
+            printf '%s\n' "$out" | sed 's/^/     /'
         fi
     fi
 }
