@@ -14,7 +14,7 @@ set -euo pipefail
 ENGINE_DIR=${CLD_ENGINE_DIR:-/tmp/cld-engine}
 SOCK=$ENGINE_DIR/docker.sock
 IMAGE=${CLD_TEST_IMAGE:-cld-busybox}
-PACKAGES=(docker.io mosquitto mosquitto-clients busybox-static curl openssl)
+PACKAGES=(docker.io mosquitto mosquitto-clients busybox-static curl openssl chromium systemd)
 
 ping_engine() {
   curl -sf --max-time 2 --unix-socket "$SOCK" http://docker/_ping >/dev/null 2>&1
