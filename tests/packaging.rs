@@ -25,6 +25,8 @@ const SHORT: Duration = Duration::from_secs(60);
 const DPKG: Duration = Duration::from_secs(180);
 const BUILD: Duration = Duration::from_secs(30 * 60);
 
+mod util;
+
 fn manifest_dir() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
@@ -386,6 +388,7 @@ fn install_remove_reinstall_purge() {
         version.contains(env!("CARGO_PKG_VERSION")),
         "--version said {version:?}"
     );
+    installed_agent_runs_as_its_user();
 
     // Remove: the binary goes, the user and the settings (a conffile) stay.
     dpkg(&["-r", PACKAGE], None);
@@ -403,4 +406,55 @@ fn install_remove_reinstall_purge() {
     assert!(!Path::new(WANTS_LINK).exists());
     assert!(!Path::new("/usr/bin/container-logd").exists());
     assert!(user_exists(), "purge deleted the container-logd user");
+}
+
+/// The installed binary, as the service runs it: its own user (in the docker group), the
+/// installed settings file, the unit's state directory. It must reach the engine, answer on
+/// its API and stop cleanly on SIGTERM.
+fn installed_agent_runs_as_its_user() {
+    let host = util::engine();
+    let state = Path::new("/var/lib/container-logd");
+    std::fs::create_dir_all(state).expect("state dir");
+    run_ok(
+        Command::new("chown").args([
+            "-R",
+            "container-logd:container-logd",
+            "/var/lib/container-logd",
+        ]),
+        SHORT,
+    );
+    let port = util::free_port();
+    let script = format!(
+        "set -a; . /etc/default/container-logd; DOCKER_HOST={host} API_LISTEN=127.0.0.1:{port} \
+         MQTT_BROKER=off LOG_DIR=/var/lib/container-logd/logs STATE_DIR=/var/lib/container-logd/state \
+         exec setpriv --reuid=container-logd --regid=container-logd --init-groups /usr/bin/container-logd"
+    );
+    let mut child = sh(&script)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the installed agent");
+    let mut health = (0, String::new());
+    let up = util::wait_until(Duration::from_secs(15), || {
+        health = util::http_get(port, "/api/v1/health", None);
+        health.0 == 200
+    });
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let status = child.wait().expect("wait for the agent");
+    let mut err = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        use std::io::Read;
+        let _ = e.read_to_string(&mut err);
+    }
+    assert!(
+        up,
+        "the installed agent did not become healthy: {health:?}\n{err}"
+    );
+    assert_eq!(status.code(), Some(0), "{err}");
+    assert!(
+        Path::new("/var/lib/container-logd/state/cursors.json").exists(),
+        "the service user could write its state: {err}"
+    );
 }
