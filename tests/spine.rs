@@ -715,3 +715,32 @@ fn tcp_docker_host_through_a_socket_proxy() {
     let (_, health) = agent.get("/api/v1/health");
     assert_eq!(json(&health)["docker"]["host"], host.as_str());
 }
+
+#[test]
+fn oom_kill_is_reported() {
+    let p = unique("oom");
+    let agent = agent_for(&p, &[]);
+    let c = Container::run(
+        &format!("{p}-hog"),
+        &["-m", "8m", "--memory-swap", "8m"],
+        "echo before; x=$(head -c 50000000 /dev/zero | tr '\\0' a); echo after",
+    );
+    assert_eq!(c.wait(Duration::from_secs(30)), 137);
+    let mut oom = Vec::new();
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            oom = agent.logs("q=out+of+memory");
+            !oom.is_empty()
+        }),
+        "no OOM message; log:\n{}",
+        agent.log()
+    );
+    assert_eq!(
+        oom[0]["message"],
+        format!("container {} was killed: out of memory", c.name)
+    );
+    assert_eq!(oom[0]["level"], "error");
+    assert_eq!(oom[0]["source"]["type"], "system");
+    assert_eq!(agent.logs("q=died+with+exit+code+137").len(), 1);
+    assert_eq!(messages(&lines(&agent, "")), ["before"]);
+}
