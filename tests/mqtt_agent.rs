@@ -507,9 +507,21 @@ fn broker_outage_loses_nothing() {
     assert_eq!(h["mqtt"]["dropped"], 0);
 }
 
-/// The agent is SIGKILLed while the broker is away; both come back and nothing is missing.
+/// The agent is SIGKILLed while the broker is away; both come back and nothing is missing
+/// (the agent resumes from its cursor).
 #[test]
 fn agent_killed_during_broker_outage() {
+    agent_down_during_broker_outage(false);
+}
+
+/// The same with a clean SIGTERM: what was not acknowledged goes to the spool at shutdown and
+/// is replayed after the restart.
+#[test]
+fn agent_stopped_during_broker_outage() {
+    agent_down_during_broker_outage(true);
+}
+
+fn agent_down_during_broker_outage(clean: bool) {
     let mut broker = Broker::start();
     let sub = Subscriber::start_opts(
         broker.port,
@@ -519,7 +531,7 @@ fn agent_killed_during_broker_outage() {
             ..Default::default()
         },
     );
-    let p = unique("killed");
+    let p = unique(if clean { "stopped" } else { "killed" });
     let mut agent = agent_for(&p, &broker.url(), &[]);
     let n = 1500u64;
     let _c = run(
@@ -531,8 +543,28 @@ fn agent_killed_during_broker_outage() {
     assert!(sub.wait(WAIT, |m| container_lines(m).len() >= 300));
     broker.stop();
     std::thread::sleep(Duration::from_millis(1500));
-    agent.kill();
+    if clean {
+        let (code, took) = agent.stop();
+        assert_eq!(code, 0, "agent log:\n{}", agent.log());
+        assert!(took < Duration::from_secs(5), "stop took {took:?}");
+    } else {
+        agent.kill();
+    }
     let before = distinct_ids(&container_lines(&sub.all()));
+    let spooled: u64 = std::fs::read_dir(agent.dir.path().join("state/spool"))
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0);
+    if clean {
+        assert!(
+            spooled > 0,
+            "a clean stop spools what the broker did not take"
+        );
+    }
     // The container goes on logging while no agent runs.
     std::thread::sleep(Duration::from_millis(1000));
     agent.restart();
@@ -550,11 +582,18 @@ fn agent_killed_during_broker_outage() {
     let (seqs, dups) = by_service(&container_lines(&sub.all()));
     assert_eq!(seqs["job"], one_to(n), "complete, in order");
     eprintln!(
-        "agent killed during the outage: {before} lines before, all {n} arrived, {dups} duplicates"
+        "agent {} during the outage: {before} lines before, {spooled} spool bytes left, all {n} \
+         arrived, {dups} duplicates",
+        if clean {
+            "stopped (SIGTERM)"
+        } else {
+            "killed (SIGKILL)"
+        }
     );
     assert!(wait_until(WAIT, || file_seqs(&agent, "3001", "job").len()
         >= n as usize));
     assert_eq!(file_seqs(&agent, "3001", "job"), one_to(n));
+    assert!(wait_until(WAIT, || health(&agent).1["spoolBytes"] == 0));
 }
 
 /// A tiny spool while the broker is away: the oldest are dropped, counted and reported; the
