@@ -579,16 +579,30 @@ fn agent_down_during_broker_outage(clean: bool) {
         health(&agent).1,
         agent.log()
     );
-    let (seqs, dups) = by_service(&container_lines(&sub.all()));
+    let lines = container_lines(&sub.all());
+    let (seqs, dups) = by_service(&lines);
     assert_eq!(seqs["job"], one_to(n), "complete, in order");
+    // Which lines came twice: those in flight when the broker went away, or (SIGKILL) those
+    // after the last saved cursor.
+    let mut count: BTreeMap<u64, usize> = BTreeMap::new();
+    for (_, v) in &lines {
+        *count.entry(seq_of(v)).or_default() += 1;
+    }
+    let twice: Vec<u64> = count
+        .iter()
+        .filter(|(_, &c)| c > 1)
+        .map(|(&s, _)| s)
+        .collect();
+    let how = if clean {
+        "stopped (SIGTERM)"
+    } else {
+        "killed (SIGKILL)"
+    };
     eprintln!(
-        "agent {} during the outage: {before} lines before, {spooled} spool bytes left, all {n} \
-         arrived, {dups} duplicates",
-        if clean {
-            "stopped (SIGTERM)"
-        } else {
-            "killed (SIGKILL)"
-        }
+        "agent {how} during the outage: {before} lines before, {spooled} spool bytes left, all \
+         {n} arrived, {dups} duplicates (seq {:?}..={:?})",
+        twice.first(),
+        twice.last()
     );
     assert!(wait_until(WAIT, || file_seqs(&agent, "3001", "job").len()
         >= n as usize));
