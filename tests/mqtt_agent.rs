@@ -967,3 +967,43 @@ fn end_to_end_throughput() {
         n as f64 / from_first
     );
 }
+
+/// `MQTT_BASE_TOPIC` with `{hostname}`, a text `appId`, and a service name holding `/`, `+`
+/// and `#`, which become `_` in the topic (and only there).
+#[test]
+fn base_topic_with_hostname_and_sanitised_levels() {
+    let broker = Broker::start();
+    let sub = Subscriber::start(broker.port, &["e2e/#"]);
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .expect("hostname")
+        .trim()
+        .to_string();
+    let p = unique("topic");
+    let agent = agent_for(
+        &p,
+        &broker.url(),
+        &[("MQTT_BASE_TOPIC", "e2e/{hostname}/logs")],
+    );
+    let _c = run(
+        &format!("{p}-c"),
+        "my-app",
+        "a/b+c#d",
+        "echo seq 1 odd names; exec sleep 600",
+    );
+    let want = format!("e2e/{hostname}/logs/my-app/a_b_c_d/info");
+    assert!(
+        sub.wait(WAIT, |m| m.iter().any(|m| m.topic == want)),
+        "wanted {want}: {:?}\nagent log:\n{}",
+        sub.all(),
+        agent.log()
+    );
+    let got = sub.all();
+    let m = got.iter().find(|m| m.topic == want).expect("message");
+    let v = m.json();
+    assert_eq!(v["appId"], "my-app");
+    assert_eq!(v["serviceName"], "a/b+c#d");
+    assert_eq!(v["message"], "seq 1 odd names");
+    assert!(got
+        .iter()
+        .any(|m| m.topic == format!("e2e/{hostname}/logs/system/info")));
+}
