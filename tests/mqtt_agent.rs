@@ -738,7 +738,11 @@ fn username_and_password() {
     let bad = agent_for(
         &p,
         &broker.url(),
-        &[("MQTT_USERNAME", user), ("MQTT_PASSWORD", wrong)],
+        &[
+            ("MQTT_USERNAME", user),
+            ("MQTT_PASSWORD", wrong),
+            ("LOG_LEVEL", "info"),
+        ],
     );
     let _b = run(
         &format!("{p}-c"),
@@ -762,6 +766,19 @@ fn username_and_password() {
         "lastError: {err}"
     );
     assert_eq!(h["mqtt"]["connected"], false);
+    // At the default log level the refusal is in the agent's log and a `manager` warning.
+    assert!(
+        wait_until(WAIT, || bad.log().contains("mqtt cannot connect")),
+        "the refusal is not in the agent's log:\n{}",
+        bad.log()
+    );
+    assert!(
+        wait_until(WAIT, || bad
+            .logs("q=mqtt+cannot+connect")
+            .iter()
+            .any(|m| m["source"]["type"] == "manager" && m["level"] == "warn")),
+        "no manager warning"
+    );
     let (_, body) = bad.get("/api/v1/health");
     let (_, metrics) = bad.get("/metrics");
     for text in [&body, &metrics, &bad.log()] {
@@ -911,7 +928,7 @@ fn tls_with_the_right_and_a_wrong_ca() {
     assert_eq!(health(&agent).1["mqtt"]["connected"], true);
 
     let p = unique("badca");
-    let bad = agent_for(&p, &url, &[("MQTT_CA_FILE", &other)]);
+    let bad = agent_for(&p, &url, &[("MQTT_CA_FILE", &other), ("LOG_LEVEL", "info")]);
     let _b = run(
         &format!("{p}-c"),
         "6001",
@@ -934,6 +951,13 @@ fn tls_with_the_right_and_a_wrong_ca() {
         "lastError: {err}"
     );
     assert_eq!(h["mqtt"]["connected"], false);
+    assert!(
+        wait_until(WAIT, || bad.log().lines().any(|l| l
+            .contains("mqtt cannot connect")
+            && l.contains("certificate"))),
+        "the certificate problem is not in the agent's log:\n{}",
+        bad.log()
+    );
     assert!(wait_until(WAIT, || bad.file_lines("6001", "badca").len() == 1));
     std::thread::sleep(Duration::from_millis(1000));
     assert!(
