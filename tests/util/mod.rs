@@ -4,6 +4,8 @@
 //! `Drop`, so a failing test leaves nothing behind.
 #![allow(dead_code)]
 
+pub mod broker;
+
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};

@@ -320,6 +320,9 @@ fn shutdown_pub(
 /// The connection thread: drives rumqttc's event loop and reports what it sees to the core.
 fn run_conn(shared: &Shared, mut connection: Connection, stop_rx: &Receiver<()>) {
     let mut backoff = BACKOFF_MIN;
+    // Whether this spell without a connection was reported at warning level: once per spell,
+    // the retries only at debug level (as the engine's own reconnect loop does).
+    let mut reported = false;
     loop {
         let event = match connection.recv() {
             Ok(e) => e,
@@ -335,6 +338,7 @@ fn run_conn(shared: &Shared, mut connection: Connection, stop_rx: &Receiver<()>)
                 drop(core);
                 log::info!("mqtt connected");
                 backoff = BACKOFF_MIN;
+                reported = false;
                 shared.wake();
             }
             Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
@@ -372,6 +376,12 @@ fn run_conn(shared: &Shared, mut connection: Connection, stop_rx: &Receiver<()>)
                 }
                 if was_connected {
                     log::warn!("mqtt connection lost: {e}");
+                    reported = true;
+                } else if !reported {
+                    // The first failed attempt since the start: a refused password or
+                    // certificate must not be silent at the default log level.
+                    log::warn!("mqtt cannot connect: {e}; retrying");
+                    reported = true;
                 } else {
                     log::debug!("mqtt connect failed: {e}");
                 }
