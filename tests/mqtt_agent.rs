@@ -524,6 +524,10 @@ fn outage(tag: &str, env: &[(&str, &str)]) {
     );
     assert_eq!(h["mqtt"]["connected"], true);
     assert!(h["mqtt"]["reconnects"].as_u64().unwrap_or(0) >= 1, "{h}");
+    assert_eq!(
+        h["mqtt"]["lastError"], "",
+        "the outage's error is cleared once connected: {h}"
+    );
     assert_eq!(h["mqtt"]["dropped"], 0);
 }
 

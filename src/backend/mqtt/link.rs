@@ -598,6 +598,8 @@ impl Core {
         self.connected = true;
         self.status_due = true;
         self.disconnected_since = None;
+        // Health shows the error of the outage that just ended no longer.
+        self.last_error.clear();
         self.last_ack = Instant::now();
     }
 
