@@ -24,11 +24,11 @@ fn main() -> ExitCode {
         None => run(),
         Some("run") if args.len() == 1 => run(),
         Some("-h" | "--help" | "help") => {
-            println!("{USAGE}");
+            say(USAGE);
             ExitCode::SUCCESS
         }
         Some("-V" | "--version" | "version") => {
-            println!("container-logd {}", env!("CARGO_PKG_VERSION"));
+            say(&format!("container-logd {}", env!("CARGO_PKG_VERSION")));
             ExitCode::SUCCESS
         }
         Some("check") => ExitCode::from(cli::check::main(&args[1..])),
@@ -38,6 +38,12 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// Prints to stdout; a closed pipe (`container-logd --help | head -1`) is not an error.
+fn say(text: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stdout(), "{text}");
 }
 
 fn run() -> ExitCode {
