@@ -96,6 +96,14 @@ def cpu_ns(pid):
     return total
 
 
+def host_cpu():
+    """(busy, total) jiffies of the whole machine, from /proc/stat."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    idle = v[3] + v[4]
+    return sum(v) - idle, sum(v)
+
+
 def status(pid):
     out = {}
     with open("/proc/%d/status" % pid) as f:
@@ -652,7 +660,7 @@ def fmt(v):
 
 
 def print_table(rows):
-    cols = [("figure", 50), ("value", 9), ("baseline", 42), ("baseline_value", 9),
+    cols = [("figure", 56), ("value", 9), ("baseline", 42), ("baseline_value", 9),
             ("ratio", 7), ("target", 24), ("met", 4)]
     head = ["figure", "value", "baseline", "base", "ratio", "target", "met"]
     print("  ".join(h.ljust(w) for h, (_, w) in zip(head, cols)))
@@ -675,6 +683,8 @@ def main():
     ap.add_argument("--idle-containers", type=int, default=20)
     ap.add_argument("--latency-lines", type=int, default=5000)
     ap.add_argument("--run-timeout", type=float, default=60)
+    ap.add_argument("--agent-runs", default=os.environ.get("BENCH_AGENT_RUNS", ""),
+                    help="comma list of agent throughput runs, e.g. q1-1,q1b-20 (default all)")
     ap.add_argument("--only", default=os.environ.get("BENCH_ONLY", ""),
                     help="comma list of phases: engine,mosquitto,naive,agent,latency,idle")
     args = ap.parse_args()
@@ -686,6 +696,7 @@ def main():
     r = {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "host": socket.gethostname(),
          "cpus": os.cpu_count(), "lines_per_run": args.lines, "line_bytes": len(LINE) + 1,
          "engine": {}, "agent": {}, "naive": {}, "mosquitto": {}}
+    busy0, total0 = host_cpu()
     try:
         rm_containers()
         r["engine_api"] = api_version()
@@ -705,6 +716,8 @@ def main():
             for key, qos, batch in (("q0", 0, False), ("q1", 1, False), ("q1b", 1, True)):
                 for n in args.containers:
                     if key == "q0" and n != 1:
+                        continue
+                    if args.agent_runs and "%s-%d" % (key, n) not in args.agent_runs.split(","):
                         continue
                     log("agent %s, %d container(s)" % (key, n))
                     r["agent"]["%s-%d" % (key, n)] = agent_run("%s-%d" % (key, n), qos, batch,
@@ -726,6 +739,10 @@ def main():
         r["naive_binary_bytes"] = file_size("docker", "mosquitto_pub",
                                             "/usr/lib/x86_64-linux-gnu/libmosquitto.so.1")
         r["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        busy1, total1 = host_cpu()
+        # Everything on the machine, the bench included: near 100 % means the figures are bound
+        # by the host (2 shared cores here), and other load on it skews them.
+        r["host_cpu_busy_pct"] = 100.0 * (busy1 - busy0) / max(1, total1 - total0)
         try:
             r["table"] = report(r)
         except (KeyError, TypeError, ValueError) as e:  # a partial run (--only) has no table
@@ -736,6 +753,8 @@ def main():
             json.dump(r, f, indent=1)
         if r["table"]:
             print_table(r["table"])
+            print("host: %d CPUs, %.0f %% busy during the run (all processes); engine API %s"
+                  % (r["cpus"], r["host_cpu_busy_pct"], r["engine_api"]))
         else:
             print(json.dumps({k: v for k, v in r.items() if k != "table"}, indent=1))
         log("results in %s" % args.out)
