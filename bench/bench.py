@@ -479,9 +479,10 @@ def naive_run(name, k, paced_lines=None):
     return out
 
 
-def mosq_baseline(name, qos, n):
-    """What mosquitto takes from a well-behaved client: mosquitto_pub -l fed agent-sized messages,
-    its input held open until the subscriber has them all (so nothing is dropped at its exit)."""
+def mosq_baseline(name, qos, n, clients=1):
+    """What mosquitto takes from well-behaved clients: `clients` mosquitto_pub -l fed agent-sized
+    messages (n in all), their input held open until the subscriber has them all (so nothing is
+    dropped at their exit)."""
     broker = Broker(name)
     sub = Subscriber(broker, name)
     payload = json.dumps({"id": "0123456789ab-1764037800000123456-0", "message": LINE,
@@ -492,15 +493,23 @@ def mosq_baseline(name, qos, n):
                           "isSystem": False, "host": socket.gethostname()},
                          separators=(",", ":")).encode() + b"\n"
     try:
-        mp = spawn(["mosquitto_pub", "-h", "127.0.0.1", "-p", str(broker.port), "-q", str(qos),
-                    "-l", "-t", BASE + "/standalone/mosq"], stdin=subprocess.PIPE,
-                   stderr=subprocess.DEVNULL)
-        writer = threading.Thread(target=lambda: mp.stdin.write(payload * n))
-        writer.start()
+        mps, writers = [], []
+        for i in range(clients):
+            mp = spawn(["mosquitto_pub", "-h", "127.0.0.1", "-p", str(broker.port), "-q",
+                        str(qos), "-l", "-i", "bench-pub-%s-%d" % (name, i),
+                        "-t", BASE + "/standalone/mosq"], stdin=subprocess.PIPE,
+                       stderr=subprocess.DEVNULL)
+            part = n // clients + (1 if i < n % clients else 0)
+            w = threading.Thread(target=mp.stdin.write, args=(payload * part,))
+            mps.append(mp)
+            writers.append(w)
+        for w in writers:
+            w.start()
         complete = sub.wait_for(n, idle=5.0, timeout=args.run_timeout)
-        writer.join(10)
-        mp.stdin.close()
-        stop(mp)
+        for w, mp in zip(writers, mps):
+            w.join(10)
+            mp.stdin.close()
+            stop(mp)
     finally:
         sub.close()
         broker.close()
@@ -591,9 +600,11 @@ def report(r):
             row(fig + " [lines/s]", a["lines_per_s"], "lines/s",
                 "engine read limit, %d stream%s" % (n, "" if n == 1 else "s"), base, target, ok)
             if key == "q1" and n == 1:
-                mb = mq["q1"]["lines_per_s"]
                 row(fig + " vs broker [lines/s]", a["lines_per_s"], "lines/s",
-                    "mosquitto_pub -q 1 -l (well fed)", mb, ">= 0.8 x",
+                    "mosquitto_pub -q 1 -l (well fed)", mq["q1"]["lines_per_s"])
+                mb = max(mq["q1x4"]["lines_per_s"] or 0, mq["q1"]["lines_per_s"] or 0)
+                row(fig + " vs broker [lines/s]", a["lines_per_s"], "lines/s",
+                    "best of 1 and 4 mosquitto_pub -q 1 -l", mb, ">= 0.8 x",
                     (a["lines_per_s"] or 0) >= 0.8 * (mb or 1e18))
                 nv = r["naive"]["flat"]
                 row(fig + " vs naive [lines/s]", a["lines_per_s"], "lines/s",
@@ -722,6 +733,8 @@ def main():
             for q in (0, 1):
                 log("mosquitto_pub baseline QoS %d" % q)
                 r["mosquitto"]["q%d" % q] = mosq_baseline("mq%d" % q, q, k)
+            log("mosquitto_pub baseline QoS 1, 4 clients")
+            r["mosquitto"]["q1x4"] = mosq_baseline("mq1x4", 1, k, clients=4)
         if want("naive"):
             log("naive pipeline, flat out")
             r["naive"]["flat"] = naive_run("nflat", k)
