@@ -96,6 +96,22 @@ def cpu_ns(pid):
     return total
 
 
+def cpu_by_thread(pid):
+    """utime+stime per live thread name (reader threads `logs-*` summed), seconds."""
+    out = {}
+    for t in os.listdir("/proc/%d/task" % pid):
+        try:
+            with open("/proc/%d/task/%s/stat" % (pid, t)) as f:
+                raw = f.read()
+        except OSError:
+            continue
+        name = raw[raw.index("(") + 1:raw.rindex(")")]
+        name = "logs-*" if name.startswith("logs-") else name
+        fields = raw.rsplit(")", 1)[1].split()
+        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return out
+
+
 def host_cpu():
     """(busy, total) jiffies of the whole machine, from /proc/stat."""
     with open("/proc/stat") as f:
@@ -396,12 +412,14 @@ def agent_run(name, qos, batch, n, k, paced_lines=None):
             expected = n * k
         time.sleep(0.5)
         cpu0 = cpu_s(agent.pid)
+        threads0 = cpu_by_thread(agent.pid)
         open(flag, "w").close()
         complete = sub.wait_for(expected, producers_done=lambda: running(ids) == 0,
                                 timeout=args.run_timeout)
         time.sleep(0.3)
         sub.poll()
         cpu1 = cpu_s(agent.pid)
+        threads1 = cpu_by_thread(agent.pid)
         st = status(agent.pid)
         stop(agent)
     finally:
@@ -418,6 +436,11 @@ def agent_run(name, qos, batch, n, k, paced_lines=None):
            "duplicates": len(recs) - uniq, "complete": complete,
            "lines_per_s": uniq / (last - first) if last > first else None,
            "cpu_s": cpu1 - cpu0, "vm_hwm": st["VmHWM"], "threads": st["Threads"]}
+    # Where the CPU went; threads that ended during the run (readers of exited containers)
+    # only show in the remainder.
+    by = {k: v - threads0.get(k, 0.0) for k, v in threads1.items()}
+    by["ended threads"] = out["cpu_s"] - sum(by.values())
+    out["cpu_s_by_thread"] = {k: round(v, 2) for k, v in sorted(by.items()) if abs(v) >= 0.005}
     out["cpu_s_per_mline"] = out["cpu_s"] / uniq * 1e6 if uniq else None
     if paced_lines:
         out.update(latency_stats([r[0] * 1000.0 - r[1] for r in recs if r[1] is not None]))
