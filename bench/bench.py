@@ -607,86 +607,105 @@ def report(r):
         rows.append({"figure": figure, "value": value, "unit": unit, "baseline": base_name,
                      "baseline_value": base, "ratio": ratio, "target": target, "met": ok})
 
-    eng = r["engine"]
-    mq = r["mosquitto"]
-    for key, label in (("q0", "QoS 0 unbatched"), ("q1", "QoS 1 unbatched"),
-                       ("q1b", "QoS 1 batched 50/1s")):
-        for n in args.containers:
-            a = r["agent"].get("%s-%d" % (key, n))
+    def s_throughput():
+        eng = r["engine"]
+        mq = r["mosquitto"]
+        for key, label in (("q0", "QoS 0 unbatched"), ("q1", "QoS 1 unbatched"),
+                           ("q1b", "QoS 1 batched 50/1s")):
+            for n in args.containers:
+                a = r["agent"].get("%s-%d" % (key, n))
+                if not a:
+                    continue
+                fig = "agent %s, %d container%s" % (label, n, "" if n == 1 else "s")
+                base = eng.get(str(n), {}).get("lines_per_s")
+                target, ok = None, None
+                if key == "q1b" and n == 1:
+                    target, ok = ">= 0.8 x engine, 0 lost", (a["lines_per_s"] or 0) >= 0.8 * (base or 1e18) and a["lost"] == 0
+                row(fig + " [lines/s]", a["lines_per_s"], "lines/s",
+                    "engine read limit, %d stream%s" % (n, "" if n == 1 else "s"), base, target, ok)
+                if key == "q1" and n == 1:
+                    row(fig + " vs broker [lines/s]", a["lines_per_s"], "lines/s",
+                        "mosquitto_pub -q 1 -l (well fed)", mq["q1"]["lines_per_s"])
+                    mb = max(mq["q1x4"]["lines_per_s"] or 0, mq["q1"]["lines_per_s"] or 0)
+                    row(fig + " vs broker [lines/s]", a["lines_per_s"], "lines/s",
+                        "best of 1 and 4 mosquitto_pub -q 1 -l", mb, ">= 0.8 x",
+                        (a["lines_per_s"] or 0) >= 0.8 * (mb or 1e18))
+                    nv = r["naive"]["flat"]
+                    row(fig + " vs naive [lines/s]", a["lines_per_s"], "lines/s",
+                        "docker logs -f | mosquitto_pub -q 1 -l", nv["lines_per_s"],
+                        ">= 3 x, 0 lost", (a["lines_per_s"] or 0) >= 3 * (nv["lines_per_s"] or 1e18)
+                        and a["lost"] == 0)
+                    row("agent QoS 1 unbatched, 1 container: lines lost", a["lost"], "lines",
+                        "naive pipeline lines lost", nv["lost"], "0", a["lost"] == 0)
+                if key == "q1b" and n == 1:
+                    nv = r["naive"]["flat"]
+                    row(fig + " vs naive [lines/s]", a["lines_per_s"], "lines/s",
+                        "docker logs -f | mosquitto_pub -q 1 -l", nv["lines_per_s"],
+                        ">= 3 x, 0 lost", (a["lines_per_s"] or 0) >= 3 * (nv["lines_per_s"] or 1e18)
+                        and a["lost"] == 0)
+                if key == "q0" and n == 1:
+                    row(fig + " vs broker [lines/s]", a["lines_per_s"], "lines/s",
+                        "mosquitto_pub -q 0 -l (well fed)", mq["q0"]["lines_per_s"])
+                if a["lost"]:
+                    row(fig + ": lines lost", a["lost"], "lines", "lines sent", a["expected"])
+
+    def s_latency():
+        for key, label in (("lat", "unbatched"), ("latb", "batched 50/1s")):
+            a = r["agent"].get(key)
             if not a:
                 continue
-            fig = "agent %s, %d container%s" % (label, n, "" if n == 1 else "s")
-            base = eng.get(str(n), {}).get("lines_per_s")
-            target, ok = None, None
-            if key == "q1b" and n == 1:
-                target, ok = ">= 0.8 x engine, 0 lost", (a["lines_per_s"] or 0) >= 0.8 * (base or 1e18) and a["lost"] == 0
-            row(fig + " [lines/s]", a["lines_per_s"], "lines/s",
-                "engine read limit, %d stream%s" % (n, "" if n == 1 else "s"), base, target, ok)
-            if key == "q1" and n == 1:
-                row(fig + " vs broker [lines/s]", a["lines_per_s"], "lines/s",
-                    "mosquitto_pub -q 1 -l (well fed)", mq["q1"]["lines_per_s"])
-                mb = max(mq["q1x4"]["lines_per_s"] or 0, mq["q1"]["lines_per_s"] or 0)
-                row(fig + " vs broker [lines/s]", a["lines_per_s"], "lines/s",
-                    "best of 1 and 4 mosquitto_pub -q 1 -l", mb, ">= 0.8 x",
-                    (a["lines_per_s"] or 0) >= 0.8 * (mb or 1e18))
-                nv = r["naive"]["flat"]
-                row(fig + " vs naive [lines/s]", a["lines_per_s"], "lines/s",
-                    "docker logs -f | mosquitto_pub -q 1 -l", nv["lines_per_s"],
-                    ">= 3 x, 0 lost", (a["lines_per_s"] or 0) >= 3 * (nv["lines_per_s"] or 1e18)
-                    and a["lost"] == 0)
-                row("agent QoS 1 unbatched, 1 container: lines lost", a["lost"], "lines",
-                    "naive pipeline lines lost", nv["lost"], "0", a["lost"] == 0)
-            if key == "q1b" and n == 1:
-                nv = r["naive"]["flat"]
-                row(fig + " vs naive [lines/s]", a["lines_per_s"], "lines/s",
-                    "docker logs -f | mosquitto_pub -q 1 -l", nv["lines_per_s"],
-                    ">= 3 x, 0 lost", (a["lines_per_s"] or 0) >= 3 * (nv["lines_per_s"] or 1e18)
-                    and a["lost"] == 0)
-            if key == "q0" and n == 1:
-                row(fig + " vs broker [lines/s]", a["lines_per_s"], "lines/s",
-                    "mosquitto_pub -q 0 -l (well fed)", mq["q0"]["lines_per_s"])
-            if a["lost"]:
-                row(fig + ": lines lost", a["lost"], "lines", "lines sent", a["expected"])
-    for key, label in (("lat", "unbatched"), ("latb", "batched 50/1s")):
-        a = r["agent"].get(key)
-        if not a:
-            continue
-        for p in ("p50_ms", "p99_ms", "max_ms"):
-            target, ok = None, None
-            if key == "lat" and p == "p99_ms":
-                target, ok = "<= 50 ms", (a[p] or 1e18) <= 50
-            row("latency QoS 1 %s %s [ms]" % (label, p[:-3]), a[p], "ms",
-                "raw engine reader %s" % p[:-3], r["engine"]["lat"][p], target, ok)
-        if key == "lat":
-            for p in ("p50_ms", "p99_ms"):
-                row("latency QoS 1 unbatched %s vs naive [ms]" % p[:-3], a[p], "ms",
-                    "naive pipeline %s" % p[:-3], r["naive"]["lat"][p])
-    peak = max(a["vm_hwm"] for a in r["agent"].values())
-    row("agent peak RSS at full rate [MiB]", peak / 2**20, "MiB",
-        "naive pipeline peak RSS, 1 container", r["naive"]["flat"]["vm_hwm"] / 2**20,
-        "<= 8 MiB", peak <= 8 * 2**20)
-    idle = r["idle"]
-    row("agent RSS, idle, no containers [MiB]", idle["agent_rss_no_containers"] / 2**20, "MiB",
-        "1 naive pipeline (1/%d of the sum)" % idle["containers"],
-        idle["naive_rss"] / idle["containers"] / 2**20)
-    row("agent RSS after %gs idle, %d containers [MiB]" % (idle["idle_s"], idle["containers"]),
-        idle["agent_rss"] / 2**20, "MiB", "%d naive pipelines RSS" % idle["containers"],
-        idle["naive_rss"] / 2**20, "<= 4 MiB", idle["agent_rss"] <= 4 * 2**20)
-    row("agent idle CPU, %d containers [%%]" % idle["containers"], idle["agent_cpu_pct"], "%",
-        "%d naive pipelines" % idle["containers"], idle["naive_cpu_pct"], "<= 0.1 %",
-        idle["agent_cpu_pct"] <= 0.1)
-    a = r["agent"].get("q1-1")
-    if a:
-        row("agent CPU per million lines, QoS 1 unbatched [s]", a["cpu_s_per_mline"], "s",
-            "naive pipeline", r["naive"]["flat"]["cpu_s_per_mline"])
-    a = r["agent"].get("q1b-1")
-    if a:
-        row("agent CPU per million lines, QoS 1 batched [s]", a["cpu_s_per_mline"], "s",
-            "naive pipeline", r["naive"]["flat"]["cpu_s_per_mline"])
-    row("agent threads, %d containers idle" % idle["containers"], idle["agent_threads"], "",
-        "%d naive pipelines" % idle["containers"], idle["naive_threads"])
-    row("agent binary size, stripped [MiB]", r["binary_bytes"] / 2**20, "MiB",
-        "docker CLI + mosquitto_pub + libmosquitto", r["naive_binary_bytes"] / 2**20)
+            for p in ("p50_ms", "p99_ms", "max_ms"):
+                target, ok = None, None
+                if key == "lat" and p == "p99_ms":
+                    target, ok = "<= 50 ms", (a[p] or 1e18) <= 50
+                row("latency QoS 1 %s %s [ms]" % (label, p[:-3]), a[p], "ms",
+                    "raw engine reader %s" % p[:-3], r["engine"]["lat"][p], target, ok)
+            if key == "lat":
+                for p in ("p50_ms", "p99_ms"):
+                    row("latency QoS 1 unbatched %s vs naive [ms]" % p[:-3], a[p], "ms",
+                        "naive pipeline %s" % p[:-3], r["naive"]["lat"][p])
+
+    def s_peak():
+        peak = max(a["vm_hwm"] for a in r["agent"].values() if a)
+        row("agent peak RSS at full rate [MiB]", peak / 2**20, "MiB",
+            "naive pipeline peak RSS, 1 container", r["naive"]["flat"]["vm_hwm"] / 2**20,
+            "<= 8 MiB", peak <= 8 * 2**20)
+
+    def s_idle():
+        idle = r["idle"]
+        row("agent RSS, idle, no containers [MiB]", idle["agent_rss_no_containers"] / 2**20, "MiB",
+            "1 naive pipeline (1/%d of the sum)" % idle["containers"],
+            idle["naive_rss"] / idle["containers"] / 2**20)
+        row("agent RSS after %gs idle, %d containers [MiB]" % (idle["idle_s"], idle["containers"]),
+            idle["agent_rss"] / 2**20, "MiB", "%d naive pipelines RSS" % idle["containers"],
+            idle["naive_rss"] / 2**20, "<= 4 MiB", idle["agent_rss"] <= 4 * 2**20)
+        row("agent idle CPU, %d containers [%%]" % idle["containers"], idle["agent_cpu_pct"], "%",
+            "%d naive pipelines" % idle["containers"], idle["naive_cpu_pct"], "<= 0.1 %",
+            idle["agent_cpu_pct"] <= 0.1)
+
+    def s_cpu():
+        a = r["agent"].get("q1-1")
+        if a:
+            row("agent CPU per million lines, QoS 1 unbatched [s]", a["cpu_s_per_mline"], "s",
+                "naive pipeline", r["naive"]["flat"]["cpu_s_per_mline"])
+        a = r["agent"].get("q1b-1")
+        if a:
+            row("agent CPU per million lines, QoS 1 batched [s]", a["cpu_s_per_mline"], "s",
+                "naive pipeline", r["naive"]["flat"]["cpu_s_per_mline"])
+        idle = r["idle"]
+        row("agent threads, %d containers idle" % idle["containers"], idle["agent_threads"], "",
+            "%d naive pipelines" % idle["containers"], idle["naive_threads"])
+
+    def s_size():
+        row("agent binary size, stripped [MiB]", r["binary_bytes"] / 2**20, "MiB",
+            "docker CLI + mosquitto_pub + libmosquitto", r["naive_binary_bytes"] / 2**20)
+
+    # A phase that failed or was skipped leaves its rows out; the others still print.
+    for section in (s_throughput, s_latency, s_peak, s_idle, s_cpu, s_size):
+        try:
+            section()
+        except (KeyError, TypeError, ValueError, ZeroDivisionError) as e:
+            log("table: %s left out (%r)" % (section.__name__[2:], e))
     return rows
 
 
@@ -748,19 +767,31 @@ def main():
         rm_containers()
         r["engine_api"] = api_version()
         k = args.lines
+        failed = []
+
+        def attempt(what, fn, *a, **kw):
+            try:
+                return fn(*a, **kw)
+            except (RuntimeError, OSError, subprocess.SubprocessError, ValueError) as e:
+                log("%s failed: %s" % (what, e))
+                failed.append(what)
+                rm_containers()
+                return None
+
         if want("engine"):
             for n in args.containers:
                 log("engine read limit, %d stream(s)" % n)
-                r["engine"][str(n)] = raw_reader("e%d" % n, n, k // n)
+                r["engine"][str(n)] = attempt("engine %d" % n, raw_reader, "e%d" % n, n, k // n)
         if want("mosquitto"):
             for q in (0, 1):
                 log("mosquitto_pub baseline QoS %d" % q)
-                r["mosquitto"]["q%d" % q] = mosq_baseline("mq%d" % q, q, k)
+                r["mosquitto"]["q%d" % q] = attempt("mosquitto q%d" % q, mosq_baseline, "mq%d" % q, q, k)
             log("mosquitto_pub baseline QoS 1, 4 clients")
-            r["mosquitto"]["q1x4"] = mosq_baseline("mq1x4", 1, k, clients=4)
+            r["mosquitto"]["q1x4"] = attempt("mosquitto q1x4", mosq_baseline, "mq1x4", 1, k,
+                                                clients=4)
         if want("naive"):
             log("naive pipeline, flat out")
-            r["naive"]["flat"] = naive_run("nflat", k)
+            r["naive"]["flat"] = attempt("naive", naive_run, "nflat", k)
         if want("agent"):
             for key, qos, batch in (("q0", 0, False), ("q1", 1, False), ("q1b", 1, True)):
                 for n in args.containers:
@@ -769,21 +800,23 @@ def main():
                     if args.agent_runs and "%s-%d" % (key, n) not in args.agent_runs.split(","):
                         continue
                     log("agent %s, %d container(s)" % (key, n))
-                    r["agent"]["%s-%d" % (key, n)] = agent_run("%s-%d" % (key, n), qos, batch,
-                                                               n, k // n)
+                    run = "%s-%d" % (key, n)
+                    r["agent"][run] = attempt("agent " + run, agent_run, run, qos, batch, n, k // n)
         if want("latency"):
             ll = args.latency_lines
             log("latency: raw engine reader")
-            r["engine"]["lat"] = raw_reader("elat", 1, 0, paced_lines=ll)
+            r["engine"]["lat"] = attempt("latency raw", raw_reader, "elat", 1, 0, paced_lines=ll)
             log("latency: naive pipeline")
-            r["naive"]["lat"] = naive_run("nlat", 0, paced_lines=ll)
+            r["naive"]["lat"] = attempt("latency naive", naive_run, "nlat", 0, paced_lines=ll)
             log("latency: agent unbatched")
-            r["agent"]["lat"] = agent_run("lat", 1, False, 1, 0, paced_lines=ll)
+            r["agent"]["lat"] = attempt("latency agent", agent_run, "lat", 1, False, 1, 0,
+                                         paced_lines=ll)
             log("latency: agent batched")
-            r["agent"]["latb"] = agent_run("latb", 1, True, 1, 0, paced_lines=ll)
+            r["agent"]["latb"] = attempt("latency agent batched", agent_run, "latb", 1, True, 1,
+                                          0, paced_lines=ll)
         if want("idle"):
             log("idle: %d quiet containers for %gs" % (args.idle_containers, args.idle_secs))
-            r["idle"] = idle_run(args.idle_containers)
+            r["idle"] = attempt("idle", idle_run, args.idle_containers)
         r["binary_bytes"] = os.path.getsize(args.agent)
         r["naive_binary_bytes"] = file_size("docker", "mosquitto_pub",
                                             "/usr/lib/x86_64-linux-gnu/libmosquitto.so.1")
@@ -792,11 +825,8 @@ def main():
         # Everything on the machine, the bench included: near 100 % means the figures are bound
         # by the host (2 shared cores here), and other load on it skews them.
         r["host_cpu_busy_pct"] = 100.0 * (busy1 - busy0) / max(1, total1 - total0)
-        try:
-            r["table"] = report(r)
-        except (KeyError, TypeError, ValueError) as e:  # a partial run (--only) has no table
-            log("no full table: %r" % e)
-            r["table"] = []
+        r["failed"] = failed
+        r["table"] = report(r)
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         with open(args.out, "w") as f:
             json.dump(r, f, indent=1)
@@ -807,6 +837,9 @@ def main():
         else:
             print(json.dumps({k: v for k, v in r.items() if k != "table"}, indent=1))
         log("results in %s" % args.out)
+        if failed:
+            log("these measurements failed: %s" % ", ".join(failed))
+            sys.exit(1)
     finally:
         for p in procs:
             stop(p, wait=5)
