@@ -17,8 +17,14 @@ HOST=$(tests/env.sh host)
 SOCK=${HOST#unix://}
 
 started_engine=0
+bench_pid=
 cleanup() {
   local status=$?
+  # A signal to this script alone still stops the measurements (they clean up after themselves).
+  if [ -n "$bench_pid" ] && kill -0 "$bench_pid" 2>/dev/null; then
+    kill -TERM "$bench_pid" 2>/dev/null || true
+    wait "$bench_pid" 2>/dev/null || true
+  fi
   # bench.py removes its own containers; this catches what a killed run left behind.
   if curl -sf --max-time 2 --unix-socket "$SOCK" http://docker/_ping >/dev/null 2>&1; then
     ids=$(DOCKER_HOST=$HOST docker ps -aq --filter label=cld-bench=1 2>/dev/null || true)
@@ -54,4 +60,7 @@ else
   AGENT=$TARGET_DIR/release/container-logd
 fi
 
-python3 bench/bench.py --agent "$AGENT" --docker-host "$HOST" --out "$OUT"
+# In the background and waited for, so that a signal reaches the traps at once.
+python3 bench/bench.py --agent "$AGENT" --docker-host "$HOST" --out "$OUT" &
+bench_pid=$!
+wait "$bench_pid"
