@@ -6,6 +6,7 @@ the same run (table on stdout, JSON in --out). bench/run.sh sets up the engine a
 bench/README.md says what each figure means. Python 3 standard library only.
 """
 import argparse
+import calendar
 import concurrent.futures
 import json
 import os
@@ -257,7 +258,6 @@ def rfc3339_ms(b):
     m = re.match(rb"(\d+)-(\d+)-(\d+)T(\d+):(\d+):(\d+)(\.\d+)?Z", b)
     if not m:
         return None
-    import calendar
     secs = calendar.timegm(tuple(int(x) for x in m.groups()[:6]))
     frac = float(m.group(7)) if m.group(7) else 0.0
     return (secs + frac) * 1000.0
