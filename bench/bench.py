@@ -113,6 +113,19 @@ def cpu_by_thread(pid):
     return out
 
 
+def engine_cpu():
+    """utime+stime of dockerd (it reads the log files and serves the follow streams), or None."""
+    try:
+        return cpu_s(args.engine_pid) if args.engine_pid else None
+    except OSError:
+        return None
+
+
+def engine_cost(c0, lines):
+    c1 = engine_cpu()
+    return (c1 - c0) / lines * 1e6 if c0 is not None and c1 is not None and lines else None
+
+
 def host_cpu():
     """(busy, total) jiffies of the whole machine, from /proc/stat."""
     with open("/proc/stat") as f:
@@ -357,6 +370,7 @@ def raw_reader(prefix, n, k, paced_lines=None):
     for t in threads:
         t.start()
     time.sleep(0.5)
+    e0 = engine_cpu()
     open(flag, "w").close()
     for t in threads:
         t.join(120)
@@ -365,7 +379,8 @@ def raw_reader(prefix, n, k, paced_lines=None):
     first = min(r[1] for r in results if r and r[1])
     last = max(r[2] for r in results if r and r[2])
     out = {"lines": got, "expected": paced_lines or n * k,
-           "lines_per_s": got / (last - first) if last > first else None}
+           "lines_per_s": got / (last - first) if last > first else None,
+           "engine_cpu_s_per_mline": engine_cost(e0, got)}
     if paced_lines:
         out.update(latency_stats([x for r in results for x in r[3]]))
     return out
@@ -413,12 +428,14 @@ def agent_run(name, qos, batch, n, k, paced_lines=None):
         time.sleep(0.5)
         cpu0 = cpu_s(agent.pid)
         threads0 = cpu_by_thread(agent.pid)
+        e0 = engine_cpu()
         open(flag, "w").close()
         complete = sub.wait_for(expected, producers_done=lambda: running(ids) == 0,
                                 timeout=args.run_timeout)
         time.sleep(0.3)
         sub.poll()
         cpu1 = cpu_s(agent.pid)
+        e_mline = engine_cost(e0, sub.lines)
         threads1 = cpu_by_thread(agent.pid)
         st = status(agent.pid)
         stop(agent)
@@ -435,7 +452,8 @@ def agent_run(name, qos, batch, n, k, paced_lines=None):
     out = {"lines": uniq, "expected": expected, "lost": expected - uniq,
            "duplicates": len(recs) - uniq, "complete": complete,
            "lines_per_s": uniq / (last - first) if last > first else None,
-           "cpu_s": cpu1 - cpu0, "vm_hwm": st["VmHWM"], "threads": st["Threads"]}
+           "cpu_s": cpu1 - cpu0, "vm_hwm": st["VmHWM"], "threads": st["Threads"],
+           "engine_cpu_s_per_mline": e_mline}
     # Where the CPU went; threads that ended during the run (readers of exited containers)
     # only show in the remainder.
     by = {k: v - threads0.get(k, 0.0) for k, v in threads1.items()}
@@ -692,6 +710,11 @@ def report(r):
         if a:
             row("agent CPU per million lines, QoS 1 batched [s]", a["cpu_s_per_mline"], "s",
                 "naive pipeline", r["naive"]["flat"]["cpu_s_per_mline"])
+        e = r["engine"].get("1")
+        a = r["agent"].get("q1b-1")
+        if a and e and e.get("engine_cpu_s_per_mline"):
+            row("agent CPU per million lines, QoS 1 batched vs engine [s]", a["cpu_s_per_mline"],
+                "s", "dockerd serving them (raw reader run)", e["engine_cpu_s_per_mline"])
         idle = r["idle"]
         row("agent threads, %d containers idle" % idle["containers"], idle["agent_threads"], "",
             "%d naive pipelines" % idle["containers"], idle["naive_threads"])
@@ -742,6 +765,8 @@ def main():
     ap.add_argument("--agent", required=True)
     ap.add_argument("--docker-host", required=True)
     ap.add_argument("--out", required=True)
+    ap.add_argument("--engine-pid", type=int, default=0,
+                    help="dockerd's pid, to report the engine's own CPU per million lines")
     ap.add_argument("--lines", type=int, default=int(os.environ.get("BENCH_LINES", 100000)),
                     help="lines per throughput run, split over the containers")
     ap.add_argument("--containers", default=os.environ.get("BENCH_CONTAINERS", "1,4,20"))

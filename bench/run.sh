@@ -61,6 +61,8 @@ else
 fi
 
 # In the background and waited for, so that a signal reaches the traps at once.
-python3 bench/bench.py --agent "$AGENT" --docker-host "$HOST" --out "$OUT" &
+ENGINE_PID=$(cat "$CLD_ENGINE_DIR/dockerd.pid" 2>/dev/null || echo 0)
+python3 bench/bench.py --agent "$AGENT" --docker-host "$HOST" --out "$OUT" \
+  --engine-pid "$ENGINE_PID" &
 bench_pid=$!
 wait "$bench_pid"
