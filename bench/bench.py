@@ -640,7 +640,8 @@ def report(r):
                 if key == "q1b" and n == 1:
                     target, ok = ">= 0.8 x engine, 0 lost", (a["lines_per_s"] or 0) >= 0.8 * (base or 1e18) and a["lost"] == 0
                 row(fig + " [lines/s]", a["lines_per_s"], "lines/s",
-                    "engine read limit, %d stream%s" % (n, "" if n == 1 else "s"), base, target, ok)
+                    "engine read limit, %d stream%s (best of 2)" % (n, "" if n == 1 else "s"), base,
+                target, ok)
                 if key == "q1" and n == 1:
                     row(fig + " vs broker [lines/s]", a["lines_per_s"], "lines/s",
                         "mosquitto_pub -q 1 -l (well fed)", mq["q1"]["lines_per_s"])
@@ -827,6 +828,17 @@ def main():
                     log("agent %s, %d container(s)" % (key, n))
                     run = "%s-%d" % (key, n)
                     r["agent"][run] = attempt("agent " + run, agent_run, run, qos, batch, n, k // n)
+        if want("engine"):
+            # The engine's pace drifts with the host: measure it again after the agent runs and
+            # keep the faster run as the baseline (the stricter comparison).
+            for n in args.containers:
+                log("engine read limit again, %d stream(s)" % n)
+                again = attempt("engine %d again" % n, raw_reader, "e%db" % n, n, k // n)
+                first = r["engine"].get(str(n))
+                r["engine"][str(n) + "-runs"] = [first, again]
+                best = [x for x in (first, again) if x and x.get("lines_per_s")]
+                if best:
+                    r["engine"][str(n)] = max(best, key=lambda x: x["lines_per_s"])
         if want("latency"):
             ll = args.latency_lines
             log("latency: raw engine reader")
