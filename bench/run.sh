@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# bench/run.sh owns `make bench`: installs the test packages (as root on Debian), starts the
+# private engine of tests/env.sh unless one already answers, builds the release binary, runs
+# bench/bench.py, and stops what it started, whatever the outcome. Results: the table on stdout
+# and target/bench/results.json. Knobs (environment): BENCH_IDLE_SECS (60), BENCH_LINES (100000),
+# BENCH_CONTAINERS (1,4,20), BENCH_ONLY (phases), BENCH_AGENT (skip the build, use this binary),
+# BENCH_KEEP_TMP (keep the work directory), CLD_ENGINE_DIR (/tmp/cld-bench-engine).
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+export CLD_ENGINE_DIR=${CLD_ENGINE_DIR:-/tmp/cld-bench-engine}
+CARGO=${CARGO:-cargo}
+TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+OUT=$ROOT/target/bench/results.json
+HOST=$(tests/env.sh host)
+SOCK=${HOST#unix://}
+
+started_engine=0
+bench_pid=
+cleanup() {
+  local status=$?
+  # A signal to this script alone still stops the measurements (they clean up after themselves).
+  if [ -n "$bench_pid" ] && kill -0 "$bench_pid" 2>/dev/null; then
+    kill -TERM "$bench_pid" 2>/dev/null || true
+    wait "$bench_pid" 2>/dev/null || true
+  fi
+  # bench.py removes its own containers; this catches what a killed run left behind.
+  if curl -sf --max-time 2 --unix-socket "$SOCK" http://docker/_ping >/dev/null 2>&1; then
+    ids=$(DOCKER_HOST=$HOST docker ps -aq --filter label=cld-bench=1 2>/dev/null || true)
+    [ -z "$ids" ] || DOCKER_HOST=$HOST docker rm -f $ids >/dev/null 2>&1 || true
+  fi
+  if [ "$started_engine" = 1 ]; then
+    tests/env.sh down || echo "bench: tests/env.sh down failed" >&2
+  fi
+  exit $status
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  tests/env.sh deps
+else
+  echo "bench: not root on Debian, skipping tests/env.sh deps" >&2
+fi
+for tool in docker mosquitto mosquitto_sub mosquitto_pub curl python3; do
+  command -v "$tool" >/dev/null || { echo "bench: $tool is missing" >&2; exit 1; }
+done
+
+if ! curl -sf --max-time 2 --unix-socket "$SOCK" http://docker/_ping >/dev/null 2>&1; then
+  started_engine=1
+fi
+tests/env.sh up
+
+if [ -n "${BENCH_AGENT:-}" ]; then
+  AGENT=$BENCH_AGENT
+else
+  "$CARGO" build --release --locked
+  AGENT=$TARGET_DIR/release/container-logd
+fi
+
+# In the background and waited for, so that a signal reaches the traps at once.
+ENGINE_PID=$(cat "$CLD_ENGINE_DIR/dockerd.pid" 2>/dev/null || echo 0)
+python3 bench/bench.py --agent "$AGENT" --docker-host "$HOST" --out "$OUT" \
+  --engine-pid "$ENGINE_PID" &
+bench_pid=$!
+wait "$bench_pid"
