@@ -21,6 +21,14 @@ pub trait Backend: Send + Sync {
     /// container reader and leaves the log with the engine; never drops silently.
     fn log(&self, msg: &Arc<LogMessage>);
 
+    /// Hands several messages over at once, in order: one wake-up of the backend's thread for
+    /// all the lines a reader decoded from one read, not one per line.
+    fn log_many(&self, msgs: &[Arc<LogMessage>]) {
+        for m in msgs {
+            self.log(m);
+        }
+    }
+
     /// Flushes what is queued and stops the backend's threads. Called once, after the readers
     /// stopped; returns within the backend's own deadline (well under SPEC's 5 s).
     fn shutdown(&self);

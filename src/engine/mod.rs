@@ -416,6 +416,11 @@ impl LogStream {
     pub fn closer(&self) -> Closer {
         self.reader.closer()
     }
+
+    /// Whether [`LogStream::next`] has lines decoded already and will not block for the next.
+    pub fn has_buffered(&self) -> bool {
+        !self.ready.is_empty()
+    }
 }
 
 /// A followed `/events` stream of container events.

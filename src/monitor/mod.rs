@@ -94,9 +94,16 @@ impl Shared {
 
     /// Hands a message to every backend, in order.
     pub fn deliver(&self, msg: LogMessage) {
-        let msg = Arc::new(msg);
+        self.deliver_many(&[Arc::new(msg)]);
+    }
+
+    /// Hands messages to every backend, in order, each backend taking them all at once.
+    pub fn deliver_many(&self, msgs: &[Arc<LogMessage>]) {
+        if msgs.is_empty() {
+            return;
+        }
         for b in &self.backends {
-            b.log(&msg);
+            b.log_many(msgs);
         }
         self.stats.heartbeat.fetch_add(1, Ordering::Relaxed);
     }

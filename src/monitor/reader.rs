@@ -17,6 +17,8 @@ use crate::stats::Stats;
 
 /// Quiet time after which a multi-line message is complete.
 const MULTILINE_QUIET: Duration = Duration::from_millis(300);
+/// Messages handed to the backends in one go, at most.
+const BATCH: usize = 64;
 /// How often suppressed lines are reported.
 const SUPPRESS_REPORT: Duration = Duration::from_secs(1);
 
@@ -99,7 +101,13 @@ pub fn follow(shared: Arc<Shared>, slot: Arc<Slot>) {
         let mut lines = Lines::new(&shared, &slot, origin, resume);
         loop {
             match stream.next(lines.idle()) {
-                Ok(Next::Line(l)) => lines.line(l),
+                Ok(Next::Line(l)) => {
+                    lines.line(l);
+                    // Lines decoded from one read go to the backends together.
+                    if !stream.has_buffered() || lines.out.len() >= BATCH {
+                        lines.send();
+                    }
+                }
                 Ok(Next::Idle) => lines.tick(),
                 Ok(Next::End) => break,
                 Err(e) => {
@@ -221,6 +229,8 @@ struct Lines<'a> {
     suppressed: u64,
     suppressed_since: Instant,
     last: Option<Position>,
+    /// Messages made but not yet handed to the backends.
+    out: Vec<Arc<LogMessage>>,
 }
 
 impl<'a> Lines<'a> {
@@ -249,6 +259,7 @@ impl<'a> Lines<'a> {
             suppressed: 0,
             suppressed_since: Instant::now(),
             last: None,
+            out: Vec::with_capacity(BATCH),
         }
     }
 
@@ -293,6 +304,7 @@ impl<'a> Lines<'a> {
                 self.gap_checked = true;
                 if r.seen > 0 && pos.ts_ns > r.ts_ns {
                     Stats::add(&stats.gaps, 1);
+                    self.send();
                     self.shared.system(
                         &self.origin,
                         pos.ts_ns,
@@ -395,7 +407,13 @@ impl<'a> Lines<'a> {
             truncated: p.truncated,
             position: Some(p.last),
         });
-        self.shared.deliver(msg);
+        self.out.push(Arc::new(msg));
+    }
+
+    /// Hands the messages made so far to the backends.
+    fn send(&mut self) {
+        self.shared.deliver_many(&self.out);
+        self.out.clear();
     }
 
     fn report_suppressed(&mut self, now: bool) {
@@ -406,6 +424,7 @@ impl<'a> Lines<'a> {
         if now || self.suppressed_since.elapsed() >= SUPPRESS_REPORT {
             let n = std::mem::take(&mut self.suppressed);
             self.suppressed_since = Instant::now();
+            self.send();
             self.shared.system(
                 &self.origin,
                 cursor::now_ns(),
@@ -426,11 +445,13 @@ impl<'a> Lines<'a> {
             self.flush_pending();
         }
         self.report_suppressed(false);
+        self.send();
     }
 
     fn finish(&mut self) {
         self.flush_pending();
         self.report_suppressed(true);
+        self.send();
         set_state(self.slot, "reconnecting");
     }
 }

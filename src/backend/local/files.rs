@@ -17,11 +17,13 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 
 use crate::backend::Progress;
-use crate::message::{LogMessage, Position, SourceKind};
+use crate::message::{LogMessage, Origin, Position, SourceKind};
 
 /// What the writer thread is asked to do.
 pub enum Cmd {
     Write(Arc<LogMessage>),
+    /// Several messages, in order.
+    WriteMany(Vec<Arc<LogMessage>>),
     /// Close every file; the next line reopens (SIGHUP, after an outside rotation).
     Reopen,
     /// Answer once everything before this command is written and flushed.
@@ -70,6 +72,10 @@ pub struct Writer {
     /// resumes from a cursor that may lag the files by a few seconds; lines up to here are
     /// already written and are skipped, so the files hold every line once.
     written_before: HashMap<String, Position>,
+    /// The file of the last message, by its origin: lines come in runs from one container, and
+    /// the path need not be built and hashed anew for each.
+    /// Holding the origin keeps its address from being reused by another container's.
+    last_path: Option<(Arc<Origin>, SourceKind, PathBuf)>,
 }
 
 /// Replaces what must not reach a path: separators, `..`, control characters.
@@ -114,6 +120,7 @@ impl Writer {
             progress,
             index,
             written_before: HashMap::new(),
+            last_path: None,
             stats,
             last_error_log: None,
         }
@@ -149,6 +156,11 @@ impl Writer {
     fn handle(&mut self, cmd: Cmd) {
         match cmd {
             Cmd::Write(msg) => self.write(&msg),
+            Cmd::WriteMany(msgs) => {
+                for m in &msgs {
+                    self.write(m);
+                }
+            }
             Cmd::Reopen => {
                 self.flush();
                 self.files.clear();
@@ -186,7 +198,10 @@ impl Writer {
             }
             return;
         }
-        let rel = relative_path(msg);
+        let rel = match self.last_path.take() {
+            Some((o, kind, p)) if Arc::ptr_eq(&o, &msg.origin) && kind == msg.kind => p,
+            _ => relative_path(msg),
+        };
         let len = msg.json.len() as u64 + 1;
         let result = self.write_line(&rel, msg.json.as_bytes(), len);
         match result {
@@ -197,6 +212,7 @@ impl Writer {
             }
             Err(e) => self.failed(&rel, e),
         }
+        self.last_path = Some((msg.origin.clone(), msg.kind, rel));
         // A line we could not write is still reported taken: it lives on in the ring and in
         // MQTT, and holding the cursor back would only duplicate it everywhere else later.
         if let Some(pos) = msg.position {

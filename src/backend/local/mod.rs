@@ -20,7 +20,7 @@ use files::{Cmd, FileStats, Settings, Writer};
 use ring::Ring;
 
 /// Messages waiting for the file writer; enough for bursts, small enough for a Pi.
-const QUEUE: usize = 4096;
+const QUEUE: usize = 1024;
 
 pub struct LocalBackend {
     ring: Arc<Ring>,
@@ -113,6 +113,26 @@ impl Backend for LocalBackend {
                 if let Some(pos) = msg.position {
                     self.progress
                         .taken(self.index, &msg.origin.container_id, pos);
+                }
+            }
+        }
+    }
+
+    fn log_many(&self, msgs: &[Arc<LogMessage>]) {
+        self.ring.push_many(msgs);
+        match self.sender() {
+            Some(tx) => {
+                if tx.send(Cmd::WriteMany(msgs.to_vec())).is_err() {
+                    self.stats
+                        .failed
+                        .fetch_add(msgs.len() as u64, Ordering::Relaxed);
+                }
+            }
+            None => {
+                for m in msgs {
+                    if let Some(pos) = m.position {
+                        self.progress.taken(self.index, &m.origin.container_id, pos);
+                    }
                 }
             }
         }

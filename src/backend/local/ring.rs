@@ -41,8 +41,19 @@ impl Ring {
     }
 
     pub fn push(&self, msg: &Arc<LogMessage>) {
+        self.push_many(std::slice::from_ref(msg));
+    }
+
+    /// Pushes messages in order under one lock.
+    pub fn push_many(&self, msgs: &[Arc<LogMessage>]) {
         let mut inner = self.lock();
-        if inner.items.len() == self.cap {
+        for msg in msgs {
+            Self::push_locked(&mut inner, self.cap, msg);
+        }
+    }
+
+    fn push_locked(inner: &mut Inner, cap: usize, msg: &Arc<LogMessage>) {
+        if inner.items.len() == cap {
             inner.items.pop_front();
         }
         inner.items.push_back(msg.clone());

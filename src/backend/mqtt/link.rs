@@ -22,9 +22,10 @@ use crate::config::MqttConfig;
 use crate::message::{LogMessage, Position, SourceKind};
 
 /// Messages kept in memory (retry, memory queue, open batches) before the spool takes over.
-pub const MEM_MAX_MSGS: usize = 4096;
+/// Sized for a Pi: `make bench` saw no loss of throughput against 4096 messages / 4 MiB.
+pub const MEM_MAX_MSGS: usize = 1024;
 /// Bytes kept in memory before the spool takes over.
-pub const MEM_MAX_BYTES: usize = 4 << 20;
+pub const MEM_MAX_BYTES: usize = 1 << 20;
 /// Messages moved to the spool in one write.
 const SPOOL_CHUNK_MSGS: usize = 1024;
 /// Publishes handed to the client and not yet acknowledged; the client's request channel is

@@ -34,7 +34,7 @@ use crate::config::MqttConfig;
 use crate::message::LogMessage;
 
 /// Messages waiting between `log()` and the publisher.
-const CHANNEL: usize = 1024;
+const CHANNEL: usize = 256;
 /// rumqttc's own in-flight window (packet ids 1..N).
 const CLIENT_INFLIGHT: u16 = 200;
 /// The client's request channel: more than our window, the status and the disconnect.
