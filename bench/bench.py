@@ -395,7 +395,9 @@ def agent_env(broker, name, qos, batch):
                 MQTT_BROKER="mqtt://127.0.0.1:%d" % broker.port, MQTT_QOS=str(qos),
                 MQTT_BATCH="true" if batch else "false", MQTT_BATCH_INTERVAL_MS="1000",
                 MQTT_BATCH_MAX="50", MQTT_BASE_TOPIC=BASE, MQTT_STATUS_TOPIC=STATUS,
-                MQTT_CLIENT_ID="bench-agent-" + name, SINCE="all", LOG_LEVEL="warn"), d
+                MQTT_CLIENT_ID="bench-agent-" + name, SINCE="all", LOG_LEVEL="warn",
+                # As the systemd unit runs it (etc/container-logd.service).
+                MALLOC_ARENA_MAX=os.environ.get("MALLOC_ARENA_MAX", "2")), d
 
 
 def start_agent(broker, sub, name, qos, batch):
