@@ -400,10 +400,25 @@ def agent_env(broker, name, qos, batch):
                 MALLOC_ARENA_MAX=os.environ.get("MALLOC_ARENA_MAX", "2")), d
 
 
+def agent_health(agent):
+    """The agent's /api/v1/health document, or the error that prevented reading it."""
+    import urllib.request
+    try:
+        with urllib.request.urlopen("http://%s/api/v1/health" % agent.api, timeout=5) as r:
+            return json.load(r)
+    except Exception as e:  # a 503 (degraded) carries the document too
+        body = getattr(e, "read", lambda: b"")()
+        try:
+            return json.loads(body)
+        except ValueError:
+            return {"error": str(e)}
+
+
 def start_agent(broker, sub, name, qos, batch):
     env, d = agent_env(broker, name, qos, batch)
     p = spawn([args.agent], env=env, stdout=subprocess.DEVNULL,
               stderr=open(os.path.join(d, "agent.log"), "wb"))
+    p.api = env["API_LISTEN"]
     deadline = time.time() + 15
     while time.time() < deadline:
         sub.poll()
@@ -440,6 +455,7 @@ def agent_run(name, qos, batch, n, k, paced_lines=None):
         e_mline = engine_cost(e0, sub.lines)
         threads1 = cpu_by_thread(agent.pid)
         st = status(agent.pid)
+        health = agent_health(agent)
         stop(agent)
     finally:
         stop(agent)
@@ -456,6 +472,10 @@ def agent_run(name, qos, batch, n, k, paced_lines=None):
            "lines_per_s": uniq / (last - first) if last > first else None,
            "cpu_s": cpu1 - cpu0, "vm_hwm": st["VmHWM"], "threads": st["Threads"],
            "engine_cpu_s_per_mline": e_mline}
+    if not complete:
+        # What the agent itself said when the subscriber gave up: tells a stalled pipeline
+        # from lines that never reached the broker.
+        out["agent_health"] = health
     # Where the CPU went; threads that ended during the run (readers of exited containers)
     # only show in the remainder.
     by = {k: v - threads0.get(k, 0.0) for k, v in threads1.items()}

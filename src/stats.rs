@@ -62,3 +62,17 @@ impl Stats {
         counter.load(Ordering::Relaxed)
     }
 }
+
+/// One Prometheus metric: name, `counter` or `gauge`, help text, value.
+pub type Metric<'a> = (&'a str, &'a str, &'a str, u64);
+
+/// Appends metrics in the Prometheus text format, `prefix` before each name.
+pub fn write_metrics(out: &mut String, prefix: &str, metrics: &[Metric]) {
+    use std::fmt::Write as _;
+    for (name, kind, help, v) in metrics {
+        let _ = writeln!(
+            out,
+            "# HELP {prefix}{name} {help}\n# TYPE {prefix}{name} {kind}\n{prefix}{name} {v}"
+        );
+    }
+}

@@ -10,7 +10,6 @@
 pub mod query;
 pub mod stream;
 
-use std::fmt::Write as _;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -363,12 +362,7 @@ fn metrics(ctx: &Context, streams: &Streams) -> String {
             streams.overflows(),
         ),
     ];
-    for (name, kind, help, v) in rows {
-        let _ = writeln!(
-            out,
-            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
-        );
-    }
+    crate::stats::write_metrics(&mut out, "", &rows);
     for b in &ctx.backends {
         b.metrics(&mut out);
     }

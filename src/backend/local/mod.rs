@@ -160,7 +160,6 @@ impl Backend for LocalBackend {
     }
 
     fn metrics(&self, out: &mut String) {
-        use std::fmt::Write as _;
         let s = &self.stats;
         let rows = [
             (
@@ -194,11 +193,6 @@ impl Backend for LocalBackend {
                 s.failed.load(Ordering::Relaxed),
             ),
         ];
-        for (name, kind, help, v) in rows {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
-            );
-        }
+        crate::stats::write_metrics(out, "", &rows);
     }
 }

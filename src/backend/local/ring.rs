@@ -69,17 +69,7 @@ impl Ring {
 
     /// Up to `limit` of the newest messages that `keep` accepts, oldest first.
     pub fn query(&self, limit: usize, keep: impl Fn(&LogMessage) -> bool) -> Vec<Arc<LogMessage>> {
-        let inner = self.lock();
-        let mut out: Vec<Arc<LogMessage>> = inner
-            .items
-            .iter()
-            .rev()
-            .filter(|m| keep(m))
-            .take(limit)
-            .cloned()
-            .collect();
-        out.reverse();
-        out
+        newest(&self.lock(), limit, keep)
     }
 
     /// The current contents that `keep` accepts (up to `limit`) and a receiver of every message
@@ -92,15 +82,7 @@ impl Ring {
     ) -> (Vec<Arc<LogMessage>>, Receiver<Arc<LogMessage>>) {
         let (tx, rx) = crossbeam_channel::bounded(queue);
         let mut inner = self.lock();
-        let mut backlog: Vec<Arc<LogMessage>> = inner
-            .items
-            .iter()
-            .rev()
-            .filter(|m| keep(m))
-            .take(limit)
-            .cloned()
-            .collect();
-        backlog.reverse();
+        let backlog = newest(&inner, limit, keep);
         inner.subscribers.push(tx);
         (backlog, rx)
     }
@@ -120,4 +102,18 @@ impl Ring {
     pub fn subscribers(&self) -> usize {
         self.lock().subscribers.len()
     }
+}
+
+/// Up to `limit` of the newest messages that `keep` accepts, oldest first.
+fn newest(inner: &Inner, limit: usize, keep: impl Fn(&LogMessage) -> bool) -> Vec<Arc<LogMessage>> {
+    let mut out: Vec<Arc<LogMessage>> = inner
+        .items
+        .iter()
+        .rev()
+        .filter(|m| keep(m))
+        .take(limit)
+        .cloned()
+        .collect();
+    out.reverse();
+    out
 }

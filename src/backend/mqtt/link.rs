@@ -412,23 +412,7 @@ impl Core {
     /// retried messages in front of it, memory and open batches after it.
     pub fn spool_everything(&mut self) {
         self.close_batches(Instant::now(), true);
-        let mut front: Vec<Unit> = Vec::new();
-        let inflight: Vec<Sent> = self.inflight.drain(..).collect();
-        for s in inflight {
-            let Some(u) = s.unit else { continue };
-            if u.from_spool {
-                continue;
-            }
-            if s.acked {
-                self.counters.acknowledged += u.parts.len() as u64;
-                self.settle_unit(&u);
-                continue;
-            }
-            self.waiting_msgs += u.parts.len();
-            self.waiting_bytes += u.bytes;
-            front.push(u);
-        }
-        self.inflight_bytes = 0;
+        let mut front = self.take_back_inflight();
         front.extend(self.retry.drain(..));
         self.replay.clear();
         self.spool.rewind();
@@ -644,20 +628,15 @@ impl Core {
         self.tracker.report(&self.progress, self.index);
     }
 
-    /// The connection failed or dropped: what was in flight goes back, in order, to be sent
-    /// again after the next CONNACK (a clean session forgets it on the broker side).
-    pub fn on_disconnect(&mut self, error: String) {
-        if self.connected {
-            self.disconnected_since = Some(Instant::now());
-        }
-        self.connected = false;
-        self.last_error = error;
+    /// Empties the in-flight window: acknowledged units are settled, units read from the spool
+    /// are left to be read from it again (an out-of-order ack must not move its offset), and
+    /// the rest come back, in order, counted as waiting again.
+    fn take_back_inflight(&mut self) -> Vec<Unit> {
         let mut back: Vec<Unit> = Vec::new();
         let inflight: Vec<Sent> = self.inflight.drain(..).collect();
         for s in inflight {
             let Some(u) = s.unit else { continue };
             if u.from_spool {
-                // Read again from the spool; an out-of-order ack must not move its offset.
                 continue;
             }
             if s.acked {
@@ -670,6 +649,18 @@ impl Core {
             back.push(u);
         }
         self.inflight_bytes = 0;
+        back
+    }
+
+    /// The connection failed or dropped: what was in flight goes back, in order, to be sent
+    /// again after the next CONNACK (a clean session forgets it on the broker side).
+    pub fn on_disconnect(&mut self, error: String) {
+        if self.connected {
+            self.disconnected_since = Some(Instant::now());
+        }
+        self.connected = false;
+        self.last_error = error;
+        let back = self.take_back_inflight();
         self.tracker.report(&self.progress, self.index);
         for u in back.into_iter().rev() {
             self.retry.push_front(u);

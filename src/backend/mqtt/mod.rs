@@ -472,11 +472,7 @@ impl Backend for MqttBackend {
             ("queue_messages", "gauge", "Messages waiting in memory.", core.queued() as u64),
             ("spool_bytes", "gauge", "Bytes in the disk spool.", core.spool.bytes()),
         ];
-        for (name, kind, help, value) in lines {
-            out.push_str(&format!(
-                "# HELP container_logd_mqtt_{name} {help}\n# TYPE container_logd_mqtt_{name} {kind}\ncontainer_logd_mqtt_{name} {value}\n"
-            ));
-        }
+        crate::stats::write_metrics(out, "container_logd_mqtt_", &lines);
     }
 }
 
