@@ -754,22 +754,13 @@ fn username_and_password() {
         "bad",
         "echo seq 1 bad; exec sleep 600",
     );
-    let mut h = Value::Null;
-    assert!(
-        wait_until(WAIT, || {
-            let (code, doc) = health(&bad);
-            h = doc;
-            code == 503 && !h["mqtt"]["lastError"].as_str().unwrap_or("").is_empty()
-        }),
-        "{h}"
-    );
-    let err = h["mqtt"]["lastError"].as_str().unwrap_or("").to_lowercase();
+    let err = wait_for_mqtt_error(&bad).to_lowercase();
     eprintln!("wrong password: lastError {err:?}");
     assert!(
         err.contains("refused") && (err.contains("authori") || err.contains("password")),
         "lastError: {err}"
     );
-    assert_eq!(h["mqtt"]["connected"], false);
+    assert_eq!(health(&bad).1["mqtt"]["connected"], false);
     // At the default log level the refusal is in the agent's log and a `manager` warning.
     assert!(
         wait_until(WAIT, || bad.log().contains("mqtt cannot connect")),
@@ -939,22 +930,13 @@ fn tls_with_the_right_and_a_wrong_ca() {
         "badca",
         "echo seq 1 refused; exec sleep 600",
     );
-    let mut h = Value::Null;
-    assert!(
-        wait_until(WAIT, || {
-            let (code, doc) = health(&bad);
-            h = doc;
-            code == 503 && !h["mqtt"]["lastError"].as_str().unwrap_or("").is_empty()
-        }),
-        "{h}"
-    );
-    let err = h["mqtt"]["lastError"].as_str().unwrap_or("").to_string();
+    let err = wait_for_mqtt_error(&bad);
     eprintln!("wrong CA: lastError {err:?}");
     assert!(
         err.to_lowercase().contains("certificate"),
         "lastError: {err}"
     );
-    assert_eq!(h["mqtt"]["connected"], false);
+    assert_eq!(health(&bad).1["mqtt"]["connected"], false);
     assert!(
         wait_until(WAIT, || bad.log().lines().any(|l| l
             .contains("mqtt cannot connect")
@@ -1054,4 +1036,18 @@ fn base_topic_with_hostname_and_sanitised_levels() {
     assert!(got
         .iter()
         .any(|m| m.topic == format!("e2e/{hostname}/logs/system/info")));
+}
+
+/// Waits until the agent's health is degraded with an MQTT error; returns that error.
+fn wait_for_mqtt_error(agent: &Agent) -> String {
+    let mut h = Value::Null;
+    assert!(
+        wait_until(WAIT, || {
+            let (code, doc) = health(agent);
+            h = doc;
+            code == 503 && !h["mqtt"]["lastError"].as_str().unwrap_or("").is_empty()
+        }),
+        "{h}"
+    );
+    h["mqtt"]["lastError"].as_str().unwrap_or("").to_string()
 }

@@ -101,21 +101,7 @@ impl Backend for LocalBackend {
     }
 
     fn log(&self, msg: &Arc<LogMessage>) {
-        self.ring.push(msg);
-        match self.sender() {
-            Some(tx) => {
-                // Blocks while the writer is behind: backpressure onto the reader.
-                if tx.send(Cmd::Write(msg.clone())).is_err() {
-                    self.stats.failed.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-            None => {
-                if let Some(pos) = msg.position {
-                    self.progress
-                        .taken(self.index, &msg.origin.container_id, pos);
-                }
-            }
-        }
+        self.log_many(std::slice::from_ref(msg));
     }
 
     fn log_many(&self, msgs: &[Arc<LogMessage>]) {
