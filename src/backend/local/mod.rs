@@ -19,8 +19,9 @@ use crate::message::LogMessage;
 use files::{Cmd, FileStats, Settings, Writer};
 use ring::Ring;
 
-/// Messages waiting for the file writer; enough for bursts, small enough for a Pi.
-const QUEUE: usize = 1024;
+/// Commands waiting for the file writer. A command carries up to a reader's batch of 64
+/// messages, so at most 1024 messages wait: enough for bursts, small enough for a Pi.
+const QUEUE: usize = 16;
 
 pub struct LocalBackend {
     ring: Arc<Ring>,

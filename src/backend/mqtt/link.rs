@@ -31,7 +31,7 @@ const SPOOL_CHUNK_MSGS: usize = 1024;
 /// Publishes handed to the client and not yet acknowledged; the client's request channel is
 /// larger, so `try_publish` never meets a full channel.
 pub const MAX_INFLIGHT_UNITS: usize = 256;
-const MAX_INFLIGHT_BYTES: usize = 2 << 20;
+const MAX_INFLIGHT_BYTES: usize = 512 << 10;
 /// Largest batch payload we build; well below [`MAX_PACKET`] so a batch never tears the
 /// connection down.
 pub const PAYLOAD_CAP: usize = 256 << 10;
