@@ -244,7 +244,7 @@ fn invalid_utf8_is_replaced_not_dropped() {
     let got = wait_logs(&agent, "", 2);
     assert_eq!(messages(&got), ["bad \u{fffd}\u{fffd} bytes", "next"]);
     // The engine's json-file driver already replaced the bytes here; the agent's own
-    // replacement is for log drivers that pass raw bytes through.
+    // replacement, for log drivers that pass raw bytes through, is `reader::text_of`.
 }
 
 #[test]
@@ -743,4 +743,58 @@ fn oom_kill_is_reported() {
     assert_eq!(oom[0]["source"]["type"], "system");
     assert_eq!(agent.logs("q=died+with+exit+code+137").len(), 1);
     assert_eq!(messages(&lines(&agent, "")), ["before"]);
+}
+
+/// The start of a response to `path` (status line, headers, first bytes), read for at most 3 s.
+fn response_head(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(3)))
+        .expect("timeout");
+    write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").expect("send");
+    let mut buf = vec![0u8; 8192];
+    let mut got = Vec::new();
+    while !String::from_utf8_lossy(&got).contains("data:") {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+#[test]
+fn stream_and_page_with_a_token() {
+    let p = unique("token");
+    let agent = agent_for(&p, &[("API_TOKEN", "tok-123")]);
+    let _c = Container::run(&format!("{p}-s"), &[], "echo streamed; exec sleep 60");
+    assert!(wait_until(Duration::from_secs(15), || http_get(
+        agent.port,
+        "/api/v1/logs?q=streamed",
+        Some("tok-123")
+    )
+    .1
+    .contains("streamed")));
+    let denied = response_head(agent.port, "/api/v1/logs/stream?limit=5&access_token=wrong");
+    assert!(denied.starts_with("HTTP/1.1 401"), "{denied}");
+    let denied = response_head(agent.port, "/api/v1/logs/stream?limit=5");
+    assert!(denied.starts_with("HTTP/1.1 401"), "{denied}");
+    let ok = response_head(
+        agent.port,
+        "/api/v1/logs/stream?limit=5&q=streamed&access_token=tok-123",
+    );
+    assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
+    assert!(
+        ok.to_ascii_lowercase()
+            .contains("content-type: text/event-stream"),
+        "{ok}"
+    );
+    assert!(ok.contains("streamed"), "{ok}");
+    // The page itself holds no data and loads without the token; it reads it from #token=.
+    let (status, page) = agent.get("/");
+    assert_eq!(status, 200);
+    assert!(
+        page.contains("access_token"),
+        "the page passes the token on to EventSource"
+    );
 }

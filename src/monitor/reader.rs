@@ -333,13 +333,10 @@ impl<'a> Lines<'a> {
             v.last_line_ms = Some(l.ts_ns.div_euclid(1_000_000));
         }
         self.last = Some(pos.max(self.last.unwrap_or_default()));
-        let text = match String::from_utf8(l.bytes) {
-            Ok(s) => s,
-            Err(e) => {
-                Stats::add(&stats.invalid_utf8, 1);
-                String::from_utf8_lossy(e.as_bytes()).into_owned()
-            }
-        };
+        let (text, replaced) = text_of(l.bytes);
+        if replaced {
+            Stats::add(&stats.invalid_utf8, 1);
+        }
         let is_stderr = l.stream == StreamKind::Stderr;
         let cfg = &self.shared.cfg;
         if cfg.multiline {
@@ -456,6 +453,15 @@ impl<'a> Lines<'a> {
     }
 }
 
+/// The line's text, with invalid UTF-8 replaced (U+FFFD) rather than dropped; true when
+/// something was replaced. Valid lines are taken over without a copy.
+pub fn text_of(bytes: Vec<u8>) -> (String, bool) {
+    match String::from_utf8(bytes) {
+        Ok(s) => (s, false),
+        Err(e) => (String::from_utf8_lossy(e.as_bytes()).into_owned(), true),
+    }
+}
+
 /// A line that continues the message before it: indented, or a stack frame.
 pub fn is_continuation(line: &str) -> bool {
     line.starts_with([' ', '\t'])
@@ -469,6 +475,19 @@ pub fn is_continuation(line: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn invalid_utf8_is_replaced_and_the_rest_kept() {
+        assert_eq!(text_of(b"plain".to_vec()), ("plain".to_string(), false));
+        assert_eq!(
+            text_of(b"bad \xff\xfe bytes \xc3".to_vec()),
+            ("bad \u{fffd}\u{fffd} bytes \u{fffd}".to_string(), true)
+        );
+        assert_eq!(
+            text_of("é ok".as_bytes().to_vec()),
+            ("é ok".to_string(), false)
+        );
+    }
 
     #[test]
     fn continuations() {
