@@ -94,11 +94,14 @@ struct Agent {
 }
 
 impl Agent {
-    fn start(host: &str) -> Agent {
+    /// An agent that follows only the containers of `app` (see [`Container::run`]), so a
+    /// flood in another test never pushes this test's lines out of its memory ring.
+    fn start(host: &str, app: &str) -> Agent {
         let dir = TempDir::new();
         let port = free_port();
         let child = Command::new(BIN)
             .envs(base_env(host, &dir.0, port))
+            .env("CONTAINERS_INCLUDE", format!("cld-ui-{app}-*"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -322,8 +325,8 @@ const TICKER: &str = "i=0; while true; i=$((i+1)); do echo \"info tick $i\"; ech
 #[test]
 fn stream_filters_backlog_ids_and_latency() {
     let host = env_up();
-    let agent = Agent::start(&host);
     let app = unique_app();
+    let agent = Agent::start(&host, &app);
     let _c = Container::run(&host, &app, TICKER);
     wait_for("lines in the ring", 15, || {
         get(agent.port, &format!("/api/v1/logs?appId={app}"))
@@ -373,8 +376,8 @@ fn stream_filters_backlog_ids_and_latency() {
 #[test]
 fn disconnect_ends_the_thread_and_last_event_id_resumes_without_gap() {
     let host = env_up();
-    let agent = Agent::start(&host);
     let app = unique_app();
+    let agent = Agent::start(&host, &app);
     let _c = Container::run(&host, &app, TICKER);
     let path = format!("/api/v1/logs/stream?appId={app}&level=error");
     let mut s = Stream::open(agent.port, &path, None);
@@ -399,8 +402,8 @@ fn disconnect_ends_the_thread_and_last_event_id_resumes_without_gap() {
 #[test]
 fn a_slow_client_is_cut_off_and_others_keep_going_and_the_cap_holds() {
     let host = env_up();
-    let agent = Agent::start(&host);
     let app = unique_app();
+    let agent = Agent::start(&host, &app);
     // The slow client: asks, then never reads, with a small receive buffer.
     let slow = Stream::open(
         agent.port,
@@ -468,8 +471,8 @@ fn cli(agent_env: &[(String, String)], args: &[&str]) -> Output {
 #[test]
 fn logs_command() {
     let host = env_up();
-    let agent = Agent::start(&host);
     let app = unique_app();
+    let agent = Agent::start(&host, &app);
     let _c = Container::run(
         &host,
         &app,
@@ -650,8 +653,8 @@ fn live_page_in_headless_chromium() {
             .expect("env.sh deps chromium");
         assert!(st.success(), "cannot install chromium");
     }
-    let agent = Agent::start(&host);
     let app = unique_app();
+    let agent = Agent::start(&host, &app);
     let _c = Container::run(
         &host,
         &app,
