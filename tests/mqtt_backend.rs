@@ -6,10 +6,10 @@
 //! panics (Drop guards). Nothing here may depend on a broker or files outside its own temp dir.
 
 use std::collections::{HashMap, HashSet};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -21,54 +21,12 @@ use container_logd::message::{Draft, LabelValue, Level, LogMessage, Origin, Posi
 use crossbeam_channel::{unbounded, Receiver};
 use rumqttc::{Client, Event, Incoming, MqttOptions, QoS};
 
+mod util;
+
+use util::{free_port, unique, TempDir};
+
 const MOSQUITTO: &str = "/usr/sbin/mosquitto";
 const TS0: i64 = 1_700_000_000_000_000_000;
-static UNIQUE: AtomicUsize = AtomicUsize::new(0);
-
-fn unique(name: &str) -> String {
-    format!(
-        "{name}-{}-{}",
-        std::process::id(),
-        UNIQUE.fetch_add(1, Ordering::SeqCst)
-    )
-}
-
-/// A temporary directory removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        let p = std::env::temp_dir().join(format!("mqtt-test-{}", unique(name)));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).expect("temp dir");
-        TempDir(p)
-    }
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        // After a failed assertion a backend may still be spooling into the directory; give
-        // it a moment and try again.
-        for _ in 0..3 {
-            if std::fs::remove_dir_all(&self.0).is_ok() || !self.0.exists() {
-                return;
-            }
-            thread::sleep(Duration::from_millis(200));
-        }
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
-
 /// A private mosquitto, killed on drop.
 struct Broker {
     child: Option<Child>,

@@ -8,35 +8,23 @@
 //! test fails; every wait is bounded.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::net::TcpStream;
+use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Once;
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+mod util;
+
+use util::{free_port, repo, TempDir};
+
 const BIN: &str = env!("CARGO_BIN_EXE_container-logd");
 static UNIQUE: AtomicUsize = AtomicUsize::new(0);
-static ENV_UP: Once = Once::new();
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
+/// The private engine's `DOCKER_HOST` (the shared harness starts it once).
 fn env_up() -> String {
-    ENV_UP.call_once(|| {
-        let st = Command::new(repo().join("tests/env.sh"))
-            .arg("up")
-            .status()
-            .expect("tests/env.sh up");
-        assert!(st.success(), "tests/env.sh up failed");
-    });
-    let out = Command::new(repo().join("tests/env.sh"))
-        .arg("host")
-        .output()
-        .expect("env.sh host");
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+    util::engine().to_string()
 }
 
 /// An app id no other test uses.
@@ -48,41 +36,11 @@ fn unique_app() -> String {
     )
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
-
 fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .expect("clock")
         .as_millis() as i64
-}
-
-/// A temp directory removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> TempDir {
-        let p = std::env::temp_dir().join(format!(
-            "cld-ui-{}-{}",
-            std::process::id(),
-            UNIQUE.fetch_add(1, Ordering::SeqCst)
-        ));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).expect("temp dir");
-        TempDir(p)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 /// The agent under test, killed on drop.
@@ -97,7 +55,7 @@ impl Agent {
     /// An agent that follows only the containers of `app` (see [`Container::run`]), so a
     /// flood in another test never pushes this test's lines out of its memory ring.
     fn start(host: &str, app: &str) -> Agent {
-        let dir = TempDir::new();
+        let dir = TempDir::new("ui");
         let port = free_port();
         let child = Command::new(BIN)
             .envs(base_env(host, &dir.0, port))
@@ -550,7 +508,7 @@ struct Broker {
 
 impl Broker {
     fn start() -> Broker {
-        let dir = TempDir::new();
+        let dir = TempDir::new("ui");
         let port = free_port();
         let conf = dir.0.join("m.conf");
         std::fs::write(
@@ -587,7 +545,7 @@ impl Drop for Broker {
 fn check_command() {
     let host = env_up();
     let broker = Broker::start();
-    let dir = TempDir::new();
+    let dir = TempDir::new("ui");
     let mut env = base_env(&host, &dir.0, free_port());
     env.push((
         "MQTT_BROKER".into(),

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 pub const IMAGE: &str = "cld-busybox";
 
-fn repo() -> PathBuf {
+pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
@@ -127,7 +127,14 @@ impl TempDir {
 
 impl Drop for TempDir {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        // After a failed assertion an agent or backend may still be writing into the
+        // directory; give it a moment and try again.
+        for _ in 0..3 {
+            if std::fs::remove_dir_all(&self.0).is_ok() || !self.0.exists() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
 }
 
