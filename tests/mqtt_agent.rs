@@ -815,76 +815,11 @@ fn username_and_password() {
     );
 }
 
-fn openssl(dir: &std::path::Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("openssl");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn ec_key_args(key: &str) -> Vec<&str> {
-    vec![
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-        "-keyout",
-        key,
-    ]
-}
-
-fn make_ca(dir: &std::path::Path, name: &str) {
-    let key = format!("{name}.key");
-    let crt = format!("{name}.crt");
-    let subj = format!("/CN={name}");
-    let mut args = vec!["req", "-x509"];
-    args.extend(ec_key_args(&key));
-    args.extend(["-out", &crt, "-days", "2", "-subj", &subj]);
-    openssl(dir, &args);
-}
-
 #[test]
 fn tls_with_the_right_and_a_wrong_ca() {
     let dir = TempDir::new("tls");
     let d = dir.path().to_path_buf();
-    make_ca(&d, "ca");
-    make_ca(&d, "other-ca");
-    let mut args = vec!["req"];
-    args.extend(ec_key_args("server.key"));
-    args.extend(["-out", "server.csr", "-subj", "/CN=localhost"]);
-    openssl(&d, &args);
-    std::fs::write(
-        d.join("ext.cnf"),
-        "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
-    )
-    .expect("ext.cnf");
-    openssl(
-        &d,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            "ca.crt",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            "server.crt",
-            "-days",
-            "2",
-            "-extfile",
-            "ext.cnf",
-        ],
-    );
+    util::tls::make_certs(&d);
     // The main listener speaks TLS; a second, plain one is for the subscriber.
     let plain = free_port();
     let broker = Broker::start_in(
