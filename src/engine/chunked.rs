@@ -242,6 +242,21 @@ impl BodyDecoder {
     }
 }
 
+/// The de-chunked body of a recorded response, and whether its terminal chunk was in it.
+/// Shared by the parsers' tests that replay recordings from `tests/data`.
+#[cfg(test)]
+pub(crate) fn recorded_body(resp: &[u8]) -> (Vec<u8>, bool) {
+    let (_, used) = super::http::parse_head(resp).unwrap().unwrap();
+    let mut d = BodyDecoder::new(Framing::Chunked);
+    let mut out = Vec::new();
+    d.decode(&resp[used..], &mut |b| {
+        out.extend_from_slice(b);
+        Ok(())
+    })
+    .unwrap();
+    (out, d.is_done())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

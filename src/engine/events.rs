@@ -144,21 +144,12 @@ impl EventSplitter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::chunked::{BodyDecoder, Framing};
-    use crate::engine::http::parse_head;
 
     const EVENTS: &[u8] = include_bytes!("../../tests/data/events.http");
 
+    /// A followed events stream has no end yet: only the bytes so far.
     fn body(resp: &[u8]) -> Vec<u8> {
-        let (_, used) = parse_head(resp).unwrap().unwrap();
-        let mut d = BodyDecoder::new(Framing::Chunked);
-        let mut out = Vec::new();
-        d.decode(&resp[used..], &mut |b| {
-            out.extend_from_slice(b);
-            Ok(())
-        })
-        .unwrap();
-        out
+        crate::engine::chunked::recorded_body(resp).0
     }
 
     fn split(pieces: &[&[u8]]) -> Vec<Event> {

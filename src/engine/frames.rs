@@ -363,8 +363,6 @@ fn push_capped(p: &mut Pending, bytes: &[u8], max: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::chunked::{BodyDecoder, Framing};
-    use crate::engine::http::parse_head;
 
     const SMALL: &[u8] = include_bytes!("../../tests/data/logs-small.http");
     const SMALL_TTY: &[u8] = include_bytes!("../../tests/data/logs-smalltty.http");
@@ -378,15 +376,8 @@ mod tests {
 
     /// The de-chunked body of a recorded response.
     fn body(resp: &[u8]) -> Vec<u8> {
-        let (_, used) = parse_head(resp).unwrap().unwrap();
-        let mut d = BodyDecoder::new(Framing::Chunked);
-        let mut out = Vec::new();
-        d.decode(&resp[used..], &mut |b| {
-            out.extend_from_slice(b);
-            Ok(())
-        })
-        .unwrap();
-        assert!(d.is_done());
+        let (out, done) = crate::engine::chunked::recorded_body(resp);
+        assert!(done);
         out
     }
 
