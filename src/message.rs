@@ -1,5 +1,7 @@
-//! The log message of SPEC §4: one value per container line, lifecycle event or agent warning,
-//! encoded to JSON once, when it is made, so that files, MQTT and the API carry the same bytes.
+//! The log message of SPEC §4: one value per container line, lifecycle event or agent warning.
+//! A message keeps only what is its own (id, text, time, level); the JSON is rendered from it
+//! and its shared [`Origin`] whenever a backend writes it, always to the same bytes, so files,
+//! MQTT and the API carry identical objects while the memory ring holds a fraction of them.
 //!
 //! This module owns the JSON shape. It never decides levels (see `monitor::level`) and never
 //! does I/O.
@@ -133,19 +135,58 @@ pub struct Origin {
     pub service_name: String,
     pub service_id: Option<LabelValue>,
     pub host: Arc<str>,
+    /// `,"name":…},"appId":…,"serviceId":…,"serviceName":…,"containerId":…`, rendered once.
+    ident_json: String,
+    /// `,"host":…`, rendered once.
+    host_json: String,
 }
 
 impl Origin {
+    pub fn new(
+        container_id: Arc<str>,
+        name: String,
+        app_id: LabelValue,
+        service_name: String,
+        service_id: Option<LabelValue>,
+        host: Arc<str>,
+    ) -> Origin {
+        let mut ident_json = String::from(",\"name\":");
+        push_json_str(&mut ident_json, &name);
+        ident_json.push_str("},\"appId\":");
+        app_id.write_json(&mut ident_json);
+        ident_json.push_str(",\"serviceId\":");
+        match &service_id {
+            Some(v) => v.write_json(&mut ident_json),
+            None => ident_json.push_str("null"),
+        }
+        ident_json.push_str(",\"serviceName\":");
+        push_json_str(&mut ident_json, &service_name);
+        ident_json.push_str(",\"containerId\":");
+        push_json_str(&mut ident_json, &container_id);
+        let mut host_json = String::from(",\"host\":");
+        push_json_str(&mut host_json, &host);
+        Origin {
+            container_id,
+            name,
+            app_id,
+            service_name,
+            service_id,
+            host,
+            ident_json,
+            host_json,
+        }
+    }
+
     /// The origin of the agent's own (`manager`) messages.
     pub fn manager(host: Arc<str>) -> Origin {
-        Origin {
-            container_id: Arc::from(""),
-            name: "container-logd".into(),
-            app_id: LabelValue::Text("manager".into()),
-            service_name: "container-logd".into(),
-            service_id: None,
+        Origin::new(
+            Arc::from(""),
+            "container-logd".into(),
+            LabelValue::Text("manager".into()),
+            "container-logd".into(),
+            None,
             host,
-        }
+        )
     }
 
     pub fn short_id(&self) -> &str {
@@ -164,14 +205,14 @@ pub struct Position {
 
 /// One log message, immutable once made; backends share it through an `Arc`.
 ///
-/// The id and the text live only inside `json` (ranges point at them), so a message costs one
-/// allocation for its bytes, not three: the memory ring holds thousands of them on a Pi.
+/// Its own bytes are one allocation, the id followed by the text as a JSON string literal:
+/// the memory ring holds thousands of messages on a Pi, and what every message of a container
+/// repeats (names, labels, ids, host) lives once, in its [`Origin`].
 #[derive(Debug)]
 pub struct LogMessage {
-    /// Byte range of the id inside `json` (ids need no escaping).
-    id_at: (u32, u32),
-    /// Byte range of the text's JSON string literal (with its quotes) inside `json`.
-    text_at: (u32, u32),
+    /// The id (which needs no escaping), then the text's JSON string literal with its quotes.
+    lit: Box<str>,
+    id_len: u32,
     /// The text needed escaping, so its literal differs from the text.
     text_escaped: bool,
     pub ts_ns: i64,
@@ -182,8 +223,6 @@ pub struct LogMessage {
     pub truncated: bool,
     /// Where this line sits in its container's log; `None` for system and manager messages.
     pub position: Option<Position>,
-    /// The message as one JSON object, no trailing newline.
-    pub json: String,
 }
 
 /// What a message is made from; [`LogMessage::new`] adds the id and the JSON.
@@ -228,12 +267,22 @@ pub fn manager_id(ts_ns: i64, seq: u64) -> String {
 
 impl LogMessage {
     pub fn new(d: Draft) -> LogMessage {
-        let mut json = String::with_capacity(d.text.len() + 320);
-        let (id_at, text_at) = encode(&mut json, &d.id, &d);
-        let text_escaped = (text_at.1 - text_at.0) as usize != d.text.len() + 2;
+        let mut lit = String::with_capacity(d.id.len() + d.text.len() + 2);
+        // Ids are made here from hex ids, numbers and sanitised actions; anything else is
+        // replaced so that the id never needs escaping.
+        lit.extend(d.id.chars().map(|c| {
+            if c.is_control() || c == '"' || c == '\\' {
+                '_'
+            } else {
+                c
+            }
+        }));
+        let id_len = lit.len() as u32;
+        push_json_str(&mut lit, &d.text);
+        let text_escaped = lit.len() - id_len as usize != d.text.len() + 2;
         LogMessage {
-            id_at,
-            text_at,
+            lit: lit.into_boxed_str(),
+            id_len,
             text_escaped,
             ts_ns: d.ts_ns,
             level: d.level,
@@ -242,7 +291,6 @@ impl LogMessage {
             is_stderr: d.is_stderr,
             truncated: d.truncated,
             position: d.position,
-            json,
         }
     }
 
@@ -252,66 +300,63 @@ impl LogMessage {
 
     /// The stable id.
     pub fn id(&self) -> &str {
-        self.json
-            .get(self.id_at.0 as usize..self.id_at.1 as usize)
-            .unwrap_or_default()
+        self.lit.get(..self.id_len as usize).unwrap_or_default()
+    }
+
+    /// The text's JSON string literal, quotes included.
+    fn text_literal(&self) -> &str {
+        self.lit.get(self.id_len as usize..).unwrap_or("\"\"")
     }
 
     /// The text of the line.
     pub fn text(&self) -> std::borrow::Cow<'_, str> {
-        let literal = self
-            .json
-            .get(self.text_at.0 as usize..self.text_at.1 as usize)
-            .unwrap_or("\"\"");
+        let literal = self.text_literal();
         if !self.text_escaped {
             return std::borrow::Cow::Borrowed(&literal[1..literal.len() - 1]);
         }
         // Only messages with quotes, backslashes or control characters pay for this.
         std::borrow::Cow::Owned(serde_json::from_str::<String>(literal).unwrap_or_default())
     }
-}
 
-/// Writes the JSON; returns where the id (inside its quotes) and the text literal are.
-fn encode(out: &mut String, id: &str, d: &Draft) -> ((u32, u32), (u32, u32)) {
-    let o = &d.origin;
-    out.push_str("{\"id\":");
-    let id_start = out.len() + 1;
-    push_json_str(out, id);
-    let id_at = (id_start as u32, (out.len() - 1) as u32);
-    out.push_str(",\"message\":");
-    let text_start = out.len();
-    push_json_str(out, &d.text);
-    let text_at = (text_start as u32, out.len() as u32);
-    let _ = write!(out, ",\"timestamp\":{}", d.ts_ns.div_euclid(1_000_000));
-    out.push_str(",\"level\":\"");
-    out.push_str(d.level.as_str());
-    out.push_str("\",\"source\":{\"type\":\"");
-    out.push_str(d.kind.as_str());
-    out.push_str("\",\"name\":");
-    push_json_str(out, &o.name);
-    out.push_str("},\"appId\":");
-    o.app_id.write_json(out);
-    out.push_str(",\"serviceId\":");
-    match &o.service_id {
-        Some(v) => v.write_json(out),
-        None => out.push_str("null"),
+    /// Appends the message as one JSON object (SPEC §4), no trailing newline. The same message
+    /// always gives the same bytes.
+    pub fn write_json(&self, out: &mut String) {
+        let o = &self.origin;
+        out.reserve(self.lit.len() + o.ident_json.len() + o.host_json.len() + 160);
+        out.push_str("{\"id\":\"");
+        out.push_str(self.id());
+        out.push_str("\",\"message\":");
+        out.push_str(self.text_literal());
+        let _ = write!(out, ",\"timestamp\":{}", self.timestamp_ms());
+        out.push_str(",\"level\":\"");
+        out.push_str(self.level.as_str());
+        out.push_str("\",\"source\":{\"type\":\"");
+        out.push_str(self.kind.as_str());
+        out.push('"');
+        out.push_str(&o.ident_json);
+        out.push_str(if self.is_stderr {
+            ",\"isStdErr\":true"
+        } else {
+            ",\"isStdErr\":false"
+        });
+        out.push_str(if self.kind == SourceKind::System {
+            ",\"isSystem\":true"
+        } else {
+            ",\"isSystem\":false"
+        });
+        out.push_str(&o.host_json);
+        if self.truncated {
+            out.push_str(",\"truncated\":true");
+        }
+        out.push('}');
     }
-    out.push_str(",\"serviceName\":");
-    push_json_str(out, &o.service_name);
-    out.push_str(",\"containerId\":");
-    push_json_str(out, &o.container_id);
-    let _ = write!(
-        out,
-        ",\"isStdErr\":{},\"isSystem\":{},\"host\":",
-        d.is_stderr,
-        d.kind == SourceKind::System
-    );
-    push_json_str(out, &o.host);
-    if d.truncated {
-        out.push_str(",\"truncated\":true");
+
+    /// The message as one JSON object, no trailing newline.
+    pub fn json(&self) -> String {
+        let mut out = String::new();
+        self.write_json(&mut out);
+        out
     }
-    out.push('}');
-    (id_at, text_at)
 }
 
 /// Appends `s` as a JSON string literal.
@@ -346,18 +391,22 @@ mod tests {
     use super::*;
 
     fn origin() -> Arc<Origin> {
-        Arc::new(Origin {
-            container_id: Arc::from("3f2a9c1b7d0e55aa"),
-            name: "web".into(),
-            app_id: LabelValue::from_label("1001"),
-            service_name: "web".into(),
-            service_id: Some(LabelValue::from_label("1001")),
-            host: Arc::from("pi-kitchen"),
-        })
+        Arc::new(Origin::new(
+            Arc::from("3f2a9c1b7d0e55aa"),
+            "web".into(),
+            LabelValue::from_label("1001"),
+            "web".into(),
+            Some(LabelValue::from_label("1001")),
+            Arc::from("pi-kitchen"),
+        ))
     }
 
     fn line(text: &str) -> LogMessage {
-        LogMessage::new(Draft {
+        LogMessage::new(line_draft(text))
+    }
+
+    fn line_draft(text: &str) -> Draft {
+        Draft {
             text: text.into(),
             ts_ns: 1_696_195_200_000_123_456,
             level: Level::Info,
@@ -376,25 +425,56 @@ mod tests {
                     seen: 1,
                 },
             ),
-        })
+        }
     }
 
     #[test]
     fn json_has_the_spec_shape() {
         let m = line("Server started on port 8080");
         assert_eq!(
-            m.json,
+            m.json(),
             r#"{"id":"3f2a9c1b7d0e-1696195200000123456-0","message":"Server started on port 8080","timestamp":1696195200000,"level":"info","source":{"type":"container","name":"web"},"appId":1001,"serviceId":1001,"serviceName":"web","containerId":"3f2a9c1b7d0e55aa","isStdErr":false,"isSystem":false,"host":"pi-kitchen"}"#
         );
-        let v: serde_json::Value = serde_json::from_str(&m.json).expect("valid json");
+        let v: serde_json::Value = serde_json::from_str(&m.json()).expect("valid json");
         assert_eq!(v["appId"], 1001);
+    }
+
+    #[test]
+    fn system_stderr_and_truncated_flags() {
+        let o = origin();
+        let m = LogMessage::new(Draft {
+            text: "exited with code 137".into(),
+            ts_ns: 5_000_000,
+            level: Level::Warn,
+            kind: SourceKind::System,
+            origin: o.clone(),
+            is_stderr: true,
+            truncated: true,
+            position: None,
+            id: event_id(&o, 5_000_000, "die\"x"),
+        });
+        assert_eq!(
+            m.json(),
+            r#"{"id":"3f2a9c1b7d0e-5000000-die_x","message":"exited with code 137","timestamp":5,"level":"warn","source":{"type":"system","name":"web"},"appId":1001,"serviceId":1001,"serviceName":"web","containerId":"3f2a9c1b7d0e55aa","isStdErr":true,"isSystem":true,"host":"pi-kitchen","truncated":true}"#
+        );
+        let mut twice = String::from("x");
+        m.write_json(&mut twice);
+        m.write_json(&mut twice);
+        assert_eq!(twice, format!("x{0}{0}", m.json()), "appends, same bytes every time");
+        let quoted = LogMessage::new(Draft {
+            id: "a\"b\\c\nd".into(),
+            ..line_draft("t")
+        });
+        assert_eq!(quoted.id(), "a_b_c_d", "an id never needs escaping");
+        let v: serde_json::Value = serde_json::from_str(&quoted.json()).expect("valid json");
+        assert_eq!(v["id"], "a_b_c_d");
     }
 
     #[test]
     fn escapes_round_trip() {
         let text = "quote \" back \\ nl \n tab \t bell \u{7} del \u{7f} é 😀";
         let m = line(text);
-        let v: serde_json::Value = serde_json::from_str(&m.json).expect("valid json");
+        let v: serde_json::Value = serde_json::from_str(&m.json()).expect("valid json");
         assert_eq!(v["message"], text);
         assert_eq!(m.text(), text);
         assert_eq!(line("plain").text(), "plain");

@@ -241,14 +241,14 @@ fn cfg(port: u16, vars: &[(&str, &str)]) -> MqttConfig {
 }
 
 fn origin(app: &str, service: &str, cid: &str) -> Arc<Origin> {
-    Arc::new(Origin {
-        container_id: Arc::from(cid),
-        name: service.into(),
-        app_id: LabelValue::from_label(app),
-        service_name: service.into(),
-        service_id: Some(LabelValue::from_label(app)),
-        host: Arc::from("pi-test"),
-    })
+    Arc::new(Origin::new(
+        Arc::from(cid),
+        service.into(),
+        LabelValue::from_label(app),
+        service.into(),
+        Some(LabelValue::from_label(app)),
+        Arc::from("pi-test"),
+    ))
 }
 
 fn pos(n: i64) -> Position {
@@ -338,10 +338,10 @@ fn unbatch(by_id: &HashMap<&str, &Arc<LogMessage>>, got: &[Got]) -> Vec<Got> {
             if i > 0 {
                 want.push(',');
             }
-            want.push_str(&m.json);
+            m.write_json(&mut want);
             out.push(Got {
                 topic: topic.to_string(),
-                payload: m.json.as_bytes().to_vec(),
+                payload: m.json().into_bytes(),
                 retain: g.retain,
             });
         }
@@ -368,7 +368,7 @@ fn check_arrivals(sent: &[Arc<LogMessage>], got: &[Got], per_topic: bool) -> usi
         let v = json(g);
         let id = v["id"].as_str().expect("id").to_string();
         let m = by_id.get(id.as_str()).expect("a message we sent");
-        assert_eq!(g.payload, m.json.as_bytes(), "payload byte for byte");
+        assert_eq!(g.payload, m.json().as_bytes(), "payload byte for byte");
         if !seen.insert(id) {
             dups += 1;
             continue;
@@ -423,12 +423,12 @@ fn topics_and_payloads_for_every_kind() {
         ]
     );
     for (g, m) in got.iter().zip(&msgs) {
-        assert_eq!(g.payload, m.json.as_bytes());
+        assert_eq!(g.payload, m.json().as_bytes());
         assert!(!g.retain);
     }
     let got = web.take(2, Duration::from_secs(5));
     assert_eq!(got.len(), 2);
-    assert_eq!(got[1].payload, msgs[1].json.as_bytes());
+    assert_eq!(got[1].payload, msgs[1].json().as_bytes());
     let got = errors.take(2, Duration::from_secs(5));
     assert_eq!(got[0].topic, "container-manager/logs/1001/web/error");
     assert_eq!(got[1].topic, "container-manager/logs/shop/a_b_c/error");
@@ -525,7 +525,7 @@ fn batches_by_count_and_by_interval() {
             if k > 0 {
                 want.push(',');
             }
-            want.push_str(&m.json);
+            m.write_json(&mut want);
         }
         want.push_str("]}");
         assert_eq!(String::from_utf8_lossy(&g.payload), want);
@@ -677,7 +677,7 @@ fn username_and_password() {
     let m = line(&o, 1, Level::Info, "with auth");
     b.log(&m);
     let got = sub.take(1, Duration::from_secs(10));
-    assert_eq!(got[0].payload, m.json.as_bytes());
+    assert_eq!(got[0].payload, m.json().as_bytes());
     stop(&b);
 }
 
@@ -715,7 +715,7 @@ fn tls_verified_and_wrong_ca_refused() {
     b.log(&m);
     let got = sub.take(1, Duration::from_secs(10));
     assert_eq!(got.len(), 1, "health: {}", b.health());
-    assert_eq!(got[0].payload, m.json.as_bytes());
+    assert_eq!(got[0].payload, m.json().as_bytes());
     stop(&b);
 
     let other = d.join("other-ca.crt");

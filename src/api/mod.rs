@@ -193,13 +193,13 @@ fn route(ctx: &Context, streams: &Streams, url: &str) -> Response<std::io::Curso
 
 fn logs(ctx: &Context, f: &Filter) -> Response<std::io::Cursor<Vec<u8>>> {
     let found = ctx.ring.query(f.limit, |m| f.matches(m));
-    let mut body = String::with_capacity(2 + found.iter().map(|m| m.json.len() + 1).sum::<usize>());
+    let mut body = String::with_capacity(2 + found.len() * 512);
     body.push('[');
     for (i, m) in found.iter().enumerate() {
         if i > 0 {
             body.push(',');
         }
-        body.push_str(&m.json);
+        m.write_json(&mut body);
     }
     body.push(']');
     json(200, body)

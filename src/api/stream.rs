@@ -365,7 +365,7 @@ impl Sse {
 fn event(buf: &mut String, m: &LogMessage) {
     push_id(buf, m.id());
     buf.push_str("data: ");
-    buf.push_str(&m.json);
+    m.write_json(buf);
     buf.push_str("\n\n");
 }
 

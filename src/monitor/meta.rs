@@ -23,17 +23,14 @@ pub fn origin(
             .find_map(|k| labels.get(k).filter(|v| !v.is_empty()))
             .cloned()
     };
-    Origin {
-        container_id: Arc::from(id),
-        name: name.trim_start_matches('/').to_string(),
-        app_id: LabelValue::from_label(
-            &first(&cfg.app_id_labels).unwrap_or_else(|| "standalone".into()),
-        ),
-        service_name: first(&cfg.service_name_labels)
-            .unwrap_or_else(|| name.trim_start_matches('/').to_string()),
-        service_id: first(&cfg.service_id_labels).map(|v| LabelValue::from_label(&v)),
-        host: host.clone(),
-    }
+    Origin::new(
+        Arc::from(id),
+        name.trim_start_matches('/').to_string(),
+        LabelValue::from_label(&first(&cfg.app_id_labels).unwrap_or_else(|| "standalone".into())),
+        first(&cfg.service_name_labels).unwrap_or_else(|| name.trim_start_matches('/').to_string()),
+        first(&cfg.service_id_labels).map(|v| LabelValue::from_label(&v)),
+        host.clone(),
+    )
 }
 
 /// Whether a container is followed: name patterns, the ignore label, never ourselves.

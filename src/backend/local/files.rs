@@ -76,6 +76,8 @@ pub struct Writer {
     /// the path need not be built and hashed anew for each.
     /// Holding the origin keeps its address from being reused by another container's.
     last_path: Option<(Arc<Origin>, SourceKind, PathBuf)>,
+    /// The line being written, kept between lines so its capacity is reused.
+    line: String,
 }
 
 /// Replaces what must not reach a path: separators, `..`, control characters.
@@ -121,6 +123,7 @@ impl Writer {
             index,
             written_before: HashMap::new(),
             last_path: None,
+            line: String::new(),
             stats,
             last_error_log: None,
         }
@@ -202,8 +205,14 @@ impl Writer {
             Some((o, kind, p)) if Arc::ptr_eq(&o, &msg.origin) && kind == msg.kind => p,
             _ => relative_path(msg),
         };
-        let len = msg.json.len() as u64 + 1;
-        let result = self.write_line(&rel, msg.json.as_bytes(), len);
+        let mut line = std::mem::take(&mut self.line);
+        line.clear();
+        msg.write_json(&mut line);
+        let len = line.len() as u64 + 1;
+        let result = self.write_line(&rel, line.as_bytes(), len);
+        if line.capacity() <= 64 << 10 {
+            self.line = line;
+        }
         match result {
             Ok(()) => {
                 self.stats.written.fetch_add(1, Ordering::Relaxed);
@@ -418,14 +427,14 @@ mod tests {
     use crate::message::{line_id, Draft, LabelValue, Level, Origin};
 
     fn msg(app: &str, service: &str, text: &str, ts: i64) -> Arc<LogMessage> {
-        let origin = Arc::new(Origin {
-            container_id: Arc::from("c0ffee"),
-            name: service.into(),
-            app_id: LabelValue::from_label(app),
-            service_name: service.into(),
-            service_id: None,
-            host: Arc::from("h"),
-        });
+        let origin = Arc::new(Origin::new(
+            Arc::from("c0ffee"),
+            service.into(),
+            LabelValue::from_label(app),
+            service.into(),
+            None,
+            Arc::from("h"),
+        ));
         let pos = Position { ts_ns: ts, seen: 1 };
         Arc::new(LogMessage::new(Draft {
             text: text.into(),

@@ -40,24 +40,10 @@ pub const MAX_PACKET: usize = 1 << 20;
 /// Connected but no acknowledgement for this long: treat the broker as away and spool.
 const STALL: Duration = Duration::from_secs(2);
 
-/// A message body: the stored JSON of a message, or a line read back from the spool.
-enum Json {
-    Msg(Arc<LogMessage>),
-    Text(String),
-}
-
-impl Json {
-    fn as_str(&self) -> &str {
-        match self {
-            Json::Msg(m) => &m.json,
-            Json::Text(t) => t,
-        }
-    }
-}
-
 /// One message inside a unit.
 struct Part {
-    json: Json,
+    /// The message's JSON, rendered when it came in or read back from the spool.
+    json: String,
     /// Its slot in the progress tracker (container messages with a position only).
     seq: Option<u64>,
     /// Where it sits in the spool, for messages read back from it.
@@ -264,12 +250,11 @@ impl Core {
         };
         // A message too large for one packet is cut to fit; anything smaller goes out whole,
         // alone when it does not fit a batch.
-        let json = if msg.json.len() + topic.len() + 4096 > MAX_PACKET {
-            Json::Text(cut(&msg.json, MAX_PACKET - topic.len() - 8192))
-        } else {
-            Json::Msg(msg)
-        };
-        let len = json.as_str().len();
+        let mut json = msg.json();
+        if json.len() + topic.len() + 4096 > MAX_PACKET {
+            json = cut(&json, MAX_PACKET - topic.len() - 8192);
+        }
+        let len = json.len();
         let part = Part {
             json,
             seq,
@@ -442,7 +427,7 @@ impl Core {
         for r in records {
             let len = r.json.len();
             let part = Part {
-                json: Json::Text(r.json),
+                json: r.json,
                 seq: None,
                 spool: Some((r.seg, r.end)),
             };

@@ -85,14 +85,14 @@ mod tests {
             ts_ns: 1_000,
             level,
             kind,
-            origin: Arc::new(Origin {
-                container_id: Arc::from("c1"),
-                name: service.into(),
-                app_id: LabelValue::from_label(app),
-                service_name: service.into(),
-                service_id: None,
-                host: Arc::from("pi"),
-            }),
+            origin: Arc::new(Origin::new(
+                Arc::from("c1"),
+                service.into(),
+                LabelValue::from_label(app),
+                service.into(),
+                None,
+                Arc::from("pi"),
+            )),
             is_stderr: false,
             truncated: false,
             position: Some(Position {
