@@ -321,34 +321,48 @@ impl LogMessage {
     /// Appends the message as one JSON object (SPEC §4), no trailing newline. The same message
     /// always gives the same bytes.
     pub fn write_json(&self, out: &mut String) {
+        out.reserve(self.json_len());
+        self.render(&mut |piece: &str| out.push_str(piece));
+    }
+
+    /// The length of [`LogMessage::write_json`]'s output, without making it.
+    pub fn json_len(&self) -> usize {
+        let mut len = 0;
+        self.render(&mut |piece: &str| len += piece.len());
+        len
+    }
+
+    /// Hands the JSON to `put` piece by piece; the one place that knows the shape.
+    fn render(&self, put: &mut impl FnMut(&str)) {
         let o = &self.origin;
-        out.reserve(self.lit.len() + o.ident_json.len() + o.host_json.len() + 160);
-        out.push_str("{\"id\":\"");
-        out.push_str(self.id());
-        out.push_str("\",\"message\":");
-        out.push_str(self.text_literal());
-        let _ = write!(out, ",\"timestamp\":{}", self.timestamp_ms());
-        out.push_str(",\"level\":\"");
-        out.push_str(self.level.as_str());
-        out.push_str("\",\"source\":{\"type\":\"");
-        out.push_str(self.kind.as_str());
-        out.push('"');
-        out.push_str(&o.ident_json);
-        out.push_str(if self.is_stderr {
+        put("{\"id\":\"");
+        put(self.id());
+        put("\",\"message\":");
+        put(self.text_literal());
+        put(",\"timestamp\":");
+        let mut digits = [0u8; 20];
+        put(decimal(self.timestamp_ms(), &mut digits));
+        put(",\"level\":\"");
+        put(self.level.as_str());
+        put("\",\"source\":{\"type\":\"");
+        put(self.kind.as_str());
+        put("\"");
+        put(&o.ident_json);
+        put(if self.is_stderr {
             ",\"isStdErr\":true"
         } else {
             ",\"isStdErr\":false"
         });
-        out.push_str(if self.kind == SourceKind::System {
+        put(if self.kind == SourceKind::System {
             ",\"isSystem\":true"
         } else {
             ",\"isSystem\":false"
         });
-        out.push_str(&o.host_json);
+        put(&o.host_json);
         if self.truncated {
-            out.push_str(",\"truncated\":true");
+            put(",\"truncated\":true");
         }
-        out.push('}');
+        put("}");
     }
 
     /// The message as one JSON object, no trailing newline.
@@ -357,6 +371,25 @@ impl LogMessage {
         self.write_json(&mut out);
         out
     }
+}
+
+/// `n` in decimal, written into the end of `buf` (20 bytes hold any i64).
+fn decimal(n: i64, buf: &mut [u8; 20]) -> &str {
+    let mut i = buf.len();
+    let mut v = n.unsigned_abs();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    if n < 0 {
+        i -= 1;
+        buf[i] = b'-';
+    }
+    std::str::from_utf8(&buf[i..]).unwrap_or("0")
 }
 
 /// Appends `s` as a JSON string literal.
@@ -460,7 +493,12 @@ mod tests {
         let mut twice = String::from("x");
         m.write_json(&mut twice);
         m.write_json(&mut twice);
-        assert_eq!(twice, format!("x{0}{0}", m.json()), "appends, same bytes every time");
+        assert_eq!(
+            twice,
+            format!("x{0}{0}", m.json()),
+            "appends, same bytes every time"
+        );
+        assert_eq!(m.json_len(), m.json().len());
         let quoted = LogMessage::new(Draft {
             id: "a\"b\\c\nd".into(),
             ..line_draft("t")
@@ -479,6 +517,15 @@ mod tests {
         assert_eq!(m.text(), text);
         assert_eq!(line("plain").text(), "plain");
         assert_eq!(m.id(), "3f2a9c1b7d0e-1696195200000123456-0");
+        assert_eq!(m.json_len(), m.json().len());
+    }
+
+    #[test]
+    fn decimals() {
+        let mut b = [0u8; 20];
+        for n in [0, 7, -7, 10, 1_696_195_200_000, i64::MAX, i64::MIN, -1_000] {
+            assert_eq!(decimal(n, &mut b), n.to_string());
+        }
     }
 
     #[test]

@@ -40,10 +40,39 @@ pub const MAX_PACKET: usize = 1 << 20;
 /// Connected but no acknowledgement for this long: treat the broker as away and spool.
 const STALL: Duration = Duration::from_secs(2);
 
+/// A message body: a message, rendered when it is sent or spooled, or JSON text (read back
+/// from the spool, or a message cut to fit a packet).
+enum Body {
+    Msg(Arc<LogMessage>),
+    Text(String),
+}
+
+impl Body {
+    fn len(&self) -> usize {
+        match self {
+            Body::Msg(m) => m.json_len(),
+            Body::Text(t) => t.len(),
+        }
+    }
+
+    fn write(&self, out: &mut String) {
+        match self {
+            Body::Msg(m) => m.write_json(out),
+            Body::Text(t) => out.push_str(t),
+        }
+    }
+
+    fn text(&self) -> std::borrow::Cow<'_, str> {
+        match self {
+            Body::Msg(m) => std::borrow::Cow::Owned(m.json()),
+            Body::Text(t) => std::borrow::Cow::Borrowed(t),
+        }
+    }
+}
+
 /// One message inside a unit.
 struct Part {
-    /// The message's JSON, rendered when it came in or read back from the spool.
-    json: String,
+    json: Body,
     /// Its slot in the progress tracker (container messages with a position only).
     seq: Option<u64>,
     /// Where it sits in the spool, for messages read back from it.
@@ -250,11 +279,12 @@ impl Core {
         };
         // A message too large for one packet is cut to fit; anything smaller goes out whole,
         // alone when it does not fit a batch.
-        let mut json = msg.json();
-        if json.len() + topic.len() + 4096 > MAX_PACKET {
-            json = cut(&json, MAX_PACKET - topic.len() - 8192);
+        let mut json = Body::Msg(msg);
+        let mut len = json.len();
+        if len + topic.len() + 4096 > MAX_PACKET {
+            json = Body::Text(cut(&json.text(), MAX_PACKET - topic.len() - 8192));
+            len = json.len();
         }
-        let len = json.len();
         let part = Part {
             json,
             seq,
@@ -356,11 +386,16 @@ impl Core {
         if units.is_empty() {
             return;
         }
-        let records = units.iter().flat_map(|u| {
-            u.parts
-                .iter()
-                .map(move |p| (u.topic.as_str(), p.json.as_str()))
-        });
+        // Only outages get here: rendering each message into its own string is fine.
+        let texts: Vec<(&str, std::borrow::Cow<'_, str>)> = units
+            .iter()
+            .flat_map(|u| {
+                u.parts
+                    .iter()
+                    .map(move |p| (u.topic.as_str(), p.json.text()))
+            })
+            .collect();
+        let records = texts.iter().map(|(t, j)| (*t, j.as_ref()));
         let result = if front {
             self.spool.prepend(records)
         } else {
@@ -427,7 +462,7 @@ impl Core {
         for r in records {
             let len = r.json.len();
             let part = Part {
-                json: r.json,
+                json: Body::Text(r.json),
                 seq: None,
                 spool: Some((r.seg, r.end)),
             };
@@ -503,11 +538,16 @@ impl Core {
             let (topic, payload) = if self.batch {
                 (
                     topic::batch_topic(&unit.topic),
-                    topic::batch_payload(unit.parts.iter().map(|p| p.json.as_str())),
+                    topic::batch_payload(unit.parts.len(), unit.bytes, |i, out| {
+                        unit.parts[i].json.write(out)
+                    }),
                 )
             } else {
-                let json = unit.parts.first().map(|p| p.json.as_str()).unwrap_or("");
-                (unit.topic.clone(), json.as_bytes().to_vec())
+                let mut json = String::with_capacity(unit.bytes);
+                if let Some(p) = unit.parts.first() {
+                    p.json.write(&mut json);
+                }
+                (unit.topic.clone(), json.into_bytes())
             };
             if !rumqttc::valid_topic(&topic) {
                 // Only a base topic with a wildcard gets here; config validation should stop it.

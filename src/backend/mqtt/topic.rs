@@ -1,8 +1,10 @@
 //! Topic names and payload shapes of SPEC §5: which topic a message goes to, how a topic level
-//! is sanitised and how a batch payload is built from the stored JSON strings.
+//! is sanitised and how a batch payload is built from the messages' JSON.
 //!
-//! Pure functions on strings only. This module never does I/O and never re-encodes a message:
-//! the payload of a single message is its stored JSON, byte for byte.
+//! Pure functions on strings only. This module never does I/O and never changes a message's
+//! JSON: the payload of a single message is `LogMessage::write_json`'s output, byte for byte.
+
+use std::fmt::Write as _;
 
 use crate::message::{LogMessage, SourceKind};
 
@@ -46,19 +48,23 @@ pub fn batch_overhead(count: usize) -> usize {
     r#"{"count":,"logs":[]}"#.len() + 20 + count
 }
 
-/// Builds `{"count":N,"logs":[json,json,…]}` from stored JSON objects, concatenated unchanged.
-pub fn batch_payload<'a>(jsons: impl ExactSizeIterator<Item = &'a str>) -> Vec<u8> {
-    let count = jsons.len();
-    let mut out = Vec::with_capacity(256 * count + 32);
-    out.extend_from_slice(format!("{{\"count\":{count},\"logs\":[").as_bytes());
-    for (i, j) in jsons.enumerate() {
+/// Builds `{"count":N,"logs":[json,json,…]}`: `write(i, out)` appends message `i`'s JSON object,
+/// unchanged; `bytes` is what the messages add up to.
+pub fn batch_payload(
+    count: usize,
+    bytes: usize,
+    mut write: impl FnMut(usize, &mut String),
+) -> Vec<u8> {
+    let mut out = String::with_capacity(bytes + batch_overhead(count));
+    let _ = write!(out, "{{\"count\":{count},\"logs\":[");
+    for i in 0..count {
         if i > 0 {
-            out.push(b',');
+            out.push(',');
         }
-        out.extend_from_slice(j.as_bytes());
+        write(i, &mut out);
     }
-    out.extend_from_slice(b"]}");
-    out
+    out.push_str("]}");
+    out.into_bytes()
 }
 
 /// The retained status payload of SPEC §5.
@@ -130,7 +136,7 @@ mod tests {
     fn batch_payload_shape() {
         let a = r#"{"id":"a"}"#;
         let b = r#"{"id":"b"}"#;
-        let p = batch_payload([a, b].into_iter());
+        let p = batch_payload(2, a.len() + b.len(), |i, out| out.push_str([a, b][i]));
         assert_eq!(p, br#"{"count":2,"logs":[{"id":"a"},{"id":"b"}]}"#);
         let v: serde_json::Value = serde_json::from_slice(&p).expect("valid json");
         assert_eq!(v["count"], 2);
