@@ -545,6 +545,45 @@ fn batches_by_count_and_by_interval() {
     stop(&b);
 }
 
+/// A lone line on a quiet topic sits in its batch for the interval; under a flood on another
+/// topic of the same container it goes early, so the resume cursor (and the agent's record of
+/// what waits for it) does not stay behind everything sent meanwhile.
+#[test]
+fn a_quiet_topic_batch_goes_early_under_a_flood() {
+    let dir = TempDir::new("batch-flood");
+    let port = free_port();
+    let _broker = Broker::start(dir.path(), port, "");
+    let sub = subscribe(port, &["container-manager/logs/+/+/error/#"]);
+    let c = cfg(
+        port,
+        &[
+            ("MQTT_BATCH", "true"),
+            ("MQTT_BATCH_MAX", "50"),
+            ("MQTT_BATCH_INTERVAL_MS", "60000"),
+            ("MQTT_QOS", "1"),
+        ],
+    );
+    let (b, progress) = start(&c, dir.path());
+    let o = origin("1001", "web", "c-web");
+    let t0 = Instant::now();
+    b.log(&line(&o, 0, Level::Error, "the quiet one"));
+    let flood: Vec<_> = (1..=10_000)
+        .map(|n| line(&o, n, Level::Info, "x"))
+        .collect();
+    b.log_many(&flood);
+    let got = sub.take(1, Duration::from_secs(20));
+    assert_eq!(got.len(), 1, "the error batch went out before its interval");
+    assert!(t0.elapsed() < Duration::from_secs(20));
+    let v = json(&got[0]);
+    assert_eq!(v["count"], 1);
+    assert_eq!(v["logs"][0]["message"], "the quiet one");
+    let cid: Arc<str> = Arc::from("c-web");
+    wait_for("the cursor to reach the flood's end", Duration::from_secs(20), || {
+        progress.safe().get(&cid) == Some(&pos(10_000))
+    });
+    stop(&b);
+}
+
 #[test]
 fn retained_status_and_clean_offline() {
     let dir = TempDir::new("status");

@@ -37,6 +37,10 @@ const MAX_INFLIGHT_BYTES: usize = 512 << 10;
 pub const PAYLOAD_CAP: usize = 256 << 10;
 /// The MQTT packet size limit we set on the client.
 pub const MAX_PACKET: usize = 1 << 20;
+/// Container messages the tracker holds before the open batch that holds the oldest of them
+/// back is sent early: a slow topic's batch must not make the tracker grow with everything the
+/// fast topics send during its interval.
+const TRACKER_SOFT_MAX: usize = 4096;
 /// Connected but no acknowledgement for this long: treat the broker as away and spool.
 const STALL: Duration = Duration::from_secs(2);
 
@@ -133,6 +137,10 @@ impl Tracker {
         }
     }
 
+    fn len(&self) -> usize {
+        self.slots.len()
+    }
+
     fn report(&mut self, progress: &Progress, index: usize) {
         let mut last: Option<(Arc<str>, Position)> = None;
         while self.slots.front().is_some_and(|s| s.2) {
@@ -148,6 +156,12 @@ impl Tracker {
         }
         if let Some((c, p)) = last {
             progress.taken(index, &c, p);
+        }
+        // After a burst, give back what it grew to.
+        if self.slots.capacity() > 2 * TRACKER_SOFT_MAX
+            && self.slots.len() < self.slots.capacity() / 4
+        {
+            self.slots.shrink_to(self.slots.len() * 2);
         }
     }
 }
@@ -332,13 +346,18 @@ impl Core {
         }
     }
 
-    /// Closes open batches whose interval has passed (all of them when `all`).
+    /// Closes open batches whose interval has passed (all of them when `all`), and those whose
+    /// oldest container message holds more than [`TRACKER_SOFT_MAX`] newer ones back.
     pub fn close_batches(&mut self, now: Instant, all: bool) {
         let interval = self.batch_interval;
+        let holding_back = (self.tracker.len() > TRACKER_SOFT_MAX)
+            .then(|| self.tracker.base + (self.tracker.len() - TRACKER_SOFT_MAX / 2) as u64);
         let mut due: Vec<Open> = Vec::new();
         let mut i = 0;
         while i < self.open.len() {
-            if all || self.open[i].since + interval <= now {
+            let oldest = self.open[i].unit.parts.iter().find_map(|p| p.seq);
+            let blocking = holding_back.is_some_and(|limit| oldest.is_some_and(|s| s < limit));
+            if all || blocking || self.open[i].since + interval <= now {
                 due.push(self.open.remove(i));
             } else {
                 i += 1;
