@@ -653,6 +653,21 @@ mod tests {
     }
 
     #[test]
+    fn response_heads_larger_than_the_read_buffer() {
+        // A proxy may add long headers: up to MAX_HEAD_BYTES the buffer grows to hold them.
+        let pad = format!("X-Pad: {}\r\n", "p".repeat(3 * transport::BUF_BYTES));
+        let response =
+            format!("HTTP/1.1 200 OK\r\n{pad}Content-Length: 5\r\nConnection: close\r\n\r\nhello");
+        let (conn, _) = fake_engine(vec![(0, response.into_bytes())]);
+        let (head, body) = get_on(conn, "/x").unwrap();
+        assert_eq!((head.status, body.as_slice()), (200, &b"hello"[..]));
+        let pad = format!("X-Pad: {}\r\n", "p".repeat(http::MAX_HEAD_BYTES));
+        let response = format!("HTTP/1.1 200 OK\r\n{pad}\r\n");
+        let (conn, _) = fake_engine(vec![(0, response.into_bytes())]);
+        assert!(get_on(conn, "/x").is_err(), "beyond the limit: an error");
+    }
+
+    #[test]
     fn follows_recorded_events() {
         let (conn, _) = fake_engine(vec![(0, EVENTS.to_vec())]);
         let (reader, body) = open_on(conn, "/v1.41/events").unwrap();

@@ -14,8 +14,10 @@ use std::time::Duration;
 use super::http::{parse_head, Head, MAX_HEAD_BYTES};
 use super::Error;
 
-/// The read buffer of a connection; reused for every read.
-pub const BUF_BYTES: usize = 64 * 1024;
+/// The read buffer of a connection; reused for every read. One per followed container, so it
+/// is small: 16 KiB is 160 lines of 100 bytes per read. A response head larger than this grows
+/// it (up to `MAX_HEAD_BYTES`).
+pub const BUF_BYTES: usize = 16 * 1024;
 
 /// Where the engine listens.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -164,7 +166,7 @@ impl Closer {
 pub struct Reader {
     conn: Conn,
     closer: Closer,
-    buf: Box<[u8]>,
+    buf: Vec<u8>,
     /// Body bytes already read along with the head, at the start of `buf`.
     leftover: usize,
     /// The read timeout currently set on the socket, so it is only changed when it changes.
@@ -188,14 +190,17 @@ impl Reader {
         let mut reader = Reader {
             conn,
             closer,
-            buf: vec![0; BUF_BYTES.max(MAX_HEAD_BYTES + 1)].into_boxed_slice(),
+            buf: vec![0; BUF_BYTES],
             leftover: 0,
             timeout: Some(timeout),
         };
         let mut end = 0;
         loop {
             if end == reader.buf.len() {
-                return Err(Error::Protocol("response head too large".into()));
+                if end > MAX_HEAD_BYTES {
+                    return Err(Error::Protocol("response head too large".into()));
+                }
+                reader.buf.resize((2 * end).min(MAX_HEAD_BYTES + 1), 0);
             }
             let n = match reader.conn.read(&mut reader.buf[end..]) {
                 Ok(0) => {

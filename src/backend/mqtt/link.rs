@@ -9,7 +9,7 @@
 //! socket (QoS 0). This module never blocks: it calls only `try_publish` on the client, and it
 //! never sleeps; the threads in `mod.rs` do the waiting.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -37,10 +37,6 @@ const MAX_INFLIGHT_BYTES: usize = 512 << 10;
 pub const PAYLOAD_CAP: usize = 256 << 10;
 /// The MQTT packet size limit we set on the client.
 pub const MAX_PACKET: usize = 1 << 20;
-/// Container messages the tracker holds before the open batch that holds the oldest of them
-/// back is sent early: a slow topic's batch must not make the tracker grow with everything the
-/// fast topics send during its interval.
-const TRACKER_SOFT_MAX: usize = 4096;
 /// Connected but no acknowledgement for this long: treat the broker as away and spool.
 const STALL: Duration = Duration::from_secs(2);
 
@@ -78,7 +74,7 @@ impl Body {
 struct Part {
     json: Body,
     /// Its slot in the progress tracker (container messages with a position only).
-    seq: Option<u64>,
+    seq: Option<Seq>,
     /// Where it sits in the spool, for messages read back from it.
     spool: Option<(u64, u64)>,
 }
@@ -116,52 +112,99 @@ pub struct Counters {
     pub reconnects: u64,
 }
 
-/// Which positions may be reported: a position is reported only once every earlier container
-/// message (in intake order) is acknowledged or spooled.
+/// Which positions may be reported: a container's position is reported only once every earlier
+/// message of that container (in intake order) is acknowledged or spooled. One lane per
+/// container, so a batch that waits for its interval holds back its own container's cursor
+/// only, and the lanes hold no more than what is waiting or in flight.
 struct Tracker {
+    lanes: HashMap<Arc<str>, Lane>,
+    /// Lanes whose front may have been taken since the last report.
+    dirty: Vec<Arc<str>>,
+    /// Empty lanes are dropped when there are more lanes than this.
+    prune_at: usize,
+}
+
+#[derive(Default)]
+struct Lane {
+    /// The seq of the first slot.
     base: u64,
-    slots: VecDeque<(Arc<str>, Position, bool)>,
+    /// Positions in intake order, and whether each is taken.
+    slots: VecDeque<(Position, bool)>,
+}
+
+/// A container message's place in the tracker.
+#[derive(Clone)]
+struct Seq {
+    container: Arc<str>,
+    n: u64,
+}
+
+/// Empty lanes are dropped once there are more than this many (containers come and go).
+const IDLE_LANES: usize = 64;
+
+impl Default for Tracker {
+    fn default() -> Tracker {
+        Tracker {
+            lanes: HashMap::new(),
+            dirty: Vec::new(),
+            prune_at: IDLE_LANES,
+        }
+    }
 }
 
 impl Tracker {
-    fn push(&mut self, container: Arc<str>, pos: Position) -> u64 {
-        self.slots.push_back((container, pos, false));
-        self.base + self.slots.len() as u64 - 1
+    fn push(&mut self, container: Arc<str>, pos: Position) -> Seq {
+        let lane = self.lanes.entry(container.clone()).or_default();
+        lane.slots.push_back((pos, false));
+        Seq {
+            container,
+            n: lane.base + lane.slots.len() as u64 - 1,
+        }
     }
 
-    fn take(&mut self, seq: u64) {
-        if let Some(i) = seq.checked_sub(self.base) {
-            if let Some(s) = self.slots.get_mut(i as usize) {
-                s.2 = true;
+    fn take(&mut self, seq: &Seq) {
+        let Some(lane) = self.lanes.get_mut(&seq.container) else {
+            return;
+        };
+        let Some(i) = seq.n.checked_sub(lane.base) else {
+            return;
+        };
+        if let Some(s) = lane.slots.get_mut(i as usize) {
+            s.1 = true;
+            if i == 0 && self.dirty.last() != Some(&seq.container) {
+                self.dirty.push(seq.container.clone());
             }
         }
     }
 
+    /// Messages tracked, over all containers.
+    #[cfg(test)]
     fn len(&self) -> usize {
-        self.slots.len()
+        self.lanes.values().map(|l| l.slots.len()).sum()
     }
 
     fn report(&mut self, progress: &Progress, index: usize) {
-        let mut last: Option<(Arc<str>, Position)> = None;
-        while self.slots.front().is_some_and(|s| s.2) {
-            if let Some((c, p, _)) = self.slots.pop_front() {
-                self.base += 1;
-                if let Some((lc, lp)) = &last {
-                    if *lc != c {
-                        progress.taken(index, lc, *lp);
-                    }
-                }
-                last = Some((c, p));
+        for c in self.dirty.drain(..) {
+            let Some(lane) = self.lanes.get_mut(&c) else {
+                continue;
+            };
+            let mut last = None;
+            while lane.slots.front().is_some_and(|s| s.1) {
+                last = lane.slots.pop_front().map(|s| s.0);
+                lane.base += 1;
+            }
+            if let Some(p) = last {
+                progress.taken(index, &c, p);
+            }
+            // After a burst, give back what it grew to.
+            if lane.slots.capacity() > 1024 && lane.slots.len() < lane.slots.capacity() / 4 {
+                lane.slots.shrink_to(lane.slots.len() * 2);
             }
         }
-        if let Some((c, p)) = last {
-            progress.taken(index, &c, p);
-        }
-        // After a burst, give back what it grew to.
-        if self.slots.capacity() > 2 * TRACKER_SOFT_MAX
-            && self.slots.len() < self.slots.capacity() / 4
-        {
-            self.slots.shrink_to(self.slots.len() * 2);
+        if self.lanes.len() > self.prune_at {
+            // No seq of an empty lane is outstanding, so a new lane may start again at 0.
+            self.lanes.retain(|_, l| !l.slots.is_empty());
+            self.prune_at = IDLE_LANES.max(2 * self.lanes.len());
         }
     }
 }
@@ -234,10 +277,7 @@ impl Core {
             spool,
             inflight: VecDeque::new(),
             inflight_bytes: 0,
-            tracker: Tracker {
-                base: 0,
-                slots: VecDeque::new(),
-            },
+            tracker: Tracker::default(),
             connected: false,
             ever_connected: false,
             stopping: false,
@@ -346,18 +386,13 @@ impl Core {
         }
     }
 
-    /// Closes open batches whose interval has passed (all of them when `all`), and those whose
-    /// oldest container message holds more than [`TRACKER_SOFT_MAX`] newer ones back.
+    /// Closes open batches whose interval has passed (all of them when `all`).
     pub fn close_batches(&mut self, now: Instant, all: bool) {
         let interval = self.batch_interval;
-        let holding_back = (self.tracker.len() > TRACKER_SOFT_MAX)
-            .then(|| self.tracker.base + (self.tracker.len() - TRACKER_SOFT_MAX / 2) as u64);
         let mut due: Vec<Open> = Vec::new();
         let mut i = 0;
         while i < self.open.len() {
-            let oldest = self.open[i].unit.parts.iter().find_map(|p| p.seq);
-            let blocking = holding_back.is_some_and(|limit| oldest.is_some_and(|s| s < limit));
-            if all || blocking || self.open[i].since + interval <= now {
+            if all || self.open[i].since + interval <= now {
                 due.push(self.open.remove(i));
             } else {
                 i += 1;
@@ -440,7 +475,7 @@ impl Core {
             self.waiting_msgs -= u.parts.len();
             self.waiting_bytes -= u.bytes;
             for p in &u.parts {
-                if let Some(seq) = p.seq {
+                if let Some(seq) = &p.seq {
                     self.tracker.take(seq);
                 }
             }
@@ -609,7 +644,7 @@ impl Core {
     /// Marks a unit's messages as done for progress and the spool.
     fn settle_unit(&mut self, unit: &Unit) {
         for p in &unit.parts {
-            if let Some(seq) = p.seq {
+            if let Some(seq) = &p.seq {
                 self.tracker.take(seq);
             }
             if let Some((seg, end)) = p.spool {
@@ -774,19 +809,48 @@ mod tests {
     #[test]
     fn tracker_reports_in_order() {
         let p = Progress::new(1);
-        let mut t = Tracker {
-            base: 0,
-            slots: VecDeque::new(),
-        };
+        let mut t = Tracker::default();
         let c: Arc<str> = Arc::from("c");
+        let d: Arc<str> = Arc::from("d");
         let pos = |n| Position { ts_ns: n, seen: 1 };
         let a = t.push(c.clone(), pos(1));
         let b = t.push(c.clone(), pos(2));
-        t.take(b);
+        let other: Vec<Seq> = (10..20).map(|n| t.push(d.clone(), pos(n))).collect();
+        t.take(&b);
+        for s in &other {
+            t.take(s);
+        }
         t.report(&p, 0);
         assert_eq!(p.safe().get(&c), None, "1 is still only in memory");
-        t.take(a);
+        assert_eq!(
+            p.safe().get(&d),
+            Some(&pos(19)),
+            "another container's cursor is not held back"
+        );
+        assert_eq!(t.len(), 2);
+        t.take(&a);
         t.report(&p, 0);
         assert_eq!(p.safe().get(&c), Some(&pos(2)));
+        assert_eq!(t.len(), 0);
+    }
+
+    #[test]
+    fn tracker_forgets_empty_lanes_of_gone_containers() {
+        let p = Progress::new(1);
+        let mut t = Tracker::default();
+        for i in 0..=IDLE_LANES {
+            let s = t.push(Arc::from(format!("c{i}")), Position { ts_ns: 1, seen: 1 });
+            t.take(&s);
+        }
+        let held = t.push(Arc::from("busy"), Position { ts_ns: 1, seen: 1 });
+        t.report(&p, 0);
+        assert_eq!(
+            t.lanes.len(),
+            1,
+            "only the lane with a message waiting is kept"
+        );
+        t.take(&held);
+        t.report(&p, 0);
+        assert_eq!(p.safe().len(), IDLE_LANES + 2);
     }
 }
