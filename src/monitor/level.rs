@@ -66,19 +66,15 @@ fn syslog_prefix(t: &str) -> Option<Level> {
 }
 
 fn logfmt_level(t: &str) -> Option<Level> {
-    // Only within the first few fields: `ts=… level=warn msg=…`.
+    // Only within the first few fields: `ts=… level=warn msg=…`. One pass over the `=` signs
+    // (most lines have none), each checked for a key that starts a field.
     let head = &t[..floor_char_boundary(t, 160)];
-    for key in ["level=", "lvl=", "severity="] {
-        let mut from = 0;
-        while let Some(i) = head[from..].find(key) {
-            let at = from + i;
-            let boundary = at == 0 || head.as_bytes()[at - 1] == b' ';
-            if boundary {
-                let v = head[at + key.len()..].trim_start_matches('"');
-                let end = v.find([' ', '"']).unwrap_or(v.len());
-                return Level::parse_name(&v[..end]);
-            }
-            from = at + key.len();
+    for (eq, _) in head.match_indices('=') {
+        let key = &head[head[..eq].rfind(' ').map_or(0, |s| s + 1)..eq];
+        if matches!(key, "level" | "lvl" | "severity") {
+            let v = head[eq + 1..].trim_start_matches('"');
+            let end = v.find([' ', '"']).unwrap_or(v.len());
+            return Level::parse_name(&v[..end]);
         }
     }
     None
@@ -175,6 +171,10 @@ mod tests {
             ("<", None),
             ("{", None),
             ("é level=warn", Some(Level::Warn)),
+            ("a=b lvl=info", Some(Level::Info)),
+            ("msg=a=b severity=error", Some(Level::Error)),
+            ("ts=1 app.level=warn msg=x", None),
+            ("msg=\"level=warn\" x", None),
         ];
         for (line, want) in cases {
             assert_eq!(detect(line), *want, "{line:?}");

@@ -187,7 +187,9 @@ struct Pending {
     level: Level,
     is_stderr: bool,
     truncated: bool,
-    at: Instant,
+    /// When the last line joined it; only kept with `MULTILINE=auto` (a clock read per line
+    /// costs otherwise).
+    at: Option<Instant>,
 }
 
 /// Token bucket for `RATE_LIMIT_LINES`/`RATE_LIMIT_BURST`.
@@ -231,6 +233,18 @@ struct Lines<'a> {
     last: Option<Position>,
     /// Messages made but not yet handed to the backends.
     out: Vec<Arc<LogMessage>>,
+    /// Counted since the last [`Lines::send`], added to the shared counters there: one update
+    /// per read, not per line, of counters all readers share.
+    counted: Counted,
+}
+
+#[derive(Default)]
+struct Counted {
+    lines: u64,
+    bytes: u64,
+    truncated: u64,
+    invalid_utf8: u64,
+    last_line_ms: Option<i64>,
 }
 
 impl<'a> Lines<'a> {
@@ -260,6 +274,7 @@ impl<'a> Lines<'a> {
             suppressed_since: Instant::now(),
             last: None,
             out: Vec::with_capacity(BATCH),
+            counted: Counted::default(),
         }
     }
 
@@ -322,21 +337,14 @@ impl<'a> Lines<'a> {
                 return;
             }
         }
-        Stats::add(&stats.lines_read, 1);
-        Stats::add(&stats.bytes_read, l.bytes.len() as u64);
-        if l.truncated {
-            Stats::add(&stats.truncated, 1);
-        }
-        {
-            let mut v = self.slot.view.lock().unwrap_or_else(|p| p.into_inner());
-            v.lines += 1;
-            v.last_line_ms = Some(l.ts_ns.div_euclid(1_000_000));
-        }
+        let c = &mut self.counted;
+        c.lines += 1;
+        c.bytes += l.bytes.len() as u64;
+        c.truncated += u64::from(l.truncated);
+        c.last_line_ms = Some(l.ts_ns.div_euclid(1_000_000));
         self.last = Some(pos.max(self.last.unwrap_or_default()));
         let (text, replaced) = text_of(l.bytes);
-        if replaced {
-            Stats::add(&stats.invalid_utf8, 1);
-        }
+        c.invalid_utf8 += u64::from(replaced);
         let is_stderr = l.stream == StreamKind::Stderr;
         let cfg = &self.shared.cfg;
         if cfg.multiline {
@@ -350,7 +358,7 @@ impl<'a> Lines<'a> {
                     }
                     p.truncated |= l.truncated;
                     p.last = pos;
-                    p.at = Instant::now();
+                    p.at = Some(Instant::now());
                     return;
                 }
             }
@@ -368,7 +376,7 @@ impl<'a> Lines<'a> {
             level,
             is_stderr,
             truncated: l.truncated,
-            at: Instant::now(),
+            at: cfg.multiline.then(Instant::now),
         };
         if cfg.multiline {
             self.pending = Some(p);
@@ -386,6 +394,9 @@ impl<'a> Lines<'a> {
     fn emit(&mut self, p: Pending) {
         if let Some(b) = self.bucket.as_mut() {
             if p.level != Level::Error && !b.allow() {
+                if self.suppressed == 0 {
+                    self.suppressed_since = Instant::now();
+                }
                 self.suppressed += 1;
                 Stats::add(&self.shared.stats.suppressed, 1);
                 self.report_suppressed(false);
@@ -407,15 +418,25 @@ impl<'a> Lines<'a> {
         self.out.push(Arc::new(msg));
     }
 
-    /// Hands the messages made so far to the backends.
+    /// Hands the messages made so far to the backends, and the counts to the shared counters.
     fn send(&mut self) {
         self.shared.deliver_many(&self.out);
         self.out.clear();
+        let c = std::mem::take(&mut self.counted);
+        if c.lines > 0 {
+            let stats = &self.shared.stats;
+            Stats::add(&stats.lines_read, c.lines);
+            Stats::add(&stats.bytes_read, c.bytes);
+            Stats::add(&stats.truncated, c.truncated);
+            Stats::add(&stats.invalid_utf8, c.invalid_utf8);
+            let mut v = self.slot.view.lock().unwrap_or_else(|p| p.into_inner());
+            v.lines += c.lines;
+            v.last_line_ms = c.last_line_ms;
+        }
     }
 
     fn report_suppressed(&mut self, now: bool) {
         if self.suppressed == 0 {
-            self.suppressed_since = Instant::now();
             return;
         }
         if now || self.suppressed_since.elapsed() >= SUPPRESS_REPORT {
@@ -437,7 +458,7 @@ impl<'a> Lines<'a> {
         if self
             .pending
             .as_ref()
-            .is_some_and(|p| p.at.elapsed() >= MULTILINE_QUIET)
+            .is_some_and(|p| p.at.is_none_or(|at| at.elapsed() >= MULTILINE_QUIET))
         {
             self.flush_pending();
         }

@@ -78,6 +78,13 @@ pub struct Writer {
     last_path: Option<(Arc<Origin>, SourceKind, PathBuf)>,
     /// The line being written, kept between lines so its capacity is reused.
     line: String,
+    /// The container of the last line taken and its position, not yet in `unflushed`: lines
+    /// come in runs from one container, so the table is updated once per run.
+    run: Option<(Arc<Origin>, Position)>,
+    /// Lines and bytes written since the counters were last updated (once per command).
+    written: (u64, u64),
+    /// Whether the last write succeeded: clears `failing` once the command is done.
+    last_write_ok: bool,
 }
 
 /// Replaces what must not reach a path: separators, `..`, control characters.
@@ -124,6 +131,9 @@ impl Writer {
             written_before: HashMap::new(),
             last_path: None,
             line: String::new(),
+            run: None,
+            written: (0, 0),
+            last_write_ok: true,
             stats,
             last_error_log: None,
         }
@@ -157,6 +167,18 @@ impl Writer {
     }
 
     fn handle(&mut self, cmd: Cmd) {
+        self.handle_one(cmd);
+        let (lines, bytes) = std::mem::take(&mut self.written);
+        if lines > 0 {
+            self.stats.written.fetch_add(lines, Ordering::Relaxed);
+            self.stats.bytes.fetch_add(bytes, Ordering::Relaxed);
+            if self.last_write_ok && self.stats.failing.load(Ordering::Relaxed) {
+                self.stats.failing.store(false, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn handle_one(&mut self, cmd: Cmd) {
         match cmd {
             Cmd::Write(msg) => self.write(&msg),
             Cmd::WriteMany(msgs) => {
@@ -196,9 +218,7 @@ impl Writer {
 
     fn write(&mut self, msg: &LogMessage) {
         if self.already_written(msg) {
-            if let Some(pos) = msg.position {
-                self.unflushed.insert(msg.origin.container_id.clone(), pos);
-            }
+            self.taken(msg);
             return;
         }
         let rel = match self.last_path.take() {
@@ -215,20 +235,38 @@ impl Writer {
         }
         match result {
             Ok(()) => {
-                self.stats.written.fetch_add(1, Ordering::Relaxed);
-                self.stats.bytes.fetch_add(len, Ordering::Relaxed);
-                self.stats.failing.store(false, Ordering::Relaxed);
+                self.written.0 += 1;
+                self.written.1 += len;
+                self.last_write_ok = true;
             }
-            Err(e) => self.failed(&rel, e),
+            Err(e) => {
+                self.last_write_ok = false;
+                self.failed(&rel, e);
+            }
         }
         self.last_path = Some((msg.origin.clone(), msg.kind, rel));
         // A line we could not write is still reported taken: it lives on in the ring and in
         // MQTT, and holding the cursor back would only duplicate it everywhere else later.
-        if let Some(pos) = msg.position {
-            let entry = self
-                .unflushed
-                .entry(msg.origin.container_id.clone())
-                .or_default();
+        self.taken(msg);
+    }
+
+    /// Notes a container line as taken; reported to `Progress` at the next flush.
+    fn taken(&mut self, msg: &LogMessage) {
+        let Some(pos) = msg.position else {
+            return;
+        };
+        match &mut self.run {
+            Some((o, p)) if Arc::ptr_eq(o, &msg.origin) => *p = pos.max(*p),
+            _ => {
+                self.end_run();
+                self.run = Some((msg.origin.clone(), pos));
+            }
+        }
+    }
+
+    fn end_run(&mut self) {
+        if let Some((o, pos)) = self.run.take() {
+            let entry = self.unflushed.entry(o.container_id.clone()).or_default();
             if pos > *entry {
                 *entry = pos;
             }
@@ -236,6 +274,15 @@ impl Writer {
     }
 
     fn write_line(&mut self, rel: &Path, json: &[u8], len: u64) -> io::Result<()> {
+        // The common case, one lookup: the file is open and the line fits.
+        if let Some(f) = self.files.get_mut(rel) {
+            if f.size == 0 || f.size + len <= self.settings.max_bytes {
+                f.out.write_all(json)?;
+                f.out.write_all(b"\n")?;
+                f.size += len;
+                return Ok(());
+            }
+        }
         let needs_rotation = self
             .files
             .get(rel)
@@ -330,6 +377,7 @@ impl Writer {
             self.files.remove(&rel);
             self.failed(&rel, e);
         }
+        self.end_run();
         for (container, pos) in self.unflushed.drain() {
             self.progress.taken(self.index, &container, pos);
         }

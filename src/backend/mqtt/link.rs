@@ -19,7 +19,7 @@ use super::spool::Spool;
 use super::topic;
 use crate::backend::Progress;
 use crate::config::MqttConfig;
-use crate::message::{LogMessage, Position, SourceKind};
+use crate::message::{Level, LogMessage, Origin, Position, SourceKind};
 
 /// Messages kept in memory (retry, memory queue, open batches) before the spool takes over.
 /// Sized for a Pi: `make bench` saw no loss of throughput against 4096 messages / 4 MiB.
@@ -81,8 +81,8 @@ struct Part {
 
 /// One MQTT publish: a single message or a batch, all on one topic.
 struct Unit {
-    /// The message topic, without `/batch`.
-    topic: String,
+    /// The message topic, without `/batch`; shared by the units of one topic.
+    topic: Arc<str>,
     parts: Vec<Part>,
     bytes: usize,
     from_spool: bool,
@@ -231,6 +231,10 @@ pub struct Core {
     inflight: VecDeque<Sent>,
     inflight_bytes: usize,
     tracker: Tracker,
+    /// The topic of the last message taken in, and what it was made from: consecutive
+    /// messages mostly share it, and sanitising and formatting it per message showed up in
+    /// profiles.
+    last_topic: Option<(Arc<Origin>, Level, SourceKind, Arc<str>)>,
 
     pub connected: bool,
     pub ever_connected: bool,
@@ -278,6 +282,7 @@ impl Core {
             inflight: VecDeque::new(),
             inflight_bytes: 0,
             tracker: Tracker::default(),
+            last_topic: None,
             connected: false,
             ever_connected: false,
             stopping: false,
@@ -324,7 +329,18 @@ impl Core {
 
     /// Takes one message in.
     pub fn intake(&mut self, msg: Arc<LogMessage>, now: Instant) {
-        let topic = topic::topic_for(&self.base_topic, &msg);
+        let topic = match &self.last_topic {
+            Some((o, level, kind, t))
+                if Arc::ptr_eq(o, &msg.origin) && *level == msg.level && *kind == msg.kind =>
+            {
+                t.clone()
+            }
+            _ => {
+                let t: Arc<str> = Arc::from(topic::topic_for(&self.base_topic, &msg));
+                self.last_topic = Some((msg.origin.clone(), msg.level, msg.kind, t.clone()));
+                t
+            }
+        };
         let seq = match (msg.kind, msg.position) {
             (SourceKind::Container, Some(pos)) => {
                 Some(self.tracker.push(msg.origin.container_id.clone(), pos))
@@ -443,11 +459,7 @@ impl Core {
         // Only outages get here: rendering each message into its own string is fine.
         let texts: Vec<(&str, std::borrow::Cow<'_, str>)> = units
             .iter()
-            .flat_map(|u| {
-                u.parts
-                    .iter()
-                    .map(move |p| (u.topic.as_str(), p.json.text()))
-            })
+            .flat_map(|u| u.parts.iter().map(move |p| (&*u.topic, p.json.text())))
             .collect();
         let records = texts.iter().map(|(t, j)| (*t, j.as_ref()));
         let result = if front {
@@ -523,7 +535,7 @@ impl Core {
             if self.batch {
                 let cap = PAYLOAD_CAP - topic::batch_overhead(self.batch_max) - r.topic.len();
                 if let Some(last) = self.replay.back_mut() {
-                    if last.topic == r.topic
+                    if *last.topic == *r.topic
                         && last.parts.len() < self.batch_max
                         && last.bytes + len <= cap
                     {
@@ -534,7 +546,7 @@ impl Core {
                 }
             }
             self.replay.push_back(Unit {
-                topic: r.topic,
+                topic: Arc::from(r.topic),
                 parts: vec![part],
                 bytes: len,
                 from_spool: true,
@@ -601,7 +613,7 @@ impl Core {
                 if let Some(p) = unit.parts.first() {
                     p.json.write(&mut json);
                 }
-                (unit.topic.clone(), json.into_bytes())
+                (unit.topic.to_string(), json.into_bytes())
             };
             if !rumqttc::valid_topic(&topic) {
                 // Only a base topic with a wildcard gets here; config validation should stop it.

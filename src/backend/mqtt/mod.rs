@@ -33,8 +33,11 @@ use super::{Backend, Progress};
 use crate::config::MqttConfig;
 use crate::message::LogMessage;
 
-/// Messages waiting between `log()` and the publisher.
-const CHANNEL: usize = 256;
+/// Groups of messages (a reader's lines of one read, up to 64) waiting between `log_many()`
+/// and the publisher: one send and one wake-up per group, not per message.
+const CHANNEL: usize = 8;
+/// Messages the publisher takes in under one lock.
+const INTAKE: usize = 256;
 /// rumqttc's own in-flight window (packet ids 1..N).
 const CLIENT_INFLIGHT: u16 = 200;
 /// The client's request channel: more than our window, the status and the disconnect.
@@ -118,7 +121,7 @@ impl Shared {
 
 /// The MQTT backend; see the module documentation.
 pub struct MqttBackend {
-    tx: Sender<Arc<LogMessage>>,
+    tx: Sender<Vec<Arc<LogMessage>>>,
     stop_pub: Sender<()>,
     stop_conn: Sender<()>,
     stopped: AtomicBool,
@@ -218,11 +221,11 @@ impl MqttBackend {
 fn run_pub(
     shared: &Shared,
     client: &Client,
-    rx: &Receiver<Arc<LogMessage>>,
+    rx: &Receiver<Vec<Arc<LogMessage>>>,
     wake_rx: &Receiver<()>,
     stop_rx: &Receiver<()>,
 ) {
-    let mut got: Vec<Arc<LogMessage>> = Vec::with_capacity(256);
+    let mut got: Vec<Arc<LogMessage>> = Vec::with_capacity(INTAKE);
     loop {
         let now = Instant::now();
         let (accept, deadline) = {
@@ -237,16 +240,16 @@ fn run_pub(
         if accept {
             select! {
                 recv(rx) -> m => match m {
-                    Ok(m) => got.push(m),
+                    Ok(m) => got.extend(m),
                     Err(_) => stop = true,
                 },
                 recv(stop_rx) -> _ => stop = true,
                 recv(wake_rx) -> _ => {}
                 default(timeout) => {}
             }
-            while got.len() < 256 {
+            while got.len() < INTAKE {
                 match rx.try_recv() {
-                    Ok(m) => got.push(m),
+                    Ok(m) => got.extend(m),
                     Err(_) => break,
                 }
             }
@@ -277,15 +280,17 @@ fn run_pub(
 fn shutdown_pub(
     shared: &Shared,
     client: &Client,
-    rx: &Receiver<Arc<LogMessage>>,
+    rx: &Receiver<Vec<Arc<LogMessage>>>,
     wake_rx: &Receiver<()>,
 ) {
     let deadline = Instant::now() + ACK_WAIT;
     {
         let mut core = shared.lock();
         let now = Instant::now();
-        while let Ok(m) = rx.try_recv() {
-            core.intake(m, now);
+        while let Ok(msgs) = rx.try_recv() {
+            for m in msgs {
+                core.intake(m, now);
+            }
         }
         core.close_batches(now, true);
         core.draining = true;
@@ -409,7 +414,14 @@ impl Backend for MqttBackend {
         if self.stopped.load(Ordering::Relaxed) {
             return;
         }
-        let _ = self.tx.send(msg.clone());
+        let _ = self.tx.send(vec![msg.clone()]);
+    }
+
+    fn log_many(&self, msgs: &[Arc<LogMessage>]) {
+        if self.stopped.load(Ordering::Relaxed) || msgs.is_empty() {
+            return;
+        }
+        let _ = self.tx.send(msgs.to_vec());
     }
 
     fn shutdown(&self) {
