@@ -14,10 +14,13 @@ use std::time::Duration;
 use super::http::{parse_head, Head, MAX_HEAD_BYTES};
 use super::Error;
 
-/// The read buffer of a connection; reused for every read. One per followed container, so it
-/// is small: 16 KiB is 160 lines of 100 bytes per read. A response head larger than this grows
-/// it (up to `MAX_HEAD_BYTES`).
+/// The read buffer of a busy connection; reused for every read. One per followed container, so
+/// it is small: 16 KiB is 160 lines of 100 bytes per read.
 pub const BUF_BYTES: usize = 16 * 1024;
+/// What a connection starts with: a quiet container's reader never needs more. The first read
+/// that fills it grows it to [`BUF_BYTES`]; a response head larger than that grows it further
+/// (up to `MAX_HEAD_BYTES`).
+const START_BYTES: usize = 2 * 1024;
 
 /// Where the engine listens.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -190,7 +193,7 @@ impl Reader {
         let mut reader = Reader {
             conn,
             closer,
-            buf: vec![0; BUF_BYTES],
+            buf: vec![0; START_BYTES],
             leftover: 0,
             timeout: Some(timeout),
         };
@@ -200,7 +203,7 @@ impl Reader {
                 if end > MAX_HEAD_BYTES {
                     return Err(Error::Protocol("response head too large".into()));
                 }
-                reader.buf.resize((2 * end).min(MAX_HEAD_BYTES + 1), 0);
+                reader.buf.resize((2 * end).max(BUF_BYTES).min(MAX_HEAD_BYTES + 1), 0);
             }
             let n = match reader.conn.read(&mut reader.buf[end..]) {
                 Ok(0) => {
@@ -246,6 +249,10 @@ impl Reader {
                 }
             }
         };
+        if n == self.buf.len() && n < BUF_BYTES {
+            // A busy stream: the rest of its bytes are already waiting.
+            self.buf.resize(BUF_BYTES, 0);
+        }
         Ok(&self.buf[..n])
     }
 }
