@@ -203,7 +203,9 @@ impl Reader {
                 if end > MAX_HEAD_BYTES {
                     return Err(Error::Protocol("response head too large".into()));
                 }
-                reader.buf.resize((2 * end).max(BUF_BYTES).min(MAX_HEAD_BYTES + 1), 0);
+                reader
+                    .buf
+                    .resize((2 * end).clamp(BUF_BYTES, MAX_HEAD_BYTES + 1), 0);
             }
             let n = match reader.conn.read(&mut reader.buf[end..]) {
                 Ok(0) => {
