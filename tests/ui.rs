@@ -10,13 +10,14 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 mod util;
 
+use util::broker::Broker;
 use util::{free_port, repo, unique, Agent, Container, TempDir};
 
 const BIN: &str = env!("CARGO_BIN_EXE_container-logd");
@@ -397,48 +398,6 @@ fn logs_command() {
     );
     let o = cli(&env, &["logs", "--level", "loud"]);
     assert_eq!(o.status.code(), Some(2));
-}
-
-/// A private mosquitto on a free loopback port, killed on drop.
-struct Broker {
-    child: Child,
-    port: u16,
-    _dir: TempDir,
-}
-
-impl Broker {
-    fn start() -> Broker {
-        let dir = TempDir::new("ui");
-        let port = free_port();
-        let conf = dir.0.join("m.conf");
-        std::fs::write(
-            &conf,
-            format!("listener {port} 127.0.0.1\nallow_anonymous true\n"),
-        )
-        .expect("conf");
-        let child = Command::new("/usr/sbin/mosquitto")
-            .arg("-c")
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("mosquitto");
-        wait_for("mosquitto", 10, || {
-            TcpStream::connect(("127.0.0.1", port)).is_ok()
-        });
-        Broker {
-            child,
-            port,
-            _dir: dir,
-        }
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 #[test]
