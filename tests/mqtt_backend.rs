@@ -7,9 +7,8 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -18,88 +17,13 @@ use container_logd::backend::mqtt::MqttBackend;
 use container_logd::backend::{Backend, Progress};
 use container_logd::config::{Config, MqttConfig};
 use container_logd::message::{Draft, LabelValue, Level, LogMessage, Origin, Position, SourceKind};
-use crossbeam_channel::{unbounded, Receiver};
-use rumqttc::{Client, Event, Incoming, MqttOptions, QoS};
 
 mod util;
 
+use util::broker::{Broker, BrokerOpts, Msg, SubOpts, Subscriber};
 use util::{free_port, unique, TempDir};
 
-const MOSQUITTO: &str = "/usr/sbin/mosquitto";
 const TS0: i64 = 1_700_000_000_000_000_000;
-/// A private mosquitto, killed on drop.
-struct Broker {
-    child: Option<Child>,
-    conf: PathBuf,
-    port: u16,
-}
-
-impl Broker {
-    /// Starts mosquitto with `listener PORT 127.0.0.1`, anonymous access and `extra` lines.
-    fn start(dir: &Path, port: u16, extra: &str) -> Broker {
-        let conf = dir.join(format!("mosquitto-{port}.conf"));
-        let persist = dir.join("broker-db");
-        std::fs::create_dir_all(&persist).expect("db dir");
-        let text = format!(
-            "user root\nper_listener_settings false\nlistener {port} 127.0.0.1\nallow_anonymous true\n\
-             persistence true\npersistence_location {}/\nmax_queued_messages 0\n\
-             max_inflight_messages 0\nlog_dest none\n{extra}\n",
-            persist.display()
-        );
-        std::fs::write(&conf, text).expect("conf");
-        let mut b = Broker {
-            child: None,
-            conf,
-            port,
-        };
-        b.restart();
-        b
-    }
-
-    fn restart(&mut self) {
-        let child = Command::new(MOSQUITTO)
-            .arg("-c")
-            .arg(&self.conf)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("mosquitto starts");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "mosquitto did not listen");
-            thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// Stops the broker with SIGTERM, so it saves persistent sessions.
-    fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = Command::new("kill")
-                .arg("-TERM")
-                .arg(c.id().to_string())
-                .status();
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = c.try_wait() {
-                    return;
-                }
-                thread::sleep(Duration::from_millis(20));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
 
 /// A child process killed on drop (the agent of the last-will test).
 struct Kill(Child);
@@ -108,121 +32,6 @@ impl Drop for Kill {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
-    }
-}
-
-/// A message as the subscriber got it.
-#[derive(Debug, Clone)]
-struct Got {
-    topic: String,
-    payload: Vec<u8>,
-    retain: bool,
-}
-
-/// A rumqttc subscriber in the test process.
-struct Sub {
-    rx: Receiver<Got>,
-    client: Client,
-    stop: Arc<AtomicBool>,
-}
-
-impl Drop for Sub {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        let _ = self.client.try_disconnect();
-    }
-}
-
-struct SubOpts<'a> {
-    port: u16,
-    filters: &'a [&'a str],
-    creds: Option<(&'a str, &'a str)>,
-    /// A persistent session survives a broker restart (with mosquitto's persistence on).
-    persistent: bool,
-}
-
-fn subscribe(port: u16, filters: &[&str]) -> Sub {
-    subscribe_with(SubOpts {
-        port,
-        filters,
-        creds: None,
-        persistent: false,
-    })
-}
-
-fn subscribe_with(o: SubOpts) -> Sub {
-    let mut opts = MqttOptions::new(unique("sub"), "127.0.0.1", o.port);
-    opts.set_max_packet_size(8 << 20, 8 << 20);
-    opts.set_keep_alive(Duration::from_secs(5));
-    opts.set_clean_session(!o.persistent);
-    opts.set_inflight(1000);
-    if let Some((u, p)) = o.creds {
-        opts.set_credentials(u, p);
-    }
-    let (client, mut conn) = Client::new(opts, 100);
-    for f in o.filters {
-        client.subscribe(*f, QoS::ExactlyOnce).expect("subscribe");
-    }
-    let (tx, rx) = unbounded();
-    let (ready_tx, ready_rx) = unbounded();
-    let stop = Arc::new(AtomicBool::new(false));
-    let stop2 = stop.clone();
-    let want = o.filters.len();
-    thread::spawn(move || {
-        let mut subacks = 0;
-        for ev in conn.iter() {
-            if stop2.load(Ordering::SeqCst) {
-                break;
-            }
-            match ev {
-                Ok(Event::Incoming(Incoming::Publish(p))) => {
-                    let _ = tx.send(Got {
-                        topic: p.topic.clone(),
-                        payload: p.payload.to_vec(),
-                        retain: p.retain,
-                    });
-                }
-                Ok(Event::Incoming(Incoming::SubAck(_))) => {
-                    subacks += 1;
-                    if subacks == want {
-                        let _ = ready_tx.send(());
-                    }
-                }
-                Ok(_) => {}
-                Err(_) => thread::sleep(Duration::from_millis(100)),
-            }
-        }
-    });
-    ready_rx
-        .recv_timeout(Duration::from_secs(10))
-        .expect("subscribed");
-    Sub { rx, client, stop }
-}
-
-impl Sub {
-    /// Collects `n` messages or whatever came before `within` ran out.
-    fn take(&self, n: usize, within: Duration) -> Vec<Got> {
-        let deadline = Instant::now() + within;
-        let mut out = Vec::new();
-        while out.len() < n {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.rx.recv_timeout(left) {
-                Ok(g) => out.push(g),
-                Err(_) => break,
-            }
-        }
-        out
-    }
-
-    /// Asserts that nothing more arrives for `quiet`.
-    fn nothing_more(&self, quiet: Duration) {
-        if let Ok(g) = self.rx.recv_timeout(quiet) {
-            panic!(
-                "unexpected message on {}: {}",
-                g.topic,
-                String::from_utf8_lossy(&g.payload)
-            );
-        }
     }
 }
 
@@ -315,20 +124,16 @@ fn wait_for(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
     }
 }
 
-fn json(g: &Got) -> serde_json::Value {
-    serde_json::from_slice(&g.payload).expect("payload is json")
-}
-
 /// Splits batches into single messages, after checking each batch payload byte for byte
 /// against the stored JSON of the messages it names.
-fn unbatch(by_id: &HashMap<&str, &Arc<LogMessage>>, got: &[Got]) -> Vec<Got> {
+fn unbatch(by_id: &HashMap<&str, &Arc<LogMessage>>, got: &[Msg]) -> Vec<Msg> {
     let mut out = Vec::new();
     for g in got {
         let Some(topic) = g.topic.strip_suffix("/batch") else {
             out.push(g.clone());
             continue;
         };
-        let v = json(g);
+        let v = g.json();
         let logs = v["logs"].as_array().expect("logs array");
         assert_eq!(v["count"].as_u64(), Some(logs.len() as u64));
         let mut want = format!("{{\"count\":{},\"logs\":[", logs.len());
@@ -339,36 +144,32 @@ fn unbatch(by_id: &HashMap<&str, &Arc<LogMessage>>, got: &[Got]) -> Vec<Got> {
                 want.push(',');
             }
             m.write_json(&mut want);
-            out.push(Got {
-                topic: topic.to_string(),
-                payload: m.json().into_bytes(),
-                retain: g.retain,
-            });
+            out.push(Msg::new(g.retained, g.qos, topic, m.json().into_bytes()));
         }
         want.push_str("]}");
-        assert_eq!(g.payload, want.as_bytes(), "batch payload byte for byte");
+        assert_eq!(g.raw, want.as_bytes(), "batch payload byte for byte");
     }
     out
 }
 
 /// Checks: every id of `sent` arrived at least once, and per container the first arrivals keep
 /// the order of `sent`. Returns the number of duplicates.
-fn check_complete_in_order(sent: &[Arc<LogMessage>], got: &[Got]) -> usize {
+fn check_complete_in_order(sent: &[Arc<LogMessage>], got: &[Msg]) -> usize {
     check_arrivals(sent, got, false)
 }
 
 /// Like [`check_complete_in_order`], with the order checked per container and topic: batches
 /// of different topics (levels) are flushed independently, so only that order is promised.
-fn check_arrivals(sent: &[Arc<LogMessage>], got: &[Got], per_topic: bool) -> usize {
+fn check_arrivals(sent: &[Arc<LogMessage>], got: &[Msg], per_topic: bool) -> usize {
     let mut seen: HashSet<String> = HashSet::new();
     let mut dups = 0;
     let mut last: HashMap<String, i64> = HashMap::new();
     let by_id: HashMap<&str, &Arc<LogMessage>> = sent.iter().map(|m| (m.id(), m)).collect();
     for g in &unbatch(&by_id, got) {
-        let v = json(g);
+        let v = g.json();
         let id = v["id"].as_str().expect("id").to_string();
         let m = by_id.get(id.as_str()).expect("a message we sent");
-        assert_eq!(g.payload, m.json().as_bytes(), "payload byte for byte");
+        assert_eq!(g.raw, m.json().as_bytes(), "payload byte for byte");
         if !seen.insert(id) {
             dups += 1;
             continue;
@@ -391,11 +192,11 @@ fn check_arrivals(sent: &[Arc<LogMessage>], got: &[Got], per_topic: bool) -> usi
 #[test]
 fn topics_and_payloads_for_every_kind() {
     let dir = TempDir::new("topics");
-    let port = free_port();
-    let _broker = Broker::start(dir.path(), port, "");
-    let all = subscribe(port, &["container-manager/logs/#"]);
-    let web = subscribe(port, &["container-manager/logs/1001/web/+"]);
-    let errors = subscribe(port, &["container-manager/logs/+/+/error"]);
+    let broker = Broker::start();
+    let port = broker.port;
+    let all = Subscriber::start(port, &["container-manager/logs/#"]);
+    let web = Subscriber::start(port, &["container-manager/logs/1001/web/+"]);
+    let errors = Subscriber::start(port, &["container-manager/logs/+/+/error"]);
     let (b, progress) = start(&cfg(port, &[]), dir.path());
 
     let w = origin("1001", "web", "c-web");
@@ -423,12 +224,12 @@ fn topics_and_payloads_for_every_kind() {
         ]
     );
     for (g, m) in got.iter().zip(&msgs) {
-        assert_eq!(g.payload, m.json().as_bytes());
-        assert!(!g.retain);
+        assert_eq!(g.raw, m.json().as_bytes());
+        assert!(!g.retained);
     }
     let got = web.take(2, Duration::from_secs(5));
     assert_eq!(got.len(), 2);
-    assert_eq!(got[1].payload, msgs[1].json().as_bytes());
+    assert_eq!(got[1].raw, msgs[1].json().as_bytes());
     let got = errors.take(2, Duration::from_secs(5));
     assert_eq!(got[0].topic, "container-manager/logs/1001/web/error");
     assert_eq!(got[1].topic, "container-manager/logs/shop/a_b_c/error");
@@ -452,9 +253,9 @@ fn topics_and_payloads_for_every_kind() {
 
 fn qos_round_trip(qos: &str) {
     let dir = TempDir::new("qos");
-    let port = free_port();
-    let _broker = Broker::start(dir.path(), port, "");
-    let sub = subscribe(port, &["container-manager/logs/#"]);
+    let broker = Broker::start();
+    let port = broker.port;
+    let sub = Subscriber::start(port, &["container-manager/logs/#"]);
     let (b, progress) = start(&cfg(port, &[("MQTT_QOS", qos)]), dir.path());
     let o = origin("1001", "web", "c-web");
     let sent: Vec<_> = (1..=500)
@@ -490,9 +291,9 @@ fn qos2_delivers() {
 #[test]
 fn batches_by_count_and_by_interval() {
     let dir = TempDir::new("batch");
-    let port = free_port();
-    let _broker = Broker::start(dir.path(), port, "");
-    let sub = subscribe(port, &["container-manager/logs/+/+/error/#"]);
+    let broker = Broker::start();
+    let port = broker.port;
+    let sub = Subscriber::start(port, &["container-manager/logs/+/+/error/#"]);
     let c = cfg(
         port,
         &[
@@ -528,7 +329,7 @@ fn batches_by_count_and_by_interval() {
             m.write_json(&mut want);
         }
         want.push_str("]}");
-        assert_eq!(String::from_utf8_lossy(&g.payload), want);
+        assert_eq!(String::from_utf8_lossy(&g.raw), want);
     }
     // The last two go when the interval since the first of them ran out.
     let rest = sub.take(1, Duration::from_secs(5));
@@ -537,7 +338,7 @@ fn batches_by_count_and_by_interval() {
         waited >= Duration::from_millis(350),
         "interval batch came after {waited:?}"
     );
-    let v = json(&rest[0]);
+    let v = rest[0].json();
     assert_eq!(v["count"], 2);
     assert_eq!(v["logs"][0]["message"], "e11");
     assert_eq!(v["logs"][1]["message"], "e12");
@@ -550,9 +351,9 @@ fn batches_by_count_and_by_interval() {
 #[test]
 fn a_waiting_batch_holds_back_only_its_own_container() {
     let dir = TempDir::new("batch-flood");
-    let port = free_port();
-    let _broker = Broker::start(dir.path(), port, "");
-    let sub = subscribe(port, &["container-manager/logs/+/+/info/#"]);
+    let broker = Broker::start();
+    let port = broker.port;
+    let sub = Subscriber::start(port, &["container-manager/logs/+/+/info/#"]);
     let c = cfg(
         port,
         &[
@@ -589,8 +390,8 @@ fn a_waiting_batch_holds_back_only_its_own_container() {
 #[test]
 fn retained_status_and_clean_offline() {
     let dir = TempDir::new("status");
-    let port = free_port();
-    let _broker = Broker::start(dir.path(), port, "");
+    let broker = Broker::start();
+    let port = broker.port;
     let status = format!("test/status/{}", unique("s"));
     let c = cfg(port, &[("MQTT_STATUS_TOPIC", &status)]);
     let (b, _p) = start(&c, dir.path());
@@ -598,23 +399,23 @@ fn retained_status_and_clean_offline() {
         b.health()["connected"] == true
     });
     // A subscriber arriving later gets the retained online status.
-    let sub = subscribe(port, &[&status]);
+    let sub = Subscriber::start(port, &[&status]);
     let got = sub.take(1, Duration::from_secs(5));
     assert_eq!(
-        String::from_utf8_lossy(&got[0].payload),
+        String::from_utf8_lossy(&got[0].raw),
         r#"{"status":"online","host":"pi-test","version":"0.1.0"}"#
     );
-    assert!(got[0].retain);
+    assert!(got[0].retained);
     stop(&b);
     let got = sub.take(1, Duration::from_secs(5));
     assert_eq!(
-        String::from_utf8_lossy(&got[0].payload),
+        String::from_utf8_lossy(&got[0].raw),
         r#"{"status":"offline","host":"pi-test","version":"0.1.0"}"#
     );
-    let later = subscribe(port, &[&status]);
+    let later = Subscriber::start(port, &[&status]);
     let got = later.take(1, Duration::from_secs(5));
-    assert!(got[0].retain);
-    assert_eq!(json(&got[0])["status"], "offline");
+    assert!(got[0].retained);
+    assert_eq!(got[0].json()["status"], "offline");
 }
 
 /// Run as a child process by `last_will_when_the_agent_is_killed`: an agent that never stops.
@@ -636,10 +437,10 @@ fn last_will_when_the_agent_is_killed() {
     }
     // The child is killed, so its state directory is ours to remove.
     let dir = TempDir::new("will");
-    let port = free_port();
-    let _broker = Broker::start(dir.path(), port, "");
+    let broker = Broker::start();
+    let port = broker.port;
     let status = format!("test/status/{}", unique("w"));
-    let sub = subscribe(port, &[&status]);
+    let sub = Subscriber::start(port, &[&status]);
     let exe = std::env::current_exe().expect("test binary");
     let child = Command::new(exe)
         .args([
@@ -656,25 +457,24 @@ fn last_will_when_the_agent_is_killed() {
         .expect("child agent");
     let mut child = Kill(child);
     let got = sub.take(1, Duration::from_secs(15));
-    assert_eq!(json(&got[0])["status"], "online");
+    assert_eq!(got[0].json()["status"], "online");
     child.0.kill().expect("SIGKILL");
     let _ = child.0.wait();
     let got = sub.take(1, Duration::from_secs(15));
     assert_eq!(got.len(), 1, "last will published");
     assert_eq!(
-        String::from_utf8_lossy(&got[0].payload),
+        String::from_utf8_lossy(&got[0].raw),
         r#"{"status":"offline","host":"pi-test","version":"0.1.0"}"#
     );
-    let later = subscribe(port, &[&status]);
+    let later = Subscriber::start(port, &[&status]);
     let got = later.take(1, Duration::from_secs(5));
-    assert!(got[0].retain, "the will is retained");
-    assert_eq!(json(&got[0])["status"], "offline");
+    assert!(got[0].retained, "the will is retained");
+    assert_eq!(got[0].json()["status"], "offline");
 }
 
 #[test]
 fn username_and_password() {
     let dir = TempDir::new("auth");
-    let port = free_port();
     let pw = dir.path().join("passwd");
     let ok = Command::new("mosquitto_passwd")
         .args(["-b", "-c"])
@@ -683,17 +483,20 @@ fn username_and_password() {
         .status()
         .expect("mosquitto_passwd");
     assert!(ok.success());
-    let _broker = Broker::start(
-        dir.path(),
-        port,
-        &format!("allow_anonymous false\npassword_file {}", pw.display()),
-    );
-    let sub = subscribe_with(SubOpts {
-        port,
-        filters: &["container-manager/logs/#"],
-        creds: Some(("logd", "s3cret word")),
-        persistent: false,
+    let broker = Broker::start_opts(BrokerOpts {
+        anonymous: false,
+        extra: format!("password_file {}", pw.display()),
+        ..Default::default()
     });
+    let port = broker.port;
+    let sub = Subscriber::start_opts(
+        port,
+        &["container-manager/logs/#"],
+        SubOpts {
+            creds: Some(("logd", "s3cret word")),
+            ..Default::default()
+        },
+    );
     // A wrong password is refused and said so in health, without the password itself.
     let bad = cfg(
         port,
@@ -718,7 +521,7 @@ fn username_and_password() {
     let m = line(&o, 1, Level::Info, "with auth");
     b.log(&m);
     let got = sub.take(1, Duration::from_secs(10));
-    assert_eq!(got[0].payload, m.json().as_bytes());
+    assert_eq!(got[0].raw, m.json().as_bytes());
     stop(&b);
 }
 
@@ -727,20 +530,19 @@ fn tls_verified_and_wrong_ca_refused() {
     let dir = TempDir::new("tls");
     let d = dir.path();
     util::tls::make_certs(d);
-    let plain = free_port();
     let tls_port = free_port();
-    let _broker = Broker::start(
-        d,
-        plain,
-        &format!(
+    let broker = Broker::start_opts(BrokerOpts {
+        extra: format!(
             "listener {tls_port} 127.0.0.1\ncafile {0}/ca.crt\ncertfile {0}/server.crt\nkeyfile {0}/server.key",
             d.display()
         ),
-    );
+        ..Default::default()
+    });
+    let plain = broker.port;
     wait_for("tls listener", Duration::from_secs(5), || {
         TcpStream::connect(("127.0.0.1", tls_port)).is_ok()
     });
-    let sub = subscribe(plain, &["container-manager/logs/#"]);
+    let sub = Subscriber::start(plain, &["container-manager/logs/#"]);
 
     let ca = d.join("ca.crt");
     let mut c = cfg(
@@ -756,7 +558,7 @@ fn tls_verified_and_wrong_ca_refused() {
     b.log(&m);
     let got = sub.take(1, Duration::from_secs(10));
     assert_eq!(got.len(), 1, "health: {}", b.health());
-    assert_eq!(got[0].payload, m.json().as_bytes());
+    assert_eq!(got[0].raw, m.json().as_bytes());
     stop(&b);
 
     let other = d.join("other-ca.crt");
@@ -812,14 +614,16 @@ fn broker_outage_loses_nothing_with_batches_at_qos2() {
 /// checks that every message arrives, in order per container, and that progress caught up.
 fn outage(vars: &[(&str, &str)]) {
     let dir = TempDir::new("outage");
-    let port = free_port();
-    let mut broker = Broker::start(dir.path(), port, "");
-    let sub = subscribe_with(SubOpts {
+    let mut broker = Broker::start();
+    let port = broker.port;
+    let sub = Subscriber::start_opts(
         port,
-        filters: &["container-manager/logs/#"],
-        creds: None,
-        persistent: true,
-    });
+        &["container-manager/logs/#"],
+        SubOpts {
+            persistent: true,
+            ..Default::default()
+        },
+    );
     let (b, progress) = start(&cfg(port, vars), dir.path());
     let origins = [
         origin("1001", "web", "c-web"),
@@ -858,7 +662,7 @@ fn outage(vars: &[(&str, &str)]) {
     assert_eq!(h["connected"], false);
     assert!(h["spooled"].as_u64().unwrap_or(0) > 0, "{h}");
     assert!(!b.healthy(), "disconnected for 4 s");
-    broker.restart();
+    broker.start_again();
     log_some(1000, &mut sent);
 
     let deadline = Instant::now() + Duration::from_secs(40);
@@ -868,7 +672,7 @@ fn outage(vars: &[(&str, &str)]) {
     while ids.len() < sent.len() && Instant::now() < deadline {
         let more = sub.take(100, Duration::from_millis(200));
         for g in unbatch(&by_id, &more) {
-            ids.insert(json(&g)["id"].as_str().unwrap_or("").to_string());
+            ids.insert(g.json()["id"].as_str().unwrap_or("").to_string());
         }
         got.extend(more);
     }
@@ -902,7 +706,6 @@ fn outage(vars: &[(&str, &str)]) {
 
 #[test]
 fn spool_survives_a_restart_of_the_agent() {
-    let dir = TempDir::new("replay");
     let state = TempDir::new("replay-state");
     let port = free_port();
     let c = cfg(port, &[]);
@@ -928,8 +731,11 @@ fn spool_survives_a_restart_of_the_agent() {
         .sum();
     assert!(spooled > 0);
 
-    let _broker = Broker::start(dir.path(), port, "");
-    let sub = subscribe(port, &["container-manager/logs/#"]);
+    let _broker = Broker::start_opts(BrokerOpts {
+        port: Some(port),
+        ..Default::default()
+    });
+    let sub = Subscriber::start(port, &["container-manager/logs/#"]);
     let (b, _p) = start(&c, state.path());
     let got = sub.take(3000, Duration::from_secs(30));
     assert_eq!(check_complete_in_order(&sent, &got), 0);
@@ -969,8 +775,11 @@ fn spool_limit_drops_the_oldest() {
     assert!(!b.healthy(), "a recent drop makes the backend unhealthy");
     let dropped = h["dropped"].as_u64().unwrap_or(0) as usize;
 
-    let _broker = Broker::start(dir.path(), port, "");
-    let sub = subscribe(port, &["container-manager/logs/#"]);
+    let _broker = Broker::start_opts(BrokerOpts {
+        port: Some(port),
+        ..Default::default()
+    });
+    let sub = Subscriber::start(port, &["container-manager/logs/#"]);
     let want = sent.len() - dropped;
     let got = sub.take(want, Duration::from_secs(30));
     sub.nothing_more(Duration::from_millis(500));
@@ -983,8 +792,8 @@ fn spool_limit_drops_the_oldest() {
 #[test]
 fn qos1_throughput() {
     let dir = TempDir::new("speed");
-    let port = free_port();
-    let _broker = Broker::start(dir.path(), port, "");
+    let broker = Broker::start();
+    let port = broker.port;
     let (b, _p) = start(&cfg(port, &[]), dir.path());
     wait_for("connect", Duration::from_secs(10), || {
         b.health()["connected"] == true

@@ -10,22 +10,18 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 mod util;
 
-use util::{free_port, repo, TempDir};
+use util::broker::Broker;
+use util::{free_port, repo, unique, Agent, Container, TempDir};
 
 const BIN: &str = env!("CARGO_BIN_EXE_container-logd");
 static UNIQUE: AtomicUsize = AtomicUsize::new(0);
-
-/// The private engine's `DOCKER_HOST` (the shared harness starts it once).
-fn env_up() -> String {
-    util::engine().to_string()
-}
 
 /// An app id no other test uses.
 fn unique_app() -> String {
@@ -43,111 +39,22 @@ fn now_ms() -> i64 {
         .as_millis() as i64
 }
 
-/// The agent under test, killed on drop.
-struct Agent {
-    child: Child,
-    port: u16,
-    dir: TempDir,
-    host: String,
+/// An agent that follows only the containers of `app` (see [`container_for`]), so a flood in
+/// another test never pushes this test's lines out of its memory ring.
+fn agent_for(app: &str) -> Agent {
+    let include = format!("cld-ui-{app}-*");
+    Agent::start(&[("CONTAINERS_INCLUDE", &include), ("NO_COLOR", "1")])
 }
 
-impl Agent {
-    /// An agent that follows only the containers of `app` (see [`Container::run`]), so a
-    /// flood in another test never pushes this test's lines out of its memory ring.
-    fn start(host: &str, app: &str) -> Agent {
-        let dir = TempDir::new("ui");
-        let port = free_port();
-        let child = Command::new(BIN)
-            .envs(base_env(host, &dir.0, port))
-            .env("CONTAINERS_INCLUDE", format!("cld-ui-{app}-*"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start agent");
-        let a = Agent {
-            child,
-            port,
-            dir,
-            host: host.to_string(),
-        };
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while get(a.port, "/api/v1/health").is_none() {
-            assert!(Instant::now() < deadline, "agent did not answer");
-            thread::sleep(Duration::from_millis(100));
-        }
-        a
-    }
-
-    fn env(&self) -> Vec<(String, String)> {
-        base_env(&self.host, &self.dir.0, self.port)
-    }
-
-    fn streams(&self) -> u64 {
-        let (_, body) = get(self.port, "/api/v1/health").expect("health");
-        let v: serde_json::Value = serde_json::from_str(&body).expect("json");
-        v["streams"].as_u64().expect("streams")
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn base_env(host: &str, dir: &Path, port: u16) -> Vec<(String, String)> {
-    vec![
-        ("DOCKER_HOST".into(), host.into()),
-        ("MQTT_BROKER".into(), "off".into()),
-        ("LOG_DIR".into(), dir.join("logs").display().to_string()),
-        ("STATE_DIR".into(), dir.join("state").display().to_string()),
-        ("API_LISTEN".into(), format!("127.0.0.1:{port}")),
-        ("NO_COLOR".into(), "1".into()),
-    ]
-}
-
-/// A container, removed on drop.
-struct Container {
-    name: String,
-    host: String,
-}
-
-impl Container {
-    fn run(host: &str, app: &str, script: &str) -> Container {
-        let name = format!("cld-ui-{app}-{}", UNIQUE.fetch_add(1, Ordering::SeqCst));
-        let st = Command::new("docker")
-            .env("DOCKER_HOST", host)
-            .args(["run", "-d", "--network", "none", "--log-opt", "max-size=5m"])
-            .args(["--name", &name, "-l", &format!("io.balena.app-id={app}")])
-            .args([
-                "-l",
-                "io.balena.service-name=web",
-                "cld-busybox",
-                "sh",
-                "-c",
-                script,
-            ])
-            .stdout(Stdio::null())
-            .status()
-            .expect("docker run");
-        assert!(st.success(), "docker run failed");
-        Container {
-            name,
-            host: host.to_string(),
-        }
-    }
-}
-
-impl Drop for Container {
-    fn drop(&mut self) {
-        let _ = Command::new("docker")
-            .env("DOCKER_HOST", &self.host)
-            .args(["rm", "-f", &self.name])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-    }
+/// A container of `app`, service `web`, removed on drop.
+fn container_for(app: &str, script: &str) -> Container {
+    Container::run_app(
+        &unique(&format!("ui-{app}")),
+        app,
+        "web",
+        &["--log-opt", "max-size=5m"],
+        script,
+    )
 }
 
 /// A plain GET; `None` when nothing answers.
@@ -282,10 +189,9 @@ const TICKER: &str = "i=0; while true; i=$((i+1)); do echo \"info tick $i\"; ech
 
 #[test]
 fn stream_filters_backlog_ids_and_latency() {
-    let host = env_up();
     let app = unique_app();
-    let agent = Agent::start(&host, &app);
-    let _c = Container::run(&host, &app, TICKER);
+    let agent = agent_for(&app);
+    let _c = container_for(&app, TICKER);
     wait_for("lines in the ring", 15, || {
         get(agent.port, &format!("/api/v1/logs?appId={app}"))
             .is_some_and(|(_, b)| b.matches("tick").count() >= 9)
@@ -333,10 +239,9 @@ fn stream_filters_backlog_ids_and_latency() {
 
 #[test]
 fn disconnect_ends_the_thread_and_last_event_id_resumes_without_gap() {
-    let host = env_up();
     let app = unique_app();
-    let agent = Agent::start(&host, &app);
-    let _c = Container::run(&host, &app, TICKER);
+    let agent = agent_for(&app);
+    let _c = container_for(&app, TICKER);
     let path = format!("/api/v1/logs/stream?appId={app}&level=error");
     let mut s = Stream::open(agent.port, &path, None);
     let mut last = (String::new(), 0);
@@ -359,9 +264,8 @@ fn disconnect_ends_the_thread_and_last_event_id_resumes_without_gap() {
 
 #[test]
 fn a_slow_client_is_cut_off_and_others_keep_going_and_the_cap_holds() {
-    let host = env_up();
     let app = unique_app();
-    let agent = Agent::start(&host, &app);
+    let agent = agent_for(&app);
     // The slow client: asks, then never reads, with a small receive buffer.
     let slow = Stream::open(
         agent.port,
@@ -373,8 +277,7 @@ fn a_slow_client_is_cut_off_and_others_keep_going_and_the_cap_holds() {
         &format!("/api/v1/logs/stream?appId={app}&q=done"),
         None,
     );
-    let _c = Container::run(
-        &host,
+    let _c = container_for(
         &app,
         "seq 1 60000 | while read i; do echo \"flood line $i with some padding to fill buffers\"; done; echo done; sleep 600",
     );
@@ -428,11 +331,9 @@ fn cli(agent_env: &[(String, String)], args: &[&str]) -> Output {
 
 #[test]
 fn logs_command() {
-    let host = env_up();
     let app = unique_app();
-    let agent = Agent::start(&host, &app);
-    let _c = Container::run(
-        &host,
+    let agent = agent_for(&app);
+    let _c = container_for(
         &app,
         "echo 'info hello'; echo 'WARN careful'; echo 'ERROR broken' >&2; sleep 600",
     );
@@ -470,7 +371,7 @@ fn logs_command() {
     let mut out = BufReader::new(f.stdout.take().expect("stdout"));
     let mut first = String::new();
     out.read_line(&mut first).expect("backlog line");
-    let _c2 = Container::run(&host, &app, "echo 'fresh line'; sleep 600");
+    let _c2 = container_for(&app, "echo 'fresh line'; sleep 600");
     let (tx, rx) = std::sync::mpsc::channel();
     thread::spawn(move || {
         for l in out.lines().map_while(Result::ok) {
@@ -499,54 +400,12 @@ fn logs_command() {
     assert_eq!(o.status.code(), Some(2));
 }
 
-/// A private mosquitto on a free loopback port, killed on drop.
-struct Broker {
-    child: Child,
-    port: u16,
-    _dir: TempDir,
-}
-
-impl Broker {
-    fn start() -> Broker {
-        let dir = TempDir::new("ui");
-        let port = free_port();
-        let conf = dir.0.join("m.conf");
-        std::fs::write(
-            &conf,
-            format!("listener {port} 127.0.0.1\nallow_anonymous true\n"),
-        )
-        .expect("conf");
-        let child = Command::new("/usr/sbin/mosquitto")
-            .arg("-c")
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("mosquitto");
-        wait_for("mosquitto", 10, || {
-            TcpStream::connect(("127.0.0.1", port)).is_ok()
-        });
-        Broker {
-            child,
-            port,
-            _dir: dir,
-        }
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[test]
 fn check_command() {
-    let host = env_up();
     let broker = Broker::start();
     let dir = TempDir::new("ui");
-    let mut env = base_env(&host, &dir.0, free_port());
+    let mut env = util::agent_env(dir.path(), free_port());
+    env.push(("NO_COLOR".into(), "1".into()));
     env.push((
         "MQTT_BROKER".into(),
         format!("mqtt://127.0.0.1:{}", broker.port),
@@ -603,7 +462,6 @@ fn page(port: u16, query: &str, shot: &Path, want: &str) -> String {
 
 #[test]
 fn live_page_in_headless_chromium() {
-    let host = env_up();
     if !Path::new("/usr/bin/chromium").exists() {
         let st = Command::new(repo().join("tests/env.sh"))
             .args(["deps", "chromium"])
@@ -612,9 +470,8 @@ fn live_page_in_headless_chromium() {
         assert!(st.success(), "cannot install chromium");
     }
     let app = unique_app();
-    let agent = Agent::start(&host, &app);
-    let _c = Container::run(
-        &host,
+    let agent = agent_for(&app);
+    let _c = container_for(
         &app,
         "echo 'info page hello'; echo 'WARN page careful'; echo 'ERROR page broken' >&2; sleep 600",
     );
@@ -651,7 +508,7 @@ fn live_page_in_headless_chromium() {
     let shot = shots.join("page-live.png");
     let h = thread::spawn(move || page(port, &format!("?appId={app2}"), &shot, "live one"));
     thread::sleep(Duration::from_millis(1200));
-    let _c2 = Container::run(&host, &app, "echo 'ERROR live one' >&2; sleep 600");
+    let _c2 = container_for(&app, "echo 'ERROR live one' >&2; sleep 600");
     let dom = h.join().expect("page thread");
     assert!(
         dom.contains("live one"),

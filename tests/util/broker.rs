@@ -1,13 +1,14 @@
-//! A real mosquitto for the end-to-end tests: a broker on a free loopback port with its config
-//! and its persistence database in a temp dir of its own, which can be stopped and started
-//! again on the same port; and a `mosquitto_sub` subscriber that collects what it receives in a
-//! thread. Both are killed when dropped, so a failing test leaves no process behind.
+//! A real mosquitto for the end-to-end tests: a broker on a loopback port (a free one, or one a
+//! test picked before) with its config and its persistence database in a temp dir of its own,
+//! which can be stopped and started again on the same port; and a `mosquitto_sub` subscriber
+//! that collects what it receives, payloads byte for byte, in a thread. Both are killed when
+//! dropped, so a failing test leaves no process behind.
 
 use std::io::{BufRead, BufReader};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use super::{free_port, unique, wait_until, TempDir};
@@ -24,6 +25,9 @@ pub struct BrokerOpts {
     /// More config lines, after the main listener (so `cafile`/`certfile`/`keyfile` here make
     /// it a TLS listener, and a second `listener` line after them a plain one).
     pub extra: String,
+    /// The port of the main listener; a free one when `None`. A test that configures a client
+    /// before its broker exists picks the port first (with `free_port`).
+    pub port: Option<u16>,
 }
 
 impl Default for BrokerOpts {
@@ -32,6 +36,7 @@ impl Default for BrokerOpts {
             anonymous: true,
             persistence: true,
             extra: String::new(),
+            port: None,
         }
     }
 }
@@ -56,7 +61,7 @@ impl Broker {
 
     /// Starts a broker whose files go to `dir` (where a test may have put certificates).
     pub fn start_in(dir: TempDir, o: BrokerOpts) -> Broker {
-        let port = free_port();
+        let port = o.port.unwrap_or_else(free_port);
         let conf = dir.path().join("mosquitto.conf");
         // `user root`: as root, mosquitto would otherwise switch to its own user and could
         // not write its database into our directory.
@@ -148,13 +153,39 @@ pub struct Msg {
     pub retained: bool,
     pub qos: u8,
     pub topic: String,
+    /// The payload as text (`raw`, invalid UTF-8 replaced).
     pub payload: String,
+    /// The payload byte for byte.
+    pub raw: Vec<u8>,
 }
 
 impl Msg {
-    pub fn json(&self) -> serde_json::Value {
-        super::json(&self.payload)
+    pub fn new(retained: bool, qos: u8, topic: &str, raw: Vec<u8>) -> Msg {
+        Msg {
+            retained,
+            qos,
+            topic: topic.to_string(),
+            payload: String::from_utf8_lossy(&raw).into_owned(),
+            raw,
+        }
     }
+
+    /// The payload as JSON; panics when it is not.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.raw)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.payload))
+    }
+}
+
+/// `mosquitto_sub`'s `%x`: the payload in hexadecimal.
+fn unhex(hex: &str) -> Option<Vec<u8>> {
+    if hex.len() % 2 != 0 {
+        return None;
+    }
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+        .collect()
 }
 
 /// How a subscriber connects.
@@ -166,11 +197,26 @@ pub struct SubOpts<'a> {
     pub persistent: bool,
 }
 
+/// What the reader thread received, probes included; `arrived` is notified on every message.
+#[derive(Default)]
+struct Inbox {
+    msgs: Mutex<Vec<Msg>>,
+    arrived: Condvar,
+}
+
+impl Inbox {
+    fn lock(&self) -> MutexGuard<'_, Vec<Msg>> {
+        self.msgs.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
 /// A `mosquitto_sub -q 2` on a broker's port, killed when dropped.
 pub struct Subscriber {
     child: Child,
-    got: Arc<Mutex<Vec<Msg>>>,
+    got: Arc<Inbox>,
     probe: String,
+    /// How far `take` has read into what was received, probes included.
+    taken: Mutex<usize>,
 }
 
 impl Subscriber {
@@ -184,7 +230,7 @@ impl Subscriber {
         let probe = format!("cld-probe/{}", unique("probe"));
         let mut cmd = Command::new("mosquitto_sub");
         cmd.args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q", "2"])
-            .args(["-F", "%r %q %t %p"]);
+            .args(["-F", "%r %q %t %x"]);
         if let Some((u, p)) = o.creds {
             cmd.args(["-u", u, "-P", p]);
         }
@@ -201,26 +247,28 @@ impl Subscriber {
             .spawn()
             .expect("mosquitto_sub");
         let out = child.stdout.take().expect("stdout");
-        let got = Arc::new(Mutex::new(Vec::new()));
+        let got = Arc::new(Inbox::default());
         let g = got.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(out).lines() {
                 let Ok(line) = line else { break };
                 let mut it = line.splitn(4, ' ');
-                let (Some(r), Some(q), Some(t), Some(p)) =
-                    (it.next(), it.next(), it.next(), it.next())
+                let (Some(r), Some(q), Some(t), Some(Some(raw))) =
+                    (it.next(), it.next(), it.next(), it.next().map(unhex))
                 else {
                     continue;
                 };
-                g.lock().unwrap_or_else(|e| e.into_inner()).push(Msg {
-                    retained: r == "1",
-                    qos: q.parse().unwrap_or(9),
-                    topic: t.to_string(),
-                    payload: p.to_string(),
-                });
+                g.lock()
+                    .push(Msg::new(r == "1", q.parse().unwrap_or(9), t, raw));
+                g.arrived.notify_all();
             }
         });
-        let s = Subscriber { child, got, probe };
+        let s = Subscriber {
+            child,
+            got,
+            probe,
+            taken: Mutex::new(0),
+        };
         let ok = wait_until(Duration::from_secs(10), || {
             let mut pubcmd = Command::new("mosquitto_pub");
             pubcmd.args(["-h", "127.0.0.1", "-p", &port.to_string()]);
@@ -241,7 +289,7 @@ impl Subscriber {
     }
 
     fn raw(&self) -> Vec<Msg> {
-        self.got.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.got.lock().clone()
     }
 
     /// Everything received so far, in order, without the probes.
@@ -254,6 +302,41 @@ impl Subscriber {
     /// Waits until `f` holds for what was received; false after `timeout`.
     pub fn wait(&self, timeout: Duration, mut f: impl FnMut(&[Msg]) -> bool) -> bool {
         wait_until(timeout, || f(&self.all()))
+    }
+
+    /// The next `n` messages not taken before (probes left out), or those that came before
+    /// `within` ran out. Returns as soon as the `n`th arrives.
+    pub fn take(&self, n: usize, within: Duration) -> Vec<Msg> {
+        let until = Instant::now() + within;
+        let mut taken = self.taken.lock().unwrap_or_else(|e| e.into_inner());
+        let mut got = self.got.lock();
+        let mut out = Vec::new();
+        loop {
+            while out.len() < n && *taken < got.len() {
+                let m = &got[*taken];
+                *taken += 1;
+                if m.topic != self.probe {
+                    out.push(m.clone());
+                }
+            }
+            let left = until.saturating_duration_since(Instant::now());
+            if out.len() >= n || left.is_zero() {
+                return out;
+            }
+            got = self
+                .got
+                .arrived
+                .wait_timeout(got, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    /// Panics if a message not taken yet arrives within `quiet`.
+    pub fn nothing_more(&self, quiet: Duration) {
+        if let Some(m) = self.take(1, quiet).pop() {
+            panic!("unexpected message on {}: {}", m.topic, m.payload);
+        }
     }
 }
 

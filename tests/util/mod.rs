@@ -85,6 +85,22 @@ impl Container {
         }
     }
 
+    /// `Container::run` with the balena labels that give the container's `appId` and
+    /// `serviceName`.
+    pub fn run_app(
+        name: &str,
+        app: &str,
+        service: &str,
+        extra: &[&str],
+        script: &str,
+    ) -> Container {
+        let app = format!("io.balena.app-id={app}");
+        let service = format!("io.balena.service-name={service}");
+        let mut args = vec!["-l", app.as_str(), "-l", service.as_str()];
+        args.extend_from_slice(extra);
+        Container::run(name, &args, script)
+    }
+
     pub fn short(&self) -> &str {
         &self.id[..12]
     }
@@ -192,6 +208,19 @@ pub fn json(text: &str) -> serde_json::Value {
     serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
 }
 
+/// What the agent runs with unless told otherwise: the private engine, MQTT off, the API on
+/// `port`, LOG_DIR and STATE_DIR under `dir`, debug logging.
+pub fn agent_env(dir: &Path, port: u16) -> Vec<(String, String)> {
+    vec![
+        ("DOCKER_HOST".into(), engine().into()),
+        ("MQTT_BROKER".into(), "off".into()),
+        ("API_LISTEN".into(), format!("127.0.0.1:{port}")),
+        ("LOG_DIR".into(), dir.join("logs").display().to_string()),
+        ("STATE_DIR".into(), dir.join("state").display().to_string()),
+        ("LOG_LEVEL".into(), "debug".into()),
+    ]
+}
+
 /// The real agent binary, run in its own directory; killed when dropped.
 pub struct Agent {
     pub dir: TempDir,
@@ -201,25 +230,12 @@ pub struct Agent {
 }
 
 impl Agent {
-    /// Starts the agent on the private engine with MQTT off, the API on a free port, and
-    /// LOG_DIR/STATE_DIR in a fresh directory; `env` adds or overrides variables.
+    /// Starts the agent with [`agent_env`] for a fresh directory and a free port; `env` adds
+    /// or overrides variables.
     pub fn start(env: &[(&str, &str)]) -> Agent {
         let dir = TempDir::new("agent");
         let port = free_port();
-        let mut vars: Vec<(String, String)> = vec![
-            ("DOCKER_HOST".into(), engine().into()),
-            ("MQTT_BROKER".into(), "off".into()),
-            ("API_LISTEN".into(), format!("127.0.0.1:{port}")),
-            (
-                "LOG_DIR".into(),
-                dir.path().join("logs").display().to_string(),
-            ),
-            (
-                "STATE_DIR".into(),
-                dir.path().join("state").display().to_string(),
-            ),
-            ("LOG_LEVEL".into(), "debug".into()),
-        ];
+        let mut vars = agent_env(dir.path(), port);
         for (k, v) in env {
             vars.retain(|(x, _)| x != k);
             vars.push((k.to_string(), v.to_string()));
@@ -309,8 +325,19 @@ impl Agent {
         std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
     }
 
+    /// The variables the agent runs with: for running `logs` or `check` against it.
+    pub fn env(&self) -> Vec<(String, String)> {
+        self.env.clone()
+    }
+
     pub fn get(&self, path: &str) -> (u16, String) {
         http_get(self.port, path, None)
+    }
+
+    /// The number of live streams open, from `/api/v1/health`.
+    pub fn streams(&self) -> u64 {
+        let (_, body) = self.get("/api/v1/health");
+        json(&body)["streams"].as_u64().expect("streams")
     }
 
     /// `/api/v1/logs` with a query, as JSON values.
