@@ -355,12 +355,13 @@ impl Agent {
     }
 
     /// The JSON lines of `LOG_DIR/{app}/{service}.log`.
+    /// The complete lines of a log file. A last line without its newline is one the agent is
+    /// still writing (its buffer reaches the file in pieces); it is left for the next look.
     pub fn file_lines(&self, app: &str, service: &str) -> Vec<serde_json::Value> {
-        std::fs::read_to_string(self.log_dir().join(app).join(format!("{service}.log")))
-            .unwrap_or_default()
-            .lines()
-            .map(json)
-            .collect()
+        let text = std::fs::read_to_string(self.log_dir().join(app).join(format!("{service}.log")))
+            .unwrap_or_default();
+        let complete = &text[..text.rfind('\n').map_or(0, |i| i + 1)];
+        complete.lines().map(json).collect()
     }
 }
 
