@@ -595,6 +595,64 @@ fn tls_verified_and_wrong_ca_refused() {
     assert!(e.to_string().contains("junk.pem"), "{e}");
 }
 
+/// A broker that keeps the connection open but answers nothing (stopped with SIGSTOP) is given
+/// up on once no acknowledgement came for 10 s: health says why, the connection is made again,
+/// and once the broker answers every message arrives.
+#[test]
+fn a_broker_that_stops_answering_is_reconnected_and_nothing_is_lost() {
+    let dir = TempDir::new("mute");
+    let broker = Broker::start();
+    let sub = Subscriber::start_opts(
+        broker.port,
+        &["container-manager/logs/#"],
+        SubOpts {
+            persistent: true,
+            ..Default::default()
+        },
+    );
+    // Keep-alive pings would notice a stopped broker too; a broker that still answers pings
+    // but no publishes is what this is about, so they are rare here.
+    let vars = [("MQTT_QOS", "1"), ("MQTT_KEEPALIVE_S", "120")];
+    let (b, _progress) = start(&cfg(broker.port, &vars), dir.path());
+    let o = origin("1001", "web", "c-web");
+    let sent: Vec<_> = (1..=300)
+        .map(|n| line(&o, n, Level::Info, &format!("line {n}")))
+        .collect();
+    b.log_many(&sent[..100]);
+    assert_eq!(sub.take(100, Duration::from_secs(10)).len(), 100);
+    broker.signal("STOP");
+    let t = Instant::now();
+    b.log_many(&sent[100..200]);
+    wait_for("the stall to be noticed", Duration::from_secs(30), || {
+        b.health()["lastError"]
+            .as_str()
+            .is_some_and(|e| e.contains("no acknowledgement"))
+    });
+    let noticed = t.elapsed();
+    assert!(
+        noticed >= Duration::from_secs(9),
+        "noticed after {noticed:?}"
+    );
+    assert_eq!(b.health()["connected"], false);
+    broker.signal("CONT");
+    b.log_many(&sent[200..]);
+    let mut ids = HashSet::new();
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while ids.len() < 200 && Instant::now() < deadline {
+        for g in sub.take(10, Duration::from_millis(200)) {
+            ids.insert(g.json()["id"].as_str().unwrap_or("").to_string());
+        }
+    }
+    for m in &sent[100..] {
+        assert!(ids.contains(m.id()), "{} never arrived", m.id());
+    }
+    wait_for("connected again", Duration::from_secs(10), || {
+        b.health()["connected"] == true
+    });
+    assert!(b.health()["reconnects"].as_u64().unwrap_or(0) >= 1);
+    stop(&b);
+}
+
 #[test]
 fn broker_outage_loses_nothing() {
     outage(&[]);

@@ -118,6 +118,16 @@ impl Broker {
         );
     }
 
+    /// Sends `sig` (`STOP`, `CONT`, …) to the running broker: a stopped broker keeps its
+    /// connections open and answers nothing.
+    pub fn signal(&self, sig: &str) {
+        if let Some(c) = &self.child {
+            let _ = Command::new("kill")
+                .args([&format!("-{sig}"), &c.id().to_string()])
+                .status();
+        }
+    }
+
     /// SIGTERM (mosquitto saves its database), waiting until it is gone.
     pub fn stop(&mut self) {
         let Some(mut c) = self.child.take() else {
