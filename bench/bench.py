@@ -395,7 +395,8 @@ def agent_env(broker, name, qos, batch):
                 MQTT_BROKER="mqtt://127.0.0.1:%d" % broker.port, MQTT_QOS=str(qos),
                 MQTT_BATCH="true" if batch else "false", MQTT_BATCH_INTERVAL_MS="1000",
                 MQTT_BATCH_MAX="50", MQTT_BASE_TOPIC=BASE, MQTT_STATUS_TOPIC=STATUS,
-                MQTT_CLIENT_ID="bench-agent-" + name, SINCE="all", LOG_LEVEL="warn",
+                MQTT_CLIENT_ID="bench-agent-" + name, SINCE="all",
+                LOG_LEVEL=os.environ.get("BENCH_LOG_LEVEL", "warn"),
                 # As the systemd unit runs it (etc/container-logd.service).
                 MALLOC_ARENA_MAX=os.environ.get("MALLOC_ARENA_MAX", "2")), d
 
@@ -414,10 +415,10 @@ def agent_health(agent):
             return {"error": str(e)}
 
 
-def start_agent(broker, sub, name, qos, batch):
+def start_agent(broker, sub, name, qos, batch, binary=None):
     env, d = agent_env(broker, name, qos, batch)
-    p = spawn([args.agent], env=env, stdout=subprocess.DEVNULL,
-              stderr=open(os.path.join(d, "agent.log"), "wb"))
+    log_file = open(os.path.join(d, "agent.log"), "wb")
+    p = spawn([binary or args.agent], env=env, stdout=log_file, stderr=subprocess.STDOUT)
     p.api = env["API_LISTEN"]
     deadline = time.time() + 15
     while time.time() < deadline:
@@ -456,6 +457,13 @@ def agent_run(name, qos, batch, n, k, paced_lines=None):
         threads1 = cpu_by_thread(agent.pid)
         st = status(agent.pid)
         health = agent_health(agent)
+        if not complete and os.environ.get("BENCH_GDB"):
+            # What each thread was doing and what sat in the socket queues when it fell short.
+            with open(os.path.join(work, "ss-%s.txt" % name), "w") as f:
+                subprocess.run(["ss", "-tnpi"], stdout=f, stderr=subprocess.STDOUT, timeout=20)
+            with open(os.path.join(work, "gdb-%s.txt" % name), "w") as f:
+                subprocess.run(["gdb", "-p", str(agent.pid), "-batch", "-ex", "thread apply all bt"],
+                               stdout=f, stderr=subprocess.STDOUT, timeout=120)
         stop(agent)
     finally:
         stop(agent)
@@ -587,11 +595,16 @@ def idle_run(n):
     """Agent and n naive pipelines following n quiet containers, side by side."""
     broker = Broker("idle")
     sub = Subscriber(broker, "idle")
-    agent, pipes = None, []
+    agent, static, pipes = None, None, []
     try:
         agent = start_agent(broker, sub, "idle", 1, False)
+        if args.agent_static:
+            # The same code linked as the ARM builds are (static glibc), following the same
+            # containers at the same time.
+            static = start_agent(broker, sub, "idle-static", 1, False, binary=args.agent_static)
         time.sleep(2)
         st0 = status(agent.pid)
+        st0_static = status(static.pid) if static else None
         ids, flag = start_containers("i-idle", n, "echo ready; exec sleep 100000", [])
         open(flag, "w").close()
         env = dict(os.environ, DOCKER_HOST=args.docker_host)
@@ -609,11 +622,14 @@ def idle_run(n):
         time.sleep(cpu_window)
         a1, n1, t1 = cpu_ns(agent.pid), sum(cpu_ns(p.pid) for p in pipes), time.time()
         st = status(agent.pid)
+        st_static = status(static.pid) if static else None
         naive_rss = sum(status(p.pid)["VmRSS"] for p in pipes)
         naive_threads = sum(status(p.pid)["Threads"] for p in pipes)
         stop(agent)
+        stop(static)
     finally:
         stop(agent)
+        stop(static)
         for p in pipes:
             stop(p)
         sub.close()
@@ -625,7 +641,10 @@ def idle_run(n):
             "agent_rss_no_containers": st0["VmRSS"], "agent_threads_no_containers": st0["Threads"],
             "agent_cpu_pct": (a1 - a0) / 1e9 / (t1 - t0) * 100.0,
             "naive_rss": naive_rss, "naive_threads": naive_threads,
-            "naive_cpu_pct": (n1 - n0) / 1e9 / (t1 - t0) * 100.0}
+            "naive_cpu_pct": (n1 - n0) / 1e9 / (t1 - t0) * 100.0,
+            "static_rss": st_static["VmRSS"] if st_static else None,
+            "static_rss_file": st_static["RssFile"] if st_static else None,
+            "static_rss_no_containers": st0_static["VmRSS"] if st0_static else None}
 
 
 # ---- report -----------------------------------------------------------------------------------
@@ -720,6 +739,11 @@ def report(r):
         row("agent RSS after %gs idle, %d containers [MiB]" % (idle["idle_s"], idle["containers"]),
             idle["agent_rss"] / 2**20, "MiB", "%d naive pipelines RSS" % idle["containers"],
             idle["naive_rss"] / 2**20, "<= 4 MiB", idle["agent_rss"] <= 4 * 2**20)
+        if idle.get("static_rss"):
+            row("agent RSS after %gs idle, %d containers, static build [MiB]"
+                % (idle["idle_s"], idle["containers"]),
+                idle["static_rss"] / 2**20, "MiB", "%d naive pipelines RSS" % idle["containers"],
+                idle["naive_rss"] / 2**20, "<= 4 MiB", idle["static_rss"] <= 4 * 2**20)
         row("agent idle CPU, %d containers [%%]" % idle["containers"], idle["agent_cpu_pct"], "%",
             "%d naive pipelines" % idle["containers"], idle["naive_cpu_pct"], "<= 0.1 %",
             idle["agent_cpu_pct"] <= 0.1)
@@ -786,6 +810,8 @@ def main():
     global args, work
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--agent", required=True)
+    ap.add_argument("--agent-static", default="",
+                    help="the same agent linked statically (as the ARM builds), for the idle RSS")
     ap.add_argument("--docker-host", required=True)
     ap.add_argument("--out", required=True)
     ap.add_argument("--engine-pid", type=int, default=0,
@@ -832,8 +858,11 @@ def main():
             """Runs fn args.repeat times; the run with the median lines/s stands for them all,
             with the worst loss and the highest peak RSS of any run, and every run's lines/s."""
             runs = []
+            name, rest = a[0], a[1:]
             for i in range(max(1, args.repeat)):
-                one = attempt("%s (run %d)" % (what, i + 1), fn, *a, **kw)
+                # Each run gets its own name: its broker, agent and containers are its own.
+                one = attempt("%s (run %d)" % (what, i + 1), fn,
+                              name if i == 0 else "%s-r%d" % (name, i + 1), *rest, **kw)
                 if one:
                     runs.append(one)
             ok = sorted((x for x in runs if x.get("lines_per_s")), key=lambda x: x["lines_per_s"])
@@ -841,6 +870,10 @@ def main():
                 return runs[0] if runs else None
             out = dict(ok[(len(ok) - 1) // 2])
             out["runs_lines_per_s"] = [x.get("lines_per_s") for x in runs]
+            # Every run's loss and, for a run that fell short, what the agent said.
+            out["runs"] = [{k: x.get(k) for k in ("lines", "lost", "duplicates", "complete",
+                                                   "lines_per_s", "agent_health") if k in x}
+                           for x in runs]
             out["lost"] = max(x["lost"] for x in runs)
             out["vm_hwm"] = max(x["vm_hwm"] for x in runs)
             out["complete"] = all(x.get("complete", True) for x in runs)

@@ -4,6 +4,8 @@
 # bench/bench.py, and stops what it started, whatever the outcome. Results: the table on stdout
 # and target/bench/results.json. Knobs (environment): BENCH_IDLE_SECS (60), BENCH_LINES (100000),
 # BENCH_CONTAINERS (1,4,20), BENCH_ONLY (phases), BENCH_AGENT (skip the build, use this binary),
+# BENCH_AGENT_STATIC (with BENCH_AGENT: the static one), BENCH_STATIC=0 (no static build),
+# BENCH_REPEAT (3 runs per throughput figure),
 # BENCH_KEEP_TMP (keep the work directory), CLD_ENGINE_DIR (/tmp/cld-bench-engine).
 set -euo pipefail
 
@@ -60,9 +62,21 @@ else
   AGENT=$TARGET_DIR/release/container-logd
 fi
 
+# The Pi gets static binaries (packaging/cross.sh): build this host's one the same way, for the
+# idle RSS beside the dynamically linked one (libc's pages count in RSS). BENCH_STATIC=0 skips it.
+STATIC=${BENCH_AGENT_STATIC:-}
+if [ -z "${BENCH_AGENT:-}" ] && [ "${BENCH_STATIC:-1}" != 0 ] && [ "$(uname -m)" = x86_64 ]; then
+  if CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS="-C target-feature=+crt-static" \
+    "$CARGO" build --release --locked --target x86_64-unknown-linux-gnu; then
+    STATIC=$TARGET_DIR/x86_64-unknown-linux-gnu/release/container-logd
+  else
+    echo "bench: the static build failed; the idle RSS of the static build is left out" >&2
+  fi
+fi
+
 # In the background and waited for, so that a signal reaches the traps at once.
 ENGINE_PID=$(cat "$CLD_ENGINE_DIR/dockerd.pid" 2>/dev/null || echo 0)
-python3 bench/bench.py --agent "$AGENT" --docker-host "$HOST" --out "$OUT" \
-  --engine-pid "$ENGINE_PID" &
+python3 bench/bench.py --agent "$AGENT" --agent-static "$STATIC" --docker-host "$HOST" \
+  --out "$OUT" --engine-pid "$ENGINE_PID" &
 bench_pid=$!
 wait "$bench_pid"
