@@ -448,7 +448,10 @@ def agent_run(name, qos, batch, n, k, paced_lines=None):
         threads0 = cpu_by_thread(agent.pid)
         e0 = engine_cpu()
         open(flag, "w").close()
-        complete = sub.wait_for(expected, producers_done=lambda: running(ids) == 0,
+        # Up to 20 s without an arrival before giving up: longer than the agent's own
+        # acknowledgement watchdog (10 s), so a broker that stalls for a while shows as a slow
+        # run, and only what never arrives as loss.
+        complete = sub.wait_for(expected, idle=20.0, producers_done=lambda: running(ids) == 0,
                                 timeout=args.run_timeout)
         time.sleep(0.3)
         sub.poll()
@@ -461,9 +464,12 @@ def agent_run(name, qos, batch, n, k, paced_lines=None):
             # What each thread was doing and what sat in the socket queues when it fell short.
             with open(os.path.join(work, "ss-%s.txt" % name), "w") as f:
                 subprocess.run(["ss", "-tnpi"], stdout=f, stderr=subprocess.STDOUT, timeout=20)
-            with open(os.path.join(work, "gdb-%s.txt" % name), "w") as f:
-                subprocess.run(["gdb", "-p", str(agent.pid), "-batch", "-ex", "thread apply all bt"],
-                               stdout=f, stderr=subprocess.STDOUT, timeout=120)
+            for who, pid in (("agent", agent.pid), ("broker", broker.proc.pid)):
+                with open(os.path.join(work, "gdb-%s-%s.txt" % (who, name)), "w") as f:
+                    f.write("cpu %s s, then %s s a second later\n" % (cpu_s(pid), time.sleep(1) or cpu_s(pid)))
+                    f.flush()
+                    subprocess.run(["gdb", "-p", str(pid), "-batch", "-ex", "thread apply all bt"],
+                                   stdout=f, stderr=subprocess.STDOUT, timeout=120)
         stop(agent)
     finally:
         stop(agent)
