@@ -348,8 +348,10 @@ fn run_conn(shared: &Shared, mut connection: Connection, stop_rx: &Receiver<()>)
     // Whether this spell without a connection was reported at warning level: once per spell,
     // the retries only at debug level (as the engine's own reconnect loop does).
     let mut reported = false;
+    // This thread alone connects and disconnects, so it knows without asking the core.
+    let mut connected = false;
     loop {
-        let next = if shared.lock().connected {
+        let next = if connected {
             connection.recv_timeout(CONN_TICK)
         } else {
             connection
@@ -370,6 +372,7 @@ fn run_conn(shared: &Shared, mut connection: Connection, stop_rx: &Receiver<()>)
                     forget_session(&mut connection);
                     // The next poll connects afresh.
                     connection.eventloop.network = None;
+                    connected = false;
                     drop(core);
                     shared.wake();
                 }
@@ -385,6 +388,7 @@ fn run_conn(shared: &Shared, mut connection: Connection, stop_rx: &Receiver<()>)
                 }
                 core.on_connack();
                 drop(core);
+                connected = true;
                 log::info!("mqtt connected");
                 backoff = BACKOFF_MIN;
                 reported = false;
@@ -414,6 +418,7 @@ fn run_conn(shared: &Shared, mut connection: Connection, stop_rx: &Receiver<()>)
                     let was = core.connected;
                     core.on_disconnect(e.to_string());
                     forget_session(&mut connection);
+                    connected = false;
                     (was, core.stopping)
                 };
                 if stopping {
