@@ -59,6 +59,20 @@ struct Open {
     size: u64,
 }
 
+impl Open {
+    /// A line of `len` bytes fits below `max` (an empty file takes any line).
+    fn fits(&self, len: u64, max: u64) -> bool {
+        self.size == 0 || self.size + len <= max
+    }
+
+    fn append(&mut self, json: &[u8], len: u64) -> io::Result<()> {
+        self.out.write_all(json)?;
+        self.out.write_all(b"\n")?;
+        self.size += len;
+        Ok(())
+    }
+}
+
 pub struct Writer {
     settings: Settings,
     files: HashMap<PathBuf, Open>,
@@ -274,47 +288,31 @@ impl Writer {
     }
 
     fn write_line(&mut self, rel: &Path, json: &[u8], len: u64) -> io::Result<()> {
+        let max = self.settings.max_bytes;
         // The common case, one lookup: the file is open and the line fits.
-        if let Some(f) = self.files.get_mut(rel) {
-            if f.size == 0 || f.size + len <= self.settings.max_bytes {
-                f.out.write_all(json)?;
-                f.out.write_all(b"\n")?;
-                f.size += len;
-                return Ok(());
-            }
-        }
-        let needs_rotation = self
-            .files
-            .get(rel)
-            .is_some_and(|f| f.size > 0 && f.size + len > self.settings.max_bytes);
-        if needs_rotation {
-            self.rotate(rel)?;
+        match self.files.get_mut(rel) {
+            Some(f) if f.fits(len, max) => return f.append(json, len),
+            Some(_) => self.rotate(rel)?,
+            None => {}
         }
         if !self.files.contains_key(rel) {
             if self.files.len() >= MAX_OPEN {
                 self.flush();
                 self.files.clear();
             }
-            let open = self.open(rel)?;
-            self.files.insert(rel.to_path_buf(), open);
+            let mut open = self.open(rel)?;
             // A file reopened at its limit rotates before the first new line.
-            if self
-                .files
-                .get(rel)
-                .is_some_and(|f| f.size > 0 && f.size + len > self.settings.max_bytes)
-            {
+            if !open.fits(len, max) {
+                drop(open);
                 self.rotate(rel)?;
-                let open = self.open(rel)?;
-                self.files.insert(rel.to_path_buf(), open);
+                open = self.open(rel)?;
             }
+            self.files.insert(rel.to_path_buf(), open);
         }
         let Some(f) = self.files.get_mut(rel) else {
             return Err(io::Error::other("file vanished from the table"));
         };
-        f.out.write_all(json)?;
-        f.out.write_all(b"\n")?;
-        f.size += len;
-        Ok(())
+        f.append(json, len)
     }
 
     fn open(&self, rel: &Path) -> io::Result<Open> {
@@ -510,6 +508,62 @@ mod tests {
         assert_eq!(path_part("a/b"), "a_b");
         let m = msg("1001", "web", "x", 1);
         assert_eq!(relative_path(&m), PathBuf::from("1001/web.log"));
+    }
+
+    /// A file found at its limit when (re)opened rotates before the first new line; one with
+    /// room is appended to.
+    #[test]
+    fn a_file_reopened_at_its_limit_rotates_first() {
+        let dir = tempdir("reopen");
+        // Every line has the same length; a file holds two and a half of them.
+        let line_len = msg("1001", "web", "line 1", 1).json().len() as u64 + 1;
+        let run = |n: i64| {
+            let (tx, rx) = crossbeam_channel::bounded(16);
+            let w = Writer::new(
+                Settings {
+                    dir: dir.clone(),
+                    max_bytes: line_len * 5 / 2,
+                    keep: 2,
+                },
+                Arc::new(Progress::new(1)),
+                0,
+                Arc::new(FileStats::default()),
+            );
+            let t = std::thread::spawn(move || w.run(rx));
+            tx.send(Cmd::Write(msg("1001", "web", &format!("line {n}"), n)))
+                .expect("send");
+            drop(tx);
+            t.join().expect("writer");
+        };
+        let lines = |p: &str| -> Vec<String> {
+            fs::read_to_string(dir.join(p))
+                .unwrap_or_default()
+                .lines()
+                .map(|l| {
+                    serde_json::from_str::<serde_json::Value>(l).expect("json")["message"]
+                        .to_string()
+                })
+                .collect()
+        };
+        run(1);
+        run(2);
+        assert_eq!(
+            lines("1001/web.log"),
+            ["\"line 1\"", "\"line 2\""],
+            "room left: appended"
+        );
+        run(3);
+        assert_eq!(
+            lines("1001/web.log.1"),
+            ["\"line 1\"", "\"line 2\""],
+            "the full file moved aside"
+        );
+        assert_eq!(
+            lines("1001/web.log"),
+            ["\"line 3\""],
+            "the new line starts a new file"
+        );
+        let _ = fs::remove_dir_all(&dir);
     }
 
     #[test]
