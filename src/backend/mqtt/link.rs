@@ -312,9 +312,7 @@ impl Core {
 
     /// Whether memory overflow may go to the spool now rather than slow the input down.
     fn may_spool(&self, now: Instant) -> bool {
-        !self.connected
-            || self.spool.has_unacked()
-            || (!self.inflight.is_empty() && now.duration_since(self.last_ack) > STALL)
+        !self.connected || self.spool.has_unacked() || self.ack_stalled(now, STALL)
     }
 
     /// False when the publisher should stop taking messages (backpressure on `log()`).
