@@ -12,10 +12,11 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
+use crate::agentlog::Note;
 use crate::api::{self, Api};
 use crate::backend::local::files::Settings;
 use crate::backend::local::LocalBackend;
@@ -63,177 +64,251 @@ impl fmt::Display for Error {
 
 impl std::error::Error for Error {}
 
-/// Runs the agent until SIGTERM or SIGINT.
+/// Runs the agent until SIGTERM or SIGINT: start, wait, stop.
 pub fn run(cfg: Config) -> Result<(), Error> {
-    let cfg = Arc::new(cfg);
     let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP]).map_err(Error::Signals)?;
-    let stats = Arc::new(Stats::default());
-    let (notes_tx, notes_rx) = crossbeam_channel::bounded(256);
-    crate::agentlog::forward_to(notes_tx);
+    let mut pipeline = Pipeline::new(cfg);
+    let started = pipeline.start(&mut signals);
+    if let Ok(Started::Running) = started {
+        notify::notify("READY=1");
+        pipeline.wait(&mut signals);
+    }
+    pipeline.stop();
+    started.map(|_| ())
+}
 
-    let cursors = Arc::new(
-        CursorStore::load(&cfg.state_dir).map_err(|err| Error::State {
-            what: "STATE_DIR",
-            err,
-        })?,
-    );
-    let n = 1 + usize::from(cfg.mqtt.is_some());
-    let progress = Arc::new(Progress::new(n));
-    let files = cfg.log_file_persistence.then(|| Settings {
-        dir: cfg.log_dir.clone(),
-        max_bytes: cfg.log_file_max_bytes,
-        keep: cfg.log_file_keep,
-    });
-    let local =
-        LocalBackend::start(cfg.log_max_memory, files, progress.clone(), 0).map_err(|err| {
-            Error::State {
-                what: "LOG_DIR",
-                err,
-            }
-        })?;
-    let mut backends: Vec<Arc<dyn Backend>> = vec![local.clone()];
-    if let Some(m) = &cfg.mqtt {
-        let mqtt = MqttBackend::start(
-            m,
-            &cfg.state_dir,
-            progress.clone(),
-            1,
-            &cfg.hostname,
-            env!("CARGO_PKG_VERSION"),
-        )
-        .map_err(|e| Error::Mqtt(e.to_string()))?;
-        backends.push(mqtt);
+/// How [`Pipeline::start`] ended without an error.
+enum Started {
+    Running,
+    /// A stop signal came while the engine was still awaited.
+    StoppedEarly,
+}
+
+/// The agent's parts, started in dependency order (state, engine client, backends, readers,
+/// API, housekeeping) and stopped in one order on every path, whatever was started.
+struct Pipeline {
+    cfg: Arc<Config>,
+    stats: Arc<Stats>,
+    progress: Arc<Progress>,
+    notes: Option<Receiver<Note>>,
+    cursors: Option<Arc<CursorStore>>,
+    engine: Option<Engine>,
+    local: Option<Arc<LocalBackend>>,
+    backends: Vec<Arc<dyn Backend>>,
+    monitor: Option<Monitor>,
+    api: Option<Api>,
+    housekeeping: Option<(Sender<()>, JoinHandle<()>)>,
+}
+
+impl Pipeline {
+    fn new(cfg: Config) -> Pipeline {
+        Pipeline {
+            cfg: Arc::new(cfg),
+            stats: Arc::new(Stats::default()),
+            progress: Arc::new(Progress::new()),
+            notes: None,
+            cursors: None,
+            engine: None,
+            local: None,
+            backends: Vec::new(),
+            monitor: None,
+            api: None,
+            housekeeping: None,
+        }
     }
 
-    let mut engine = Engine::new(&cfg.docker_host).map_err(Error::Engine)?;
-    let mut backoff = Backoff::new();
-    let mut told = false;
-    // READY=1 waits for the engine; a stop signal meanwhile still stops cleanly.
-    let version = loop {
-        match engine.negotiate() {
-            Ok(v) => break Some(v),
-            Err(e) => {
-                if !told {
-                    log::error!("engine at {} unreachable: {e}; retrying", cfg.docker_host);
-                    told = true;
-                }
-                notify::notify(&format!(
-                    "STATUS=waiting for the engine at {}",
-                    cfg.docker_host
-                ));
-                if wait_for_stop(&mut signals, backoff.next_delay()) {
-                    break None;
-                }
-            }
+    fn start(&mut self, signals: &mut Signals) -> Result<Started, Error> {
+        let (notes_tx, notes_rx) = crossbeam_channel::bounded(256);
+        crate::agentlog::forward_to(notes_tx);
+        self.notes = Some(notes_rx);
+        let cursors = CursorStore::load(&self.cfg.state_dir).map_err(state_error("STATE_DIR"))?;
+        self.cursors = Some(Arc::new(cursors));
+        self.engine = Some(Engine::new(&self.cfg.docker_host).map_err(Error::Engine)?);
+        self.start_backends()?;
+        if !self.await_engine(signals) {
+            return Ok(Started::StoppedEarly);
         }
-    };
-    let Some(version) = version else {
-        for b in &backends {
-            b.shutdown();
-        }
-        return Ok(());
-    };
-    stats.docker_up.store(true, Ordering::Relaxed);
-    if let Ok(mut v) = stats.api_version.lock() {
-        *v = version.clone();
+        self.start_monitor()?;
+        self.start_api()?;
+        self.start_housekeeping()?;
+        Ok(Started::Running)
     }
-    log::info!(
-        "container-logd {} started: engine {} (API {version}), mqtt {}",
-        env!("CARGO_PKG_VERSION"),
-        cfg.docker_host,
-        cfg.mqtt
-            .as_ref()
-            .map(|m| format!("{}:{}", m.host, m.port))
-            .unwrap_or_else(|| "off".into())
-    );
 
-    let mut monitor = Monitor::start(
-        cfg.clone(),
-        engine,
-        backends.clone(),
-        stats.clone(),
-        cursors.clone(),
-        progress.clone(),
-        notes_rx,
-    )
-    .map_err(|err| Error::State {
-        what: "threads",
-        err,
-    })?;
+    fn start_backends(&mut self) -> Result<(), Error> {
+        let cfg = &self.cfg;
+        let files = cfg.log_file_persistence.then(|| Settings {
+            dir: cfg.log_dir.clone(),
+            max_bytes: cfg.log_file_max_bytes,
+            keep: cfg.log_file_keep,
+        });
+        let local = LocalBackend::start(cfg.log_max_memory, files, self.progress.lane())
+            .map_err(state_error("LOG_DIR"))?;
+        self.local = Some(local.clone());
+        self.backends.push(local);
+        if let Some(m) = &cfg.mqtt {
+            let mqtt = MqttBackend::start(
+                m,
+                &cfg.state_dir,
+                self.progress.lane(),
+                &cfg.hostname,
+                env!("CARGO_PKG_VERSION"),
+            )
+            .map_err(|e| Error::Mqtt(e.to_string()))?;
+            self.backends.push(mqtt);
+        }
+        Ok(())
+    }
 
-    let mut api = match cfg.api_listen {
-        Some(addr) => {
-            let ctx = api::Context {
-                ring: local.ring().clone(),
-                monitor: monitor.shared().clone(),
-                backends: backends.clone(),
-                stats: stats.clone(),
-                token: cfg.api_token.clone(),
-            };
-            match Api::start(addr, ctx) {
-                Ok(a) => {
-                    log::info!("API listening on http://{}", a.addr);
-                    Some(a)
-                }
+    /// Waits until the engine answers (READY=1 waits for it); false when a stop signal came
+    /// first.
+    fn await_engine(&mut self, signals: &mut Signals) -> bool {
+        let Some(engine) = self.engine.as_mut() else {
+            return false;
+        };
+        let host = &self.cfg.docker_host;
+        let mut backoff = Backoff::new();
+        let mut told = false;
+        let version = loop {
+            match engine.negotiate() {
+                Ok(v) => break v,
                 Err(e) => {
-                    monitor.stop();
-                    for b in &backends {
-                        b.shutdown();
+                    if !told {
+                        log::error!("engine at {host} unreachable: {e}; retrying");
+                        told = true;
                     }
-                    return Err(Error::Api(e));
+                    notify::notify(&format!("STATUS=waiting for the engine at {host}"));
+                    if wait_for_stop(signals, backoff.next_delay()) {
+                        return false;
+                    }
                 }
             }
+        };
+        self.stats.docker_up.store(true, Ordering::Relaxed);
+        if let Ok(mut v) = self.stats.api_version.lock() {
+            *v = version.clone();
         }
-        None => None,
-    };
-
-    let (hk_stop_tx, hk_stop_rx) = crossbeam_channel::bounded::<()>(0);
-    let hk = {
-        let (cursors, progress, local, stats) = (
-            cursors.clone(),
-            progress.clone(),
-            local.clone(),
-            stats.clone(),
+        log::info!(
+            "container-logd {} started: engine {host} (API {version}), mqtt {}",
+            env!("CARGO_PKG_VERSION"),
+            self.cfg
+                .mqtt
+                .as_ref()
+                .map(|m| format!("{}:{}", m.host, m.port))
+                .unwrap_or_else(|| "off".into())
         );
-        let shared = monitor.shared().clone();
-        std::thread::Builder::new()
+        true
+    }
+
+    fn start_monitor(&mut self) -> Result<(), Error> {
+        let (Some(engine), Some(cursors), Some(notes)) =
+            (self.engine.take(), self.cursors.clone(), self.notes.take())
+        else {
+            return Ok(());
+        };
+        let monitor = Monitor::start(
+            self.cfg.clone(),
+            engine,
+            self.backends.clone(),
+            self.stats.clone(),
+            cursors,
+            self.progress.clone(),
+            notes,
+        )
+        .map_err(state_error("threads"))?;
+        self.monitor = Some(monitor);
+        Ok(())
+    }
+
+    fn start_api(&mut self) -> Result<(), Error> {
+        let (Some(addr), Some(local), Some(monitor)) = (
+            self.cfg.api_listen,
+            self.local.as_ref(),
+            self.monitor.as_ref(),
+        ) else {
+            return Ok(());
+        };
+        let ctx = api::Context {
+            ring: local.ring().clone(),
+            monitor: monitor.shared().clone(),
+            backends: self.backends.clone(),
+            stats: self.stats.clone(),
+            token: self.cfg.api_token.clone(),
+        };
+        let api = Api::start(addr, ctx).map_err(Error::Api)?;
+        log::info!("API listening on http://{}", api.addr);
+        self.api = Some(api);
+        Ok(())
+    }
+
+    fn start_housekeeping(&mut self) -> Result<(), Error> {
+        let (Some(cursors), Some(local), Some(monitor)) = (
+            self.cursors.clone(),
+            self.local.clone(),
+            self.monitor.as_ref(),
+        ) else {
+            return Ok(());
+        };
+        let hk = Housekeeping {
+            cursors,
+            progress: self.progress.clone(),
+            local,
+            stats: self.stats.clone(),
+            monitor: monitor.shared().clone(),
+        };
+        let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(0);
+        let handle = std::thread::Builder::new()
             .name("housekeeping".into())
             .stack_size(128 * 1024)
-            .spawn(move || housekeeping(hk_stop_rx, &cursors, &progress, &local, &stats, &shared))
-            .map_err(|err| Error::State {
-                what: "threads",
-                err,
-            })?
-    };
-    notify::notify("READY=1");
+            .spawn(move || hk.run(&stop_rx))
+            .map_err(state_error("threads"))?;
+        self.housekeeping = Some((stop_tx, handle));
+        Ok(())
+    }
 
-    for sig in signals.forever() {
-        match sig {
-            SIGHUP => {
-                log::info!("SIGHUP: reopening log files");
+    /// Until SIGTERM or SIGINT; SIGHUP reopens the log files.
+    fn wait(&self, signals: &mut Signals) {
+        for sig in signals.forever() {
+            if sig != SIGHUP {
+                break;
+            }
+            log::info!("SIGHUP: reopening log files");
+            if let Some(local) = &self.local {
                 local.reopen();
             }
-            _ => break,
         }
     }
 
-    let t0 = Instant::now();
-    notify::notify("STOPPING=1");
-    log::info!("stopping");
-    monitor.stop();
-    stop_thread(hk_stop_tx, hk);
-    for b in &backends {
-        b.shutdown();
+    /// Stops what was started: readers first, then housekeeping, the backends (flushing files,
+    /// acknowledging or spooling MQTT), the final cursors, the API; within SPEC's 5 s.
+    fn stop(&mut self) {
+        let t0 = Instant::now();
+        notify::notify("STOPPING=1");
+        log::info!("stopping");
+        if let Some(mut monitor) = self.monitor.take() {
+            monitor.stop();
+        }
+        if let Some((stop, handle)) = self.housekeeping.take() {
+            drop(stop);
+            let _ = handle.join();
+        }
+        for b in self.backends.drain(..) {
+            b.shutdown();
+        }
+        if let Some(cursors) = self.cursors.take() {
+            cursors.advance(&self.progress.safe());
+            if let Err(e) = cursors.save(true) {
+                log::error!("cannot save resume cursors: {e}");
+            }
+        }
+        if let Some(mut api) = self.api.take() {
+            api.stop();
+        }
+        log::info!("stopped in {} ms", t0.elapsed().as_millis());
     }
-    cursors.advance(&progress.safe());
-    if let Err(e) = cursors.save(true) {
-        log::error!("cannot save resume cursors: {e}");
-    }
-    if let Some(a) = api.as_mut() {
-        a.stop();
-    }
-    log::info!("stopped in {} ms", t0.elapsed().as_millis());
-    Ok(())
+}
+
+fn state_error(what: &'static str) -> impl Fn(std::io::Error) -> Error {
+    move |err| Error::State { what, err }
 }
 
 /// Waits up to `d` for SIGTERM/SIGINT; true when one came.
@@ -250,57 +325,61 @@ fn wait_for_stop(signals: &mut Signals, d: Duration) -> bool {
     false
 }
 
-fn stop_thread(stop: Sender<()>, handle: JoinHandle<()>) {
-    drop(stop);
-    let _ = handle.join();
+/// Thread `housekeeping`: moves the cursors forward every [`SAVE_EVERY`], pings the systemd
+/// watchdog while the file writer still answers, and keeps systemd's status line current.
+struct Housekeeping {
+    cursors: Arc<CursorStore>,
+    progress: Arc<Progress>,
+    local: Arc<LocalBackend>,
+    stats: Arc<Stats>,
+    monitor: Arc<crate::monitor::Shared>,
 }
 
-fn housekeeping(
-    stop: Receiver<()>,
-    cursors: &CursorStore,
-    progress: &Progress,
-    local: &LocalBackend,
-    stats: &Stats,
-    shared: &crate::monitor::Shared,
-) {
-    let watchdog = notify::watchdog_interval();
-    let tick = watchdog.map_or(SAVE_EVERY, |w| w.min(SAVE_EVERY));
-    let mut last_save = Instant::now();
-    let mut save_failing = false;
-    loop {
-        if !matches!(
-            stop.recv_timeout(tick),
-            Err(crossbeam_channel::RecvTimeoutError::Timeout)
-        ) {
-            return;
+impl Housekeeping {
+    fn run(&self, stop: &Receiver<()>) {
+        let watchdog = notify::watchdog_interval();
+        let tick = watchdog.map_or(SAVE_EVERY, |w| w.min(SAVE_EVERY));
+        let mut last_save = Instant::now();
+        let mut save_failing = false;
+        while let Err(RecvTimeoutError::Timeout) = stop.recv_timeout(tick) {
+            if last_save.elapsed() >= SAVE_EVERY {
+                last_save = Instant::now();
+                save_failing = self.save_cursors(save_failing);
+            }
+            if watchdog.is_some() {
+                self.tell_systemd();
+            }
         }
-        if last_save.elapsed() >= SAVE_EVERY {
-            last_save = Instant::now();
-            cursors.advance(&progress.safe());
-            match cursors.save(false) {
-                Ok(()) => save_failing = false,
-                Err(e) if !save_failing => {
-                    save_failing = true;
+    }
+
+    /// Saves the cursors; true when saving fails (said once per spell of failures).
+    fn save_cursors(&self, was_failing: bool) -> bool {
+        self.cursors.advance(&self.progress.safe());
+        match self.cursors.save(false) {
+            Ok(()) => false,
+            Err(e) => {
+                if !was_failing {
                     log::error!("cannot save resume cursors: {e}");
                 }
-                Err(_) => {}
+                true
             }
         }
-        if watchdog.is_some() {
-            // The writer answering means the pipeline behind the readers still moves.
-            if local.sync(Duration::from_secs(5)) {
-                notify::notify("WATCHDOG=1");
-            }
-            notify::notify(&format!(
-                "STATUS=following {} containers, {} lines read, engine {}",
-                shared.views().len(),
-                Stats::get(&stats.lines_read),
-                if stats.docker_up.load(Ordering::Relaxed) {
-                    "up"
-                } else {
-                    "down"
-                }
-            ));
+    }
+
+    fn tell_systemd(&self) {
+        // The writer answering means the pipeline behind the readers still moves.
+        if self.local.sync(Duration::from_secs(5)) {
+            notify::notify("WATCHDOG=1");
         }
+        notify::notify(&format!(
+            "STATUS=following {} containers, {} lines read, engine {}",
+            self.monitor.views().len(),
+            Stats::get(&self.stats.lines_read),
+            if self.stats.docker_up.load(Ordering::Relaxed) {
+                "up"
+            } else {
+                "down"
+            }
+        ));
     }
 }

@@ -249,6 +249,19 @@ pub fn line_id(origin: &Origin, pos: Position) -> String {
     )
 }
 
+/// The position a container line's id encodes (the inverse of [`line_id`]; engine timestamps
+/// are never before 1970, so the `-` before the time is never a sign).
+pub fn line_position(id: &str) -> Option<Position> {
+    let mut parts = id.rsplitn(3, '-');
+    let index: u32 = parts.next()?.parse().ok()?;
+    let ts_ns: i64 = parts.next()?.parse().ok()?;
+    parts.next()?;
+    Some(Position {
+        ts_ns,
+        seen: index.checked_add(1)?,
+    })
+}
+
 /// The id of a lifecycle event of a container.
 pub fn event_id(origin: &Origin, time_nano: i64, action: &str) -> String {
     let mut id = format!("{}-{}-", origin.short_id(), time_nano);
@@ -458,6 +471,31 @@ mod tests {
                     seen: 1,
                 },
             ),
+        }
+    }
+
+    #[test]
+    fn a_line_id_gives_back_its_position() {
+        let cases = [(0, 1), (1_696_195_200_000_123_456, 1), (5, 3)];
+        for (ts_ns, seen) in cases {
+            let pos = Position { ts_ns, seen };
+            let id = line_id(&origin(), pos);
+            assert_eq!(line_position(&id), Some(pos), "{id}");
+        }
+        assert_eq!(
+            line_position("abc-17-2"),
+            Some(Position { ts_ns: 17, seen: 3 })
+        );
+        for bad in [
+            "",
+            "abc",
+            "3f2a-x-0",
+            "3f2a-5-",
+            "-5",
+            "3f2a-5-4294967295",
+            "manager-1-x",
+        ] {
+            assert_eq!(line_position(bad), None, "{bad}");
         }
     }
 

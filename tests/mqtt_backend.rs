@@ -100,8 +100,8 @@ fn event(kind: SourceKind, level: Level, text: &str) -> Arc<LogMessage> {
 }
 
 fn start(c: &MqttConfig, state: &Path) -> (Arc<MqttBackend>, Arc<Progress>) {
-    let progress = Arc::new(Progress::new(1));
-    let b = MqttBackend::start(c, state, progress.clone(), 0, "pi-test", "0.1.0").expect("start");
+    let progress = Arc::new(Progress::new());
+    let b = MqttBackend::start(c, state, progress.lane(), "pi-test", "0.1.0").expect("start");
     (b, progress)
 }
 
@@ -589,7 +589,7 @@ fn tls_verified_and_wrong_ca_refused() {
     std::fs::write(&junk, "not a certificate").expect("junk");
     let mut c = cfg(tls_port, &[("MQTT_CA_FILE", junk.to_str().expect("utf-8"))]);
     c.tls = true;
-    let e = MqttBackend::start(&c, state.path(), Arc::new(Progress::new(1)), 0, "h", "v")
+    let e = MqttBackend::start(&c, state.path(), Progress::new().lane(), "h", "v")
         .err()
         .expect("refused");
     assert!(e.to_string().contains("junk.pem"), "{e}");

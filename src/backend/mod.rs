@@ -43,42 +43,72 @@ pub trait Backend: Send + Sync {
     fn metrics(&self, out: &mut String);
 }
 
-/// Per backend, per container: the last position the backend has taken.
+/// What one backend has taken, per container: the last position.
+type Taken = Mutex<HashMap<Arc<str>, Position>>;
+
+/// Per backend, per container: the last position the backend has taken. Each backend holds
+/// its own [`Lane`]; the saved cursor is the lowest position over all lanes.
+#[derive(Default)]
 pub struct Progress {
-    slots: Vec<Mutex<HashMap<Arc<str>, Position>>>,
+    lanes: Mutex<Vec<Arc<Taken>>>,
+}
+
+/// One backend's lane in [`Progress`]: where it reports what it has taken.
+#[derive(Clone)]
+pub struct Lane {
+    taken: Arc<Taken>,
+}
+
+impl Lane {
+    /// This backend has taken every line of `container` up to `pos`.
+    pub fn taken(&self, container: &Arc<str>, pos: Position) {
+        advance(&self.taken, container, pos);
+    }
+}
+
+/// Moves `container` forward to `pos` in one lane; never back.
+fn advance(taken: &Taken, container: &Arc<str>, pos: Position) {
+    let mut map = taken.lock().unwrap_or_else(|p| p.into_inner());
+    match map.get_mut(container) {
+        Some(p) if *p >= pos => {}
+        Some(p) => *p = pos,
+        None => {
+            map.insert(container.clone(), pos);
+        }
+    }
 }
 
 impl Progress {
-    pub fn new(backends: usize) -> Progress {
-        Progress {
-            slots: (0..backends).map(|_| Mutex::new(HashMap::new())).collect(),
-        }
+    pub fn new() -> Progress {
+        Progress::default()
     }
 
-    pub fn backends(&self) -> usize {
-        self.slots.len()
-    }
-
-    /// Backend `backend` has taken every line of `container` up to `pos`.
-    pub fn taken(&self, backend: usize, container: &Arc<str>, pos: Position) {
-        let Some(slot) = self.slots.get(backend) else {
-            return;
+    /// A new lane, for a backend that is being started: from now on the cursor waits for it.
+    pub fn lane(&self) -> Lane {
+        let lane = Lane {
+            taken: Arc::new(Mutex::new(HashMap::new())),
         };
-        let mut map = slot.lock().unwrap_or_else(|p| p.into_inner());
-        match map.get_mut(container) {
-            Some(p) if *p >= pos => {}
-            Some(p) => *p = pos,
-            None => {
-                map.insert(container.clone(), pos);
-            }
+        self.lanes().push(lane.taken.clone());
+        lane
+    }
+
+    fn lanes(&self) -> std::sync::MutexGuard<'_, Vec<Arc<Taken>>> {
+        self.lanes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Every backend has taken `container` up to `pos` (a container read from "now" on: what
+    /// was logged before it is not wanted).
+    pub fn taken_by_all(&self, container: &Arc<str>, pos: Position) {
+        for taken in self.lanes().iter() {
+            advance(taken, container, pos);
         }
     }
 
     /// For each container every backend has taken something of: the lowest such position.
     pub fn safe(&self) -> HashMap<Arc<str>, Position> {
         let mut out: Option<HashMap<Arc<str>, Position>> = None;
-        for slot in &self.slots {
-            let map = slot.lock().unwrap_or_else(|p| p.into_inner());
+        for taken in self.lanes().iter() {
+            let map = taken.lock().unwrap_or_else(|p| p.into_inner());
             out = Some(match out {
                 None => map.clone(),
                 Some(prev) => prev
@@ -90,10 +120,11 @@ impl Progress {
         out.unwrap_or_default()
     }
 
-    /// Forgets a container (removed from the engine) in every slot.
+    /// Forgets a container (removed from the engine) in every lane.
     pub fn forget(&self, container: &str) {
-        for slot in &self.slots {
-            slot.lock()
+        for taken in self.lanes().iter() {
+            taken
+                .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .remove(container);
         }
@@ -110,18 +141,19 @@ mod tests {
 
     #[test]
     fn safe_is_the_slowest_backend() {
-        let p = Progress::new(2);
+        let p = Progress::new();
+        let (zero, one) = (p.lane(), p.lane());
         let a: Arc<str> = Arc::from("a");
         let b: Arc<str> = Arc::from("b");
-        p.taken(0, &a, pos(10, 1));
-        p.taken(0, &b, pos(5, 1));
-        p.taken(1, &a, pos(7, 2));
+        zero.taken(&a, pos(10, 1));
+        zero.taken(&b, pos(5, 1));
+        one.taken(&a, pos(7, 2));
         let safe = p.safe();
         assert_eq!(safe.get(&a), Some(&pos(7, 2)));
         assert_eq!(safe.get(&b), None, "backend 1 took nothing of b yet");
-        p.taken(1, &a, pos(6, 1));
+        one.taken(&a, pos(6, 1));
         assert_eq!(p.safe().get(&a), Some(&pos(7, 2)), "never moves back");
-        p.taken(1, &b, pos(9, 1));
+        one.taken(&b, pos(9, 1));
         assert_eq!(p.safe().get(&b), Some(&pos(5, 1)));
     }
 }

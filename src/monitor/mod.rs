@@ -387,16 +387,23 @@ impl Monitor {
                     }
                 }
             })?;
-        let s = shared.clone();
-        let events = std::thread::Builder::new()
+        let mut monitor = Monitor {
+            shared: shared.clone(),
+            events: None,
+            manager: Some(manager),
+        };
+        match std::thread::Builder::new()
             .name("events".into())
             .stack_size(192 * 1024)
-            .spawn(move || events_loop(s))?;
-        Ok(Monitor {
-            shared,
-            events: Some(events),
-            manager: Some(manager),
-        })
+            .spawn(move || events_loop(shared))
+        {
+            Ok(events) => monitor.events = Some(events),
+            Err(e) => {
+                monitor.stop();
+                return Err(e);
+            }
+        }
+        Ok(monitor)
     }
 
     pub fn shared(&self) -> &Arc<Shared> {

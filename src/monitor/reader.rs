@@ -150,16 +150,13 @@ fn first_since(shared: &Shared, slot: &Slot, started_at_ns: i64) -> Since {
         // Remember "now" as a cursor: lines written while we are down later are not lost.
         let now = cursor::now_ns();
         let id: Arc<str> = Arc::from(slot.id.as_str());
-        for i in 0..shared.progress.backends() {
-            shared.progress.taken(
-                i,
-                &id,
-                Position {
-                    ts_ns: now,
-                    seen: 0,
-                },
-            );
-        }
+        shared.progress.taken_by_all(
+            &id,
+            Position {
+                ts_ns: now,
+                seen: 0,
+            },
+        );
         Since::At(now)
     };
     match shared.cfg.since {

@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
-use crate::backend::Progress;
-use crate::message::{LogMessage, Origin, Position, SourceKind};
+use crate::backend::Lane;
+use crate::message::{line_position, LogMessage, Origin, Position, SourceKind};
 
 /// What the writer thread is asked to do.
 pub enum Cmd {
@@ -78,8 +78,7 @@ pub struct Writer {
     files: HashMap<PathBuf, Open>,
     /// Per container, the last position written since the last flush.
     unflushed: HashMap<Arc<str>, Position>,
-    progress: Arc<Progress>,
-    index: usize,
+    lane: Lane,
     stats: Arc<FileStats>,
     last_error_log: Option<Instant>,
     /// Per container, the line last found in the files at start. A restart after a crash
@@ -130,18 +129,12 @@ pub fn relative_path(msg: &LogMessage) -> PathBuf {
 }
 
 impl Writer {
-    pub fn new(
-        settings: Settings,
-        progress: Arc<Progress>,
-        index: usize,
-        stats: Arc<FileStats>,
-    ) -> Writer {
+    pub fn new(settings: Settings, lane: Lane, stats: Arc<FileStats>) -> Writer {
         Writer {
             settings,
             files: HashMap::new(),
             unflushed: HashMap::new(),
-            progress,
-            index,
+            lane,
             written_before: HashMap::new(),
             last_path: None,
             line: String::new(),
@@ -220,7 +213,7 @@ impl Writer {
         let Some(&last) = self.written_before.get(id) else {
             return false;
         };
-        match id_position(msg.id()) {
+        match line_position(msg.id()) {
             Some(p) if p <= last => true,
             _ => {
                 // Past the last written line: nothing more to skip for this container.
@@ -377,7 +370,7 @@ impl Writer {
         }
         self.end_run();
         for (container, pos) in self.unflushed.drain() {
-            self.progress.taken(self.index, &container, pos);
+            self.lane.taken(&container, pos);
         }
     }
 
@@ -451,25 +444,14 @@ fn tail_positions(path: &Path, max: u64) -> Vec<(String, Position)> {
     }
     lines
         .filter_map(|l| serde_json::from_str::<Line>(l).ok())
-        .filter_map(|l| Some((l.container_id.into_owned(), id_position(&l.id)?)))
+        .filter_map(|l| Some((l.container_id.into_owned(), line_position(&l.id)?)))
         .collect()
-}
-
-/// The position a container line's id encodes (`<short id>-<ts ns>-<index>`).
-fn id_position(id: &str) -> Option<Position> {
-    let mut parts = id.rsplitn(3, '-');
-    let index: u32 = parts.next()?.parse().ok()?;
-    let ts_ns: i64 = parts.next()?.parse().ok()?;
-    parts.next()?;
-    Some(Position {
-        ts_ns,
-        seen: index + 1,
-    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::Progress;
     use crate::message::{line_id, Draft, LabelValue, Level, Origin};
 
     fn msg(app: &str, service: &str, text: &str, ts: i64) -> Arc<LogMessage> {
@@ -525,8 +507,7 @@ mod tests {
                     max_bytes: line_len * 5 / 2,
                     keep: 2,
                 },
-                Arc::new(Progress::new(1)),
-                0,
+                Progress::new().lane(),
                 Arc::new(FileStats::default()),
             );
             let t = std::thread::spawn(move || w.run(rx));
@@ -569,7 +550,7 @@ mod tests {
     #[test]
     fn writes_rotates_and_reports_progress() {
         let dir = tempdir("rot");
-        let progress = Arc::new(Progress::new(1));
+        let progress = Progress::new();
         let stats = Arc::new(FileStats::default());
         let (tx, rx) = crossbeam_channel::bounded(16);
         let w = Writer::new(
@@ -578,8 +559,7 @@ mod tests {
                 max_bytes: 4096,
                 keep: 2,
             },
-            progress.clone(),
-            0,
+            progress.lane(),
             stats.clone(),
         );
         let t = std::thread::spawn(move || w.run(rx));
@@ -633,7 +613,7 @@ mod tests {
     fn lines_already_in_the_files_are_not_written_again() {
         let dir = tempdir("dedup");
         let run = |from: i64, to: i64| {
-            let progress = Arc::new(Progress::new(1));
+            let progress = Progress::new();
             let (tx, rx) = crossbeam_channel::bounded(16);
             let mut w = Writer::new(
                 Settings {
@@ -641,8 +621,7 @@ mod tests {
                     max_bytes: 1 << 20,
                     keep: 1,
                 },
-                progress,
-                0,
+                progress.lane(),
                 Arc::new(FileStats::default()),
             );
             w.scan_existing();
@@ -669,11 +648,6 @@ mod tests {
             .collect();
         let want: Vec<String> = (1..=80).map(|i| format!("n{i}")).collect();
         assert_eq!(got, want);
-        assert_eq!(
-            id_position("abc-17-2"),
-            Some(Position { ts_ns: 17, seen: 3 })
-        );
-        assert_eq!(id_position("manager-1-x"), None);
         let _ = fs::remove_dir_all(&dir);
     }
 }

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use crossbeam_channel::Sender;
 
-use crate::backend::{Backend, Progress};
+use crate::backend::{Backend, Lane};
 use crate::message::LogMessage;
 use files::{Cmd, FileStats, Settings, Writer};
 use ring::Ring;
@@ -28,8 +28,7 @@ pub struct LocalBackend {
     tx: Mutex<Option<Sender<Cmd>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
     stats: Arc<FileStats>,
-    progress: Arc<Progress>,
-    index: usize,
+    lane: Lane,
     persist: bool,
 }
 
@@ -38,15 +37,14 @@ impl LocalBackend {
     pub fn start(
         memory: usize,
         files: Option<Settings>,
-        progress: Arc<Progress>,
-        index: usize,
+        lane: Lane,
     ) -> std::io::Result<Arc<LocalBackend>> {
         let stats = Arc::new(FileStats::default());
         let (tx, writer) = match files {
             Some(settings) => {
                 std::fs::create_dir_all(&settings.dir)?;
                 let (tx, rx) = crossbeam_channel::bounded(QUEUE);
-                let mut w = Writer::new(settings, progress.clone(), index, stats.clone());
+                let mut w = Writer::new(settings, lane.clone(), stats.clone());
                 w.scan_existing();
                 let handle = std::thread::Builder::new()
                     .name("file-writer".into())
@@ -62,8 +60,7 @@ impl LocalBackend {
             tx: Mutex::new(tx),
             writer: Mutex::new(writer),
             stats,
-            progress,
-            index,
+            lane,
         }))
     }
 
@@ -118,7 +115,7 @@ impl Backend for LocalBackend {
             None => {
                 for m in msgs {
                     if let Some(pos) = m.position {
-                        self.progress.taken(self.index, &m.origin.container_id, pos);
+                        self.lane.taken(&m.origin.container_id, pos);
                     }
                 }
             }

@@ -17,7 +17,7 @@ use rumqttc::{Client, QoS};
 
 use super::spool::Spool;
 use super::topic;
-use crate::backend::Progress;
+use crate::backend::Lane as ProgressLane;
 use crate::config::MqttConfig;
 use crate::message::{Level, LogMessage, Origin, Position, SourceKind};
 
@@ -186,7 +186,7 @@ impl Tracker {
         self.lanes.values().map(|l| l.slots.len()).sum()
     }
 
-    fn report(&mut self, progress: &Progress, index: usize) {
+    fn report(&mut self, progress: &ProgressLane) {
         for c in self.dirty.drain(..) {
             let Some(lane) = self.lanes.get_mut(&c) else {
                 continue;
@@ -197,7 +197,7 @@ impl Tracker {
                 lane.base += 1;
             }
             if let Some(p) = last {
-                progress.taken(index, &c, p);
+                progress.taken(&c, p);
             }
             // After a burst, give back what it grew to.
             if lane.slots.capacity() > 1024 && lane.slots.len() < lane.slots.capacity() / 4 {
@@ -251,16 +251,14 @@ pub struct Core {
     pub counters: Counters,
     pub last_error: String,
 
-    progress: Arc<Progress>,
-    index: usize,
+    lane: ProgressLane,
 }
 
 impl Core {
     pub fn new(
         cfg: &MqttConfig,
         spool: Spool,
-        progress: Arc<Progress>,
-        index: usize,
+        lane: ProgressLane,
         online: String,
         offline: String,
     ) -> Core {
@@ -296,8 +294,7 @@ impl Core {
             last_drop: None,
             counters: Counters::default(),
             last_error: String::new(),
-            progress,
-            index,
+            lane,
         }
     }
 
@@ -429,7 +426,7 @@ impl Core {
         if self.connected && !self.stopping {
             self.pump(client);
         }
-        self.tracker.report(&self.progress, self.index);
+        self.tracker.report(&self.lane);
     }
 
     fn spool_overflow(&mut self, now: Instant) {
@@ -506,7 +503,7 @@ impl Core {
         self.write_spool(front, true);
         let rest: Vec<Unit> = self.memory.drain(..).collect();
         self.write_spool(rest, false);
-        self.tracker.report(&self.progress, self.index);
+        self.tracker.report(&self.lane);
     }
 
     /// True when nothing of memory is left to send (the spool may still hold messages).
@@ -732,7 +729,7 @@ impl Core {
                 self.settle_unit(&u);
             }
         }
-        self.tracker.report(&self.progress, self.index);
+        self.tracker.report(&self.lane);
     }
 
     /// Empties the in-flight window: acknowledged units are settled, units read from the spool
@@ -768,7 +765,7 @@ impl Core {
         self.connected = false;
         self.last_error = error;
         let back = self.take_back_inflight();
-        self.tracker.report(&self.progress, self.index);
+        self.tracker.report(&self.lane);
         for u in back.into_iter().rev() {
             self.retry.push_front(u);
         }
@@ -820,6 +817,7 @@ pub fn qos(n: u8) -> QoS {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::Progress;
 
     #[test]
     fn cut_keeps_valid_json() {
@@ -836,7 +834,8 @@ mod tests {
 
     #[test]
     fn tracker_reports_in_order() {
-        let p = Progress::new(1);
+        let p = Progress::new();
+        let lane = p.lane();
         let mut t = Tracker::default();
         let c: Arc<str> = Arc::from("c");
         let d: Arc<str> = Arc::from("d");
@@ -848,7 +847,7 @@ mod tests {
         for s in &other {
             t.take(s);
         }
-        t.report(&p, 0);
+        t.report(&lane);
         assert_eq!(p.safe().get(&c), None, "1 is still only in memory");
         assert_eq!(
             p.safe().get(&d),
@@ -857,28 +856,29 @@ mod tests {
         );
         assert_eq!(t.len(), 2);
         t.take(&a);
-        t.report(&p, 0);
+        t.report(&lane);
         assert_eq!(p.safe().get(&c), Some(&pos(2)));
         assert_eq!(t.len(), 0);
     }
 
     #[test]
     fn tracker_forgets_empty_lanes_of_gone_containers() {
-        let p = Progress::new(1);
+        let p = Progress::new();
+        let lane = p.lane();
         let mut t = Tracker::default();
         for i in 0..=IDLE_LANES {
             let s = t.push(Arc::from(format!("c{i}")), Position { ts_ns: 1, seen: 1 });
             t.take(&s);
         }
         let held = t.push(Arc::from("busy"), Position { ts_ns: 1, seen: 1 });
-        t.report(&p, 0);
+        t.report(&lane);
         assert_eq!(
             t.lanes.len(),
             1,
             "only the lane with a message waiting is kept"
         );
         t.take(&held);
-        t.report(&p, 0);
+        t.report(&lane);
         assert_eq!(p.safe().len(), IDLE_LANES + 2);
     }
 }

@@ -29,7 +29,7 @@ use rumqttc::{
 };
 
 use self::link::Core;
-use super::{Backend, Progress};
+use super::{Backend, Lane};
 use crate::config::MqttConfig;
 use crate::message::LogMessage;
 
@@ -147,8 +147,7 @@ impl MqttBackend {
     pub fn start(
         cfg: &MqttConfig,
         state_dir: &Path,
-        progress: Arc<Progress>,
-        index: usize,
+        lane: Lane,
         host: &str,
         version: &str,
     ) -> Result<Arc<MqttBackend>, Error> {
@@ -196,7 +195,7 @@ impl MqttBackend {
 
         let (wake_tx, wake_rx) = bounded(1);
         let shared = Arc::new(Shared {
-            core: Mutex::new(Core::new(cfg, spool, progress, index, online, offline)),
+            core: Mutex::new(Core::new(cfg, spool, lane, online, offline)),
             wake: wake_tx,
         });
         let (tx, rx) = bounded(CHANNEL);
