@@ -284,6 +284,9 @@ impl Pipeline {
         let t0 = Instant::now();
         notify::notify("STOPPING=1");
         log::info!("stopping");
+        // Cursors are saved only when readers ran: an agent stopped while it waited for the
+        // engine leaves the last run's cursors (and its time alive) as they were.
+        let read = self.monitor.is_some();
         if let Some(mut monitor) = self.monitor.take() {
             monitor.stop();
         }
@@ -294,7 +297,7 @@ impl Pipeline {
         for b in self.backends.drain(..) {
             b.shutdown();
         }
-        if let Some(cursors) = self.cursors.take() {
+        if let Some(cursors) = self.cursors.take().filter(|_| read) {
             cursors.advance(&self.progress.safe());
             if let Err(e) = cursors.save(true) {
                 log::error!("cannot save resume cursors: {e}");
