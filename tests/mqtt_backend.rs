@@ -21,7 +21,7 @@ use container_logd::message::{Draft, LabelValue, Level, LogMessage, Origin, Posi
 mod util;
 
 use util::broker::{Broker, BrokerOpts, Msg, SubOpts, Subscriber};
-use util::{free_port, unique, TempDir};
+use util::{free_port, unique, TempDir, PATIENCE};
 
 const TS0: i64 = 1_700_000_000_000_000_000;
 
@@ -211,7 +211,7 @@ fn topics_and_payloads_for_every_kind() {
     for m in &msgs {
         b.log(m);
     }
-    let got = all.take(5, Duration::from_secs(10));
+    let got = all.take(5, PATIENCE);
     let topics: Vec<&str> = got.iter().map(|g| g.topic.as_str()).collect();
     assert_eq!(
         topics,
@@ -227,15 +227,15 @@ fn topics_and_payloads_for_every_kind() {
         assert_eq!(g.raw, m.json().as_bytes());
         assert!(!g.retained);
     }
-    let got = web.take(2, Duration::from_secs(5));
+    let got = web.take(2, PATIENCE);
     assert_eq!(got.len(), 2);
     assert_eq!(got[1].raw, msgs[1].json().as_bytes());
-    let got = errors.take(2, Duration::from_secs(5));
+    let got = errors.take(2, PATIENCE);
     assert_eq!(got[0].topic, "container-manager/logs/1001/web/error");
     assert_eq!(got[1].topic, "container-manager/logs/shop/a_b_c/error");
     errors.nothing_more(Duration::from_millis(300));
 
-    wait_for("progress", Duration::from_secs(5), || {
+    wait_for("progress", PATIENCE, || {
         progress.safe().get("c-web").copied() == Some(pos(2))
     });
     assert_eq!(progress.safe().get("c-odd").copied(), Some(pos(3)));
@@ -264,9 +264,9 @@ fn qos_round_trip(qos: &str) {
     for m in &sent {
         b.log(m);
     }
-    let got = sub.take(500, Duration::from_secs(20));
+    let got = sub.take(500, PATIENCE);
     assert_eq!(check_complete_in_order(&sent, &got), 0);
-    wait_for("progress", Duration::from_secs(5), || {
+    wait_for("progress", PATIENCE, || {
         progress.safe().get("c-web").copied() == Some(pos(500))
     });
     assert_eq!(b.health()["acknowledged"], 500);
@@ -313,7 +313,7 @@ fn batches_by_count_and_by_interval() {
     for m in &sent {
         b.log(m);
     }
-    let got = sub.take(2, Duration::from_secs(5));
+    let got = sub.take(2, PATIENCE);
     assert_eq!(got.len(), 2, "two full batches");
     assert!(
         t0.elapsed() < Duration::from_millis(350),
@@ -332,7 +332,7 @@ fn batches_by_count_and_by_interval() {
         assert_eq!(String::from_utf8_lossy(&g.raw), want);
     }
     // The last two go when the interval since the first of them ran out.
-    let rest = sub.take(1, Duration::from_secs(5));
+    let rest = sub.take(1, PATIENCE);
     let waited = t0.elapsed();
     assert!(
         waited >= Duration::from_millis(350),
@@ -371,11 +371,7 @@ fn a_waiting_batch_holds_back_only_its_own_container() {
         .map(|n| line(&busy, n, Level::Info, "x"))
         .collect();
     b.log_many(&flood);
-    assert_eq!(
-        sub.take(200, Duration::from_secs(20)).len(),
-        200,
-        "full batches"
-    );
+    assert_eq!(sub.take(200, PATIENCE).len(), 200, "full batches");
     let (q, c): (Arc<str>, Arc<str>) = (Arc::from("c-quiet"), Arc::from("c-busy"));
     wait_for(
         "the busy cursor to reach its end",
@@ -395,25 +391,23 @@ fn retained_status_and_clean_offline() {
     let status = format!("test/status/{}", unique("s"));
     let c = cfg(port, &[("MQTT_STATUS_TOPIC", &status)]);
     let (b, _p) = start(&c, dir.path());
-    wait_for("connect", Duration::from_secs(10), || {
-        b.health()["connected"] == true
-    });
+    wait_for("connect", PATIENCE, || b.health()["connected"] == true);
     // A subscriber arriving later gets the retained online status.
     let sub = Subscriber::start(port, &[&status]);
-    let got = sub.take(1, Duration::from_secs(5));
+    let got = sub.take(1, PATIENCE);
     assert_eq!(
         String::from_utf8_lossy(&got[0].raw),
         r#"{"status":"online","host":"pi-test","version":"0.1.0"}"#
     );
     assert!(got[0].retained);
     stop(&b);
-    let got = sub.take(1, Duration::from_secs(5));
+    let got = sub.take(1, PATIENCE);
     assert_eq!(
         String::from_utf8_lossy(&got[0].raw),
         r#"{"status":"offline","host":"pi-test","version":"0.1.0"}"#
     );
     let later = Subscriber::start(port, &[&status]);
-    let got = later.take(1, Duration::from_secs(5));
+    let got = later.take(1, PATIENCE);
     assert!(got[0].retained);
     assert_eq!(got[0].json()["status"], "offline");
 }
@@ -456,18 +450,18 @@ fn last_will_when_the_agent_is_killed() {
         .spawn()
         .expect("child agent");
     let mut child = Kill(child);
-    let got = sub.take(1, Duration::from_secs(15));
+    let got = sub.take(1, PATIENCE);
     assert_eq!(got[0].json()["status"], "online");
     child.0.kill().expect("SIGKILL");
     let _ = child.0.wait();
-    let got = sub.take(1, Duration::from_secs(15));
+    let got = sub.take(1, PATIENCE);
     assert_eq!(got.len(), 1, "last will published");
     assert_eq!(
         String::from_utf8_lossy(&got[0].raw),
         r#"{"status":"offline","host":"pi-test","version":"0.1.0"}"#
     );
     let later = Subscriber::start(port, &[&status]);
-    let got = later.take(1, Duration::from_secs(5));
+    let got = later.take(1, PATIENCE);
     assert!(got[0].retained, "the will is retained");
     assert_eq!(got[0].json()["status"], "offline");
 }
@@ -503,7 +497,7 @@ fn username_and_password() {
         &[("MQTT_USERNAME", "logd"), ("MQTT_PASSWORD", "wrong-pass")],
     );
     let (b, _p) = start(&bad, dir.path());
-    wait_for("refusal", Duration::from_secs(10), || {
+    wait_for("refusal", PATIENCE, || {
         !b.health()["lastError"].as_str().unwrap_or("").is_empty()
     });
     let h = b.health();
@@ -520,7 +514,7 @@ fn username_and_password() {
     let o = origin("1001", "web", "c-web");
     let m = line(&o, 1, Level::Info, "with auth");
     b.log(&m);
-    let got = sub.take(1, Duration::from_secs(10));
+    let got = sub.take(1, PATIENCE);
     assert_eq!(got[0].raw, m.json().as_bytes());
     stop(&b);
 }
@@ -539,7 +533,7 @@ fn tls_verified_and_wrong_ca_refused() {
         ..Default::default()
     });
     let plain = broker.port;
-    wait_for("tls listener", Duration::from_secs(5), || {
+    wait_for("tls listener", PATIENCE, || {
         TcpStream::connect(("127.0.0.1", tls_port)).is_ok()
     });
     let sub = Subscriber::start(plain, &["container-manager/logs/#"]);
@@ -556,7 +550,7 @@ fn tls_verified_and_wrong_ca_refused() {
     let o = origin("1001", "web", "c-web");
     let m = line(&o, 1, Level::Info, "over tls");
     b.log(&m);
-    let got = sub.take(1, Duration::from_secs(10));
+    let got = sub.take(1, PATIENCE);
     assert_eq!(got.len(), 1, "health: {}", b.health());
     assert_eq!(got[0].raw, m.json().as_bytes());
     stop(&b);
@@ -571,7 +565,7 @@ fn tls_verified_and_wrong_ca_refused() {
     let state = TempDir::new("tls-state2");
     let (b, _p) = start(&c, state.path());
     b.log(&line(&o, 2, Level::Info, "must not go out"));
-    wait_for("tls refusal", Duration::from_secs(10), || {
+    wait_for("tls refusal", PATIENCE, || {
         !b.health()["lastError"].as_str().unwrap_or("").is_empty()
     });
     let h = b.health();
@@ -619,11 +613,11 @@ fn a_broker_that_stops_answering_is_reconnected_and_nothing_is_lost() {
         .map(|n| line(&o, n, Level::Info, &format!("line {n}")))
         .collect();
     b.log_many(&sent[..100]);
-    assert_eq!(sub.take(100, Duration::from_secs(10)).len(), 100);
+    assert_eq!(sub.take(100, PATIENCE).len(), 100);
     broker.signal("STOP");
     let t = Instant::now();
     b.log_many(&sent[100..200]);
-    wait_for("the stall to be noticed", Duration::from_secs(30), || {
+    wait_for("the stall to be noticed", PATIENCE, || {
         b.health()["lastError"]
             .as_str()
             .is_some_and(|e| e.contains("no acknowledgement"))
@@ -646,7 +640,7 @@ fn a_broker_that_stops_answering_is_reconnected_and_nothing_is_lost() {
     for m in &sent[100..] {
         assert!(ids.contains(m.id()), "{} never arrived", m.id());
     }
-    wait_for("connected again", Duration::from_secs(10), || {
+    wait_for("connected again", PATIENCE, || {
         b.health()["connected"] == true
     });
     assert!(b.health()["reconnects"].as_u64().unwrap_or(0) >= 1);
@@ -743,7 +737,7 @@ fn outage(vars: &[(&str, &str)]) {
         got.len(),
         b.health()
     );
-    wait_for("progress", Duration::from_secs(5), || {
+    wait_for("progress", PATIENCE, || {
         let safe = progress.safe();
         origins.iter().all(|o| {
             let last = sent
@@ -795,11 +789,9 @@ fn spool_survives_a_restart_of_the_agent() {
     });
     let sub = Subscriber::start(port, &["container-manager/logs/#"]);
     let (b, _p) = start(&c, state.path());
-    let got = sub.take(3000, Duration::from_secs(30));
+    let got = sub.take(3000, PATIENCE);
     assert_eq!(check_complete_in_order(&sent, &got), 0);
-    wait_for("spool emptied", Duration::from_secs(5), || {
-        b.health()["spoolBytes"] == 0
-    });
+    wait_for("spool emptied", PATIENCE, || b.health()["spoolBytes"] == 0);
     stop(&b);
     // A clean stop with nothing left leaves no segment to replay.
     let (b, _p) = start(&c, state.path());
@@ -820,7 +812,7 @@ fn spool_limit_drops_the_oldest() {
     for m in &sent {
         b.log(m);
     }
-    wait_for("drops", Duration::from_secs(10), || {
+    wait_for("drops", PATIENCE, || {
         b.health()["dropped"].as_u64().unwrap_or(0) > 0
     });
     // Let the publisher finish taking the rest in before counting.
@@ -839,7 +831,7 @@ fn spool_limit_drops_the_oldest() {
     });
     let sub = Subscriber::start(port, &["container-manager/logs/#"]);
     let want = sent.len() - dropped;
-    let got = sub.take(want, Duration::from_secs(30));
+    let got = sub.take(want, PATIENCE);
     sub.nothing_more(Duration::from_millis(500));
     // What arrives is the newest part, complete and in order: the oldest went first.
     let tail = &sent[dropped..];
@@ -853,9 +845,7 @@ fn qos1_throughput() {
     let broker = Broker::start();
     let port = broker.port;
     let (b, _p) = start(&cfg(port, &[]), dir.path());
-    wait_for("connect", Duration::from_secs(10), || {
-        b.health()["connected"] == true
-    });
+    wait_for("connect", PATIENCE, || b.health()["connected"] == true);
     let o = origin("1001", "web", "c-web");
     let n = 20_000;
     let msgs: Vec<_> = (1..=n)
@@ -865,7 +855,7 @@ fn qos1_throughput() {
     for m in &msgs {
         b.log(m);
     }
-    wait_for("acks", Duration::from_secs(30), || {
+    wait_for("acks", PATIENCE, || {
         b.health()["acknowledged"].as_u64() == Some(n as u64)
     });
     let secs = t.elapsed().as_secs_f64();

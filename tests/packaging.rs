@@ -435,7 +435,7 @@ fn installed_agent_runs_as_its_user() {
         .spawn()
         .expect("start the installed agent");
     let mut health = (0, String::new());
-    let up = util::wait_until(Duration::from_secs(15), || {
+    let up = util::wait_until(util::PATIENCE, || {
         health = util::http_get(port, "/api/v1/health", None);
         health.0 == 200
     });

@@ -45,7 +45,7 @@ fn lines(agent: &Agent, query: &str) -> Vec<serde_json::Value> {
 /// Waits until `query` finds at least `n` container lines; returns them.
 fn wait_logs(agent: &Agent, query: &str, n: usize) -> Vec<serde_json::Value> {
     let mut got = Vec::new();
-    let ok = wait_until(Duration::from_secs(20), || {
+    let ok = wait_until(PATIENCE, || {
         got = lines(agent, query);
         got.len() >= n
     });
@@ -117,7 +117,7 @@ fn stdout_stderr_levels_and_balena_labels() {
 
     // The file holds the same JSON, byte for byte, created 0640.
     let path = agent.log_dir().join("1001/web.log");
-    assert!(wait_until(Duration::from_secs(5), || agent
+    assert!(wait_until(PATIENCE, || agent
         .file_lines("1001", "web")
         .len()
         == 4));
@@ -160,12 +160,12 @@ fn late_container_and_its_exit_code() {
     let agent = agent_for(&p, &[]);
     std::thread::sleep(Duration::from_millis(300));
     let c = Container::run(&format!("{p}-job"), &[], "echo started late; exit 3");
-    assert_eq!(c.wait(Duration::from_secs(20)), 3);
+    assert_eq!(c.wait(PATIENCE), 3);
     let lines = wait_logs(&agent, &format!("service={}", c.name), 1);
     assert!(messages(&lines).contains(&"started late".to_string()));
     let mut died = Vec::new();
     assert!(
-        wait_until(Duration::from_secs(10), || {
+        wait_until(PATIENCE, || {
             died = agent
                 .logs("q=exit+code+3")
                 .into_iter()
@@ -185,7 +185,7 @@ fn late_container_and_its_exit_code() {
     assert_eq!(d["isSystem"], true);
     assert_eq!(d["containerId"], c.id.as_str());
     // Lifecycle messages are kept in their own file too.
-    assert!(wait_until(Duration::from_secs(5), || agent
+    assert!(wait_until(PATIENCE, || agent
         .file_lines("system", "events")
         .iter()
         .any(|m| m["message"] == d["message"])));
@@ -270,7 +270,7 @@ fn compose_labels_ignore_label_and_patterns() {
     let got = wait_logs(&agent, "appId=shop&service=db", 1);
     assert_eq!(got[0]["appId"], "shop");
     assert_eq!(got[0]["serviceId"], serde_json::Value::Null);
-    assert!(wait_until(Duration::from_secs(5), || agent
+    assert!(wait_until(PATIENCE, || agent
         .file_lines("shop", "db")
         .len()
         == 1));
@@ -311,10 +311,10 @@ fn crash_and_restart_keep_every_line_once_in_order() {
     assert!(took < Duration::from_secs(5), "stopped in {took:?}");
     std::thread::sleep(Duration::from_millis(800));
     agent.restart();
-    c.wait(Duration::from_secs(30));
+    c.wait(PATIENCE);
     let app = "standalone";
     let mut lines = Vec::new();
-    let done = wait_until(Duration::from_secs(20), || {
+    let done = wait_until(PATIENCE, || {
         lines = agent.file_lines(app, &c.name);
         lines.len() >= total
     });
@@ -467,12 +467,12 @@ fn sighup_reopens_files_and_sigterm_saves_cursors() {
         .log_dir()
         .join("standalone")
         .join(format!("{}.log", c.name));
-    assert!(wait_until(Duration::from_secs(15), || file.exists()));
+    assert!(wait_until(PATIENCE, || file.exists()));
     let moved = file.with_extension("log.moved");
     std::fs::rename(&file, &moved).expect("move the file away, as logrotate does");
     agent.signal("HUP");
     assert!(
-        wait_until(Duration::from_secs(10), || file.exists()),
+        wait_until(PATIENCE, || file.exists()),
         "a new file after SIGHUP; log:\n{}",
         agent.log()
     );
@@ -521,7 +521,7 @@ fn engine_outage_is_reported_and_survived() {
     engine.stop();
     let mut health = serde_json::Value::Null;
     assert!(
-        wait_until(Duration::from_secs(15), || {
+        wait_until(PATIENCE, || {
             let (status, body) = agent.get("/api/v1/health");
             health = json(&body);
             status == 503 && health["docker"]["connected"] == false
@@ -532,15 +532,11 @@ fn engine_outage_is_reported_and_survived() {
 
     engine.up();
     assert!(
-        wait_until(Duration::from_secs(40), || lines(&agent, "q=rise").len()
-            >= 2),
+        wait_until(PATIENCE, || lines(&agent, "q=rise").len() >= 2),
         "the restarted container is followed again; log:\n{}",
         agent.log()
     );
-    assert!(wait_until(Duration::from_secs(10), || agent
-        .get("/api/v1/health")
-        .0
-        == 200));
+    assert!(wait_until(PATIENCE, || agent.get("/api/v1/health").0 == 200));
     let (_, body) = agent.get("/api/v1/health");
     let h = json(&body);
     assert!(h["docker"]["reconnects"].as_u64().unwrap_or(0) >= 1, "{h}");
@@ -590,7 +586,7 @@ fn rate_limit_keeps_errors_and_reports_what_it_suppressed() {
     let errors = wait_logs(&agent, "q=still+here", 1);
     assert_eq!(errors[0]["level"], "error", "error lines pass the limit");
     let mut suppressed = Vec::new();
-    assert!(wait_until(Duration::from_secs(10), || {
+    assert!(wait_until(PATIENCE, || {
         suppressed = agent.logs(&format!("q=lines+from+{}", c.name));
         !suppressed.is_empty()
     }));
@@ -675,7 +671,7 @@ fn systemd_notifications_and_journald_priorities() {
         "watchdog pinged while the pipeline moves: {seen:?}"
     );
     assert!(
-        wait_until(Duration::from_secs(5), || {
+        wait_until(PATIENCE, || {
             if let Ok(n) = sock.recv(&mut buf) {
                 seen.push(String::from_utf8_lossy(&buf[..n]).into_owned());
             }
@@ -725,10 +721,10 @@ fn oom_kill_is_reported() {
         &["-m", "8m", "--memory-swap", "8m"],
         "echo before; x=$(head -c 50000000 /dev/zero | tr '\\0' a); echo after",
     );
-    assert_eq!(c.wait(Duration::from_secs(30)), 137);
+    assert_eq!(c.wait(PATIENCE), 137);
     let mut oom = Vec::new();
     assert!(
-        wait_until(Duration::from_secs(10), || {
+        wait_until(PATIENCE, || {
             oom = agent.logs("q=out+of+memory");
             !oom.is_empty()
         }),
@@ -768,7 +764,7 @@ fn stream_and_page_with_a_token() {
     let p = unique("token");
     let agent = agent_for(&p, &[("API_TOKEN", "tok-123")]);
     let _c = Container::run(&format!("{p}-s"), &[], "echo streamed; exec sleep 60");
-    assert!(wait_until(Duration::from_secs(15), || http_get(
+    assert!(wait_until(PATIENCE, || http_get(
         agent.port,
         "/api/v1/logs?q=streamed",
         Some("tok-123")

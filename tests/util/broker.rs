@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use super::{free_port, unique, wait_until, TempDir};
+use super::{free_port, unique, wait_until, TempDir, PATIENCE};
 
 const MOSQUITTO: &str = "/usr/sbin/mosquitto";
 
@@ -98,7 +98,7 @@ impl Broker {
     /// Starts the broker (again) on its port, waiting until it listens.
     pub fn start_again(&mut self) {
         assert!(self.child.is_none(), "broker already running");
-        let child = Command::new(MOSQUITTO)
+        let mut child = Command::new(MOSQUITTO)
             .arg("-c")
             .arg(&self.conf)
             .stdin(Stdio::null())
@@ -106,16 +106,15 @@ impl Broker {
             .stderr(Stdio::null())
             .spawn()
             .expect("mosquitto");
-        self.child = Some(child);
         let port = self.port;
-        assert!(
-            wait_until(Duration::from_secs(10), || TcpStream::connect((
-                "127.0.0.1",
-                port
-            ))
-            .is_ok()),
-            "mosquitto did not listen on {port}"
-        );
+        let mut exited = None;
+        let listening = wait_until(PATIENCE, || {
+            exited = child.try_wait().ok().flatten();
+            exited.is_some() || TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        self.child = Some(child);
+        assert!(exited.is_none(), "mosquitto on {port} exited: {exited:?}");
+        assert!(listening, "mosquitto did not listen on {port}");
     }
 
     /// Sends `sig` (`STOP`, `CONT`, …) to the running broker: a stopped broker keeps its
@@ -279,8 +278,9 @@ impl Subscriber {
             probe,
             taken: Mutex::new(0),
         };
-        let ok = wait_until(Duration::from_secs(10), || {
+        let ok = wait_until(PATIENCE, || {
             let mut pubcmd = Command::new("mosquitto_pub");
+            pubcmd.args(["-q", "1"]);
             pubcmd.args(["-h", "127.0.0.1", "-p", &port.to_string()]);
             if let Some((u, p)) = o.creds {
                 pubcmd.args(["-u", u, "-P", p]);
@@ -290,7 +290,7 @@ impl Subscriber {
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .status();
-            wait_until(Duration::from_millis(300), || {
+            wait_until(Duration::from_millis(1000), || {
                 s.raw().iter().any(|m| m.topic == s.probe)
             })
         });

@@ -156,11 +156,32 @@ impl Drop for TempDir {
 }
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+    // Below the kernel's ephemeral range: a port taken from it could be given to an outgoing
+    // connection before our server binds it, and a client polling a port that nobody listens
+    // on yet can even connect to itself there.
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32768)
+        .clamp(12_000, 65_000);
+    let span = low - 10_000;
+    let start = (std::process::id() * 7919 + NEXT.fetch_add(1, Ordering::Relaxed) * 211) % span;
+    for i in 0..span {
+        let port = 10_000 + (start + i * 97) % span;
+        let Ok(port) = u16::try_from(port) else {
+            continue;
+        };
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port below {low}");
 }
+
+/// How long a test waits for something that must happen: generous, so that a busy machine
+/// only makes a test slower, never failing. Waits return as soon as the awaited event comes.
+pub const PATIENCE: Duration = Duration::from_secs(60);
 
 /// Polls `f` every 50 ms until it holds or `timeout` passes.
 pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
@@ -268,12 +289,7 @@ impl Agent {
         self.child = Some(child);
         let port = self.port;
         assert!(
-            wait_until(Duration::from_secs(15), || http_get(
-                port,
-                "/api/v1/health",
-                None
-            )
-            .0 != 0),
+            wait_until(PATIENCE, || http_get(port, "/api/v1/health", None).0 != 0),
             "agent API did not come up; its log:\n{}",
             self.log()
         );
