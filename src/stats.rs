@@ -25,10 +25,6 @@ pub struct Stats {
     pub suppressed: AtomicU64,
     /// Resumes that found the engine had already dropped lines past the cursor.
     pub gaps: AtomicU64,
-    /// Agent warnings that could not become `manager` messages (their queue was full).
-    pub manager_dropped: AtomicU64,
-    /// Bumped by every thread that made progress; the watchdog looks for movement.
-    pub heartbeat: AtomicU64,
     /// The engine's API version in use.
     pub api_version: Mutex<String>,
 }
@@ -46,8 +42,6 @@ impl Default for Stats {
             docker_up: AtomicBool::new(false),
             suppressed: AtomicU64::new(0),
             gaps: AtomicU64::new(0),
-            manager_dropped: AtomicU64::new(0),
-            heartbeat: AtomicU64::new(0),
             api_version: Mutex::new(String::new()),
         }
     }

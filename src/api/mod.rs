@@ -247,7 +247,7 @@ pub fn health_doc(ctx: &Context) -> (bool, serde_json::Value) {
         "truncated": Stats::get(&s.truncated),
         "suppressed": Stats::get(&s.suppressed),
         "gaps": Stats::get(&s.gaps),
-        "managerDropped": Stats::get(&s.manager_dropped) + crate::agentlog::FORWARD_DROPPED.load(Ordering::Relaxed),
+        "managerDropped": crate::agentlog::FORWARD_DROPPED.load(Ordering::Relaxed),
         "uptimeSeconds": s.started.elapsed().as_secs(),
         "version": env!("CARGO_PKG_VERSION"),
     });

@@ -135,7 +135,7 @@ impl Backend for LocalBackend {
 
     fn health(&self) -> serde_json::Value {
         serde_json::json!({
-            "memory": self.ring.len(),
+            "memory": self.ring.held(),
             "files": self.persist,
             "written": self.stats.written.load(Ordering::Relaxed),
             "writeErrors": self.stats.failed.load(Ordering::Relaxed),
@@ -150,7 +150,7 @@ impl Backend for LocalBackend {
                 "container_logd_local_memory_messages",
                 "gauge",
                 "Messages held in the memory ring.",
-                self.ring.len() as u64,
+                self.ring.held() as u64,
             ),
             (
                 "container_logd_local_written_total",

@@ -20,8 +20,6 @@ pub struct Ring {
 struct Inner {
     items: VecDeque<Arc<LogMessage>>,
     subscribers: Vec<Sender<Arc<LogMessage>>>,
-    /// Messages ever pushed; the ring holds the last `items.len()` of them.
-    total: u64,
 }
 
 impl Ring {
@@ -30,7 +28,6 @@ impl Ring {
             inner: Mutex::new(Inner {
                 items: VecDeque::with_capacity(cap.min(4096)),
                 subscribers: Vec::new(),
-                total: 0,
             }),
             cap: cap.max(1),
         }
@@ -38,10 +35,6 @@ impl Ring {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    pub fn push(&self, msg: &Arc<LogMessage>) {
-        self.push_many(std::slice::from_ref(msg));
     }
 
     /// Pushes messages in order under one lock.
@@ -57,7 +50,6 @@ impl Ring {
             inner.items.pop_front();
         }
         inner.items.push_back(msg.clone());
-        inner.total += 1;
         // A full subscriber queue means a slow client: drop it (its stream ends), keep going.
         inner.subscribers.retain(|tx| {
             !matches!(
@@ -87,21 +79,11 @@ impl Ring {
         (backlog, rx)
     }
 
-    pub fn len(&self) -> usize {
+    /// Messages held now.
+    pub fn held(&self) -> usize {
         self.lock().items.len()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    pub fn total(&self) -> u64 {
-        self.lock().total
-    }
-
-    pub fn subscribers(&self) -> usize {
-        self.lock().subscribers.len()
-    }
 }
 
 /// Up to `limit` of the newest messages that `keep` accepts, oldest first.
