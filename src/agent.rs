@@ -1,7 +1,7 @@
 //! The agent's life: builds the pipeline from a [`Config`] (backends, monitor, API), tells
 //! systemd how it goes, saves resume cursors, and takes it down in a known order on SIGTERM or
 //! SIGINT: readers first, then backends (flushing files, acknowledging or spooling MQTT), then
-//! the final cursors, within SPEC's 5 s.
+//! the final cursors, within the contract's 5 s (docs/CONTRACT.md §2).
 //!
 //! Thread `housekeeping` moves cursors forward every [`SAVE_EVERY`] and pings the systemd
 //! watchdog only while the file writer still answers.
@@ -279,7 +279,7 @@ impl Pipeline {
     }
 
     /// Stops what was started: readers first, then housekeeping, the backends (flushing files,
-    /// acknowledging or spooling MQTT), the final cursors, the API; within SPEC's 5 s.
+    /// acknowledging or spooling MQTT), the final cursors, the API; within the contract's 5 s (docs/CONTRACT.md §2).
     fn stop(&mut self) {
         let t0 = Instant::now();
         notify::notify("STOPPING=1");

@@ -3,7 +3,7 @@
 //! so `journalctl -u container-logd -p warning` filters right.
 //!
 //! Warnings and errors are also forwarded, without blocking, as `manager` messages to the
-//! backends (SPEC §4). A full forward queue drops the copy and counts it; the log line itself
+//! backends (docs/CONTRACT.md §4). A full forward queue drops the copy and counts it; the log line itself
 //! is never lost.
 
 use std::io::Write;

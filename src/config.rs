@@ -1,7 +1,7 @@
 //! Configuration: environment strings in, a validated, typed [`Config`] out.
 //!
 //! Every default lives in [`Config::default`]; [`Config::from_env`] reads each variable of
-//! SPEC §3, checks it, and names the variable and the bad value when it fails. This module never
+//! docs/CONTRACT.md §3, checks it, and names the variable and the bad value when it fails. This module never
 //! logs secrets: [`Secret`] prints as `***`.
 
 use std::collections::HashMap;

@@ -1,4 +1,4 @@
-//! The log message of SPEC §4: one value per container line, lifecycle event or agent warning.
+//! The log message of docs/CONTRACT.md §4: one value per container line, lifecycle event or agent warning.
 //! A message keeps only what is its own (id, text, time, level); the JSON is rendered from it
 //! and its shared [`Origin`] whenever a backend writes it, always to the same bytes, so files,
 //! MQTT and the API carry identical objects while the memory ring holds a fraction of them.
@@ -331,7 +331,7 @@ impl LogMessage {
         std::borrow::Cow::Owned(serde_json::from_str::<String>(literal).unwrap_or_default())
     }
 
-    /// Appends the message as one JSON object (SPEC §4), no trailing newline. The same message
+    /// Appends the message as one JSON object (docs/CONTRACT.md §4), no trailing newline. The same message
     /// always gives the same bytes.
     pub fn write_json(&self, out: &mut String) {
         out.reserve(self.json_len());

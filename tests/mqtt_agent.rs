@@ -1,5 +1,5 @@
 //! MQTT end to end: the real agent binary follows containers of the real (private) engine and
-//! publishes to a real mosquitto, and `mosquitto_sub` checks what a subscriber gets — the seed's
+//! publishes to a real mosquitto, and `mosquitto_sub` checks what a subscriber gets — the README.s
 //! subscription examples, batches, QoS levels, the retained status and its last will, broker
 //! outages, the spool and its limit, credentials and TLS. Each test has its own broker and
 //! follows only its own containers (`CONTAINERS_INCLUDE`), so tests run side by side.
@@ -131,12 +131,12 @@ fn one_to(n: u64) -> Vec<u64> {
 }
 
 #[test]
-fn seed_subscription_examples() {
+fn readme_subscription_examples() {
     let broker = Broker::start();
     let all = Subscriber::start(broker.port, &[&format!("{BASE}/#")]);
     let web = Subscriber::start(broker.port, &[&format!("{BASE}/1001/web/+")]);
     let errors = Subscriber::start(broker.port, &[&format!("{BASE}/+/+/error")]);
-    let p = unique("seed");
+    let p = unique("subs");
     let agent = agent_for(&p, &broker.url(), &[]);
     let w = run(
         &format!("{p}-web"),

@@ -105,7 +105,7 @@ fn start(c: &MqttConfig, state: &Path) -> (Arc<MqttBackend>, Arc<Progress>) {
     (b, progress)
 }
 
-/// Shuts the backend down and checks SPEC's deadline.
+/// Shuts the backend down and checks the contract's 5 s deadline (docs/CONTRACT.md §2).
 fn stop(b: &MqttBackend) {
     let t = Instant::now();
     b.shutdown();

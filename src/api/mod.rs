@@ -1,4 +1,4 @@
-//! The HTTP API of SPEC §6 on tiny_http: `/api/v1/logs`, `/api/v1/logs/stream`,
+//! The HTTP API of docs/CONTRACT.md §6 on tiny_http: `/api/v1/logs`, `/api/v1/logs/stream`,
 //! `/api/v1/containers`, `/api/v1/health`, `/metrics` and the live page at `/`.
 //!
 //! One thread (`api`) answers requests one after another; every answer is built from memory in

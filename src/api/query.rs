@@ -1,4 +1,4 @@
-//! The filters of `/api/v1/logs` (SPEC §6), parsed from a query string. Pure: a bad parameter is
+//! The filters of `/api/v1/logs` (docs/CONTRACT.md §6), parsed from a query string. Pure: a bad parameter is
 //! an error naming it, never a guess.
 
 use crate::message::{Level, LogMessage};

@@ -1,5 +1,5 @@
 //! Backends: where messages go once made. Each sits behind [`Backend`], fed through its own
-//! bounded channel, as the seed's `ContainerLogMonitor([local, mqtt])` does.
+//! bounded channel.
 //!
 //! A backend reports what it has *taken* (safely written, acknowledged or spooled) to
 //! [`Progress`]; the resume cursor of a container never passes a line some backend has not taken.
@@ -30,7 +30,7 @@ pub trait Backend: Send + Sync {
     }
 
     /// Flushes what is queued and stops the backend's threads. Called once, after the readers
-    /// stopped; returns within the backend's own deadline (well under SPEC's 5 s).
+    /// stopped; returns within the backend's own deadline (well under the contract's 5 s (docs/CONTRACT.md §2)).
     fn shutdown(&self);
 
     /// False when the backend cannot currently do its job (broker away, disk full).

@@ -1,4 +1,4 @@
-//! Resume cursors (SPEC §7): `STATE_DIR/cursors.json`, per container the engine timestamp (ns)
+//! Resume cursors (docs/CONTRACT.md §7): `STATE_DIR/cursors.json`, per container the engine timestamp (ns)
 //! of the last line every backend has taken and how many lines at that timestamp were seen.
 //!
 //! Written atomically (temp file, fsync, rename) and only when something changed, at most every

@@ -1,4 +1,4 @@
-//! Reads a line's level from its text (SPEC §4): a JSON line's `level`/`severity`/`lvl` field,
+//! Reads a line's level from its text (docs/CONTRACT.md §4): a JSON line's `level`/`severity`/`lvl` field,
 //! logfmt `level=`, a leading `ERROR`, `[warn]`, `W/`, `E0412`-style glog prefix is not guessed,
 //! a syslog `<N>` prefix. Looks only at the start of the line (and JSON fields), so a word deep
 //! in a message never changes its level. Allocation-free.

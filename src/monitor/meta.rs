@@ -1,4 +1,4 @@
-//! Who a container is, in our terms: labels → `appId`, `serviceName`, `serviceId` (SPEC §3),
+//! Who a container is, in our terms: labels → `appId`, `serviceName`, `serviceId` (docs/CONTRACT.md §3),
 //! whether we follow it at all, and which container is our own.
 
 use std::collections::BTreeMap;

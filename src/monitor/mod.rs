@@ -1,4 +1,4 @@
-//! The monitor (the seed's `ContainerLogMonitor`): decides which containers to follow, runs one
+//! The monitor: decides which containers to follow, runs one
 //! reader thread per followed container and one thread on `/events`, turns lifecycle events into
 //! `system` messages and the agent's own warnings into `manager` messages, and hands every
 //! message to all backends.

@@ -1,4 +1,4 @@
-//! The local backend (the seed's `LocalLogBackend`): every message goes into the memory ring at
+//! The local backend: every message goes into the memory ring at
 //! once and, with `LOG_FILE_PERSISTENCE`, through a bounded channel to the file-writer thread.
 //!
 //! A full channel blocks the caller, which is a container reader: the engine keeps the log

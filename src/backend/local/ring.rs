@@ -83,7 +83,6 @@ impl Ring {
     pub fn held(&self) -> usize {
         self.lock().items.len()
     }
-
 }
 
 /// Up to `limit` of the newest messages that `keep` accepts, oldest first.

@@ -1,4 +1,4 @@
-//! The MQTT backend (SPEC §3–§5): streams every message to a broker, never losing one while the
+//! The MQTT backend (docs/CONTRACT.md §3–§5): streams every message to a broker, never losing one while the
 //! broker is away (memory, then the disk spool), with a retained online/offline status.
 //!
 //! Two threads: `mqtt-pub` owns the rumqttc `Client`, takes messages from the backend's bounded

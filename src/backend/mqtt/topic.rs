@@ -1,4 +1,4 @@
-//! Topic names and payload shapes of SPEC §5: which topic a message goes to, how a topic level
+//! Topic names and payload shapes of docs/CONTRACT.md §5: which topic a message goes to, how a topic level
 //! is sanitised and how a batch payload is built from the messages' JSON.
 //!
 //! Pure functions on strings only. This module never does I/O and never changes a message's
@@ -67,7 +67,7 @@ pub fn batch_payload(
     out.into_bytes()
 }
 
-/// The retained status payload of SPEC §5.
+/// The retained status payload of docs/CONTRACT.md §5.
 pub fn status_payload(status: &str, host: &str, version: &str) -> String {
     let mut out = String::from("{\"status\":");
     crate::message::push_json_str(&mut out, status);
