@@ -13,7 +13,7 @@ pub mod level;
 pub mod meta;
 pub mod reader;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -24,7 +24,7 @@ use crossbeam_channel::{Receiver, Sender};
 use crate::agentlog::Note;
 use crate::backend::{Backend, Progress};
 use crate::config::Config;
-use crate::engine::{Closer, Engine, Event};
+use crate::engine::{Closer, ContainerInfo, Engine, Event};
 use crate::message::{event_id, manager_id, Draft, Level, LogMessage, Origin, SourceKind};
 use crate::stats::Stats;
 use cursor::CursorStore;
@@ -56,6 +56,22 @@ pub struct Slot {
 }
 
 impl Slot {
+    fn new(id: &str, name: &str, from_event: bool) -> Slot {
+        Slot {
+            id: id.to_string(),
+            from_event,
+            restart_pending: AtomicBool::new(false),
+            closer: Mutex::new(None),
+            handle: Mutex::new(None),
+            view: Mutex::new(View {
+                id: id.to_string(),
+                name: name.to_string(),
+                state: "starting",
+                ..View::default()
+            }),
+        }
+    }
+
     fn set_closer(&self, c: Option<Closer>) {
         *self.closer.lock().unwrap_or_else(|p| p.into_inner()) = c;
     }
@@ -165,46 +181,15 @@ impl Shared {
         if self.stopping() {
             return;
         }
-        let info = match self.engine.inspect(id) {
-            Ok(i) => i,
-            Err(e) if e.is_not_found() => return,
-            Err(e) => {
-                log::warn!("cannot inspect container {id}: {e}");
-                return;
-            }
-        };
-        if !meta::followed(
-            &self.cfg,
-            self.own_id.as_deref(),
-            &info.id,
-            &info.name,
-            &info.labels,
-        ) {
-            log::debug!(
-                "not following {} ({})",
-                info.name,
-                &info.id[..info.id.len().min(12)]
-            );
+        let Some(info) = self.followed_info(id) else {
             return;
-        }
+        };
         let mut reg = self.registry.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(slot) = reg.get(&info.id) {
             slot.restart_pending.store(true, Ordering::Release);
             return;
         }
-        let slot = Arc::new(Slot {
-            id: info.id.clone(),
-            from_event,
-            restart_pending: AtomicBool::new(false),
-            closer: Mutex::new(None),
-            handle: Mutex::new(None),
-            view: Mutex::new(View {
-                id: info.id.clone(),
-                name: info.name.clone(),
-                state: "starting",
-                ..View::default()
-            }),
-        });
+        let slot = Arc::new(Slot::new(&info.id, &info.name, from_event));
         let shared = self.clone();
         let s = slot.clone();
         let spawned = std::thread::Builder::new()
@@ -215,14 +200,28 @@ impl Shared {
             Ok(h) => {
                 *slot.handle.lock().unwrap_or_else(|p| p.into_inner()) = Some(h);
                 reg.insert(info.id.clone(), slot);
-                log::info!(
-                    "following {} ({})",
-                    info.name,
-                    &info.id[..info.id.len().min(12)]
-                );
+                log::info!("following {} ({})", info.name, short(&info.id));
             }
             Err(e) => log::error!("cannot start a reader for {}: {e}", info.name),
         }
+    }
+
+    /// The container, if it exists and is one we follow.
+    fn followed_info(&self, id: &str) -> Option<ContainerInfo> {
+        let info = match self.engine.inspect(id) {
+            Ok(i) => i,
+            Err(e) if e.is_not_found() => return None,
+            Err(e) => {
+                log::warn!("cannot inspect container {id}: {e}");
+                return None;
+            }
+        };
+        let own = self.own_id.as_deref();
+        if !meta::followed(&self.cfg, own, &info.id, &info.name, &info.labels) {
+            log::debug!("not following {} ({})", info.name, short(&info.id));
+            return None;
+        }
+        Some(info)
     }
 
     /// Called by a reader whose container stopped: removes its slot unless a restart is
@@ -254,77 +253,85 @@ impl Shared {
             &name,
             &ev.attributes,
         ));
-        let ts = ev.time_nano;
         match ev.action.as_str() {
-            "start" => {
-                self.system(
-                    &origin,
-                    ts,
-                    Level::Info,
-                    "start",
-                    format!("container {name} started"),
-                );
-                self.attach(&ev.id, true);
-            }
-            "die" => {
-                let code = ev
-                    .attributes
-                    .get("exitCode")
-                    .map(String::as_str)
-                    .unwrap_or("?");
-                let (level, text) = if code == "0" {
-                    (Level::Info, format!("container {name} exited with code 0"))
-                } else {
-                    (
-                        Level::Error,
-                        format!("container {name} died with exit code {code}"),
-                    )
-                };
-                self.system(&origin, ts, level, "die", text);
-            }
-            "oom" => self.system(
-                &origin,
-                ts,
-                Level::Error,
-                "oom",
-                format!("container {name} was killed: out of memory"),
-            ),
-            "restart" => self.system(
-                &origin,
-                ts,
-                Level::Warn,
-                "restart",
-                format!("container {name} restarting"),
-            ),
-            "pause" | "unpause" => self.system(
-                &origin,
-                ts,
-                Level::Info,
-                &ev.action,
-                format!("container {name}: {}", ev.action),
-            ),
             "destroy" => {
                 self.cursors.forget(&ev.id);
                 self.progress.forget(&ev.id);
             }
-            a if a.starts_with("health_status") => {
-                let status = a.rsplit(' ').next().unwrap_or(a);
-                let level = if status == "unhealthy" {
-                    Level::Warn
-                } else {
-                    Level::Info
-                };
-                self.system(
-                    &origin,
-                    ts,
-                    level,
-                    "health",
-                    format!("container {name} is {status}"),
-                );
+            action => {
+                if let Some((level, kind, text)) = lifecycle(action, &name, &ev.attributes) {
+                    self.system(&origin, ev.time_nano, level, kind, text);
+                }
+                if action == "start" {
+                    self.attach(&ev.id, true);
+                }
             }
-            _ => {}
         }
     }
+}
+
+/// What a container's lifecycle event tells a user, as a `system` message: its level, kind
+/// (part of the message id) and text. None for events that tell a user nothing.
+fn lifecycle(
+    action: &str,
+    name: &str,
+    attributes: &BTreeMap<String, String>,
+) -> Option<(Level, &'static str, String)> {
+    Some(match action {
+        "start" => (Level::Info, "start", format!("container {name} started")),
+        "die" => match attributes.get("exitCode").map_or("?", String::as_str) {
+            "0" => (
+                Level::Info,
+                "die",
+                format!("container {name} exited with code 0"),
+            ),
+            code => (
+                Level::Error,
+                "die",
+                format!("container {name} died with exit code {code}"),
+            ),
+        },
+        "oom" => (
+            Level::Error,
+            "oom",
+            format!("container {name} was killed: out of memory"),
+        ),
+        "restart" => (
+            Level::Warn,
+            "restart",
+            format!("container {name} restarting"),
+        ),
+        "pause" => (Level::Info, "pause", format!("container {name}: pause")),
+        "unpause" => (Level::Info, "unpause", format!("container {name}: unpause")),
+        a if a.starts_with("health_status") => {
+            let status = a.rsplit(' ').next().unwrap_or(a);
+            let level = if status == "unhealthy" {
+                Level::Warn
+            } else {
+                Level::Info
+            };
+            (level, "health", format!("container {name} is {status}"))
+        }
+        _ => return None,
+    })
+}
+
+/// Thread `manager`: turns the agent's own warnings into `manager` messages until stopped.
+fn manager_loop(shared: &Shared, notes: &Receiver<Note>) {
+    loop {
+        crossbeam_channel::select! {
+            recv(notes) -> n => match n {
+                Ok(note) => shared.manager(note),
+                Err(_) => break,
+            },
+            recv(shared.stop_rx) -> _ => break,
+        }
+    }
+}
+
+/// The first 12 characters of a container id, as `docker ps` shows it.
+fn short(id: &str) -> &str {
+    id.get(..12).unwrap_or(id)
 }
 
 fn thread_name(container: &str) -> String {
@@ -374,18 +381,7 @@ impl Monitor {
         let manager = std::thread::Builder::new()
             .name("manager".into())
             .stack_size(128 * 1024)
-            .spawn(move || {
-                let stop = s.stop_rx.clone();
-                loop {
-                    crossbeam_channel::select! {
-                        recv(notes) -> n => match n {
-                            Ok(note) => s.manager(note),
-                            Err(_) => break,
-                        },
-                        recv(stop) -> _ => break,
-                    }
-                }
-            })?;
+            .spawn(move || manager_loop(&s, &notes))?;
         let mut monitor = Monitor {
             shared: shared.clone(),
             events: None,
@@ -538,6 +534,83 @@ fn events_loop(s: Arc<Shared>) {
         Stats::add(&s.stats.engine_reconnects, 1);
         if !s.sleep(backoff.next_delay()) {
             break;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// (action, exit code, what a user reads).
+    type Case = (
+        &'static str,
+        Option<&'static str>,
+        Option<(Level, &'static str, &'static str)>,
+    );
+    const CASES: [Case; 10] = [
+        (
+            "start",
+            None,
+            Some((Level::Info, "start", "container web started")),
+        ),
+        (
+            "die",
+            Some("0"),
+            Some((Level::Info, "die", "container web exited with code 0")),
+        ),
+        (
+            "die",
+            Some("137"),
+            Some((Level::Error, "die", "container web died with exit code 137")),
+        ),
+        (
+            "die",
+            None,
+            Some((Level::Error, "die", "container web died with exit code ?")),
+        ),
+        (
+            "oom",
+            None,
+            Some((
+                Level::Error,
+                "oom",
+                "container web was killed: out of memory",
+            )),
+        ),
+        (
+            "restart",
+            None,
+            Some((Level::Warn, "restart", "container web restarting")),
+        ),
+        (
+            "pause",
+            None,
+            Some((Level::Info, "pause", "container web: pause")),
+        ),
+        (
+            "health_status: unhealthy",
+            None,
+            Some((Level::Warn, "health", "container web is unhealthy")),
+        ),
+        (
+            "health_status: healthy",
+            None,
+            Some((Level::Info, "health", "container web is healthy")),
+        ),
+        ("attach", None, None),
+    ];
+
+    #[test]
+    fn lifecycle_events_as_users_read_them() {
+        for (action, code, want) in CASES {
+            let attrs: BTreeMap<String, String> = code
+                .map(|c| ("exitCode".to_string(), c.to_string()))
+                .into_iter()
+                .collect();
+            let got = lifecycle(action, "web", &attrs);
+            let got = got.as_ref().map(|(l, k, t)| (*l, *k, t.as_str()));
+            assert_eq!(got, want, "{action}");
         }
     }
 }
