@@ -232,7 +232,11 @@ fn deb_holds_the_binary_the_unit_and_the_conffile() {
         "{} is not named for its architecture {arch}",
         deb.display()
     );
+}
 
+#[test]
+fn deb_marks_the_conffile_and_has_its_maintainer_scripts() {
+    let deb = deb_path();
     let conffiles = run_ok(
         Command::new("dpkg-deb").arg("-I").arg(deb).arg("conffiles"),
         SHORT,
