@@ -3,7 +3,8 @@
 
 use std::process::ExitCode;
 
-use container_logd::{agent, agentlog, cli, config::Config};
+use container_logd::config::{Config, VARS};
+use container_logd::{agent, agentlog, cli};
 
 const USAGE: &str = "\
 container-logd — follows the logs of every container, keeps them locally and pushes them to MQTT
@@ -15,7 +16,8 @@ usage:
                             read logs from a running agent's API
   container-logd --help | --version
 
-Configuration comes from environment variables (see /etc/default/container-logd).
+Configuration comes from environment variables (the service reads /etc/default/container-logd);
+`container-logd --help` lists them.
 Exit codes: 0 clean stop, 1 fatal error, 2 bad configuration or usage.";
 
 fn main() -> ExitCode {
@@ -24,7 +26,7 @@ fn main() -> ExitCode {
         None => run(),
         Some("run") if args.len() == 1 => run(),
         Some("-h" | "--help" | "help") => {
-            say(USAGE);
+            say(&help());
             ExitCode::SUCCESS
         }
         Some("-V" | "--version" | "version") => {
@@ -38,6 +40,18 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// The usage and every variable with its default and meaning, from the configuration's table.
+fn help() -> String {
+    let mut text = format!("{USAGE}\n\nvariables (VAR=default; an empty value means the default):");
+    for var in VARS {
+        text.push_str(&format!(
+            "\n  {}={}\n      {}",
+            var.name, var.default, var.help
+        ));
+    }
+    text
 }
 
 /// Prints to stdout; a closed pipe (`container-logd --help | head -1`) is not an error.

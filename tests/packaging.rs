@@ -1,24 +1,21 @@
 //! The .deb and the files it ships, tested the way a user meets them.
 //!
-//! Owns: the settings file against `config::VARIABLES`, the systemd unit (systemd-analyze
-//! verify and its security score), the package's contents and metadata (`dpkg-deb`), and a real
-//! install, remove, reinstall and purge with `dpkg` on this machine, with systemd not running,
-//! as on a build host or in a container. The dpkg tests need root on Debian and fail, never
-//! skip, without it.
+//! Owns: the systemd unit (systemd-analyze verify and its security score), the package's
+//! contents and metadata (`dpkg-deb`), and a real install, remove, reinstall and purge with
+//! `dpkg` on this machine, with systemd not running, as on a build host or in a container. The
+//! dpkg tests need root on Debian and fail, never skip, without it. (The settings file is
+//! checked against the configuration's table by a unit test in `config.rs`.)
 //!
 //! The package comes from `$CARGO_DEB_PATH` (`make test` builds it first with `make deb`);
 //! without it, the tests build it once with `cargo deb` in a target directory of their own.
 //! Every command runs under a deadline.
 
-use std::collections::BTreeSet;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::{Mutex, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
-
-use container_logd::config::VARIABLES;
 
 const PACKAGE: &str = "container-logd";
 const SHORT: Duration = Duration::from_secs(60);
@@ -155,61 +152,6 @@ fn read_repo_file(rel: &str) -> String {
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
-/// `#NAME=value` lines of the settings file, by name.
-fn commented_settings(text: &str) -> Vec<String> {
-    text.lines()
-        .filter_map(|l| l.strip_prefix('#'))
-        .filter_map(|l| l.split_once('='))
-        .map(|(name, _)| name)
-        .filter(|name| {
-            !name.is_empty()
-                && name
-                    .bytes()
-                    .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
-        })
-        .map(str::to_string)
-        .collect()
-}
-
-#[test]
-fn settings_file_lists_every_variable_once_commented_out() {
-    let text = read_repo_file("etc/default/container-logd");
-    let listed = commented_settings(&text);
-    let known: BTreeSet<&str> = VARIABLES.iter().copied().collect();
-    for var in VARIABLES {
-        let n = listed.iter().filter(|l| l == var).count();
-        assert_eq!(
-            n, 1,
-            "{var} appears {n} times as #{var}=… in the settings file"
-        );
-    }
-    for name in &listed {
-        assert!(
-            known.contains(name.as_str()),
-            "the settings file lists {name}, which the agent does not read"
-        );
-    }
-    // Nothing is set by default: every setting line is a comment.
-    for line in text.lines() {
-        let line = line.trim();
-        assert!(
-            line.is_empty() || line.starts_with('#'),
-            "the settings file sets something by default: {line:?}"
-        );
-    }
-    // Each variable has a one-line meaning right above it.
-    let lines: Vec<&str> = text.lines().collect();
-    for (i, line) in lines.iter().enumerate() {
-        if let Some(name) = commented_settings(line).first() {
-            let above = if i > 0 { lines[i - 1] } else { "" };
-            assert!(
-                above.starts_with("# ") && above.len() > 10,
-                "{name} has no explanation line above it"
-            );
-        }
-    }
-}
-
 #[test]
 fn unit_passes_systemd_analyze_verify_and_security() {
     let unit = read_repo_file("etc/container-logd.service");
@@ -290,7 +232,11 @@ fn deb_holds_the_binary_the_unit_and_the_conffile() {
         "{} is not named for its architecture {arch}",
         deb.display()
     );
+}
 
+#[test]
+fn deb_marks_the_conffile_and_has_its_maintainer_scripts() {
+    let deb = deb_path();
     let conffiles = run_ok(
         Command::new("dpkg-deb").arg("-I").arg(deb).arg("conffiles"),
         SHORT,

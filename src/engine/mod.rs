@@ -22,9 +22,9 @@ use std::time::{Duration, Instant};
 use chunked::BodyDecoder;
 use events::EventSplitter;
 use frames::Decoder;
-use transport::{is_timeout, Addr, Conn, Reader};
+use transport::{is_timeout, Conn, Reader};
 
-pub use transport::Closer;
+pub use transport::{Addr, Closer};
 
 /// Everything that can go wrong talking to the engine.
 #[derive(Debug)]
@@ -155,11 +155,14 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// Parses `DOCKER_HOST`: `unix:///path` or `tcp://host:port`. No I/O. Until
-    /// [`Engine::negotiate`] is called, requests use [`OUR_API_VERSION`].
+    /// Parses `DOCKER_HOST` with [`Addr::parse`]. No I/O. A `Config`'s `docker_host` has
+    /// already passed that parser, so for it this does not fail. Until [`Engine::negotiate`] is
+    /// called, requests use [`OUR_API_VERSION`].
     pub fn new(docker_host: &str) -> Result<Engine, Error> {
+        let addr = Addr::parse(docker_host)
+            .map_err(|why| Error::InvalidHost(format!("{docker_host:?}: {why}")))?;
         Ok(Engine {
-            addr: Addr::parse(docker_host)?,
+            addr,
             version: OUR_API_VERSION.to_string(),
         })
     }
