@@ -22,9 +22,10 @@
 //!
 //! The residual risk, for an engine that did reorder: only the lines of the cursor's own
 //! timestamp, and only when stdout and stderr both have lines at that very nanosecond (Docker
-//! stamps each line from its stream's copier, so this takes a coarse clock). Reordered lines
-//! that stay on their side of the cursor are harmless (the skipped set is the same); a line
-//! that crosses it is repeated while another one is skipped. Tests below pin both.
+//! stamps each stream's lines apart, so this takes a coarse clock or a driver that keeps only
+//! microseconds). Reordered lines that stay on their side of the cursor are harmless (the
+//! skipped set is the same); a line that crosses it is repeated while another one is skipped.
+//! Tests below pin both.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
