@@ -10,6 +10,7 @@
 
 pub mod cursor;
 pub mod level;
+pub mod lines;
 pub mod meta;
 pub mod reader;
 

@@ -1,141 +1,249 @@
 //! One reader per followed container (thread `logs-<name>`): opens the engine's log stream from
-//! the resume point, skips what was already handed on, makes a message of every line, and
-//! re-opens the stream when it ends while the container still runs (restarts, engine restarts).
+//! the resume point, feeds every line to its [`LineCore`] and carries out what the core made
+//! (messages to the backends, `system` notes, counters, the container's view), and re-opens the
+//! stream when it ends while the container still runs (restarts, engine restarts).
 //!
 //! Resume: the engine's `since` is inclusive, so a stream resumed at `(ts, seen)` first repeats
-//! the lines at `ts`; the first `seen` of them are skipped. When that boundary line is no longer
-//! there, the engine's own rotation dropped lines we never read: a `system` warning says so.
+//! the lines at `ts`; the core skips the first `seen` of them and notes a gap when that boundary
+//! line is no longer there (see `lines.rs`). This loop owns the socket, the clock and the
+//! back-off; every decision about lines is the core's.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::config::SinceMode;
-use crate::engine::{LogLine, Next, Since, StreamKind};
-use crate::message::{line_id, Draft, Level, LogMessage, Origin, Position, SourceKind};
-use crate::monitor::{cursor, level, meta, Backoff, Shared, Slot};
+use crate::engine::{ContainerInfo, LogStream, Next, Since, StreamKind};
+use crate::message::{Origin, Position};
+use crate::monitor::lines::{LineCore, Out, Settings};
+use crate::monitor::{cursor, meta, Backoff, Shared, Slot};
 use crate::stats::Stats;
 
-/// Quiet time after which a multi-line message is complete.
-const MULTILINE_QUIET: Duration = Duration::from_millis(300);
-/// Messages handed to the backends in one go, at most.
-const BATCH: usize = 64;
-/// How often suppressed lines are reported.
-const SUPPRESS_REPORT: Duration = Duration::from_secs(1);
+// Their old path, which tests and notes name.
+pub use crate::monitor::lines::{is_continuation, text_of};
 
+/// A stream that ends sooner than this after it opened counts as a failure: back off.
+const SHORT_STREAM: Duration = Duration::from_secs(1);
+
+/// The body of a `logs-<name>` thread: follows `slot`'s container until it is gone or the agent
+/// stops.
 pub fn follow(shared: Arc<Shared>, slot: Arc<Slot>) {
-    let mut last: Option<Position> = None;
-    let mut backoff = Backoff::new();
-    // The run (by its start time) whose stream was read to its end after it stopped.
-    let mut drained: Option<i64> = None;
-    loop {
-        if shared.stopping() {
+    let mut reader = Reader {
+        shared: &shared,
+        slot: &slot,
+        last: None,
+        backoff: Backoff::new(),
+        drained: None,
+    };
+    while !shared.stopping() {
+        let then = match reader.open() {
+            Ok(run) => reader.read(run),
+            Err(then) => then,
+        };
+        if let Then::Stop = then {
             break;
         }
-        let info = match shared.engine.inspect(&slot.id) {
-            Ok(i) => i,
-            Err(e) if e.is_not_found() => {
-                if shared.detach(&slot) {
-                    break;
-                }
-                continue;
-            }
-            Err(e) => {
-                set_state(&slot, "reconnecting");
-                log::debug!("cannot inspect {}: {e}", slot.id);
-                if !shared.sleep(backoff.next_delay()) {
-                    break;
-                }
-                continue;
-            }
-        };
+    }
+}
+
+/// What the loop does next when no stream is being read.
+enum Then {
+    /// Open the stream again.
+    Again,
+    /// The reader is done: its container is gone, or the agent stops.
+    Stop,
+}
+
+/// An opened log stream and what it was opened for.
+struct Run {
+    stream: LogStream,
+    origin: Arc<Origin>,
+    resume: Option<Position>,
+    info: ContainerInfo,
+}
+
+/// One container's reader, across the streams it opens.
+struct Reader<'a> {
+    shared: &'a Shared,
+    slot: &'a Slot,
+    /// The position of the last line read, where the next stream resumes.
+    last: Option<Position>,
+    backoff: Backoff,
+    /// The run (by its start time) whose stream was read to its end after it stopped.
+    drained: Option<i64>,
+}
+
+impl Reader<'_> {
+    /// Opens the container's log stream from its resume point.
+    fn open(&mut self) -> Result<Run, Then> {
+        let info = self.inspect()?;
         // A stopped container is read once more to its end: a short-lived one may have
         // stopped before we first looked, and its lines are still with the engine.
-        if !info.running && drained == Some(info.started_at_ns) {
-            if shared.detach(&slot) {
-                break;
-            }
-            continue;
+        if !info.running && self.drained == Some(info.started_at_ns) {
+            return Err(self.detach());
         }
+        let origin = self.origin(&info);
+        let shared = self.shared;
+        let resume = self.last.or_else(|| shared.cursors.get(&self.slot.id));
+        let since = match resume {
+            Some(p) => Since::At(p.ts_ns),
+            None => first_since(shared, self.slot, info.started_at_ns),
+        };
+        let max = shared.cfg.max_line_bytes;
+        let stream = match shared.engine.logs(&self.slot.id, info.tty, since, max) {
+            Ok(s) => s,
+            Err(e) => {
+                set_state(self.slot, "reconnecting");
+                if !e.is_not_found() {
+                    log::warn!("cannot open the log stream of {}: {e}", origin.name);
+                    Stats::add(&shared.stats.engine_errors, 1);
+                }
+                return Err(self.retry());
+            }
+        };
+        self.slot.set_closer(Some(stream.closer()));
+        if shared.stopping() {
+            return Err(Then::Stop);
+        }
+        set_state(self.slot, "following");
+        Ok(Run {
+            stream,
+            origin,
+            resume,
+            info,
+        })
+    }
+
+    fn inspect(&mut self) -> Result<ContainerInfo, Then> {
+        match self.shared.engine.inspect(&self.slot.id) {
+            Ok(i) => Ok(i),
+            Err(e) if e.is_not_found() => Err(self.detach()),
+            Err(e) => {
+                set_state(self.slot, "reconnecting");
+                log::debug!("cannot inspect {}: {e}", self.slot.id);
+                Err(self.retry())
+            }
+        }
+    }
+
+    /// The container's origin, also shown in its view.
+    fn origin(&self, info: &ContainerInfo) -> Arc<Origin> {
+        let s = self.shared;
         let origin = Arc::new(meta::origin(
-            &shared.cfg,
-            &shared.host,
+            &s.cfg,
+            &s.host,
             &info.id,
             &info.name,
             &info.labels,
         ));
-        {
-            let mut v = slot.view.lock().unwrap_or_else(|p| p.into_inner());
-            v.name = origin.name.clone();
-            v.app_id = origin.app_id.as_str().to_string();
-            v.service_name = origin.service_name.clone();
+        let mut v = self.slot.view.lock().unwrap_or_else(|p| p.into_inner());
+        v.name = origin.name.clone();
+        v.app_id = origin.app_id.as_str().to_string();
+        v.service_name = origin.service_name.clone();
+        origin
+    }
+
+    /// The container is gone: end, unless a restart is pending.
+    fn detach(&self) -> Then {
+        if self.shared.detach(self.slot) {
+            Then::Stop
+        } else {
+            Then::Again
         }
-        let resume = last.or_else(|| shared.cursors.get(&slot.id));
-        let since = match resume {
-            Some(p) => Since::At(p.ts_ns),
-            None => first_since(&shared, &slot, info.started_at_ns),
-        };
-        let mut stream =
-            match shared
-                .engine
-                .logs(&slot.id, info.tty, since, shared.cfg.max_line_bytes)
-            {
-                Ok(s) => s,
-                Err(e) => {
-                    set_state(&slot, "reconnecting");
-                    if !e.is_not_found() {
-                        log::warn!("cannot open the log stream of {}: {e}", origin.name);
-                        Stats::add(&shared.stats.engine_errors, 1);
-                    }
-                    if !shared.sleep(backoff.next_delay()) {
-                        break;
-                    }
-                    continue;
-                }
-            };
-        slot.set_closer(Some(stream.closer()));
-        if shared.stopping() {
-            break;
+    }
+
+    /// Waits the next back-off delay, unless the agent stops first.
+    fn retry(&mut self) -> Then {
+        if self.shared.sleep(self.backoff.next_delay()) {
+            Then::Again
+        } else {
+            Then::Stop
         }
-        set_state(&slot, "following");
+    }
+
+    /// Reads the stream to its end, then decides how soon to open it again.
+    fn read(&mut self, mut run: Run) -> Then {
         let opened = Instant::now();
-        let mut lines = Lines::new(&shared, &slot, origin, resume);
+        let settings = Settings::of(&self.shared.cfg);
+        let mut core = LineCore::new(settings, run.origin.clone(), run.resume, opened);
+        self.pump(&mut run.stream, &mut core, &run.origin);
+        set_state(self.slot, "reconnecting");
+        self.slot.set_closer(None);
+        if !run.info.running {
+            self.drained = Some(run.info.started_at_ns);
+        }
+        self.last = core.last().or(self.last);
+        if self.shared.stopping() {
+            return Then::Stop;
+        }
+        Stats::add(&self.shared.stats.engine_reconnects, 1);
+        // A stream that ends at once while the container runs must not spin.
+        if opened.elapsed() < SHORT_STREAM {
+            self.retry()
+        } else {
+            self.backoff.reset();
+            Then::Again
+        }
+    }
+
+    /// Feeds every line to the core and hands over what it made, one read at a time.
+    fn pump(&self, stream: &mut LogStream, core: &mut LineCore, origin: &Arc<Origin>) {
+        let stats = &self.shared.stats;
         loop {
-            match stream.next(lines.idle()) {
-                Ok(Next::Line(l)) => {
-                    lines.line(l);
-                    // Lines decoded from one read go to the backends together.
-                    if !stream.has_buffered() || lines.out.len() >= BATCH {
-                        lines.send();
-                    }
+            match stream.next(core.idle()) {
+                Ok(Next::Line(l)) if l.stream == StreamKind::EngineError => {
+                    Stats::add(&stats.engine_errors, 1);
+                    log::warn!(
+                        "engine error in the log stream of {}: {}",
+                        origin.name,
+                        String::from_utf8_lossy(&l.bytes)
+                    );
                 }
-                Ok(Next::Idle) => lines.tick(),
+                Ok(Next::Line(l)) => core.line(l, Instant::now),
+                Ok(Next::Idle) => core.tick(Instant::now()),
                 Ok(Next::End) => break,
                 Err(e) => {
-                    if !shared.stopping() {
-                        log::warn!("log stream of {} broke: {e}", lines.origin.name);
-                        Stats::add(&shared.stats.engine_errors, 1);
+                    if !self.shared.stopping() {
+                        log::warn!("log stream of {} broke: {e}", origin.name);
+                        Stats::add(&stats.engine_errors, 1);
                     }
                     break;
                 }
             }
-        }
-        lines.finish();
-        slot.set_closer(None);
-        if !info.running {
-            drained = Some(info.started_at_ns);
-        }
-        last = lines.last.or(last);
-        if shared.stopping() {
-            break;
-        }
-        Stats::add(&shared.stats.engine_reconnects, 1);
-        // A stream that ends at once while the container runs must not spin.
-        if opened.elapsed() < Duration::from_secs(1) {
-            if !shared.sleep(backoff.next_delay()) {
-                break;
+            // Lines decoded from one read go to the backends together.
+            if !stream.has_buffered() || core.is_full() {
+                self.hand_over(core, origin);
             }
-        } else {
-            backoff.reset();
+        }
+        core.finish(Instant::now());
+        self.hand_over(core, origin);
+    }
+
+    /// Carries out what the core made: messages and notes in order, then the counters.
+    fn hand_over(&self, core: &mut LineCore, origin: &Arc<Origin>) {
+        let shared = self.shared;
+        core.drain(|out| match out {
+            Out::Messages(msgs) => shared.deliver_many(msgs),
+            Out::Note(n) => {
+                let ts = n.ts_ns().unwrap_or_else(cursor::now_ns);
+                shared.system(origin, ts, n.level(), n.action(), n.text(&origin.name));
+            }
+        });
+        let c = core.take_counts();
+        let stats = &shared.stats;
+        if c.gaps > 0 {
+            Stats::add(&stats.gaps, c.gaps);
+        }
+        if c.suppressed > 0 {
+            Stats::add(&stats.suppressed, c.suppressed);
+        }
+        if c.lines > 0 {
+            Stats::add(&stats.lines_read, c.lines);
+            Stats::add(&stats.bytes_read, c.bytes);
+            Stats::add(&stats.truncated, c.truncated);
+            Stats::add(&stats.invalid_utf8, c.invalid_utf8);
+            let mut v = self.slot.view.lock().unwrap_or_else(|p| p.into_inner());
+            v.lines += c.lines;
+            v.last_line_ms = c.last_line_ms;
         }
     }
 }
@@ -173,346 +281,5 @@ fn first_since(shared: &Shared, slot: &Slot, started_at_ns: i64) -> Since {
                 from_now()
             }
         }
-    }
-}
-
-/// A message being assembled from continuation lines (`MULTILINE=auto`).
-struct Pending {
-    text: String,
-    first: Position,
-    last: Position,
-    level: Level,
-    is_stderr: bool,
-    truncated: bool,
-    /// When the last line joined it; only kept with `MULTILINE=auto` (a clock read per line
-    /// costs otherwise).
-    at: Option<Instant>,
-}
-
-/// Token bucket for `RATE_LIMIT_LINES`/`RATE_LIMIT_BURST`.
-struct Bucket {
-    rate: f64,
-    burst: f64,
-    tokens: f64,
-    at: Instant,
-}
-
-impl Bucket {
-    fn allow(&mut self) -> bool {
-        let now = Instant::now();
-        self.tokens =
-            (self.tokens + now.duration_since(self.at).as_secs_f64() * self.rate).min(self.burst);
-        self.at = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-}
-
-/// The per-stream state of a reader: resume skipping, per-timestamp counting, multi-line joining
-/// and rate limiting.
-struct Lines<'a> {
-    shared: &'a Shared,
-    slot: &'a Slot,
-    origin: Arc<Origin>,
-    resume: Option<Position>,
-    gap_checked: bool,
-    /// Lines counted per recent timestamp (stdout and stderr may interleave out of order).
-    recent: [(i64, u32); 8],
-    recent_next: usize,
-    pending: Option<Pending>,
-    bucket: Option<Bucket>,
-    suppressed: u64,
-    suppressed_since: Instant,
-    last: Option<Position>,
-    /// Messages made but not yet handed to the backends.
-    out: Vec<Arc<LogMessage>>,
-    /// Counted since the last [`Lines::send`], added to the shared counters there: one update
-    /// per read, not per line, of counters all readers share.
-    counted: Counted,
-}
-
-#[derive(Default)]
-struct Counted {
-    lines: u64,
-    bytes: u64,
-    truncated: u64,
-    invalid_utf8: u64,
-    last_line_ms: Option<i64>,
-}
-
-impl<'a> Lines<'a> {
-    fn new(
-        shared: &'a Shared,
-        slot: &'a Slot,
-        origin: Arc<Origin>,
-        resume: Option<Position>,
-    ) -> Lines<'a> {
-        let cfg = &shared.cfg;
-        Lines {
-            shared,
-            slot,
-            origin,
-            resume,
-            gap_checked: false,
-            recent: [(i64::MIN, 0); 8],
-            recent_next: 0,
-            pending: None,
-            bucket: (cfg.rate_limit_lines > 0).then(|| Bucket {
-                rate: f64::from(cfg.rate_limit_lines),
-                burst: f64::from(cfg.rate_limit_burst),
-                tokens: f64::from(cfg.rate_limit_burst),
-                at: Instant::now(),
-            }),
-            suppressed: 0,
-            suppressed_since: Instant::now(),
-            last: None,
-            out: Vec::with_capacity(BATCH),
-            counted: Counted::default(),
-        }
-    }
-
-    /// How long the stream may stay quiet before [`Lines::tick`] must run.
-    fn idle(&self) -> Option<Duration> {
-        if self.pending.is_some() {
-            Some(MULTILINE_QUIET)
-        } else if self.suppressed > 0 {
-            Some(SUPPRESS_REPORT)
-        } else {
-            None
-        }
-    }
-
-    fn position(&mut self, ts: i64) -> Position {
-        if let Some(e) = self.recent.iter_mut().find(|e| e.0 == ts) {
-            e.1 += 1;
-            return Position {
-                ts_ns: ts,
-                seen: e.1,
-            };
-        }
-        self.recent[self.recent_next] = (ts, 1);
-        self.recent_next = (self.recent_next + 1) % self.recent.len();
-        Position { ts_ns: ts, seen: 1 }
-    }
-
-    fn line(&mut self, l: LogLine) {
-        let stats = &self.shared.stats;
-        if l.stream == StreamKind::EngineError {
-            Stats::add(&stats.engine_errors, 1);
-            log::warn!(
-                "engine error in the log stream of {}: {}",
-                self.origin.name,
-                String::from_utf8_lossy(&l.bytes)
-            );
-            return;
-        }
-        let pos = self.position(l.ts_ns);
-        if let Some(r) = self.resume {
-            if !self.gap_checked {
-                self.gap_checked = true;
-                if r.seen > 0 && pos.ts_ns > r.ts_ns {
-                    Stats::add(&stats.gaps, 1);
-                    self.send();
-                    self.shared.system(
-                        &self.origin,
-                        pos.ts_ns,
-                        Level::Warn,
-                        "gap",
-                        format!(
-                            "lines of {} logged after {} were dropped by the engine's log rotation before they could be read",
-                            self.origin.name,
-                            r.ts_ns
-                        ),
-                    );
-                }
-            }
-            if pos <= r {
-                return;
-            }
-        }
-        let c = &mut self.counted;
-        c.lines += 1;
-        c.bytes += l.bytes.len() as u64;
-        c.truncated += u64::from(l.truncated);
-        c.last_line_ms = Some(l.ts_ns.div_euclid(1_000_000));
-        self.last = Some(pos.max(self.last.unwrap_or_default()));
-        let (text, replaced) = text_of(l.bytes);
-        c.invalid_utf8 += u64::from(replaced);
-        let is_stderr = l.stream == StreamKind::Stderr;
-        let cfg = &self.shared.cfg;
-        if cfg.multiline {
-            if let Some(p) = self.pending.as_mut() {
-                if p.is_stderr == is_stderr && is_continuation(&text) {
-                    if p.text.len() + 1 + text.len() <= cfg.max_line_bytes {
-                        p.text.push('\n');
-                        p.text.push_str(&text);
-                    } else {
-                        p.truncated = true;
-                    }
-                    p.truncated |= l.truncated;
-                    p.last = pos;
-                    p.at = Some(Instant::now());
-                    return;
-                }
-            }
-            self.flush_pending();
-        }
-        let level = level::detect(&text).unwrap_or(if is_stderr {
-            cfg.level_stderr
-        } else {
-            cfg.level_stdout
-        });
-        let p = Pending {
-            text,
-            first: pos,
-            last: pos,
-            level,
-            is_stderr,
-            truncated: l.truncated,
-            at: cfg.multiline.then(Instant::now),
-        };
-        if cfg.multiline {
-            self.pending = Some(p);
-        } else {
-            self.emit(p);
-        }
-    }
-
-    fn flush_pending(&mut self) {
-        if let Some(p) = self.pending.take() {
-            self.emit(p);
-        }
-    }
-
-    fn emit(&mut self, p: Pending) {
-        if let Some(b) = self.bucket.as_mut() {
-            if p.level != Level::Error && !b.allow() {
-                if self.suppressed == 0 {
-                    self.suppressed_since = Instant::now();
-                }
-                self.suppressed += 1;
-                Stats::add(&self.shared.stats.suppressed, 1);
-                self.report_suppressed(false);
-                return;
-            }
-        }
-        self.report_suppressed(false);
-        let msg = LogMessage::new(Draft {
-            id: line_id(&self.origin, p.first),
-            text: p.text,
-            ts_ns: p.first.ts_ns,
-            level: p.level,
-            kind: SourceKind::Container,
-            origin: self.origin.clone(),
-            is_stderr: p.is_stderr,
-            truncated: p.truncated,
-            position: Some(p.last),
-        });
-        self.out.push(Arc::new(msg));
-    }
-
-    /// Hands the messages made so far to the backends, and the counts to the shared counters.
-    fn send(&mut self) {
-        self.shared.deliver_many(&self.out);
-        self.out.clear();
-        let c = std::mem::take(&mut self.counted);
-        if c.lines > 0 {
-            let stats = &self.shared.stats;
-            Stats::add(&stats.lines_read, c.lines);
-            Stats::add(&stats.bytes_read, c.bytes);
-            Stats::add(&stats.truncated, c.truncated);
-            Stats::add(&stats.invalid_utf8, c.invalid_utf8);
-            let mut v = self.slot.view.lock().unwrap_or_else(|p| p.into_inner());
-            v.lines += c.lines;
-            v.last_line_ms = c.last_line_ms;
-        }
-    }
-
-    fn report_suppressed(&mut self, now: bool) {
-        if self.suppressed == 0 {
-            return;
-        }
-        if now || self.suppressed_since.elapsed() >= SUPPRESS_REPORT {
-            let n = std::mem::take(&mut self.suppressed);
-            self.suppressed_since = Instant::now();
-            self.send();
-            self.shared.system(
-                &self.origin,
-                cursor::now_ns(),
-                Level::Warn,
-                "suppressed",
-                format!("suppressed {n} lines from {}", self.origin.name),
-            );
-        }
-    }
-
-    /// The stream was quiet for [`Lines::idle`].
-    fn tick(&mut self) {
-        if self
-            .pending
-            .as_ref()
-            .is_some_and(|p| p.at.is_none_or(|at| at.elapsed() >= MULTILINE_QUIET))
-        {
-            self.flush_pending();
-        }
-        self.report_suppressed(false);
-        self.send();
-    }
-
-    fn finish(&mut self) {
-        self.flush_pending();
-        self.report_suppressed(true);
-        self.send();
-        set_state(self.slot, "reconnecting");
-    }
-}
-
-/// The line's text, with invalid UTF-8 replaced (U+FFFD) rather than dropped; true when
-/// something was replaced. Valid lines are taken over without a copy.
-pub fn text_of(bytes: Vec<u8>) -> (String, bool) {
-    match String::from_utf8(bytes) {
-        Ok(s) => (s, false),
-        Err(e) => (String::from_utf8_lossy(e.as_bytes()).into_owned(), true),
-    }
-}
-
-/// A line that continues the message before it: indented, or a stack frame.
-pub fn is_continuation(line: &str) -> bool {
-    line.starts_with([' ', '\t'])
-        || line.starts_with("Traceback")
-        || line.starts_with("Caused by:")
-        || line.starts_with("at ")
-        || line.starts_with("...")
-        || line.is_empty()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn invalid_utf8_is_replaced_and_the_rest_kept() {
-        assert_eq!(text_of(b"plain".to_vec()), ("plain".to_string(), false));
-        assert_eq!(
-            text_of(b"bad \xff\xfe bytes \xc3".to_vec()),
-            ("bad \u{fffd}\u{fffd} bytes \u{fffd}".to_string(), true)
-        );
-        assert_eq!(
-            text_of("é ok".as_bytes().to_vec()),
-            ("é ok".to_string(), false)
-        );
-    }
-
-    #[test]
-    fn continuations() {
-        assert!(is_continuation("    at com.example.Foo(Foo.java:1)"));
-        assert!(is_continuation("\tFile \"x.py\", line 1"));
-        assert!(is_continuation("Caused by: java.io.IOException"));
-        assert!(!is_continuation("ERROR boom"));
-        assert!(!is_continuation("GET /index.html 200"));
     }
 }
