@@ -23,6 +23,7 @@ use tiny_http::{HTTPVersion, Request};
 use super::query::{Filter, Pairs};
 use crate::backend::local::ring::Ring;
 use crate::message::LogMessage;
+use crate::stats::write_metrics;
 
 /// Streams open at once; one more gets 503.
 pub const MAX_STREAMS: usize = 16;
@@ -59,6 +60,31 @@ impl Streams {
     /// Streams cut off because their client fell behind.
     pub fn overflows(&self) -> u64 {
         self.overflows.load(Ordering::Relaxed)
+    }
+
+    /// Appends the streams' metrics in the Prometheus text format.
+    pub fn metrics(&self, out: &mut String) {
+        let rows = [
+            (
+                "container_logd_api_streams",
+                "gauge",
+                "Live log streams open.",
+                self.active() as u64,
+            ),
+            (
+                "container_logd_api_streams_opened_total",
+                "counter",
+                "Live log streams ever opened.",
+                self.opened(),
+            ),
+            (
+                "container_logd_api_stream_overflows_total",
+                "counter",
+                "Live log streams cut off because their client fell behind.",
+                self.overflows(),
+            ),
+        ];
+        write_metrics(out, "", &rows);
     }
 
     /// Takes a place, or `None` when [`MAX_STREAMS`] are open.
