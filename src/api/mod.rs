@@ -23,7 +23,7 @@ use crate::backend::Backend;
 use crate::config::Secret;
 use crate::message::push_json_str;
 use crate::monitor::Shared;
-use crate::stats::Stats;
+use crate::stats::{write_metrics, Metric, Stats};
 use query::{split_url, Filter};
 use stream::Streams;
 
@@ -274,9 +274,19 @@ fn health(ctx: &Context, streams: &Streams) -> Response<std::io::Cursor<Vec<u8>>
 }
 
 fn metrics(ctx: &Context, streams: &Streams) -> String {
-    let s = &ctx.stats;
     let mut out = String::with_capacity(4096);
-    let rows = [
+    write_metrics(&mut out, "", &line_metrics(&ctx.stats));
+    write_metrics(&mut out, "", &engine_metrics(ctx));
+    streams.metrics(&mut out);
+    for b in &ctx.backends {
+        b.metrics(&mut out);
+    }
+    out
+}
+
+/// What the readers did with the lines they read.
+fn line_metrics(s: &Stats) -> [Metric<'static>; 6] {
+    [
         (
             "container_logd_lines_read_total",
             "counter",
@@ -313,6 +323,13 @@ fn metrics(ctx: &Context, streams: &Streams) -> String {
             "Resumes that found lines rotated away by the engine.",
             Stats::get(&s.gaps),
         ),
+    ]
+}
+
+/// The engine link and the containers followed over it, and the agent's uptime.
+fn engine_metrics(ctx: &Context) -> [Metric<'static>; 5] {
+    let s = &ctx.stats;
+    [
         (
             "container_logd_engine_errors_total",
             "counter",
@@ -343,28 +360,5 @@ fn metrics(ctx: &Context, streams: &Streams) -> String {
             "Seconds since the agent started.",
             s.started.elapsed().as_secs(),
         ),
-        (
-            "container_logd_api_streams",
-            "gauge",
-            "Live log streams open.",
-            streams.active() as u64,
-        ),
-        (
-            "container_logd_api_streams_opened_total",
-            "counter",
-            "Live log streams ever opened.",
-            streams.opened(),
-        ),
-        (
-            "container_logd_api_stream_overflows_total",
-            "counter",
-            "Live log streams cut off because their client fell behind.",
-            streams.overflows(),
-        ),
-    ];
-    crate::stats::write_metrics(&mut out, "", &rows);
-    for b in &ctx.backends {
-        b.metrics(&mut out);
-    }
-    out
+    ]
 }

@@ -23,6 +23,7 @@ use tiny_http::{HTTPVersion, Request};
 use super::query::{Filter, Pairs};
 use crate::backend::local::ring::Ring;
 use crate::message::LogMessage;
+use crate::stats::write_metrics;
 
 /// Streams open at once; one more gets 503.
 pub const MAX_STREAMS: usize = 16;
@@ -59,6 +60,31 @@ impl Streams {
     /// Streams cut off because their client fell behind.
     pub fn overflows(&self) -> u64 {
         self.overflows.load(Ordering::Relaxed)
+    }
+
+    /// Appends the streams' metrics in the Prometheus text format.
+    pub fn metrics(&self, out: &mut String) {
+        let rows = [
+            (
+                "container_logd_api_streams",
+                "gauge",
+                "Live log streams open.",
+                self.active() as u64,
+            ),
+            (
+                "container_logd_api_streams_opened_total",
+                "counter",
+                "Live log streams ever opened.",
+                self.opened(),
+            ),
+            (
+                "container_logd_api_stream_overflows_total",
+                "counter",
+                "Live log streams cut off because their client fell behind.",
+                self.overflows(),
+            ),
+        ];
+        write_metrics(out, "", &rows);
     }
 
     /// Takes a place, or `None` when [`MAX_STREAMS`] are open.
@@ -155,52 +181,11 @@ pub fn open(
         Ok(f) => f,
         Err(e) => return Err(Box::new((Error::BadParam(e.to_string()), req))),
     };
-    let last_event_id = req
-        .headers()
-        .iter()
-        .find(|h| h.field.equiv("Last-Event-ID"))
-        .map(|h| h.value.as_str().trim().to_string());
-    let backlog = backlog_of(pairs, &filter, last_event_id.as_deref());
+    let backlog = backlog_of(pairs, &filter, last_event_id(&req).as_deref());
     let Some(slot) = streams.acquire() else {
         return Err(Box::new((Error::Busy, req)));
     };
-
-    // The backlog and the subscription come from one lock, so no message falls between them.
-    let (mut backlog, rx, resumed) = match &backlog {
-        Backlog::None => {
-            let (_, rx) = ring.subscribe(0, QUEUE, |_| false);
-            (Vec::new(), rx, None)
-        }
-        Backlog::Newest(limit) => {
-            let (b, rx) = ring.subscribe(*limit, QUEUE, |m| filter.matches(m));
-            (b, rx, None)
-        }
-        Backlog::After(id) => {
-            // The ring is scanned newest first: keep what matches until the last message the
-            // client saw, nothing older than it.
-            let seen = std::cell::Cell::new(false);
-            let (b, rx) = ring.subscribe(usize::MAX, QUEUE, |m| {
-                if seen.get() {
-                    return false;
-                }
-                if m.id() == *id {
-                    seen.set(true);
-                    return false;
-                }
-                filter.matches(m)
-            });
-            (b, rx, Some(seen.get()))
-        }
-    };
-    // A reconnect whose last id has left the ring gets what the ring still has: a gap is told,
-    // never hidden, so the comment says so.
-    let note = match resumed {
-        Some(false) => Some("last event id no longer in memory; sending all that is"),
-        _ => None,
-    };
-    if resumed == Some(false) && backlog.len() > filter.limit {
-        backlog.drain(..backlog.len() - filter.limit);
-    }
+    let Subscription { backlog, rx, note } = subscribe(ring, &filter, &backlog);
     let chunked = *req.http_version() >= HTTPVersion(1, 1);
     let head_only = *req.method() == tiny_http::Method::Head;
     let spawned = std::thread::Builder::new()
@@ -234,6 +219,83 @@ pub fn open(
     }
 }
 
+/// The `Last-Event-ID` a reconnecting browser sends, trimmed.
+fn last_event_id(req: &Request) -> Option<String> {
+    req.headers()
+        .iter()
+        .find(|h| h.field.equiv("Last-Event-ID"))
+        .map(|h| h.value.as_str().trim().to_string())
+}
+
+/// What a stream starts from.
+struct Subscription {
+    /// The messages to send before the live ones.
+    backlog: Vec<Arc<LogMessage>>,
+    /// The live messages.
+    rx: Receiver<Arc<LogMessage>>,
+    /// A comment to send first.
+    note: Option<&'static str>,
+}
+
+/// Subscribes to the ring and takes the backlog asked for.
+///
+/// The backlog and the subscription come from one lock, so no message falls between them.
+fn subscribe(ring: &Ring, filter: &Filter, backlog: &Backlog) -> Subscription {
+    match backlog {
+        Backlog::None => {
+            let (_, rx) = ring.subscribe(0, QUEUE, |_| false);
+            Subscription {
+                backlog: Vec::new(),
+                rx,
+                note: None,
+            }
+        }
+        Backlog::Newest(limit) => {
+            let (backlog, rx) = ring.subscribe(*limit, QUEUE, |m| filter.matches(m));
+            Subscription {
+                backlog,
+                rx,
+                note: None,
+            }
+        }
+        Backlog::After(id) => subscribe_after(ring, filter, id),
+    }
+}
+
+/// [`subscribe`] for a reconnect: what matches after the message with `id`.
+fn subscribe_after(ring: &Ring, filter: &Filter, id: &str) -> Subscription {
+    // The ring is scanned newest first: keep what matches until the last message the client
+    // saw, nothing older than it.
+    let seen = std::cell::Cell::new(false);
+    let (mut backlog, rx) = ring.subscribe(usize::MAX, QUEUE, |m| {
+        if seen.get() {
+            return false;
+        }
+        if m.id() == id {
+            seen.set(true);
+            return false;
+        }
+        filter.matches(m)
+    });
+    if seen.get() {
+        return Subscription {
+            backlog,
+            rx,
+            note: None,
+        };
+    }
+    // A reconnect whose last id has left the ring gets what the ring still has: a gap is told,
+    // never hidden, so the comment says so.
+    if backlog.len() > filter.limit {
+        backlog.drain(..backlog.len() - filter.limit);
+    }
+    Subscription {
+        backlog,
+        rx,
+        note: Some("last event id no longer in memory; sending all that is"),
+    }
+}
+
 /// Why a stream ended.
 #[derive(Debug, PartialEq, Eq)]
 enum End {
@@ -261,6 +323,20 @@ impl Sse {
         note: Option<&str>,
         head_only: bool,
     ) -> End {
+        if self.write_head().is_err() {
+            return End::WriteFailed;
+        }
+        if head_only {
+            return End::HeadOnly;
+        }
+        if self.send_backlog(&backlog, note).is_err() {
+            return End::WriteFailed;
+        }
+        self.follow(filter, rx)
+    }
+
+    /// The status line and the headers, written as they are: tiny_http's own would buffer.
+    fn write_head(&mut self) -> std::io::Result<()> {
         let mut head = String::from(
             "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream; charset=utf-8\r\n\
              Cache-Control: no-store\r\nX-Accel-Buffering: no\r\nConnection: close\r\n",
@@ -269,12 +345,15 @@ impl Sse {
             head.push_str("Transfer-Encoding: chunked\r\n");
         }
         head.push_str("\r\n");
-        if self.out.write_all(head.as_bytes()).is_err() {
-            return End::WriteFailed;
-        }
-        if head_only {
-            return End::HeadOnly;
-        }
+        self.out.write_all(head.as_bytes())
+    }
+
+    /// The retry interval, the note if any, and the backlog, [`BATCH`] events a chunk.
+    fn send_backlog(
+        &mut self,
+        backlog: &[Arc<LogMessage>],
+        note: Option<&str>,
+    ) -> std::io::Result<()> {
         let _ = write!(self.buf, "retry: {RETRY_MS}\n: connected\n\n");
         if let Some(n) = note {
             let _ = write!(self.buf, ": {n}\n\n");
@@ -283,13 +362,14 @@ impl Sse {
             for m in chunk {
                 event(&mut self.buf, m);
             }
-            if self.send().is_err() {
-                return End::WriteFailed;
-            }
+            self.send()?;
         }
-        if self.send().is_err() {
-            return End::WriteFailed;
-        }
+        self.send()
+    }
+
+    /// Sends live messages as they come, and a heartbeat when none do, until the client goes
+    /// away or the ring cuts it off.
+    fn follow(&mut self, filter: &Filter, rx: &Receiver<Arc<LogMessage>>) -> End {
         // The last message taken from the queue, shown or filtered out: an overflow names it, so
         // a resume with Last-Event-ID neither repeats nor skips anything.
         let mut last: Option<Arc<LogMessage>> = None;
@@ -297,34 +377,12 @@ impl Sse {
             select! {
                 recv(rx) -> msg => match msg {
                     Ok(m) => {
-                        if filter.matches(&m) {
-                            event(&mut self.buf, &m);
-                        }
-                        last = Some(m);
-                        // Whatever else is waiting goes out in the same chunk.
-                        for m in rx.try_iter().take(BATCH) {
-                            if filter.matches(&m) {
-                                event(&mut self.buf, &m);
-                            }
-                            last = Some(m);
-                        }
+                        last = Some(self.take_waiting(filter, m, rx));
                         if !self.buf.is_empty() && self.send().is_err() {
                             return End::WriteFailed;
                         }
                     }
-                    Err(_) => {
-                        if let Some(m) = &last {
-                            push_id(&mut self.buf, m.id());
-                        }
-                        self.buf.push_str(
-                            "event: overflow\ndata: {\"error\":\"this stream fell behind and \
-                             was cut off; reconnect with Last-Event-ID to resume\"}\n\n",
-                        );
-                        if self.send().is_err() {
-                            return End::WriteFailed;
-                        }
-                        return End::Overflow;
-                    }
+                    Err(_) => return self.overflow(last.as_deref()),
                 },
                 default(HEARTBEAT) => {
                     self.buf.push_str(": heartbeat\n\n");
@@ -334,6 +392,43 @@ impl Sse {
                 }
             }
         }
+    }
+
+    /// Buffers the events of `first` and of what else is waiting (up to [`BATCH`] more), so
+    /// they go out in one chunk. Returns the last message taken.
+    fn take_waiting(
+        &mut self,
+        filter: &Filter,
+        first: Arc<LogMessage>,
+        rx: &Receiver<Arc<LogMessage>>,
+    ) -> Arc<LogMessage> {
+        let mut last = first;
+        if filter.matches(&last) {
+            event(&mut self.buf, &last);
+        }
+        for m in rx.try_iter().take(BATCH) {
+            if filter.matches(&m) {
+                event(&mut self.buf, &m);
+            }
+            last = m;
+        }
+        last
+    }
+
+    /// The ring cut this client off: the `overflow` event, after the id of the last message
+    /// taken, so the client can resume from there.
+    fn overflow(&mut self, last: Option<&LogMessage>) -> End {
+        if let Some(m) = last {
+            push_id(&mut self.buf, m.id());
+        }
+        self.buf.push_str(
+            "event: overflow\ndata: {\"error\":\"this stream fell behind and \
+             was cut off; reconnect with Last-Event-ID to resume\"}\n\n",
+        );
+        if self.send().is_err() {
+            return End::WriteFailed;
+        }
+        End::Overflow
     }
 
     /// Writes the buffered events as one chunk and flushes.

@@ -154,28 +154,8 @@ impl BodyDecoder {
 
     /// One byte of chunk framing (everything but chunk data).
     fn step(&mut self, b: u8) -> Result<State, Error> {
-        let bad = |what: &str| Error::Protocol(format!("bad chunked body: {what} (byte {b:#04x})"));
         Ok(match self.state {
-            State::Size { size, digits } => match b {
-                b'0'..=b'9' | b'a'..=b'f' | b'A'..=b'F' => {
-                    if digits >= 15 {
-                        return Err(bad("chunk size too large"));
-                    }
-                    let v = (b as char).to_digit(16).unwrap_or(0);
-                    State::Size {
-                        size: size * 16 + u64::from(v),
-                        digits: digits + 1,
-                    }
-                }
-                _ if digits == 0 => return Err(bad("missing chunk size")),
-                b';' | b' ' | b'\t' => {
-                    self.skipped = 0;
-                    State::Extension { size }
-                }
-                b'\r' => State::SizeLf { size },
-                b'\n' => self.after_size(size),
-                _ => return Err(bad("unexpected byte in chunk size")),
-            },
+            State::Size { size, digits } => return self.size_byte(size, digits, b),
             State::Extension { size } => match b {
                 b'\r' => State::SizeLf { size },
                 b'\n' => self.after_size(size),
@@ -186,16 +166,16 @@ impl BodyDecoder {
             },
             State::SizeLf { size } => match b {
                 b'\n' => self.after_size(size),
-                _ => return Err(bad("expected LF after chunk size")),
+                _ => return Err(bad_byte("expected LF after chunk size", b)),
             },
             State::DataCr => match b {
                 b'\r' => State::DataLf,
                 b'\n' => State::Size { size: 0, digits: 0 },
-                _ => return Err(bad("expected CRLF after chunk data")),
+                _ => return Err(bad_byte("expected CRLF after chunk data", b)),
             },
             State::DataLf => match b {
                 b'\n' => State::Size { size: 0, digits: 0 },
-                _ => return Err(bad("expected LF after chunk data")),
+                _ => return Err(bad_byte("expected LF after chunk data", b)),
             },
             State::TrailerStart => match b {
                 b'\r' => State::TrailerLf,
@@ -215,10 +195,36 @@ impl BodyDecoder {
             }
             State::TrailerLf => match b {
                 b'\n' => State::Done,
-                _ => return Err(bad("expected LF at the end of the trailers")),
+                _ => return Err(bad_byte("expected LF at the end of the trailers", b)),
             },
             // Data and Done are handled by the caller.
             State::Data { .. } | State::Done => self.state,
+        })
+    }
+
+    /// One byte of a chunk size line while in its hex digits: one more digit, or what ends
+    /// them (an extension, the line end).
+    #[inline]
+    fn size_byte(&mut self, size: u64, digits: u8, b: u8) -> Result<State, Error> {
+        Ok(match b {
+            b'0'..=b'9' | b'a'..=b'f' | b'A'..=b'F' => {
+                if digits >= 15 {
+                    return Err(bad_byte("chunk size too large", b));
+                }
+                let v = (b as char).to_digit(16).unwrap_or(0);
+                State::Size {
+                    size: size * 16 + u64::from(v),
+                    digits: digits + 1,
+                }
+            }
+            _ if digits == 0 => return Err(bad_byte("missing chunk size", b)),
+            b';' | b' ' | b'\t' => {
+                self.skipped = 0;
+                State::Extension { size }
+            }
+            b'\r' => State::SizeLf { size },
+            b'\n' => self.after_size(size),
+            _ => return Err(bad_byte("unexpected byte in chunk size", b)),
         })
     }
 
@@ -240,6 +246,12 @@ impl BodyDecoder {
         }
         Ok(())
     }
+}
+
+/// The error for a byte of chunk framing that does not fit; only built on the error path.
+#[cold]
+fn bad_byte(what: &str, b: u8) -> Error {
+    Error::Protocol(format!("bad chunked body: {what} (byte {b:#04x})"))
 }
 
 /// The de-chunked body of a recorded response, and whether its terminal chunk was in it.

@@ -59,16 +59,12 @@ impl Head {
 pub fn parse_head(buf: &[u8]) -> Result<Option<(Head, usize)>, Error> {
     let Some((head_end, consumed)) = find_head_end(buf) else {
         if buf.len() > MAX_HEAD_BYTES {
-            return Err(Error::Protocol(format!(
-                "response head larger than {MAX_HEAD_BYTES} bytes"
-            )));
+            return Err(head_too_large());
         }
         return Ok(None);
     };
     if head_end > MAX_HEAD_BYTES {
-        return Err(Error::Protocol(format!(
-            "response head larger than {MAX_HEAD_BYTES} bytes"
-        )));
+        return Err(head_too_large());
     }
     let text = std::str::from_utf8(&buf[..head_end])
         .map_err(|_| Error::Protocol("response head is not UTF-8".into()))?;
@@ -77,53 +73,20 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<(Head, usize)>, Error> {
     let status = parse_status_line(status_line)?;
 
     let mut headers = Vec::new();
-    let mut content_length: Option<u64> = None;
-    let mut chunked = false;
-    let mut other_coding = false;
+    let mut body = BodyHeaders::default();
     for line in lines {
         if line.is_empty() {
             continue;
         }
-        let (name, value) = line
-            .split_once(':')
-            .ok_or_else(|| Error::Protocol(format!("bad header line {line:?}")))?;
-        if name.is_empty() || name.bytes().any(|b| b <= b' ' || b >= 0x7f) {
-            return Err(Error::Protocol(format!("bad header name {name:?}")));
-        }
-        let value = value.trim_matches(|c| c == ' ' || c == '\t');
-        if name.eq_ignore_ascii_case("Content-Length") {
-            let n = parse_content_length(value)?;
-            // Two different lengths mean we cannot know where the body ends.
-            if content_length.is_some_and(|old| old != n) {
-                return Err(Error::Protocol("conflicting Content-Length headers".into()));
-            }
-            content_length = Some(n);
-        } else if name.eq_ignore_ascii_case("Transfer-Encoding") {
-            for coding in value.split(',').map(str::trim).filter(|c| !c.is_empty()) {
-                // Only a final `chunked` frames the body; anything after it means read to EOF.
-                chunked = coding.eq_ignore_ascii_case("chunked");
-                other_coding |= !chunked;
-            }
-        }
+        let (name, value) = parse_header_line(line)?;
+        body.note(name, value)?;
         headers.push((name.to_string(), value.to_string()));
     }
-
-    let framing = if status == 204 || status == 304 || (100..200).contains(&status) {
-        Framing::Length(0)
-    } else if chunked {
-        Framing::Chunked
-    } else if other_coding {
-        Framing::UntilEof
-    } else if let Some(n) = content_length {
-        Framing::Length(n)
-    } else {
-        Framing::UntilEof
-    };
     Ok(Some((
         Head {
             status,
             headers,
-            framing,
+            framing: body.framing(status),
         },
         consumed,
     )))
@@ -193,6 +156,67 @@ fn parse_content_length(value: &str) -> Result<u64, Error> {
     value
         .parse()
         .map_err(|_| Error::Protocol(format!("bad Content-Length {value:?}")))
+}
+
+fn head_too_large() -> Error {
+    Error::Protocol(format!("response head larger than {MAX_HEAD_BYTES} bytes"))
+}
+
+/// Splits `Name: value` into the name and the value without its surrounding blanks.
+fn parse_header_line(line: &str) -> Result<(&str, &str), Error> {
+    let (name, value) = line
+        .split_once(':')
+        .ok_or_else(|| Error::Protocol(format!("bad header line {line:?}")))?;
+    if name.is_empty() || name.bytes().any(|b| b <= b' ' || b >= 0x7f) {
+        return Err(Error::Protocol(format!("bad header name {name:?}")));
+    }
+    Ok((name, value.trim_matches(|c| c == ' ' || c == '\t')))
+}
+
+/// What the headers say about where the body ends.
+#[derive(Default)]
+struct BodyHeaders {
+    content_length: Option<u64>,
+    /// The last transfer coding is `chunked`.
+    chunked: bool,
+    /// Some transfer coding other than `chunked` was named.
+    other_coding: bool,
+}
+
+impl BodyHeaders {
+    /// Takes note of one header; those that do not frame the body are ignored.
+    fn note(&mut self, name: &str, value: &str) -> Result<(), Error> {
+        if name.eq_ignore_ascii_case("Content-Length") {
+            let n = parse_content_length(value)?;
+            // Two different lengths mean we cannot know where the body ends.
+            if self.content_length.is_some_and(|old| old != n) {
+                return Err(Error::Protocol("conflicting Content-Length headers".into()));
+            }
+            self.content_length = Some(n);
+        } else if name.eq_ignore_ascii_case("Transfer-Encoding") {
+            for coding in value.split(',').map(str::trim).filter(|c| !c.is_empty()) {
+                // Only a final `chunked` frames the body; anything after it means read to EOF.
+                self.chunked = coding.eq_ignore_ascii_case("chunked");
+                self.other_coding |= !self.chunked;
+            }
+        }
+        Ok(())
+    }
+
+    /// How the body of a response with this status is delimited.
+    fn framing(&self, status: u16) -> Framing {
+        if status == 204 || status == 304 || (100..200).contains(&status) {
+            Framing::Length(0)
+        } else if self.chunked {
+            Framing::Chunked
+        } else if self.other_coding {
+            Framing::UntilEof
+        } else if let Some(n) = self.content_length {
+            Framing::Length(n)
+        } else {
+            Framing::UntilEof
+        }
+    }
 }
 
 #[cfg(test)]

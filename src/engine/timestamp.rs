@@ -19,14 +19,30 @@ pub fn parse_rfc3339_ns(s: &[u8]) -> Result<i64, Error> {
     if s.len() < 20 || s.len() > MAX_TIMESTAMP_LEN {
         return Err(bad());
     }
-    let year = digits(s, 0, 4).ok_or_else(bad)?;
-    let month = digits(s, 5, 2).ok_or_else(bad)?;
-    let day = digits(s, 8, 2).ok_or_else(bad)?;
-    let hour = digits(s, 11, 2).ok_or_else(bad)?;
-    let min = digits(s, 14, 2).ok_or_else(bad)?;
-    let sec = digits(s, 17, 2).ok_or_else(bad)?;
+    let secs = date_time_secs(&s[..19]).ok_or_else(bad)?;
+    let (nanos, zone) = fraction_ns(&s[19..]).ok_or_else(bad)?;
+    let offset_secs = utc_offset_secs(zone).ok_or_else(bad)?;
+    (secs - offset_secs)
+        .checked_mul(1_000_000_000)
+        .and_then(|n| n.checked_add(nanos))
+        .ok_or_else(bad)
+}
+
+/// Seconds since the epoch of `YYYY-MM-DDTHH:MM:SS` (taken as UTC), or None if `s` is not
+/// exactly that, with a date that exists.
+#[inline]
+fn date_time_secs(s: &[u8]) -> Option<i64> {
+    if s.len() != 19 {
+        return None;
+    }
+    let year = digits(s, 0, 4)?;
+    let month = digits(s, 5, 2)?;
+    let day = digits(s, 8, 2)?;
+    let hour = digits(s, 11, 2)?;
+    let min = digits(s, 14, 2)?;
+    let sec = digits(s, 17, 2)?;
     if s[4] != b'-' || s[7] != b'-' || s[10] != b'T' || s[13] != b':' || s[16] != b':' {
-        return Err(bad());
+        return None;
     }
     if !(1..=12).contains(&month)
         || day < 1
@@ -35,51 +51,44 @@ pub fn parse_rfc3339_ns(s: &[u8]) -> Result<i64, Error> {
         || min > 59
         || sec > 59
     {
-        return Err(bad());
+        return None;
     }
-    let mut i = 19;
-    let mut nanos: i64 = 0;
-    if s[i] == b'.' {
-        i += 1;
-        let start = i;
-        while i < s.len() && s[i].is_ascii_digit() {
-            if i - start == 9 {
-                return Err(bad());
-            }
-            nanos = nanos * 10 + i64::from(s[i] - b'0');
-            i += 1;
-        }
-        if i == start {
-            return Err(bad());
-        }
-        for _ in (i - start)..9 {
-            nanos *= 10;
-        }
-    }
-    let offset_secs: i64 = match s.get(i..) {
-        Some(b"Z") => 0,
-        Some(rest)
-            if rest.len() == 6 && (rest[0] == b'+' || rest[0] == b'-') && rest[3] == b':' =>
-        {
-            let oh = digits(rest, 1, 2).ok_or_else(bad)?;
-            let om = digits(rest, 4, 2).ok_or_else(bad)?;
-            if oh > 23 || om > 59 {
-                return Err(bad());
-            }
-            let off = oh * 3600 + om * 60;
-            if rest[0] == b'-' {
-                -off
-            } else {
-                off
-            }
-        }
-        _ => return Err(bad()),
+    Some(days_from_civil(year, month, day) * 86_400 + hour * 3600 + min * 60 + sec)
+}
+
+/// Reads the optional `.fraction` at the start of `s` (1 to 9 digits after the dot): its value
+/// in ns and the rest of `s`. Without a dot the fraction is 0 and `s` is all rest.
+#[inline]
+fn fraction_ns(s: &[u8]) -> Option<(i64, &[u8])> {
+    let Some(after_dot) = s.strip_prefix(b".") else {
+        return Some((0, s));
     };
-    let days = days_from_civil(year, month, day);
-    let secs = days * 86_400 + hour * 3600 + min * 60 + sec - offset_secs;
-    secs.checked_mul(1_000_000_000)
-        .and_then(|n| n.checked_add(nanos))
-        .ok_or_else(bad)
+    let len = after_dot.iter().take_while(|b| b.is_ascii_digit()).count();
+    if len == 0 || len > 9 {
+        return None;
+    }
+    let value = digits(after_dot, 0, len)?;
+    // The engine trims trailing zeros: scale what is there up to nanoseconds.
+    Some((value * 10i64.pow(9 - len as u32), &after_dot[len..]))
+}
+
+/// The zone that ends a timestamp, `Z` or `±hh:mm`, as seconds east of UTC; None for anything
+/// else (including trailing bytes).
+#[inline]
+fn utc_offset_secs(zone: &[u8]) -> Option<i64> {
+    match zone {
+        b"Z" => Some(0),
+        [sign @ (b'+' | b'-'), _, _, b':', _, _] => {
+            let hours = digits(zone, 1, 2)?;
+            let mins = digits(zone, 4, 2)?;
+            if hours > 23 || mins > 59 {
+                return None;
+            }
+            let off = hours * 3600 + mins * 60;
+            Some(if *sign == b'-' { -off } else { off })
+        }
+        _ => None,
+    }
 }
 
 /// Formats ns since the epoch as `seconds.nnnnnnnnn` for the `since=` query. Times before the
