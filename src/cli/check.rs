@@ -12,6 +12,12 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
 use std::time::Duration;
 
+use crossbeam_channel::RecvTimeoutError;
+use rumqttc::{
+    Client, ConnectReturnCode, ConnectionError, Event, Incoming, MqttOptions, TlsConfiguration,
+    Transport,
+};
+
 use super::{FAILED, OK, USAGE};
 use crate::config::{Config, MqttConfig};
 use crate::engine::Engine;
@@ -156,27 +162,12 @@ pub fn broker(cfg: Option<&MqttConfig>) -> Outcome {
     }
 }
 
+/// What the broker answered to our CONNECT: its return code, the connection's error, nothing
+/// (the connection ended), or no answer in time.
+type Answer = Result<Option<Result<ConnectReturnCode, ConnectionError>>, RecvTimeoutError>;
+
 fn connect_broker(cfg: &MqttConfig) -> Result<(), String> {
-    use rumqttc::{
-        Client, ConnectReturnCode, ConnectionError, Event, Incoming, MqttOptions, TlsConfiguration,
-        Transport,
-    };
-    // An id of our own: the broker would otherwise disconnect the running agent's session.
-    let id = format!("{}-check-{}", cfg.client_id, std::process::id());
-    let mut options = MqttOptions::new(id, cfg.host.clone(), cfg.port);
-    options
-        .set_keep_alive(Duration::from_secs(5))
-        .set_clean_session(true);
-    if let Some(user) = &cfg.username {
-        let password = cfg.password.as_ref().map(|p| p.expose()).unwrap_or("");
-        options.set_credentials(user.clone(), password);
-    }
-    if cfg.tls {
-        let tls = crate::backend::mqtt::tls::client_config(cfg).map_err(|e| {
-            format!("{e}: check MQTT_CA_FILE, MQTT_CLIENT_CERT_FILE and MQTT_CLIENT_KEY_FILE")
-        })?;
-        options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(tls)));
-    }
+    let options = broker_options(cfg)?;
     let (client, mut connection) = Client::new(options, 4);
     let (tx, rx) = crossbeam_channel::bounded(1);
     // rumqttc does its I/O on the thread that iterates the connection: give it one, and stop
@@ -197,6 +188,32 @@ fn connect_broker(cfg: &MqttConfig) -> Result<(), String> {
     }
     let answer = rx.recv_timeout(BROKER_WAIT);
     let _ = client.try_disconnect();
+    explain(answer)
+}
+
+/// The agent's connection settings, under a client id of the check's own: the broker would
+/// otherwise disconnect the running agent's session.
+fn broker_options(cfg: &MqttConfig) -> Result<MqttOptions, String> {
+    let id = format!("{}-check-{}", cfg.client_id, std::process::id());
+    let mut options = MqttOptions::new(id, cfg.host.clone(), cfg.port);
+    options
+        .set_keep_alive(Duration::from_secs(5))
+        .set_clean_session(true);
+    if let Some(user) = &cfg.username {
+        let password = cfg.password.as_ref().map(|p| p.expose()).unwrap_or("");
+        options.set_credentials(user.clone(), password);
+    }
+    if cfg.tls {
+        let tls = crate::backend::mqtt::tls::client_config(cfg).map_err(|e| {
+            format!("{e}: check MQTT_CA_FILE, MQTT_CLIENT_CERT_FILE and MQTT_CLIENT_KEY_FILE")
+        })?;
+        options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(tls)));
+    }
+    Ok(options)
+}
+
+/// The broker's answer as a user reads it: what went wrong and what to change.
+fn explain(answer: Answer) -> Result<(), String> {
     let fix_auth = "set MQTT_USERNAME and MQTT_PASSWORD (or MQTT_PASSWORD_FILE) to what the \
                     broker expects";
     let fix_up = "start the broker, or set MQTT_BROKER to where it runs (off disables MQTT)";
@@ -207,14 +224,12 @@ fn connect_broker(cfg: &MqttConfig) -> Result<(), String> {
                 code,
                 ConnectReturnCode::BadUserNamePassword | ConnectReturnCode::NotAuthorized
             );
-            Err(format!(
-                "refused ({code:?}): {}",
-                if auth {
-                    fix_auth
-                } else {
-                    "check the broker's log for why"
-                }
-            ))
+            let fix = if auth {
+                fix_auth
+            } else {
+                "check the broker's log for why"
+            };
+            Err(format!("refused ({code:?}): {fix}"))
         }
         Ok(Some(Err(ConnectionError::Tls(e)))) => Err(format!(
             "TLS failed ({e}): check MQTT_CA_FILE (the broker's certificate must be signed by it \
