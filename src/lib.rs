@@ -3,12 +3,12 @@
 
 pub mod agent;
 pub mod agentlog;
-pub mod api;
+mod api;
 pub mod backend;
 pub mod cli;
 pub mod config;
-pub mod engine;
+mod engine;
 pub mod message;
-pub mod monitor;
-pub mod notify;
-pub mod stats;
+mod monitor;
+mod notify;
+mod stats;

@@ -244,7 +244,7 @@ fn invalid_utf8_is_replaced_not_dropped() {
     let got = wait_logs(&agent, "", 2);
     assert_eq!(messages(&got), ["bad \u{fffd}\u{fffd} bytes", "next"]);
     // The engine's json-file driver already replaced the bytes here; the agent's own
-    // replacement, for log drivers that pass raw bytes through, is `reader::text_of`.
+    // replacement, for log drivers that pass raw bytes through, is `monitor::lines::text_of`.
 }
 
 #[test]

@@ -4,7 +4,7 @@
 //! A backend reports what it has *taken* (safely written, acknowledged or spooled) to
 //! [`Progress`]; the resume cursor of a container never passes a line some backend has not taken.
 
-pub mod local;
+pub(crate) mod local;
 pub mod mqtt;
 
 use std::collections::HashMap;

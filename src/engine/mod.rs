@@ -115,8 +115,6 @@ pub struct LogLine {
 pub enum Since {
     /// Everything the engine has.
     All,
-    /// Only lines written from now on (`tail=0`).
-    Now,
     /// Lines with a timestamp >= this many ns since the epoch (inclusive, as the engine does).
     At(i64),
 }
@@ -185,11 +183,6 @@ impl Engine {
         Ok(chosen)
     }
 
-    /// The API version used in request paths.
-    pub fn api_version(&self) -> &str {
-        &self.version
-    }
-
     /// `GET /containers/json`: the ids of the running containers.
     pub fn list_running(&self) -> Result<Vec<String>, Error> {
         let (_, body) = self.get(&self.path("/containers/json"))?;
@@ -218,7 +211,6 @@ impl Engine {
         ));
         match since {
             Since::All => {}
-            Since::Now => path.push_str("&tail=0"),
             Since::At(ns) => {
                 path.push_str("&since=");
                 path.push_str(&timestamp::format_since(ns));
@@ -497,7 +489,7 @@ mod tests {
     #[test]
     fn builds_paths() {
         let e = Engine::new("unix:///tmp/docker.sock").unwrap();
-        assert_eq!(e.api_version(), OUR_API_VERSION);
+        assert_eq!(e.version, OUR_API_VERSION);
         assert_eq!(e.path("/containers/json"), "/v1.47/containers/json");
         assert_eq!(encode_id("/my-app_1.web"), "my-app_1.web");
         assert_eq!(encode_id("a b/c?d"), "a%20b%2Fc%3Fd");

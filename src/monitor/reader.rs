@@ -18,9 +18,6 @@ use crate::monitor::lines::{LineCore, Out, Settings};
 use crate::monitor::{cursor, meta, Backoff, Shared, Slot};
 use crate::stats::Stats;
 
-// Their old path, which tests and notes name.
-pub use crate::monitor::lines::{is_continuation, text_of};
-
 /// A stream that ends sooner than this after it opened counts as a failure: back off.
 const SHORT_STREAM: Duration = Duration::from_secs(1);
 

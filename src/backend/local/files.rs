@@ -21,8 +21,7 @@ use crate::message::{line_position, LogMessage, Origin, Position, SourceKind};
 
 /// What the writer thread is asked to do.
 pub enum Cmd {
-    Write(Arc<LogMessage>),
-    /// Several messages, in order.
+    /// Messages, in order.
     WriteMany(Vec<Arc<LogMessage>>),
     /// Close every file; the next line reopens (SIGHUP, after an outside rotation).
     Reopen,
@@ -187,7 +186,6 @@ impl Writer {
 
     fn handle_one(&mut self, cmd: Cmd) {
         match cmd {
-            Cmd::Write(msg) => self.write(&msg),
             Cmd::WriteMany(msgs) => {
                 for m in &msgs {
                     self.write(m);
@@ -511,8 +509,13 @@ mod tests {
                 Arc::new(FileStats::default()),
             );
             let t = std::thread::spawn(move || w.run(rx));
-            tx.send(Cmd::Write(msg("1001", "web", &format!("line {n}"), n)))
-                .expect("send");
+            tx.send(Cmd::WriteMany(vec![msg(
+                "1001",
+                "web",
+                &format!("line {n}"),
+                n,
+            )]))
+            .expect("send");
             drop(tx);
             t.join().expect("writer");
         };
@@ -564,12 +567,12 @@ mod tests {
         );
         let t = std::thread::spawn(move || w.run(rx));
         for i in 0..100 {
-            tx.send(Cmd::Write(msg(
+            tx.send(Cmd::WriteMany(vec![msg(
                 "1001",
                 "web",
                 &format!("line {i:04} {}", "x".repeat(100)),
                 i + 1,
-            )))
+            )]))
             .expect("send");
         }
         drop(tx);
@@ -627,8 +630,13 @@ mod tests {
             w.scan_existing();
             let t = std::thread::spawn(move || w.run(rx));
             for i in from..=to {
-                tx.send(Cmd::Write(msg("1001", "web", &format!("n{i}"), i)))
-                    .expect("send");
+                tx.send(Cmd::WriteMany(vec![msg(
+                    "1001",
+                    "web",
+                    &format!("n{i}"),
+                    i,
+                )]))
+                .expect("send");
             }
             drop(tx);
             t.join().expect("writer");
