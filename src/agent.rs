@@ -3,7 +3,8 @@
 //! SIGINT: readers first, then backends (flushing files, acknowledging or spooling MQTT), then
 //! the final cursors, within the contract's 5 s (docs/CONTRACT.md §2).
 //!
-//! Thread `housekeeping` moves cursors forward every [`SAVE_EVERY`] and pings the systemd
+//! Thread `housekeeping` saves cursors soon after a container's first line is taken and then
+//! every [`SAVE_EVERY`], and pings the systemd
 //! watchdog only while the file writer still answers.
 
 use std::fmt;
@@ -12,7 +13,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{Receiver, Sender};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
@@ -24,13 +25,15 @@ use crate::backend::mqtt::MqttBackend;
 use crate::backend::{Backend, Progress};
 use crate::config::Config;
 use crate::engine::Engine;
-use crate::monitor::cursor::CursorStore;
+use crate::monitor::cursor::{CursorStore, SaveSchedule};
 use crate::monitor::{Backoff, Monitor};
 use crate::notify;
 use crate::stats::Stats;
 
 /// How often resume cursors are written (when they moved).
 pub const SAVE_EVERY: Duration = Duration::from_secs(2);
+/// How soon a container's first cursor is written (firsts within it are written together).
+const SAVE_FIRST: Duration = Duration::from_millis(50);
 
 /// A fatal start-up problem (exit code 1).
 #[derive(Debug)]
@@ -91,6 +94,8 @@ struct Pipeline {
     stats: Arc<Stats>,
     progress: Arc<Progress>,
     notes: Option<Receiver<Note>>,
+    /// Told when a container is taken for the first time.
+    firsts: Option<Receiver<()>>,
     cursors: Option<Arc<CursorStore>>,
     engine: Option<Engine>,
     local: Option<Arc<LocalBackend>>,
@@ -107,6 +112,7 @@ impl Pipeline {
             stats: Arc::new(Stats::default()),
             progress: Arc::new(Progress::new()),
             notes: None,
+            firsts: None,
             cursors: None,
             engine: None,
             local: None,
@@ -121,7 +127,17 @@ impl Pipeline {
         let (notes_tx, notes_rx) = crossbeam_channel::bounded(256);
         crate::agentlog::forward_to(notes_tx);
         self.notes = Some(notes_rx);
+        let (firsts_tx, firsts_rx) = crossbeam_channel::bounded(1);
+        self.progress.tell_first(firsts_tx);
+        self.firsts = Some(firsts_rx);
         let cursors = CursorStore::load(&self.cfg.state_dir).map_err(state_error("STATE_DIR"))?;
+        if let Err(e) = cursors.save_alive() {
+            Stats::add(&self.stats.cursor_save_errors, 1);
+            self.stats
+                .cursor_save_failing
+                .store(true, Ordering::Relaxed);
+            log::error!("cannot save resume cursors: {e}");
+        }
         self.cursors = Some(Arc::new(cursors));
         self.engine = Some(Engine::new(&self.cfg.docker_host).map_err(Error::Engine)?);
         self.start_backends()?;
@@ -241,10 +257,11 @@ impl Pipeline {
     }
 
     fn start_housekeeping(&mut self) -> Result<(), Error> {
-        let (Some(cursors), Some(local), Some(monitor)) = (
+        let (Some(cursors), Some(local), Some(monitor), Some(firsts)) = (
             self.cursors.clone(),
             self.local.clone(),
             self.monitor.as_ref(),
+            self.firsts.take(),
         ) else {
             return Ok(());
         };
@@ -259,7 +276,7 @@ impl Pipeline {
         let handle = std::thread::Builder::new()
             .name("housekeeping".into())
             .stack_size(128 * 1024)
-            .spawn(move || hk.run(&stop_rx))
+            .spawn(move || hk.run(&stop_rx, &firsts))
             .map_err(state_error("threads"))?;
         self.housekeeping = Some((stop_tx, handle));
         Ok(())
@@ -339,32 +356,42 @@ struct Housekeeping {
 }
 
 impl Housekeeping {
-    fn run(&self, stop: &Receiver<()>) {
+    fn run(&self, stop: &Receiver<()>, firsts: &Receiver<()>) {
         let watchdog = notify::watchdog_interval();
-        let tick = watchdog.map_or(SAVE_EVERY, |w| w.min(SAVE_EVERY));
-        let mut last_save = Instant::now();
-        let mut save_failing = false;
-        while let Err(RecvTimeoutError::Timeout) = stop.recv_timeout(tick) {
-            if last_save.elapsed() >= SAVE_EVERY {
-                last_save = Instant::now();
-                save_failing = self.save_cursors(save_failing);
+        let mut schedule = SaveSchedule::new(SAVE_EVERY, SAVE_FIRST, Instant::now());
+        let mut pinged = Instant::now();
+        loop {
+            let now = Instant::now();
+            let ping_in = watchdog.map_or(Duration::MAX, |w| {
+                w.saturating_sub(now.saturating_duration_since(pinged))
+            });
+            crossbeam_channel::select! {
+                recv(stop) -> _ => return,
+                recv(firsts) -> _ => schedule.first_taken(),
+                default(schedule.wait(now).min(ping_in)) => {}
             }
-            if watchdog.is_some() {
+            let now = Instant::now();
+            if schedule.due(now) {
+                self.save_cursors();
+            }
+            if watchdog.is_some_and(|w| now.saturating_duration_since(pinged) >= w) {
+                pinged = now;
                 self.tell_systemd();
             }
         }
     }
 
-    /// Saves the cursors; true when saving fails (said once per spell of failures).
-    fn save_cursors(&self, was_failing: bool) -> bool {
+    /// Saves the cursors; a failure is said once per spell of failures and shown in health.
+    fn save_cursors(&self) {
         self.cursors.advance(&self.progress.safe());
+        let failing = &self.stats.cursor_save_failing;
         match self.cursors.save(false) {
-            Ok(()) => false,
+            Ok(()) => failing.store(false, Ordering::Relaxed),
             Err(e) => {
-                if !was_failing {
+                Stats::add(&self.stats.cursor_save_errors, 1);
+                if !failing.swap(true, Ordering::Relaxed) {
                     log::error!("cannot save resume cursors: {e}");
                 }
-                true
             }
         }
     }

@@ -25,6 +25,10 @@ pub struct Stats {
     pub suppressed: AtomicU64,
     /// Resumes that found the engine had already dropped lines past the cursor.
     pub gaps: AtomicU64,
+    /// Resume cursor saves that failed (a full or read-only `STATE_DIR`).
+    pub cursor_save_errors: AtomicU64,
+    /// Whether the last save of the resume cursors failed.
+    pub cursor_save_failing: AtomicBool,
     /// The engine's API version in use.
     pub api_version: Mutex<String>,
 }
@@ -42,6 +46,8 @@ impl Default for Stats {
             docker_up: AtomicBool::new(false),
             suppressed: AtomicU64::new(0),
             gaps: AtomicU64::new(0),
+            cursor_save_errors: AtomicU64::new(0),
+            cursor_save_failing: AtomicBool::new(false),
             api_version: Mutex::new(String::new()),
         }
     }

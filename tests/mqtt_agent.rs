@@ -634,6 +634,59 @@ fn agent_down_during_broker_outage(clean: bool) {
     assert!(wait_until(WAIT, || health(&agent).1["spoolBytes"] == 0));
 }
 
+/// An agent killed young, as soon as its first lines arrive, three times in a row, following
+/// a container that was logging before it started (read from "now" on the first run): the
+/// start of each container is its first cursor, saved at once, so the next agent neither
+/// starts over nor from a later "now". No line is lost after the first one delivered, and each
+/// kill repeats at most the lines of its last ~2 s.
+#[test]
+fn agent_killed_young_again_and_again() {
+    let broker = Broker::start();
+    let sub = Subscriber::start(broker.port, &[&format!("{BASE}/#")]);
+    let p = unique("young");
+    // 200 lines/s for 10 s: the container logs on while agents come and go.
+    let (n, per_s) = (2000u64, 200u64);
+    let _c = run(
+        &format!("{p}-c"),
+        "3002",
+        "young",
+        &numbered(n as u32, 60, 20),
+    );
+    let mut agent = agent_for(&p, &broker.url(), &[]);
+    let kills = 3;
+    for round in 1..=kills {
+        let before = container_lines(&sub.all()).len();
+        assert!(
+            sub.wait(PATIENCE, |m| container_lines(m).len() > before),
+            "round {round}: no lines; agent log:\n{}",
+            agent.log()
+        );
+        agent.kill();
+        // The container logs on while no agent runs.
+        std::thread::sleep(Duration::from_millis(1000));
+        agent.restart();
+    }
+    let complete = |m: &[Msg]| {
+        let (seqs, _) = by_service(&container_lines(m));
+        seqs.get("young").and_then(|s| s.last()) == Some(&n)
+    };
+    assert!(
+        sub.wait(PATIENCE, complete),
+        "the last line did not come; agent log:\n{}",
+        agent.log()
+    );
+    let (seqs, dups) = by_service(&container_lines(&sub.all()));
+    let got = &seqs["young"];
+    let first = got[0];
+    let want: Vec<u64> = (first..=n).collect();
+    assert_eq!(got, &want, "nothing lost after line {first}, in order");
+    eprintln!(
+        "{kills} kills of a young agent: {dups} duplicates ({per_s} lines/s), from line {first}"
+    );
+    let bound = kills * (2 * per_s + per_s);
+    assert!(dups as u64 <= bound, "{dups} duplicates, more than {bound}");
+}
+
 /// A tiny spool while the broker is away: the oldest are dropped, counted and reported; the
 /// newest arrive once it is back.
 #[test]

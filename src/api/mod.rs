@@ -229,7 +229,8 @@ fn containers(ctx: &Context) -> Response<std::io::Cursor<Vec<u8>>> {
 pub fn health_doc(ctx: &Context) -> (bool, serde_json::Value) {
     let s = &ctx.stats;
     let docker_up = s.docker_up.load(Ordering::Relaxed);
-    let mut ok = docker_up;
+    let cursors_failing = s.cursor_save_failing.load(Ordering::Relaxed);
+    let mut ok = docker_up && !cursors_failing;
     let mut doc = serde_json::json!({
         "docker": {
             "connected": docker_up,
@@ -247,6 +248,10 @@ pub fn health_doc(ctx: &Context) -> (bool, serde_json::Value) {
         "truncated": Stats::get(&s.truncated),
         "suppressed": Stats::get(&s.suppressed),
         "gaps": Stats::get(&s.gaps),
+        "cursors": {
+            "saveFailing": cursors_failing,
+            "saveErrors": Stats::get(&s.cursor_save_errors),
+        },
         "managerDropped": crate::agentlog::FORWARD_DROPPED.load(Ordering::Relaxed),
         "uptimeSeconds": s.started.elapsed().as_secs(),
         "version": env!("CARGO_PKG_VERSION"),
@@ -285,7 +290,7 @@ fn metrics(ctx: &Context, streams: &Streams) -> String {
 }
 
 /// What the readers did with the lines they read.
-fn line_metrics(s: &Stats) -> [Metric<'static>; 6] {
+fn line_metrics(s: &Stats) -> [Metric<'static>; 7] {
     [
         (
             "container_logd_lines_read_total",
@@ -322,6 +327,12 @@ fn line_metrics(s: &Stats) -> [Metric<'static>; 6] {
             "counter",
             "Resumes that found lines rotated away by the engine.",
             Stats::get(&s.gaps),
+        ),
+        (
+            "container_logd_cursor_save_errors_total",
+            "counter",
+            "Saves of the resume cursors that failed.",
+            Stats::get(&s.cursor_save_errors),
         ),
     ]
 }

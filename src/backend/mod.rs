@@ -8,7 +8,9 @@ pub(crate) mod local;
 pub mod mqtt;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use crossbeam_channel::Sender;
 
 use crate::message::{LogMessage, Position};
 
@@ -43,14 +45,19 @@ pub trait Backend: Send + Sync {
     fn metrics(&self, out: &mut String);
 }
 
-/// What one backend has taken, per container: the last position.
-type Taken = Mutex<HashMap<Arc<str>, Position>>;
+/// What one backend has taken, per container: the last position; and whom to tell when a
+/// container is taken for the first time.
+struct Taken {
+    map: Mutex<HashMap<Arc<str>, Position>>,
+    first: Arc<OnceLock<Sender<()>>>,
+}
 
 /// Per backend, per container: the last position the backend has taken. Each backend holds
 /// its own [`Lane`]; the saved cursor is the lowest position over all lanes.
 #[derive(Default)]
 pub struct Progress {
     lanes: Mutex<Vec<Arc<Taken>>>,
+    first: Arc<OnceLock<Sender<()>>>,
 }
 
 /// One backend's lane in [`Progress`]: where it reports what it has taken.
@@ -68,12 +75,16 @@ impl Lane {
 
 /// Moves `container` forward to `pos` in one lane; never back.
 fn advance(taken: &Taken, container: &Arc<str>, pos: Position) {
-    let mut map = taken.lock().unwrap_or_else(|p| p.into_inner());
+    let mut map = taken.map.lock().unwrap_or_else(|p| p.into_inner());
     match map.get_mut(container) {
         Some(p) if *p >= pos => {}
         Some(p) => *p = pos,
         None => {
             map.insert(container.clone(), pos);
+            drop(map);
+            if let Some(tx) = taken.first.get() {
+                let _ = tx.try_send(());
+            }
         }
     }
 }
@@ -86,10 +97,20 @@ impl Progress {
     /// A new lane, for a backend that is being started: from now on the cursor waits for it.
     pub fn lane(&self) -> Lane {
         let lane = Lane {
-            taken: Arc::new(Mutex::new(HashMap::new())),
+            taken: Arc::new(Taken {
+                map: Mutex::new(HashMap::new()),
+                first: self.first.clone(),
+            }),
         };
         self.lanes().push(lane.taken.clone());
         lane
+    }
+
+    /// From now on `tx` is told (without blocking) whenever a lane takes a container for the
+    /// first time, so that its first cursor can be saved at once. Set once; later calls are
+    /// ignored.
+    pub fn tell_first(&self, tx: Sender<()>) {
+        let _ = self.first.set(tx);
     }
 
     fn lanes(&self) -> std::sync::MutexGuard<'_, Vec<Arc<Taken>>> {
@@ -108,7 +129,7 @@ impl Progress {
     pub fn safe(&self) -> HashMap<Arc<str>, Position> {
         let mut out: Option<HashMap<Arc<str>, Position>> = None;
         for taken in self.lanes().iter() {
-            let map = taken.lock().unwrap_or_else(|p| p.into_inner());
+            let map = taken.map.lock().unwrap_or_else(|p| p.into_inner());
             out = Some(match out {
                 None => map.clone(),
                 Some(prev) => prev
@@ -124,6 +145,7 @@ impl Progress {
     pub fn forget(&self, container: &str) {
         for taken in self.lanes().iter() {
             taken
+                .map
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .remove(container);
@@ -155,5 +177,20 @@ mod tests {
         assert_eq!(p.safe().get(&a), Some(&pos(7, 2)), "never moves back");
         one.taken(&b, pos(9, 1));
         assert_eq!(p.safe().get(&b), Some(&pos(5, 1)));
+    }
+
+    #[test]
+    fn a_container_taken_for_the_first_time_is_told() {
+        let p = Progress::new();
+        let lane = p.lane();
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        p.tell_first(tx);
+        let a: Arc<str> = Arc::from("a");
+        lane.taken(&a, pos(1, 1));
+        assert!(rx.try_recv().is_ok(), "first position of a");
+        lane.taken(&a, pos(2, 1));
+        assert!(rx.try_recv().is_err(), "a moving on is not news");
+        p.taken_by_all(&Arc::from("b"), pos(3, 0));
+        assert!(rx.try_recv().is_ok(), "b read from now on");
     }
 }

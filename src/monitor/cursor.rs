@@ -9,6 +9,7 @@ use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
@@ -41,6 +42,53 @@ struct Inner {
     cursors: HashMap<String, Position>,
     dirty: bool,
     last_alive: Option<i64>,
+}
+
+/// When the cursors are written: at most every `every`, and soon after a container got its
+/// first position, so that an agent killed young does not start over (or, for a container
+/// without a cursor, from "now") on its next start. Firsts coming together are written
+/// together, at most every `soon`.
+pub struct SaveSchedule {
+    every: Duration,
+    soon: Duration,
+    last: Instant,
+    first_pending: bool,
+}
+
+impl SaveSchedule {
+    pub fn new(every: Duration, soon: Duration, now: Instant) -> SaveSchedule {
+        SaveSchedule {
+            every,
+            soon,
+            last: now,
+            first_pending: false,
+        }
+    }
+
+    /// A container was taken for the first time.
+    pub fn first_taken(&mut self) {
+        self.first_pending = true;
+    }
+
+    /// How long until [`SaveSchedule::due`] may say yes.
+    pub fn wait(&self, now: Instant) -> Duration {
+        let after = if self.first_pending {
+            self.soon
+        } else {
+            self.every
+        };
+        after.saturating_sub(now.saturating_duration_since(self.last))
+    }
+
+    /// Whether to write now; if so, the next write is counted from `now`.
+    pub fn due(&mut self, now: Instant) -> bool {
+        if !self.wait(now).is_zero() {
+            return false;
+        }
+        self.last = now;
+        self.first_pending = false;
+        true
+    }
 }
 
 pub fn now_ns() -> i64 {
@@ -139,6 +187,17 @@ impl CursorStore {
 
     /// Writes the file if anything changed (always when `stopping`).
     pub fn save(&self, stopping: bool) -> io::Result<()> {
+        self.write(stopping, stopping)
+    }
+
+    /// Writes the file now, changed or not: at start-up, so that the next run knows this one
+    /// was alive from now on even if it is killed before its first cursor is saved (a
+    /// container started after this moment is then read from its beginning).
+    pub fn save_alive(&self) -> io::Result<()> {
+        self.write(false, true)
+    }
+
+    fn write(&self, stopping: bool, always: bool) -> io::Result<()> {
         let (file, dirty) = {
             let inner = self.lock();
             let now = now_ns();
@@ -162,17 +221,17 @@ impl CursorStore {
             };
             (f, inner.dirty)
         };
-        if !dirty && !stopping {
+        if !dirty && !always {
             return Ok(());
         }
         let bytes = serde_json::to_vec(&file).map_err(io::Error::other)?;
         let tmp = self.path.with_extension("json.tmp");
-        {
-            let mut f = fs::File::create(&tmp)?;
-            f.write_all(&bytes)?;
-            f.sync_all()?;
+        let written = write_synced(&tmp, &bytes).and_then(|()| fs::rename(&tmp, &self.path));
+        if let Err(e) = written {
+            // A full disk: leave no partial temp file behind; the old cursors stay valid.
+            let _ = fs::remove_file(&tmp);
+            return Err(e);
         }
-        fs::rename(&tmp, &self.path)?;
         if let Some(dir) = self.path.parent() {
             // The rename itself must reach the disk, or a power cut brings back the old file.
             if let Ok(d) = fs::File::open(dir) {
@@ -182,6 +241,12 @@ impl CursorStore {
         self.lock().dirty = false;
         Ok(())
     }
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let mut f = fs::File::create(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()
 }
 
 #[cfg(test)]
@@ -208,6 +273,44 @@ mod tests {
         let damaged = CursorStore::load(&dir).expect("damaged is not fatal");
         assert_eq!(damaged.get("abc"), None);
         assert!(dir.join("cursors.json.bad").exists());
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn saves_soon_after_a_first_position_then_every_interval() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut s = SaveSchedule::new(ms(2000), ms(250), t0);
+        assert!(!s.due(t0 + ms(100)), "nothing new yet");
+        assert_eq!(s.wait(t0 + ms(100)), ms(1900));
+        s.first_taken();
+        assert_eq!(
+            s.wait(t0 + ms(100)),
+            ms(150),
+            "firsts coming together are saved together"
+        );
+        assert!(!s.due(t0 + ms(200)));
+        assert!(s.due(t0 + ms(250)), "a young agent saves its first cursor");
+        assert!(!s.due(t0 + ms(600)), "then waits the full interval");
+        assert!(!s.due(t0 + ms(2200)));
+        assert!(s.due(t0 + ms(2250)));
+        s.first_taken();
+        assert!(s.due(t0 + ms(2500)), "another container's first position");
+        assert_eq!(s.wait(t0 + ms(2500)), ms(2000));
+    }
+
+    #[test]
+    fn a_failed_save_leaves_no_temp_file() {
+        let dir = std::env::temp_dir().join(format!("cld-cursor-tmp-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let s = CursorStore::load(&dir).expect("load");
+        let mut safe = HashMap::new();
+        safe.insert(Arc::<str>::from("abc"), Position { ts_ns: 1, seen: 1 });
+        s.advance(&safe);
+        // The rename fails: a directory stands where the file goes.
+        fs::create_dir_all(dir.join("cursors.json").join("x")).expect("block the file");
+        assert!(s.save(false).is_err());
+        assert!(!dir.join("cursors.json.tmp").exists());
         let _ = fs::remove_dir_all(&dir);
     }
 }

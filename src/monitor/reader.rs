@@ -249,34 +249,34 @@ fn set_state(slot: &Slot, state: &'static str) {
     slot.view.lock().unwrap_or_else(|p| p.into_inner()).state = state;
 }
 
-/// Where a container without a cursor starts (`SINCE`).
+/// Where a container without a cursor starts (`SINCE`). That start is its first cursor, in
+/// every backend's lane, saved at once (the housekeeping thread is told): an agent killed before
+/// its first regular save must not, on its next start, read the container again from its
+/// beginning, or from a later "now" (losing what came in between).
 fn first_since(shared: &Shared, slot: &Slot, started_at_ns: i64) -> Since {
-    let from_now = || {
-        // Remember "now" as a cursor: lines written while we are down later are not lost.
-        let now = cursor::now_ns();
-        let id: Arc<str> = Arc::from(slot.id.as_str());
-        shared.progress.taken_by_all(
-            &id,
-            Position {
-                ts_ns: now,
-                seen: 0,
-            },
-        );
-        Since::At(now)
-    };
-    match shared.cfg.since {
+    let now = cursor::now_ns();
+    let since = match shared.cfg.since {
         SinceMode::All => Since::All,
-        SinceMode::Now => from_now(),
+        SinceMode::Now => Since::At(now),
         SinceMode::Cursor => {
-            let started_after_us = match shared.cursors.last_alive_ns() {
-                Some(t) => started_at_ns > t,
-                None => false,
-            };
+            let started_after_us = shared
+                .cursors
+                .last_alive_ns()
+                .is_some_and(|t| started_at_ns > t);
             if slot.from_event || started_after_us {
                 Since::All
             } else {
-                from_now()
+                Since::At(now)
             }
         }
-    }
+    };
+    let ts_ns = match since {
+        Since::All => 0,
+        Since::At(t) => t,
+    };
+    let id: Arc<str> = Arc::from(slot.id.as_str());
+    shared
+        .progress
+        .taken_by_all(&id, Position { ts_ns, seen: 0 });
+    since
 }
