@@ -1015,6 +1015,314 @@ fn qos(n: u8) -> QoS {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Config;
+    use crate::message::{Draft, LabelValue};
+    use std::collections::HashMap;
+    use std::path::PathBuf;
+
+    /// A session over a spool in its own directory, removed on drop.
+    struct Fixture {
+        s: Session,
+        t0: Instant,
+        dir: PathBuf,
+        origin: Arc<Origin>,
+        next: i64,
+    }
+
+    impl Drop for Fixture {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    fn fixture(name: &str, vars: &[(&str, &str)]) -> Fixture {
+        let mut env: HashMap<String, String> = HashMap::new();
+        env.insert("MQTT_BROKER".into(), "mqtt://127.0.0.1:1883".into());
+        env.insert("MQTT_BATCH".into(), "false".into());
+        for (k, v) in vars {
+            env.insert(k.to_string(), v.to_string());
+        }
+        let cfg = Config::from_env(&env)
+            .ok()
+            .and_then(|c| c.mqtt)
+            .unwrap_or_else(|| panic!("config {vars:?} is valid"));
+        let dir = std::env::temp_dir().join(format!("cld-session-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let spool = Spool::open(&dir, 1 << 20).unwrap_or_else(|e| panic!("spool: {e}"));
+        let t0 = Instant::now();
+        let origin = Arc::new(Origin::new(
+            Arc::from("c1"),
+            "web".into(),
+            LabelValue::from_label("1"),
+            "web".into(),
+            None,
+            Arc::from("host"),
+        ));
+        Fixture {
+            s: Session::new(&cfg, spool, "online".into(), "offline".into(), t0),
+            t0,
+            dir,
+            origin,
+            next: 1,
+        }
+    }
+
+    impl Fixture {
+        fn at(&self, ms: u64) -> Instant {
+            self.t0 + Duration::from_millis(ms)
+        }
+
+        /// Takes in a message whose text is `text`; returns its position.
+        fn intake(&mut self, text: &str, ms: u64) -> Position {
+            let pos = Position {
+                ts_ns: self.next,
+                seen: 1,
+            };
+            self.next += 1;
+            let msg = LogMessage::new(Draft {
+                text: text.into(),
+                ts_ns: pos.ts_ns,
+                level: Level::Info,
+                kind: SourceKind::Container,
+                origin: self.origin.clone(),
+                is_stderr: false,
+                truncated: false,
+                position: Some(pos),
+                id: crate::message::line_id(&self.origin, pos),
+            });
+            self.s.intake(Arc::new(msg), self.at(ms));
+            pos
+        }
+
+        /// Every action until there is none, in order.
+        fn actions(&mut self) -> Vec<Action> {
+            std::iter::from_fn(|| self.s.poll()).collect()
+        }
+
+        /// The publishes among the actions, as (topic, payload text).
+        fn publishes(&mut self) -> Vec<(String, String)> {
+            self.actions()
+                .into_iter()
+                .filter_map(|a| match a {
+                    Action::Publish(p) => {
+                        Some((p.topic, String::from_utf8_lossy(&p.payload).into_owned()))
+                    }
+                    _ => None,
+                })
+                .collect()
+        }
+
+        fn connect(&mut self, ms: u64) {
+            self.s.connected(Granted::v311(false), self.at(ms));
+        }
+    }
+
+    /// The texts of the messages in publishes, in order (the status shows as `status`).
+    fn texts(publishes: &[(String, String)]) -> Vec<String> {
+        publishes
+            .iter()
+            .map(|(topic, payload)| {
+                if topic == "logs/status" {
+                    return "status".to_string();
+                }
+                let v: serde_json::Value =
+                    serde_json::from_str(payload).unwrap_or(serde_json::Value::Null);
+                v["message"].as_str().unwrap_or("?").to_string()
+            })
+            .collect()
+    }
+
+    fn progress(actions: &[Action]) -> Vec<Position> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Progress(_, p) => Some(*p),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn nothing_goes_out_before_connack_then_the_status_first() {
+        let mut f = fixture("connack", &[("MQTT_STATUS_TOPIC", "logs/status")]);
+        f.intake("a", 0);
+        assert!(f.publishes().is_empty(), "not connected");
+        f.connect(10);
+        let out = f.publishes();
+        assert_eq!(texts(&out), ["status", "a"]);
+        assert!(out[0].1.contains("online"));
+        assert!(f.s.is_connected());
+    }
+
+    #[test]
+    fn out_of_order_acks_move_the_cursor_only_past_a_settled_front() {
+        let mut f = fixture("order", &[("MQTT_STATUS_TOPIC", "logs/status")]);
+        f.connect(0);
+        let _a = f.intake("a", 0);
+        let b = f.intake("b", 0);
+        assert_eq!(f.publishes().len(), 3);
+        for (pkid, ms) in [(1, 1), (2, 1), (3, 1)] {
+            f.s.sent(pkid, f.at(ms));
+        }
+        f.s.acked(3, Ack::Ok, f.at(2));
+        assert!(progress(&f.actions()).is_empty(), "a is not acknowledged");
+        f.s.acked(1, Ack::Ok, f.at(3));
+        f.s.acked(2, Ack::Ok, f.at(3));
+        assert_eq!(progress(&f.actions()), [b], "a and b at once");
+        assert_eq!(f.s.counters().acknowledged, 2);
+    }
+
+    #[test]
+    fn a_disconnect_sends_what_was_in_flight_again_in_order_and_ignores_old_acks() {
+        let mut f = fixture("resend", &[("MQTT_STATUS_TOPIC", "logs/status")]);
+        f.connect(0);
+        f.intake("a", 0);
+        f.intake("b", 0);
+        assert_eq!(texts(&f.publishes()), ["status", "a", "b"]);
+        f.s.sent(1, f.at(1));
+        f.s.sent(2, f.at(1));
+        f.s.disconnected("gone".into(), f.at(2));
+        assert_eq!(f.s.last_error(), "gone");
+        f.s.acked(2, Ack::Ok, f.at(3));
+        assert!(
+            f.actions().is_empty(),
+            "an ack of the old connection is nothing"
+        );
+        f.intake("c", 4);
+        f.connect(5);
+        assert_eq!(texts(&f.publishes()), ["status", "a", "b", "c"]);
+        assert_eq!(f.s.counters().reconnects, 1);
+    }
+
+    #[test]
+    fn a_refused_publish_comes_back_first_after_the_next_event() {
+        let mut f = fixture("refused", &[("MQTT_STATUS_TOPIC", "logs/status")]);
+        f.connect(0);
+        f.intake("a", 0);
+        f.intake("b", 0);
+        let Some(Action::Publish(status)) = f.s.poll() else {
+            panic!("the status first");
+        };
+        let Some(Action::Publish(a)) = f.s.poll() else {
+            panic!("then a");
+        };
+        f.s.refused(a.token);
+        assert!(f.actions().is_empty(), "held until the next event");
+        f.s.sent(1, f.at(1));
+        assert_eq!(texts(&f.publishes()), ["a", "b"]);
+        assert_eq!(status.topic, "logs/status");
+        assert_eq!(f.s.counters().published, 2);
+    }
+
+    #[test]
+    fn qos0_is_settled_once_written() {
+        let mut f = fixture("qos0", &[("MQTT_QOS", "0")]);
+        f.connect(0);
+        let a = f.intake("a", 0);
+        assert_eq!(f.publishes().len(), 2);
+        f.s.sent(1, f.at(1));
+        f.s.sent(0, f.at(1));
+        assert!(progress(&f.actions()).is_empty(), "behind the status (QoS 1)");
+        f.s.acked(1, Ack::Ok, f.at(2));
+        assert_eq!(progress(&f.actions()), [a]);
+    }
+
+    #[test]
+    fn no_ack_for_ten_seconds_gives_the_connection_up() {
+        let mut f = fixture("stall", &[]);
+        f.connect(0);
+        f.intake("a", 0);
+        assert_eq!(f.publishes().len(), 2);
+        f.s.sent(1, f.at(0));
+        f.s.acked(1, Ack::Ok, f.at(0));
+        f.s.sent(2, f.at(0));
+        f.s.tick(f.at(9_000));
+        assert!(f.actions().is_empty() && f.s.is_connected());
+        f.s.tick(f.at(10_500));
+        assert!(matches!(f.actions()[..], [Action::Reconnect]));
+        assert!(!f.s.is_connected());
+        f.connect(11_000);
+        assert_eq!(texts(&f.publishes())[1..], ["a"]);
+    }
+
+    #[test]
+    fn overflow_waits_for_a_working_broker_and_spools_after_two_seconds_of_no_acks() {
+        let mut f = fixture("overflow", &[]);
+        f.s.set_bounds(2, 1);
+        f.connect(0);
+        assert_eq!(f.publishes().len(), 1, "the status fills the window");
+        f.s.sent(1, f.at(0));
+        for t in ["a", "b", "c"] {
+            f.intake(t, 0);
+        }
+        f.s.tick(f.at(1_000));
+        assert!(!f.s.accepting(f.at(1_000)), "the broker may still answer");
+        f.s.tick(f.at(2_500));
+        assert!(f.s.accepting(f.at(2_500)));
+        assert_eq!(f.s.counters().spooled, 3);
+        assert_eq!(progress(&f.actions()).len(), 1, "spooled counts as taken");
+        f.s.acked(1, Ack::Ok, f.at(2_600));
+        assert_eq!(texts(&f.publishes()), ["a"], "read back from the spool");
+    }
+
+    #[test]
+    fn a_batch_closes_at_its_interval() {
+        let mut f = fixture(
+            "batch",
+            &[("MQTT_BATCH", "true"), ("MQTT_BATCH_INTERVAL_MS", "500")],
+        );
+        f.connect(0);
+        f.intake("a", 0);
+        f.intake("b", 100);
+        assert_eq!(f.s.next_deadline(), Some(f.at(500)));
+        f.s.tick(f.at(400));
+        assert_eq!(f.publishes().len(), 1, "the status only");
+        f.s.tick(f.at(500));
+        let out = f.publishes();
+        assert_eq!(out.len(), 1);
+        assert!(out[0].0.ends_with("/batch"));
+        assert!(out[0].1.starts_with(r#"{"count":2,"logs":["#));
+    }
+
+    #[test]
+    fn the_receive_maximum_bounds_what_is_in_flight() {
+        let mut f = fixture("recvmax", &[]);
+        f.s.connected(
+            Granted {
+                receive_max: 2,
+                ..Granted::v311(false)
+            },
+            f.at(0),
+        );
+        for t in ["a", "b", "c"] {
+            f.intake(t, 0);
+        }
+        assert_eq!(f.publishes().len(), 2, "the status and a");
+        f.s.sent(1, f.at(1));
+        f.s.acked(1, Ack::Ok, f.at(1));
+        assert_eq!(f.publishes().len(), 1, "b");
+    }
+
+    #[test]
+    fn stop_spools_what_is_left_and_says_offline_when_connected() {
+        let mut f = fixture("stop", &[("MQTT_STATUS_TOPIC", "logs/status")]);
+        f.connect(0);
+        f.intake("a", 0);
+        assert_eq!(f.publishes().len(), 2);
+        f.intake("b", 0);
+        f.s.flush(f.at(1));
+        let offline = f.s.stop(f.at(2));
+        assert!(offline.is_some_and(|p| p.retain
+            && p.topic == "logs/status"
+            && String::from_utf8_lossy(&p.payload) == "offline"));
+        assert_eq!(f.s.counters().spooled, 2, "a in flight, b in memory");
+        assert!(f.publishes().is_empty(), "nothing after stop");
+        f.s.disconnected("stopped".into(), f.at(3));
+        assert!(
+            f.s.stop(f.at(4)).is_none(),
+            "no status without a connection"
+        );
+    }
 
     #[test]
     fn cut_keeps_valid_json() {
