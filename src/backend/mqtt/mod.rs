@@ -189,46 +189,10 @@ impl MqttBackend {
         host: &str,
         version: &str,
     ) -> Result<Arc<MqttBackend>, Error> {
-        let transport = if cfg.tls {
-            let config = tls::client_config(cfg)?;
-            Some(Transport::tls_with_config(TlsConfiguration::Rustls(config)))
-        } else {
-            None
-        };
-        let spool_dir = state_dir.join("spool");
-        let spool =
-            spool::Spool::open(&spool_dir, cfg.spool_max_bytes).map_err(|err| Error::Spool {
-                path: spool_dir.clone(),
-                err,
-            })?;
-        if spool.pending() > 0 {
-            log::info!(
-                "mqtt spool holds {} messages from before, sending them first",
-                spool.pending()
-            );
-        }
-
         let online = topic::status_payload("online", host, version);
         let offline = topic::status_payload("offline", host, version);
-        let mut options = MqttOptions::new(cfg.client_id.clone(), cfg.host.clone(), cfg.port);
-        options
-            .set_keep_alive(cfg.keepalive.max(Duration::from_secs(1)))
-            .set_clean_session(true)
-            .set_max_packet_size(session::MAX_PACKET, session::MAX_PACKET)
-            .set_inflight(CLIENT_INFLIGHT)
-            .set_last_will(LastWill::new(
-                cfg.status_topic.clone(),
-                offline.clone().into_bytes(),
-                QoS::AtLeastOnce,
-                true,
-            ));
-        if let Some(user) = &cfg.username {
-            let password = cfg.password.as_ref().map(|p| p.expose()).unwrap_or("");
-            options.set_credentials(user.clone(), password);
-        }
-        if let Some(t) = transport {
-            options.set_transport(t);
-        }
+        let options = options(cfg, &offline)?;
+        let spool = open_spool(cfg, state_dir)?;
         let (wake_tx, wake_rx) = bounded(1);
         let session = Session::new(cfg, spool, online, offline, Instant::now());
         let shared = Arc::new(Shared {
@@ -268,6 +232,48 @@ impl MqttBackend {
             threads: Mutex::new(vec![pub_thread, conn_thread]),
         }))
     }
+}
+
+/// Opens the spool under `state_dir`, saying what an earlier run left in it.
+fn open_spool(cfg: &MqttConfig, state_dir: &Path) -> Result<spool::Spool, Error> {
+    let dir = state_dir.join("spool");
+    let spool = spool::Spool::open(&dir, cfg.spool_max_bytes).map_err(|err| Error::Spool {
+        path: dir.clone(),
+        err,
+    })?;
+    if spool.pending() > 0 {
+        log::info!(
+            "mqtt spool holds {} messages from before, sending them first",
+            spool.pending()
+        );
+    }
+    Ok(spool)
+}
+
+/// The client options every connection is made from: clean session, our packet size and
+/// window, the offline status as last will, credentials and TLS.
+fn options(cfg: &MqttConfig, offline: &str) -> Result<MqttOptions, Error> {
+    let mut options = MqttOptions::new(cfg.client_id.clone(), cfg.host.clone(), cfg.port);
+    options
+        .set_keep_alive(cfg.keepalive.max(Duration::from_secs(1)))
+        .set_clean_session(true)
+        .set_max_packet_size(session::MAX_PACKET, session::MAX_PACKET)
+        .set_inflight(CLIENT_INFLIGHT)
+        .set_last_will(LastWill::new(
+            cfg.status_topic.clone(),
+            offline.as_bytes().to_vec(),
+            QoS::AtLeastOnce,
+            true,
+        ));
+    if let Some(user) = &cfg.username {
+        let password = cfg.password.as_ref().map(|p| p.expose()).unwrap_or("");
+        options.set_credentials(user.clone(), password);
+    }
+    if cfg.tls {
+        let config = tls::client_config(cfg)?;
+        options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(config)));
+    }
+    Ok(options)
 }
 
 /// The publisher: takes messages in, ticks the session and does what it asks, until told to

@@ -476,11 +476,15 @@ impl World {
             return;
         }
         let session_present = self.rng.chance(30);
-        self.note(|| format!("connected, session present {session_present}"));
+        let mut granted = Granted::v311(session_present);
+        if self.rng.chance(30) {
+            // A v5 broker's receive maximum, below our window.
+            granted.receive_max = 1 + self.rng.below(4) as u16;
+        }
+        self.note(|| format!("connected: {granted:?}"));
         self.link = Link::Up;
         self.next_pkid = 0;
-        self.session
-            .connected(Granted::v311(session_present), self.now);
+        self.session.connected(granted, self.now);
     }
 
     fn step(&mut self) -> Result<(), String> {

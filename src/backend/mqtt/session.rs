@@ -1222,7 +1222,10 @@ mod tests {
         assert_eq!(f.publishes().len(), 2);
         f.s.sent(1, f.at(1));
         f.s.sent(0, f.at(1));
-        assert!(progress(&f.actions()).is_empty(), "behind the status (QoS 1)");
+        assert!(
+            progress(&f.actions()).is_empty(),
+            "behind the status (QoS 1)"
+        );
         f.s.acked(1, Ack::Ok, f.at(2));
         assert_eq!(progress(&f.actions()), [a]);
     }
