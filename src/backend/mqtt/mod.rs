@@ -637,3 +637,27 @@ fn join_by(t: JoinHandle<()>, deadline: Instant) {
         let _ = t.join();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_left_in_a_replaced_client_reaches_nothing() {
+        // Port 9 on loopback: nothing is ever polled here, so nothing connects.
+        let options = MqttOptions::new("t", "127.0.0.1", 9);
+        let mut wire = Wire::new(&options);
+        let old = wire.client.clone();
+        assert!(old
+            .try_publish("t", QoS::AtLeastOnce, false, b"queued".to_vec())
+            .is_ok());
+        // What `run_conn` does when a connection ends: the old pair is dropped.
+        wire = Wire::new(&options);
+        assert!(
+            old.try_publish("t", QoS::AtLeastOnce, false, b"late".to_vec())
+                .is_err(),
+            "the old client's channel died with its connection"
+        );
+        assert!(!wire.used);
+    }
+}
