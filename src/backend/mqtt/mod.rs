@@ -54,9 +54,10 @@ const BACKOFF_MIN: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// How long shutdown waits for acknowledgements before spooling the rest.
 const ACK_WAIT: Duration = Duration::from_secs(2);
-/// How often the connection thread looks whether the session gave its connection up (no
-/// acknowledgements, see `session::ACK_STALL`) when rumqttc has nothing to say, while connected. Longer than rumqttc's own network timeout (5 s), so the wait it cuts short is
-/// never one for a connect or a flush; while not connected, rumqttc is never cut short.
+/// How often, while connected and rumqttc has nothing to say, the connection thread looks
+/// whether the session gave its connection up (no acknowledgements: `session::ACK_STALL`).
+/// Longer than rumqttc's own network timeout (5 s), so the wait it cuts short is never one for
+/// a connect or a flush; while not connected, rumqttc is never cut short.
 const CONN_TICK: Duration = Duration::from_secs(6);
 /// Stacks of our threads; the conn thread runs rumqttc's runtime and the TLS handshake.
 const PUB_STACK: usize = 256 << 10;
@@ -151,7 +152,8 @@ impl Shared {
                         c.try_publish(p.topic, p.qos, p.retain, p.payload).is_ok()
                     });
                     if !handed {
-                        // The request channel is full (should not happen with our window).
+                        // The request channel is full (should not happen with our window), or
+                        // there is no connection: the session keeps it for later.
                         link.session.refused(p.token);
                     }
                 }

@@ -8,7 +8,9 @@
 //! adapter takes from [`Session::poll`]: publish requests, progress reports, and a request to
 //! drop a stuck connection. It never blocks, never reads the clock (every event brings `now`),
 //! and knows no MQTT client: the adapter in `mod.rs` (rumqttc today) does the I/O. The spool is
-//! its one owned dependency, disk I/O included.
+//! its one owned dependency, disk I/O included, and deliberately not behind a trait: its
+//! acknowledgement offsets (acks must reach it in spool order, a disconnect rewinds it) are
+//! part of what must hold, so the model test runs the real one (on tmpfs) rather than a fake.
 //!
 //! The logical queue, oldest first, is: in flight → retry (returned from flight by a disconnect)
 //! → spool replay → spool on disk → memory → open batches. Every path keeps that order, so a
