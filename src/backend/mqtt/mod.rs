@@ -1,18 +1,25 @@
 //! The MQTT backend (docs/CONTRACT.md §3–§5): streams every message to a broker, never losing one while the
 //! broker is away (memory, then the disk spool), with a retained online/offline status.
 //!
-//! Two threads: `mqtt-pub` owns the rumqttc `Client`, takes messages from the backend's bounded
-//! channel, batches, spools and publishes; `mqtt-conn` only iterates the `Connection` (where
-//! rumqttc's own current-thread runtime does the I/O), matches packet ids to what was sent, and
-//! backs off between connection attempts. Their shared state is in [`link`].
+//! The state and every decision are in [`session`] (a state machine: events in, actions out);
+//! this module is its thin I/O adapter over rumqttc, in two threads. `mqtt-pub` takes messages
+//! from the backend's bounded channel, feeds them and the clock to the session, and does what
+//! the session asks: hands publishes to the current rumqttc `Client` with `try_publish`, reports
+//! progress, gives a stuck connection up. `mqtt-conn` iterates the `Connection` (where rumqttc's
+//! own current-thread runtime does the I/O), feeds CONNACK, sent packet ids, acknowledgements
+//! and errors to the session, makes a new client for each new connection, and backs off between
+//! connection attempts. The session and the current client share one mutex.
 //!
 //! This module must never block `log()` for long while the broker is away, never count a
 //! message delivered before the broker acknowledged it, and never log the password.
 
-mod link;
+#[cfg(test)]
+mod model_test;
+mod session;
 pub mod spool;
 pub mod tls;
 pub mod topic;
+mod tracker;
 
 use std::fmt;
 use std::io;
@@ -24,11 +31,11 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, select, Receiver, RecvTimeoutError, Sender};
 use rumqttc::{
-    Client, Connection, Event, Incoming, LastWill, MqttOptions, MqttState, Outgoing, QoS,
+    Client, Connection, ConnectionError, Event, Incoming, LastWill, MqttOptions, Outgoing, QoS,
     TlsConfiguration, Transport,
 };
 
-use self::link::Core;
+use self::session::{Ack, Action, Granted, Session};
 use super::{Backend, Lane};
 use crate::config::MqttConfig;
 use crate::message::LogMessage;
@@ -40,24 +47,17 @@ const CHANNEL: usize = 8;
 const INTAKE: usize = 256;
 /// rumqttc's own in-flight window (packet ids 1..N): more than ours, with room for the status.
 const CLIENT_INFLIGHT: u16 = 200;
-const _: () = assert!(link::MAX_INFLIGHT_UNITS + 4 <= CLIENT_INFLIGHT as usize);
+const _: () = assert!(session::MAX_INFLIGHT_UNITS + 4 <= CLIENT_INFLIGHT as usize);
 /// The client's request channel: more than our window, the status and the disconnect.
-const REQUEST_CAP: usize = link::MAX_INFLIGHT_UNITS + 16;
+const REQUEST_CAP: usize = session::MAX_INFLIGHT_UNITS + 16;
 const BACKOFF_MIN: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// How long shutdown waits for acknowledgements before spooling the rest.
 const ACK_WAIT: Duration = Duration::from_secs(2);
-/// How long a disconnect may last before `healthy()` says so.
-const GRACE: Duration = Duration::from_secs(3);
-/// Connected with publishes in flight and no acknowledgement for this long: the connection is
-/// dropped and made again, and what was in flight is sent again. A broker that answers pings
-/// but no publishes, or a client that stopped sending, must not hold the logs back for good
-/// (`make bench` saw the window stall that way, about once in ten runs of 20 flat-out
-/// containers at QoS 1, with nothing on the wire either way).
-const ACK_STALL: Duration = Duration::from_secs(10);
-/// How often the connection thread looks for such a stall when rumqttc has nothing to say, while
-/// connected. Longer than rumqttc's own network timeout (5 s), so the wait it cuts short is
-/// never one for a connect or a flush; while not connected, rumqttc is never cut short.
+/// How often, while connected and rumqttc has nothing to say, the connection thread looks
+/// whether the session gave its connection up (no acknowledgements: `session::ACK_STALL`).
+/// Longer than rumqttc's own network timeout (5 s), so the wait it cuts short is never one for
+/// a connect or a flush; while not connected, rumqttc is never cut short.
 const CONN_TICK: Duration = Duration::from_secs(6);
 /// Stacks of our threads; the conn thread runs rumqttc's runtime and the TLS handshake.
 const PUB_STACK: usize = 256 << 10;
@@ -115,18 +115,54 @@ impl std::error::Error for Error {}
 
 /// The state both threads and the backend's callers see.
 struct Shared {
-    core: Mutex<Core>,
+    link: Mutex<Link>,
     /// Wakes the publisher when the connection state changes or the in-flight window frees.
     wake: Sender<()>,
+    /// Set when the session gave the connection up: `mqtt-conn` drops it and makes a new one.
+    renew: AtomicBool,
+    lane: Lane,
+}
+
+/// The session and the client of the connection it is on, under one lock: a publish request
+/// is handed to the client in the same critical section the session made it in.
+struct Link {
+    session: Session,
+    /// The client of the current connection: set at its CONNACK, taken away when the session
+    /// leaves it. A request can only ever reach the connection it was made for.
+    client: Option<Client>,
 }
 
 impl Shared {
-    fn lock(&self) -> MutexGuard<'_, Core> {
-        self.core.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> MutexGuard<'_, Link> {
+        self.link.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn wake(&self) {
         let _ = self.wake.try_send(());
+    }
+
+    /// Does what the session asks: hands publishes to the client, reports progress, gives a
+    /// stuck connection up.
+    fn apply(&self, link: &mut Link) {
+        while let Some(action) = link.session.poll() {
+            match action {
+                Action::Publish(p) => {
+                    let handed = link.client.as_ref().is_some_and(|c| {
+                        c.try_publish(p.topic, p.qos, p.retain, p.payload).is_ok()
+                    });
+                    if !handed {
+                        // The request channel is full (should not happen with our window), or
+                        // there is no connection: the session keeps it for later.
+                        link.session.refused(p.token);
+                    }
+                }
+                Action::Progress(container, pos) => self.lane.taken(&container, pos),
+                Action::Reconnect => {
+                    link.client = None;
+                    self.renew.store(true, Ordering::SeqCst);
+                }
+            }
+        }
     }
 }
 
@@ -151,52 +187,20 @@ impl MqttBackend {
         host: &str,
         version: &str,
     ) -> Result<Arc<MqttBackend>, Error> {
-        let transport = if cfg.tls {
-            let config = tls::client_config(cfg)?;
-            Some(Transport::tls_with_config(TlsConfiguration::Rustls(config)))
-        } else {
-            None
-        };
-        let spool_dir = state_dir.join("spool");
-        let spool =
-            spool::Spool::open(&spool_dir, cfg.spool_max_bytes).map_err(|err| Error::Spool {
-                path: spool_dir.clone(),
-                err,
-            })?;
-        if spool.pending() > 0 {
-            log::info!(
-                "mqtt spool holds {} messages from before, sending them first",
-                spool.pending()
-            );
-        }
-
         let online = topic::status_payload("online", host, version);
         let offline = topic::status_payload("offline", host, version);
-        let mut options = MqttOptions::new(cfg.client_id.clone(), cfg.host.clone(), cfg.port);
-        options
-            .set_keep_alive(cfg.keepalive.max(Duration::from_secs(1)))
-            .set_clean_session(true)
-            .set_max_packet_size(link::MAX_PACKET, link::MAX_PACKET)
-            .set_inflight(CLIENT_INFLIGHT)
-            .set_last_will(LastWill::new(
-                cfg.status_topic.clone(),
-                offline.clone().into_bytes(),
-                QoS::AtLeastOnce,
-                true,
-            ));
-        if let Some(user) = &cfg.username {
-            let password = cfg.password.as_ref().map(|p| p.expose()).unwrap_or("");
-            options.set_credentials(user.clone(), password);
-        }
-        if let Some(t) = transport {
-            options.set_transport(t);
-        }
-        let (client, connection) = Client::new(options, REQUEST_CAP);
-
+        let options = options(cfg, &offline)?;
+        let spool = open_spool(cfg, state_dir)?;
         let (wake_tx, wake_rx) = bounded(1);
+        let session = Session::new(cfg, spool, online, offline, Instant::now());
         let shared = Arc::new(Shared {
-            core: Mutex::new(Core::new(cfg, spool, lane, online, offline)),
+            link: Mutex::new(Link {
+                session,
+                client: None,
+            }),
             wake: wake_tx,
+            renew: AtomicBool::new(false),
+            lane,
         });
         let (tx, rx) = bounded(CHANNEL);
         let (stop_pub, stop_pub_rx) = bounded(1);
@@ -206,13 +210,13 @@ impl MqttBackend {
         let pub_thread = thread::Builder::new()
             .name("mqtt-pub".into())
             .stack_size(PUB_STACK)
-            .spawn(move || run_pub(&s, &client, &rx, &wake_rx, &stop_pub_rx))
+            .spawn(move || run_pub(&s, &rx, &wake_rx, &stop_pub_rx))
             .map_err(Error::Thread)?;
         let s = shared.clone();
         let conn_thread = thread::Builder::new()
             .name("mqtt-conn".into())
             .stack_size(CONN_STACK)
-            .spawn(move || run_conn(&s, connection, &stop_conn_rx))
+            .spawn(move || run_conn(&s, &options, &stop_conn_rx))
             .map_err(Error::Thread)?;
 
         Ok(Arc::new(MqttBackend {
@@ -227,214 +231,225 @@ impl MqttBackend {
     }
 }
 
-/// The publisher: takes messages in, batches, spools and publishes until told to stop.
+/// Opens the spool under `state_dir`, saying what an earlier run left in it.
+fn open_spool(cfg: &MqttConfig, state_dir: &Path) -> Result<spool::Spool, Error> {
+    let dir = state_dir.join("spool");
+    let spool = spool::Spool::open(&dir, cfg.spool_max_bytes).map_err(|err| Error::Spool {
+        path: dir.clone(),
+        err,
+    })?;
+    if spool.pending() > 0 {
+        log::info!(
+            "mqtt spool holds {} messages from before, sending them first",
+            spool.pending()
+        );
+    }
+    Ok(spool)
+}
+
+/// The client options every connection is made from: clean session, our packet size and
+/// window, the offline status as last will, credentials and TLS.
+fn options(cfg: &MqttConfig, offline: &str) -> Result<MqttOptions, Error> {
+    let mut options = MqttOptions::new(cfg.client_id.clone(), cfg.host.clone(), cfg.port);
+    options
+        .set_keep_alive(cfg.keepalive.max(Duration::from_secs(1)))
+        .set_clean_session(true)
+        .set_max_packet_size(session::MAX_PACKET, session::MAX_PACKET)
+        .set_inflight(CLIENT_INFLIGHT)
+        .set_last_will(LastWill::new(
+            cfg.status_topic.clone(),
+            offline.as_bytes().to_vec(),
+            QoS::AtLeastOnce,
+            true,
+        ));
+    if let Some(user) = &cfg.username {
+        let password = cfg.password.as_ref().map(|p| p.expose()).unwrap_or("");
+        options.set_credentials(user.clone(), password);
+    }
+    if cfg.tls {
+        let config = tls::client_config(cfg)?;
+        options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(config)));
+    }
+    Ok(options)
+}
+
+/// The publisher: takes messages in, ticks the session and does what it asks, until told to
+/// stop.
 fn run_pub(
     shared: &Shared,
-    client: &Client,
     rx: &Receiver<Vec<Arc<LogMessage>>>,
     wake_rx: &Receiver<()>,
     stop_rx: &Receiver<()>,
 ) {
     let mut got: Vec<Arc<LogMessage>> = Vec::with_capacity(INTAKE);
     loop {
+        let stop = wait_for_input(shared, rx, wake_rx, stop_rx, &mut got);
         let now = Instant::now();
-        let (accept, deadline) = {
-            let core = shared.lock();
-            (core.accepting(now), core.next_deadline())
-        };
-        let timeout = deadline
-            .map(|d| d.saturating_duration_since(now))
-            .unwrap_or(Duration::from_millis(200))
-            .min(Duration::from_millis(200));
-        let mut stop = false;
-        if accept {
-            select! {
-                recv(rx) -> m => match m {
-                    Ok(m) => got.extend(m),
-                    Err(_) => stop = true,
-                },
-                recv(stop_rx) -> _ => stop = true,
-                recv(wake_rx) -> _ => {}
-                default(timeout) => {}
-            }
-            while got.len() < INTAKE {
-                match rx.try_recv() {
-                    Ok(m) => got.extend(m),
-                    Err(_) => break,
-                }
-            }
-        } else {
-            // Memory is full and the broker is taking messages: let `log()` wait a little.
-            select! {
-                recv(stop_rx) -> _ => stop = true,
-                recv(wake_rx) -> _ => {}
-                default(timeout) => {}
-            }
-        }
-        let now = Instant::now();
-        let mut core = shared.lock();
+        let mut link = shared.lock();
         for m in got.drain(..) {
-            core.intake(m, now);
+            link.session.intake(m, now);
         }
-        core.step(client, now);
-        drop(core);
+        link.session.tick(now);
+        shared.apply(&mut link);
+        drop(link);
         if stop {
             break;
         }
     }
-    shutdown_pub(shared, client, rx, wake_rx);
+    shutdown_pub(shared, rx, wake_rx);
+}
+
+/// Waits for messages (while the session takes them), a wake-up, or the next batch deadline;
+/// true when told to stop.
+fn wait_for_input(
+    shared: &Shared,
+    rx: &Receiver<Vec<Arc<LogMessage>>>,
+    wake_rx: &Receiver<()>,
+    stop_rx: &Receiver<()>,
+    got: &mut Vec<Arc<LogMessage>>,
+) -> bool {
+    let now = Instant::now();
+    let (accept, deadline) = {
+        let link = shared.lock();
+        (link.session.accepting(now), link.session.next_deadline())
+    };
+    let timeout = deadline
+        .map(|d| d.saturating_duration_since(now))
+        .unwrap_or(Duration::from_millis(200))
+        .min(Duration::from_millis(200));
+    let mut stop = false;
+    if accept {
+        select! {
+            recv(rx) -> m => match m {
+                Ok(m) => got.extend(m),
+                Err(_) => stop = true,
+            },
+            recv(stop_rx) -> _ => stop = true,
+            recv(wake_rx) -> _ => {}
+            default(timeout) => {}
+        }
+        while got.len() < INTAKE {
+            match rx.try_recv() {
+                Ok(m) => got.extend(m),
+                Err(_) => break,
+            }
+        }
+    } else {
+        // Memory is full and the broker is taking messages: let `log()` wait a little.
+        select! {
+            recv(stop_rx) -> _ => stop = true,
+            recv(wake_rx) -> _ => {}
+            default(timeout) => {}
+        }
+    }
+    stop
 }
 
 /// Flushes batches, waits a little for acknowledgements, spools the rest, says offline and
 /// disconnects.
-fn shutdown_pub(
-    shared: &Shared,
-    client: &Client,
-    rx: &Receiver<Vec<Arc<LogMessage>>>,
-    wake_rx: &Receiver<()>,
-) {
+fn shutdown_pub(shared: &Shared, rx: &Receiver<Vec<Arc<LogMessage>>>, wake_rx: &Receiver<()>) {
     let deadline = Instant::now() + ACK_WAIT;
     {
-        let mut core = shared.lock();
+        let mut link = shared.lock();
         let now = Instant::now();
         while let Ok(msgs) = rx.try_recv() {
             for m in msgs {
-                core.intake(m, now);
+                link.session.intake(m, now);
             }
         }
-        core.close_batches(now, true);
-        core.draining = true;
+        link.session.flush(now);
     }
     loop {
         {
-            let mut core = shared.lock();
-            core.step(client, Instant::now());
-            if core.drained() || !core.connected || Instant::now() >= deadline {
+            let mut link = shared.lock();
+            let now = Instant::now();
+            link.session.tick(now);
+            shared.apply(&mut link);
+            if link.session.drained() || !link.session.is_connected() || now >= deadline {
                 break;
             }
         }
         let _ = wake_rx.recv_timeout(Duration::from_millis(20));
     }
-    let mut core = shared.lock();
-    core.stopping = true;
-    core.spool_everything();
-    if let Err(e) = core.spool.save_cursor() {
-        log::warn!("cannot save the mqtt spool cursor: {e}");
-    }
-    if core.connected {
-        let _ = client.try_publish(
-            core.status_topic.clone(),
-            QoS::AtLeastOnce,
-            true,
-            core.offline.clone().into_bytes(),
-        );
+    let mut link = shared.lock();
+    let offline = link.session.stop(Instant::now());
+    shared.apply(&mut link);
+    if let (Some(p), Some(client)) = (offline, &link.client) {
+        let _ = client.try_publish(p.topic, p.qos, p.retain, p.payload);
         let _ = client.try_disconnect();
     }
 }
 
-/// Drops what rumqttc still holds of the last connection; the core re-sends it, in order, after
-/// the next CONNACK. Called under the core's lock, so the publisher cannot hand over more
-/// requests meanwhile.
-fn forget_session(connection: &mut Connection) {
-    connection.eventloop.clean();
-    connection.eventloop.pending.clear();
-    connection.eventloop.state = MqttState::new(CLIENT_INFLIGHT, false);
+/// One rumqttc client and its connection. A connection that reached CONNACK is never used
+/// again once it ends or is given up: the next one is a new pair made from the same options,
+/// so nothing of the old one (rumqttc's in-flight state and packet ids, requests still queued
+/// in the old client) can reach it, and no field of rumqttc's is ever written. Requests
+/// queued in an old client go nowhere: its channel's receiver is dropped with its connection.
+struct Wire {
+    client: Client,
+    connection: Connection,
+    /// It reached CONNACK, and its client was handed to the publisher.
+    used: bool,
 }
 
-/// The connection thread: drives rumqttc's event loop and reports what it sees to the core.
-fn run_conn(shared: &Shared, mut connection: Connection, stop_rx: &Receiver<()>) {
+impl Wire {
+    fn new(options: &MqttOptions) -> Wire {
+        let (client, connection) = Client::new(options.clone(), REQUEST_CAP);
+        Wire {
+            client,
+            connection,
+            used: false,
+        }
+    }
+}
+
+/// What the connection thread does after an event.
+enum Flow {
+    Go,
+    Connected,
+    Stop,
+}
+
+/// The connection thread: drives rumqttc's event loop and reports what it sees to the session.
+fn run_conn(shared: &Shared, options: &MqttOptions, stop_rx: &Receiver<()>) {
+    let mut wire = Wire::new(options);
     let mut backoff = BACKOFF_MIN;
     // Whether this spell without a connection was reported at warning level: once per spell,
     // the retries only at debug level (as the engine's own reconnect loop does).
     let mut reported = false;
-    // This thread alone connects and disconnects, so it knows without asking the core.
-    let mut connected = false;
     loop {
-        let next = if connected {
-            connection.recv_timeout(CONN_TICK)
+        // While connected, wake up now and then to see whether the session gave up on us;
+        // while not, rumqttc's connect is never cut short.
+        let next = if wire.used {
+            wire.connection.recv_timeout(CONN_TICK)
         } else {
-            connection
+            wire.connection
                 .recv()
                 .map_err(|_| rumqttc::RecvTimeoutError::Disconnected)
         };
+        if shared.renew.swap(false, Ordering::SeqCst) {
+            // The session gave this connection up (no acknowledgements): a new one at once.
+            wire = Wire::new(options);
+            continue;
+        }
         let event = match next {
             Ok(e) => e,
-            Err(rumqttc::RecvTimeoutError::Timeout) => {
-                let mut core = shared.lock();
-                if core.ack_stalled(Instant::now(), ACK_STALL) {
-                    let reason = format!(
-                        "no acknowledgement for {} s with publishes in flight; reconnecting",
-                        ACK_STALL.as_secs()
-                    );
-                    log::warn!("mqtt: {reason}");
-                    core.on_disconnect(reason);
-                    forget_session(&mut connection);
-                    // The next poll connects afresh.
-                    connection.eventloop.network = None;
-                    connected = false;
-                    drop(core);
-                    shared.wake();
-                }
-                continue;
-            }
+            Err(rumqttc::RecvTimeoutError::Timeout) => continue,
             Err(rumqttc::RecvTimeoutError::Disconnected) => break,
         };
         match event {
-            Ok(Event::Incoming(Incoming::ConnAck(_))) => {
-                let mut core = shared.lock();
-                if core.stopping {
-                    break;
+            Ok(event) => match on_event(shared, &mut wire, event) {
+                Flow::Go => {}
+                Flow::Connected => {
+                    backoff = BACKOFF_MIN;
+                    reported = false;
                 }
-                core.on_connack();
-                drop(core);
-                connected = true;
-                log::info!("mqtt connected");
-                backoff = BACKOFF_MIN;
-                reported = false;
-                shared.wake();
-            }
-            Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
-                shared.lock().on_sent(pkid);
-                shared.wake();
-            }
-            Ok(Event::Incoming(Incoming::PubAck(ack))) => {
-                shared.lock().on_ack(ack.pkid);
-                shared.wake();
-            }
-            Ok(Event::Incoming(Incoming::PubComp(comp))) => {
-                shared.lock().on_ack(comp.pkid);
-                shared.wake();
-            }
-            Ok(Event::Outgoing(Outgoing::Disconnect)) => {
-                if shared.lock().stopping {
-                    break;
-                }
-            }
-            Ok(_) => {}
+                Flow::Stop => break,
+            },
             Err(e) => {
-                let (was_connected, stopping) = {
-                    let mut core = shared.lock();
-                    let was = core.connected;
-                    core.on_disconnect(e.to_string());
-                    forget_session(&mut connection);
-                    connected = false;
-                    (was, core.stopping)
-                };
-                if stopping {
+                if !on_error(shared, &mut wire, options, &e, &mut reported) {
                     break;
                 }
-                if was_connected {
-                    log::warn!("mqtt connection lost: {e}");
-                    reported = true;
-                } else if !reported {
-                    // The first failed attempt since the start: a refused password or
-                    // certificate must not be silent at the default log level.
-                    log::warn!("mqtt cannot connect: {e}; retrying");
-                    reported = true;
-                } else {
-                    log::debug!("mqtt connect failed: {e}");
-                }
-                shared.wake();
                 match stop_rx.recv_timeout(backoff) {
                     Err(RecvTimeoutError::Timeout) => {}
                     _ => break,
@@ -443,10 +458,84 @@ fn run_conn(shared: &Shared, mut connection: Connection, stop_rx: &Receiver<()>)
             }
         }
     }
-    let mut core = shared.lock();
-    if core.connected {
-        core.on_disconnect("stopped".into());
+    let mut link = shared.lock();
+    link.client = None;
+    if link.session.is_connected() {
+        link.session.disconnected("stopped".into(), Instant::now());
     }
+}
+
+/// Feeds one rumqttc event to the session.
+fn on_event(shared: &Shared, wire: &mut Wire, event: Event) -> Flow {
+    let now = Instant::now();
+    match event {
+        Event::Incoming(Incoming::ConnAck(ack)) => {
+            let mut link = shared.lock();
+            if link.session.is_stopping() {
+                return Flow::Stop;
+            }
+            link.session
+                .connected(Granted::v311(ack.session_present), now);
+            link.client = Some(wire.client.clone());
+            wire.used = true;
+            drop(link);
+            log::info!("mqtt connected");
+            shared.wake();
+            return Flow::Connected;
+        }
+        Event::Outgoing(Outgoing::Publish(pkid)) => shared.lock().session.sent(pkid, now),
+        Event::Incoming(Incoming::PubAck(ack)) => {
+            shared.lock().session.acked(ack.pkid, Ack::Ok, now)
+        }
+        Event::Incoming(Incoming::PubComp(comp)) => {
+            shared.lock().session.acked(comp.pkid, Ack::Ok, now)
+        }
+        Event::Outgoing(Outgoing::Disconnect) if shared.lock().session.is_stopping() => {
+            return Flow::Stop;
+        }
+        _ => return Flow::Go,
+    }
+    shared.wake();
+    Flow::Go
+}
+
+/// The connection failed or dropped: tells the session, replaces a pair that was connected, and
+/// says so once per outage. False when stopping.
+fn on_error(
+    shared: &Shared,
+    wire: &mut Wire,
+    options: &MqttOptions,
+    e: &ConnectionError,
+    reported: &mut bool,
+) -> bool {
+    let (was_connected, stopping) = {
+        let mut link = shared.lock();
+        let was = link.session.is_connected();
+        link.session.disconnected(e.to_string(), Instant::now());
+        link.client = None;
+        // A connection the session gave up on is being replaced anyway.
+        shared.renew.store(false, Ordering::SeqCst);
+        (was, link.session.is_stopping())
+    };
+    if wire.used {
+        *wire = Wire::new(options);
+    }
+    if stopping {
+        return false;
+    }
+    if was_connected {
+        log::warn!("mqtt connection lost: {e}");
+        *reported = true;
+    } else if !*reported {
+        // The first failed attempt since the start: a refused password or certificate must
+        // not be silent at the default log level.
+        log::warn!("mqtt cannot connect: {e}; retrying");
+        *reported = true;
+    } else {
+        log::debug!("mqtt connect failed: {e}");
+    }
+    shared.wake();
+    true
 }
 
 impl Backend for MqttBackend {
@@ -489,44 +578,40 @@ impl Backend for MqttBackend {
     }
 
     fn healthy(&self) -> bool {
-        let core = self.shared.lock();
-        let connected_enough =
-            core.connected || core.disconnected_since.is_some_and(|t| t.elapsed() < GRACE);
-        let recent_drop = core
-            .last_drop
-            .is_some_and(|t| t.elapsed() < Duration::from_secs(60));
-        connected_enough && !recent_drop
+        self.shared.lock().session.healthy(Instant::now())
     }
 
     fn health(&self) -> serde_json::Value {
-        let core = self.shared.lock();
-        let c = core.counters;
+        let link = self.shared.lock();
+        let s = &link.session;
+        let c = s.counters();
         serde_json::json!({
-            "connected": core.connected,
+            "connected": s.is_connected(),
             "broker": self.broker,
-            "queue": core.queued(),
-            "spoolBytes": core.spool.bytes(),
+            "queue": s.queued(),
+            "spoolBytes": s.spool_bytes(),
             "published": c.published,
             "acknowledged": c.acknowledged,
             "spooled": c.spooled,
             "dropped": c.dropped,
             "reconnects": c.reconnects,
-            "lastError": core.last_error,
+            "lastError": s.last_error(),
         })
     }
 
     fn metrics(&self, out: &mut String) {
-        let core = self.shared.lock();
-        let c = core.counters;
+        let link = self.shared.lock();
+        let s = &link.session;
+        let c = s.counters();
         let lines: [(&str, &str, &str, u64); 8] = [
             ("published_total", "counter", "Messages handed to the broker connection.", c.published),
             ("acknowledged_total", "counter", "Messages the broker acknowledged (QoS 1/2) or that were written to the socket (QoS 0).", c.acknowledged),
             ("spooled_total", "counter", "Messages written to the disk spool.", c.spooled),
             ("dropped_total", "counter", "Messages dropped because the spool was full or failed.", c.dropped),
             ("reconnects_total", "counter", "Connections to the broker after the first.", c.reconnects),
-            ("connected", "gauge", "1 while connected to the broker.", u64::from(core.connected)),
-            ("queue_messages", "gauge", "Messages waiting in memory.", core.queued() as u64),
-            ("spool_bytes", "gauge", "Bytes in the disk spool.", core.spool.bytes()),
+            ("connected", "gauge", "1 while connected to the broker.", u64::from(s.is_connected())),
+            ("queue_messages", "gauge", "Messages waiting in memory.", s.queued() as u64),
+            ("spool_bytes", "gauge", "Bytes in the disk spool.", s.spool_bytes()),
         ];
         crate::stats::write_metrics(out, "container_logd_mqtt_", &lines);
     }
@@ -547,5 +632,29 @@ fn join_by(t: JoinHandle<()>, deadline: Instant) {
     }
     if t.is_finished() {
         let _ = t.join();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_left_in_a_replaced_client_reaches_nothing() {
+        // Port 9 on loopback: nothing is ever polled here, so nothing connects.
+        let options = MqttOptions::new("t", "127.0.0.1", 9);
+        let mut wire = Wire::new(&options);
+        let old = wire.client.clone();
+        assert!(old
+            .try_publish("t", QoS::AtLeastOnce, false, b"queued".to_vec())
+            .is_ok());
+        // What `run_conn` does when a connection ends: the old pair is dropped.
+        wire = Wire::new(&options);
+        assert!(
+            old.try_publish("t", QoS::AtLeastOnce, false, b"late".to_vec())
+                .is_err(),
+            "the old client's channel died with its connection"
+        );
+        assert!(!wire.used);
     }
 }

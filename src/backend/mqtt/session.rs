@@ -1,0 +1,1344 @@
+//! The MQTT session: the backend's state as a state machine. What waits in memory (open batches,
+//! the memory queue, units returned from flight), what is in flight and under which packet id,
+//! the spool, and which container positions may be reported to `Progress`.
+//!
+//! It is driven by events — [`Session::intake`], [`Session::connected`], [`Session::sent`],
+//! [`Session::acked`], [`Session::refused`], [`Session::disconnected`], [`Session::tick`], and
+//! at shutdown [`Session::flush`] and [`Session::stop`] — and answers with [`Action`]s the
+//! adapter takes from [`Session::poll`]: publish requests, progress reports, and a request to
+//! drop a stuck connection. It never blocks, never reads the clock (every event brings `now`),
+//! and knows no MQTT client: the adapter in `mod.rs` (rumqttc today) does the I/O. The spool is
+//! its one owned dependency, disk I/O included, and deliberately not behind a trait: its
+//! acknowledgement offsets (acks must reach it in spool order, a disconnect rewinds it) are
+//! part of what must hold, so the model test runs the real one (on tmpfs) rather than a fake.
+//!
+//! The logical queue, oldest first, is: in flight → retry (returned from flight by a disconnect)
+//! → spool replay → spool on disk → memory → open batches. Every path keeps that order, so a
+//! subscriber sees each topic's lines in order and a restart resumes without a gap. A message
+//! counts as delivered only on its PUBACK/PUBCOMP (QoS 1/2) or once written to the socket
+//! (QoS 0).
+//!
+//! Packet ids are the adapter's (rumqttc assigns them and cannot be told which to use): the
+//! session learns each one from [`Session::sent`], in the order it handed the publishes out, and
+//! matches acknowledgements by it. Only ids of the current connection ever reach the session.
+
+use std::borrow::Cow;
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rumqttc::QoS;
+
+use super::spool::Spool;
+use super::topic;
+use super::tracker::{Seq, Tracker};
+use crate::config::MqttConfig;
+use crate::message::{Level, LogMessage, Origin, Position, SourceKind};
+
+/// Messages kept in memory (retry, memory queue, open batches) before the spool takes over.
+/// Sized for a Pi: `make bench` saw no loss of throughput against 4096 messages / 4 MiB.
+const MEM_MAX_MSGS: usize = 1024;
+/// Bytes kept in memory before the spool takes over.
+const MEM_MAX_BYTES: usize = 1 << 20;
+/// Messages moved to the spool in one write.
+const SPOOL_CHUNK_MSGS: usize = 1024;
+/// Publishes handed to the client and not yet acknowledged; the client's request channel is
+/// larger, so `try_publish` never meets a full channel. Below rumqttc's own window
+/// (`CLIENT_INFLIGHT` in `mod.rs`), so that rumqttc never runs out of packet ids and never
+/// enters its own waiting states (in-flight full, packet id collision): with 256 against its 200,
+/// `make bench` saw the window stall for good about once in ten runs of 20 containers.
+pub const MAX_INFLIGHT_UNITS: usize = 192;
+const MAX_INFLIGHT_BYTES: usize = 512 << 10;
+/// Largest batch payload we build; well below [`MAX_PACKET`] so a batch never tears the
+/// connection down.
+const PAYLOAD_CAP: usize = 256 << 10;
+/// The MQTT packet size limit we set on the client.
+pub const MAX_PACKET: usize = 1 << 20;
+/// Connected but no acknowledgement for this long: treat the broker as away and spool.
+const STALL: Duration = Duration::from_secs(2);
+/// Connected with publishes in flight and no acknowledgement for this long: the connection is
+/// given up ([`Action::Reconnect`]) and what was in flight is sent again on the next one. A
+/// broker that answers pings but no publishes, or a client that stopped sending, must not hold
+/// the logs back for good (`make bench` saw the window stall that way, about once in ten runs of
+/// 20 flat-out containers at QoS 1, with nothing on the wire either way).
+const ACK_STALL: Duration = Duration::from_secs(10);
+/// How long a disconnect may last before [`Session::healthy`] says so.
+const GRACE: Duration = Duration::from_secs(3);
+/// How long after a dropped message [`Session::healthy`] says so.
+const DROP_UNHEALTHY: Duration = Duration::from_secs(60);
+
+/// What the broker granted in its CONNACK. MQTT 3.1.1 grants nothing ([`Granted::v311`]); the
+/// v5 properties have their place here.
+#[derive(Debug, Clone, Copy)]
+pub struct Granted {
+    /// The broker resumed a session. We ask for a clean one; either way the adapter's client is
+    /// new, so what was in flight is sent again.
+    pub session_present: bool,
+    /// Publishes the broker takes unacknowledged at once (v5 receive maximum).
+    pub receive_max: u16,
+    /// The largest packet the broker takes (v5 maximum packet size).
+    pub max_packet: usize,
+    /// Topic aliases the broker allows (v5 topic alias maximum).
+    pub topic_alias_max: u16,
+}
+
+impl Granted {
+    /// What an MQTT 3.1.1 CONNACK grants: no limits beyond ours, no aliases.
+    pub fn v311(session_present: bool) -> Granted {
+        Granted {
+            session_present,
+            receive_max: u16::MAX,
+            max_packet: MAX_PACKET,
+            topic_alias_max: 0,
+        }
+    }
+}
+
+/// How the broker answered a publish. MQTT 3.1.1 knows success only (PUBACK, PUBCOMP); v5
+/// reason codes belong here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ack {
+    Ok,
+}
+
+/// Names one publish request, to give it back with [`Session::refused`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Token(u64);
+
+/// A publish for the adapter to hand to its connection, in the order given.
+#[derive(Debug)]
+pub struct Publish {
+    pub token: Token,
+    pub topic: String,
+    pub payload: Vec<u8>,
+    pub qos: QoS,
+    pub retain: bool,
+}
+
+/// What the session asks of its adapter.
+#[derive(Debug)]
+pub enum Action {
+    /// Hand this publish to the connection; if it cannot take it now, call [`Session::refused`].
+    Publish(Publish),
+    /// Every message of this container up to this position is acknowledged or spooled.
+    Progress(Arc<str>, Position),
+    /// The connection is stuck: the session has given it up (as on a disconnect); drop it and
+    /// make a new one. Nothing of it may reach the session any more.
+    Reconnect,
+}
+
+/// Counters shown in health and metrics.
+#[derive(Default, Clone, Copy, Debug)]
+pub struct Counters {
+    pub published: u64,
+    pub acknowledged: u64,
+    pub spooled: u64,
+    pub dropped: u64,
+    pub reconnects: u64,
+}
+
+/// A message body: a message, rendered when it is sent or spooled, or JSON text (read back
+/// from the spool, or a message cut to fit a packet).
+enum Body {
+    Msg(Arc<LogMessage>),
+    Text(String),
+}
+
+impl Body {
+    fn len(&self) -> usize {
+        match self {
+            Body::Msg(m) => m.json_len(),
+            Body::Text(t) => t.len(),
+        }
+    }
+
+    fn write(&self, out: &mut String) {
+        match self {
+            Body::Msg(m) => m.write_json(out),
+            Body::Text(t) => out.push_str(t),
+        }
+    }
+
+    fn text(&self) -> Cow<'_, str> {
+        match self {
+            Body::Msg(m) => Cow::Owned(m.json()),
+            Body::Text(t) => Cow::Borrowed(t),
+        }
+    }
+}
+
+/// One message inside a unit.
+struct Part {
+    json: Body,
+    /// Its slot in the progress tracker (container messages with a position only).
+    seq: Option<Seq>,
+    /// Where it sits in the spool, for messages read back from it.
+    spool: Option<(u64, u64)>,
+}
+
+/// One MQTT publish: a single message or a batch, all on one topic.
+struct Unit {
+    /// The message topic, without `/batch`; shared by the units of one topic.
+    topic: Arc<str>,
+    parts: Vec<Part>,
+    bytes: usize,
+    from_spool: bool,
+}
+
+struct Open {
+    unit: Unit,
+    since: Instant,
+}
+
+/// A publish handed to the adapter, waiting for its packet id and acknowledgement.
+struct Sent {
+    token: Token,
+    /// `None` for the status message.
+    unit: Option<Unit>,
+    /// Payload bytes, counted in the in-flight window.
+    bytes: usize,
+    pkid: Option<u16>,
+    qos0: bool,
+    acked: bool,
+}
+
+/// What the configuration decides.
+struct Settings {
+    base_topic: String,
+    qos: QoS,
+    retain: bool,
+    batch: bool,
+    batch_max: usize,
+    batch_interval: Duration,
+    status_topic: String,
+    online: String,
+    offline: String,
+}
+
+/// Sizes of the memory queue and the in-flight window; small in tests, to reach the spool and
+/// a full window with few messages.
+#[derive(Clone, Copy)]
+struct Bounds {
+    mem_msgs: usize,
+    mem_bytes: usize,
+    window_units: usize,
+    window_bytes: usize,
+}
+
+/// See the module documentation.
+pub struct Session {
+    set: Settings,
+    bounds: Bounds,
+
+    retry: VecDeque<Unit>,
+    replay: VecDeque<Unit>,
+    memory: VecDeque<Unit>,
+    open: Vec<Open>,
+    waiting_msgs: usize,
+    waiting_bytes: usize,
+    spool: Spool,
+    inflight: VecDeque<Sent>,
+    inflight_bytes: usize,
+    tracker: Tracker,
+    /// The topic of the last message taken in, and what it was made from: consecutive
+    /// messages mostly share it, and sanitising and formatting it per message showed up in
+    /// profiles.
+    last_topic: Option<(Arc<Origin>, Level, SourceKind, Arc<str>)>,
+    /// Actions not yet polled (progress reports are made when polled).
+    out: VecDeque<Action>,
+    next_token: u64,
+
+    /// What the broker granted; `Some` while connected.
+    granted: Option<Granted>,
+    ever_connected: bool,
+    stopping: bool,
+    /// Set while shutting down: the spool is no longer read for sending.
+    draining: bool,
+    status_due: bool,
+    /// The adapter refused a publish: hand out no more until the next event.
+    held: bool,
+    /// The time of the latest event.
+    now: Instant,
+    disconnected_since: Option<Instant>,
+    last_ack: Instant,
+    last_drop: Option<Instant>,
+    counters: Counters,
+    last_error: String,
+}
+
+impl Session {
+    /// A session with nothing in memory, not connected, over `spool` (which may hold messages
+    /// of an earlier run: they go out first).
+    pub fn new(
+        cfg: &MqttConfig,
+        spool: Spool,
+        online: String,
+        offline: String,
+        now: Instant,
+    ) -> Session {
+        Session {
+            set: Settings {
+                base_topic: cfg.base_topic.clone(),
+                qos: qos(cfg.qos),
+                retain: cfg.retain,
+                batch: cfg.batch,
+                batch_max: cfg.batch_max.max(1),
+                batch_interval: cfg.batch_interval,
+                status_topic: cfg.status_topic.clone(),
+                online,
+                offline,
+            },
+            bounds: Bounds {
+                mem_msgs: MEM_MAX_MSGS,
+                mem_bytes: MEM_MAX_BYTES,
+                window_units: MAX_INFLIGHT_UNITS,
+                window_bytes: MAX_INFLIGHT_BYTES,
+            },
+            retry: VecDeque::new(),
+            replay: VecDeque::new(),
+            memory: VecDeque::new(),
+            open: Vec::new(),
+            waiting_msgs: 0,
+            waiting_bytes: 0,
+            spool,
+            inflight: VecDeque::new(),
+            inflight_bytes: 0,
+            tracker: Tracker::default(),
+            last_topic: None,
+            out: VecDeque::new(),
+            next_token: 0,
+            granted: None,
+            ever_connected: false,
+            stopping: false,
+            draining: false,
+            status_due: false,
+            held: false,
+            now,
+            disconnected_since: Some(now),
+            last_ack: now,
+            last_drop: None,
+            counters: Counters::default(),
+            last_error: String::new(),
+        }
+    }
+
+    /// Smaller memory queue and in-flight window, so tests reach the spool with few messages.
+    #[cfg(test)]
+    pub(super) fn set_bounds(&mut self, mem_msgs: usize, window_units: usize) {
+        self.bounds.mem_msgs = mem_msgs;
+        self.bounds.window_units = window_units;
+    }
+
+    // ---- queries ----
+
+    /// Messages waiting in memory (not counting what is in flight).
+    pub fn queued(&self) -> usize {
+        self.waiting_msgs + self.replay.iter().map(|u| u.parts.len()).sum::<usize>()
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.granted.is_some()
+    }
+
+    pub fn is_stopping(&self) -> bool {
+        self.stopping
+    }
+
+    pub fn counters(&self) -> Counters {
+        self.counters
+    }
+
+    pub fn last_error(&self) -> &str {
+        &self.last_error
+    }
+
+    pub fn spool_bytes(&self) -> u64 {
+        self.spool.bytes()
+    }
+
+    /// Connected (or not away for long) and no message dropped lately.
+    pub fn healthy(&self, now: Instant) -> bool {
+        let connected_enough = self.granted.is_some()
+            || self
+                .disconnected_since
+                .is_some_and(|t| now.saturating_duration_since(t) < GRACE);
+        let recent_drop = self
+            .last_drop
+            .is_some_and(|t| now.saturating_duration_since(t) < DROP_UNHEALTHY);
+        connected_enough && !recent_drop
+    }
+
+    /// False when the adapter should stop taking messages (backpressure on `log()`).
+    pub fn accepting(&self, now: Instant) -> bool {
+        !self.overflowing() || self.may_spool(now)
+    }
+
+    /// When the next open batch is due.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.open
+            .iter()
+            .map(|o| o.since + self.set.batch_interval)
+            .min()
+    }
+
+    /// True when nothing of memory is left to send (the spool may still hold messages).
+    pub fn drained(&self) -> bool {
+        self.inflight.is_empty()
+            && self.retry.is_empty()
+            && self.open.is_empty()
+            && (self.memory.is_empty() || self.spool.has_unacked())
+    }
+
+    fn overflowing(&self) -> bool {
+        self.waiting_msgs > self.bounds.mem_msgs || self.waiting_bytes > self.bounds.mem_bytes
+    }
+
+    /// Whether memory overflow may go to the spool now rather than slow the input down.
+    fn may_spool(&self, now: Instant) -> bool {
+        self.granted.is_none() || self.spool.has_unacked() || self.ack_stalled(now, STALL)
+    }
+
+    /// Connected, publishes in flight, and no acknowledgement for `limit`: the link is stuck.
+    fn ack_stalled(&self, now: Instant, limit: Duration) -> bool {
+        self.granted.is_some()
+            && !self.inflight.is_empty()
+            && now.saturating_duration_since(self.last_ack) > limit
+    }
+}
+
+// ---- intake and batching ----
+impl Session {
+    /// Event: one message taken in.
+    pub fn intake(&mut self, msg: Arc<LogMessage>, now: Instant) {
+        self.now = now;
+        let topic = self.topic_of(&msg);
+        let seq = match (msg.kind, msg.position) {
+            (SourceKind::Container, Some(pos)) => {
+                Some(self.tracker.push(msg.origin.container_id.clone(), pos))
+            }
+            _ => None,
+        };
+        // A message too large for one packet is cut to fit; anything smaller goes out whole,
+        // alone when it does not fit a batch.
+        let mut json = Body::Msg(msg);
+        if json.len() + topic.len() + 4096 > MAX_PACKET {
+            json = Body::Text(cut(&json.text(), MAX_PACKET - topic.len() - 8192));
+        }
+        let len = json.len();
+        let part = Part {
+            json,
+            seq,
+            spool: None,
+        };
+        self.waiting_msgs += 1;
+        self.waiting_bytes += len;
+        if self.set.batch {
+            self.add_to_batch(topic, part, len, now);
+        } else {
+            self.memory.push_back(Unit {
+                topic,
+                parts: vec![part],
+                bytes: len,
+                from_spool: false,
+            });
+        }
+    }
+
+    fn topic_of(&mut self, msg: &LogMessage) -> Arc<str> {
+        match &self.last_topic {
+            Some((o, level, kind, t))
+                if Arc::ptr_eq(o, &msg.origin) && *level == msg.level && *kind == msg.kind =>
+            {
+                t.clone()
+            }
+            _ => {
+                let t: Arc<str> = Arc::from(topic::topic_for(&self.set.base_topic, msg));
+                self.last_topic = Some((msg.origin.clone(), msg.level, msg.kind, t.clone()));
+                t
+            }
+        }
+    }
+
+    fn add_to_batch(&mut self, topic: Arc<str>, part: Part, len: usize, now: Instant) {
+        let cap = PAYLOAD_CAP - topic::batch_overhead(self.set.batch_max) - topic.len();
+        if let Some(i) = self.open.iter().position(|o| o.unit.topic == topic) {
+            if self.open[i].unit.bytes + len > cap {
+                let o = self.open.remove(i);
+                self.memory.push_back(o.unit);
+            }
+        }
+        let i = match self.open.iter().position(|o| o.unit.topic == topic) {
+            Some(i) => i,
+            None => {
+                self.open.push(Open {
+                    unit: Unit {
+                        topic,
+                        parts: Vec::new(),
+                        bytes: 0,
+                        from_spool: false,
+                    },
+                    since: now,
+                });
+                self.open.len() - 1
+            }
+        };
+        let o = &mut self.open[i];
+        o.unit.parts.push(part);
+        o.unit.bytes += len;
+        if o.unit.parts.len() >= self.set.batch_max {
+            let o = self.open.remove(i);
+            self.memory.push_back(o.unit);
+        }
+    }
+
+    /// Closes open batches whose interval has passed (all of them when `all`).
+    fn close_batches(&mut self, now: Instant, all: bool) {
+        let interval = self.set.batch_interval;
+        let mut due: Vec<Open> = Vec::new();
+        let mut i = 0;
+        while i < self.open.len() {
+            if all || self.open[i].since + interval <= now {
+                due.push(self.open.remove(i));
+            } else {
+                i += 1;
+            }
+        }
+        due.sort_by_key(|o| o.since);
+        self.memory.extend(due.into_iter().map(|o| o.unit));
+    }
+}
+
+// ---- connection events ----
+impl Session {
+    /// Event: time passed. Closes due batches, moves memory overflow to the spool when the
+    /// broker is away or stuck, and gives a connection up that has acknowledged nothing for
+    /// [`ACK_STALL`] ([`Action::Reconnect`]).
+    pub fn tick(&mut self, now: Instant) {
+        self.now = now;
+        self.held = false;
+        self.close_batches(now, false);
+        if self.overflowing() && self.may_spool(now) {
+            self.spool_overflow(now);
+        }
+        if self.ack_stalled(now, ACK_STALL) {
+            let reason = format!(
+                "no acknowledgement for {} s with publishes in flight; reconnecting",
+                ACK_STALL.as_secs()
+            );
+            log::warn!("mqtt: {reason}");
+            self.disconnected(reason, now);
+            self.out.push_back(Action::Reconnect);
+        }
+    }
+
+    /// Event: the broker accepted a connection (CONNACK). The status goes out first, then what
+    /// was in flight on the last connection, in order.
+    pub fn connected(&mut self, granted: Granted, now: Instant) {
+        self.now = now;
+        if self.stopping {
+            return;
+        }
+        if self.ever_connected {
+            self.counters.reconnects += 1;
+        }
+        log::debug!(
+            "mqtt broker grants: session present {}, receive maximum {}, maximum packet {}, \
+             topic aliases {}",
+            granted.session_present,
+            granted.receive_max,
+            granted.max_packet,
+            granted.topic_alias_max
+        );
+        self.ever_connected = true;
+        self.granted = Some(granted);
+        self.status_due = true;
+        self.held = false;
+        self.disconnected_since = None;
+        // Health shows the error of the outage that just ended no longer.
+        self.last_error.clear();
+        self.last_ack = now;
+    }
+
+    /// Event: the oldest publish handed out and not yet written went out with packet id `pkid`
+    /// (publishes are written in the order they were handed out).
+    pub fn sent(&mut self, pkid: u16, now: Instant) {
+        self.now = now;
+        self.held = false;
+        if let Some(s) = self.inflight.iter_mut().find(|s| s.pkid.is_none()) {
+            s.pkid = Some(pkid);
+            if s.qos0 {
+                s.acked = true;
+                // At QoS 0 the socket taking the publish is all the progress there is.
+                self.last_ack = now;
+                self.settle();
+            }
+        }
+    }
+
+    /// Event: the broker answered packet `pkid` (PUBACK for QoS 1, PUBCOMP for QoS 2).
+    pub fn acked(&mut self, pkid: u16, ack: Ack, now: Instant) {
+        self.now = now;
+        self.held = false;
+        match ack {
+            Ack::Ok => {
+                if let Some(s) = self
+                    .inflight
+                    .iter_mut()
+                    .find(|s| s.pkid == Some(pkid) && !s.acked && !s.qos0)
+                {
+                    s.acked = true;
+                    self.last_ack = now;
+                    self.settle();
+                }
+            }
+        }
+    }
+
+    /// Event: the adapter could not hand the publish `token` over (its queue is full, or its
+    /// connection is gone). It goes back to the front of the queue; nothing more is handed out
+    /// until the next event.
+    pub fn refused(&mut self, token: Token) {
+        self.held = true;
+        let Some(i) = self.inflight.iter().rposition(|s| s.token == token) else {
+            return;
+        };
+        let Some(s) = self.inflight.remove(i) else {
+            return;
+        };
+        self.inflight_bytes = self.inflight_bytes.saturating_sub(s.bytes);
+        let Some(u) = s.unit else {
+            self.status_due = true;
+            return;
+        };
+        self.counters.published = self.counters.published.saturating_sub(u.parts.len() as u64);
+        if u.from_spool {
+            self.replay.push_front(u);
+        } else {
+            self.waiting_msgs += u.parts.len();
+            self.waiting_bytes += u.bytes;
+            self.retry.push_front(u);
+        }
+    }
+
+    /// Event: the connection failed or dropped. What was in flight goes back, in order, to be
+    /// sent again after the next CONNACK.
+    pub fn disconnected(&mut self, reason: String, now: Instant) {
+        self.now = now;
+        self.held = false;
+        if self.granted.is_some() {
+            self.disconnected_since = Some(now);
+        }
+        self.granted = None;
+        self.last_error = reason;
+        let back = self.take_back_inflight();
+        for u in back.into_iter().rev() {
+            self.retry.push_front(u);
+        }
+        // Spooled messages in flight or read ahead are read again from the spool.
+        self.replay.clear();
+        self.spool.rewind();
+    }
+
+    /// Shutdown, first step: every open batch closes now, and the spool is no longer read for
+    /// sending (what it holds stays there for the next run).
+    pub fn flush(&mut self, now: Instant) {
+        self.now = now;
+        self.close_batches(now, true);
+        self.draining = true;
+    }
+
+    /// Shutdown, last step: everything not acknowledged goes to the spool, whose cursor is
+    /// saved; nothing more is handed out. Returns the offline status to publish, if connected.
+    pub fn stop(&mut self, now: Instant) -> Option<Publish> {
+        self.now = now;
+        self.stopping = true;
+        self.spool_everything(now);
+        if let Err(e) = self.spool.save_cursor() {
+            log::warn!("cannot save the mqtt spool cursor: {e}");
+        }
+        self.granted?;
+        Some(Publish {
+            token: self.token(),
+            topic: self.set.status_topic.clone(),
+            payload: self.set.offline.clone().into_bytes(),
+            qos: QoS::AtLeastOnce,
+            retain: true,
+        })
+    }
+}
+
+// ---- actions ----
+impl Session {
+    /// The next thing the adapter should do, if any: queued requests and progress reports
+    /// first, then publishes in queue order while connected and the in-flight window has room.
+    pub fn poll(&mut self) -> Option<Action> {
+        if self.out.is_empty() {
+            let out = &mut self.out;
+            self.tracker
+                .report(|c, p| out.push_back(Action::Progress(c, p)));
+        }
+        if let Some(a) = self.out.pop_front() {
+            return Some(a);
+        }
+        if self.granted.is_none() || self.stopping || self.held {
+            return None;
+        }
+        self.next_publish().map(Action::Publish)
+    }
+
+    fn token(&mut self) -> Token {
+        self.next_token += 1;
+        Token(self.next_token)
+    }
+
+    fn window_open(&self) -> bool {
+        let receive_max = self.granted.map_or(0, |g| usize::from(g.receive_max));
+        self.inflight.len() < self.bounds.window_units.min(receive_max)
+            && self.inflight_bytes < self.bounds.window_bytes
+    }
+
+    fn next_publish(&mut self) -> Option<Publish> {
+        if self.status_due && self.window_open() {
+            self.status_due = false;
+            let payload = self.set.online.clone().into_bytes();
+            return Some(self.hand_out(None, self.set.status_topic.clone(), payload, true));
+        }
+        loop {
+            if !self.window_open() {
+                return None;
+            }
+            let unit = self.next_unit()?;
+            let Some((topic, payload)) = self.render(&unit) else {
+                // Only a base topic with a wildcard gets here; config validation should stop it.
+                self.counters.dropped += unit.parts.len() as u64;
+                self.last_drop = Some(self.now);
+                log::warn!(
+                    "mqtt topic {:?} is not valid, dropped {} messages",
+                    unit.topic,
+                    unit.parts.len()
+                );
+                self.settle_unit(&unit);
+                continue;
+            };
+            self.counters.published += unit.parts.len() as u64;
+            return Some(self.hand_out(Some(unit), topic, payload, false));
+        }
+    }
+
+    /// The next unit in queue order: returned from flight, then read from the spool, then
+    /// memory (only once the spool is empty: a disconnect could otherwise send newer memory
+    /// before older spooled messages).
+    fn next_unit(&mut self) -> Option<Unit> {
+        if let Some(u) = self.retry.pop_front() {
+            self.waiting_msgs -= u.parts.len();
+            self.waiting_bytes -= u.bytes;
+            return Some(u);
+        }
+        if self.replay.is_empty() && !self.draining && self.spool.has_unread() {
+            self.fill_replay();
+        }
+        if let Some(u) = self.replay.pop_front() {
+            return Some(u);
+        }
+        if self.spool.has_unacked() {
+            return None;
+        }
+        let u = self.memory.pop_front()?;
+        self.waiting_msgs -= u.parts.len();
+        self.waiting_bytes -= u.bytes;
+        Some(u)
+    }
+
+    /// The topic and payload of a unit; `None` when its topic is not a valid topic name.
+    fn render(&self, unit: &Unit) -> Option<(String, Vec<u8>)> {
+        let (topic, payload) = if self.set.batch {
+            (
+                topic::batch_topic(&unit.topic),
+                topic::batch_payload(unit.parts.len(), unit.bytes, |i, out| {
+                    unit.parts[i].json.write(out)
+                }),
+            )
+        } else {
+            let mut json = String::with_capacity(unit.bytes);
+            if let Some(p) = unit.parts.first() {
+                p.json.write(&mut json);
+            }
+            (unit.topic.to_string(), json.into_bytes())
+        };
+        rumqttc::valid_topic(&topic).then_some((topic, payload))
+    }
+
+    /// Puts a publish in flight and makes its request.
+    fn hand_out(
+        &mut self,
+        unit: Option<Unit>,
+        topic: String,
+        payload: Vec<u8>,
+        status: bool,
+    ) -> Publish {
+        let (qos, retain) = if status {
+            (QoS::AtLeastOnce, true)
+        } else {
+            (self.set.qos, self.set.retain)
+        };
+        if self.inflight.is_empty() {
+            // No acknowledgement was owed until now, so the wait for one starts now (not at
+            // the last one, maybe long ago).
+            self.last_ack = self.now;
+        }
+        let token = self.token();
+        self.inflight_bytes += payload.len();
+        self.inflight.push_back(Sent {
+            token,
+            unit,
+            bytes: payload.len(),
+            pkid: None,
+            qos0: qos == QoS::AtMostOnce,
+            acked: false,
+        });
+        Publish {
+            token,
+            topic,
+            payload,
+            qos,
+            retain,
+        }
+    }
+
+    /// Pops acknowledged publishes off the front of the window.
+    fn settle(&mut self) {
+        while self.inflight.front().is_some_and(|s| s.acked) {
+            let Some(s) = self.inflight.pop_front() else {
+                break;
+            };
+            self.inflight_bytes = self.inflight_bytes.saturating_sub(s.bytes);
+            if let Some(u) = s.unit {
+                self.counters.acknowledged += u.parts.len() as u64;
+                self.settle_unit(&u);
+            }
+        }
+    }
+
+    /// Marks a unit's messages as done for progress and the spool.
+    fn settle_unit(&mut self, unit: &Unit) {
+        for p in &unit.parts {
+            if let Some(seq) = &p.seq {
+                self.tracker.take(seq);
+            }
+            if let Some((seg, end)) = p.spool {
+                self.spool.ack(seg, end);
+            }
+        }
+    }
+
+    /// Empties the in-flight window: acknowledged units are settled, units read from the spool
+    /// are left to be read from it again (an out-of-order ack must not move its offset), and
+    /// the rest come back, in order, counted as waiting again.
+    fn take_back_inflight(&mut self) -> Vec<Unit> {
+        let mut back: Vec<Unit> = Vec::new();
+        let inflight: Vec<Sent> = self.inflight.drain(..).collect();
+        for s in inflight {
+            let Some(u) = s.unit else { continue };
+            if u.from_spool {
+                continue;
+            }
+            if s.acked {
+                self.counters.acknowledged += u.parts.len() as u64;
+                self.settle_unit(&u);
+                continue;
+            }
+            self.waiting_msgs += u.parts.len();
+            self.waiting_bytes += u.bytes;
+            back.push(u);
+        }
+        self.inflight_bytes = 0;
+        back
+    }
+}
+
+// ---- the spool ----
+impl Session {
+    fn spool_overflow(&mut self, now: Instant) {
+        if self.memory.is_empty() {
+            self.close_batches(now, true);
+        }
+        if !self.retry.is_empty() && self.granted.is_none() {
+            let units: Vec<Unit> = self.retry.drain(..).collect();
+            self.write_spool(units, true);
+        }
+        let mut units = Vec::new();
+        let mut n = 0;
+        while n < SPOOL_CHUNK_MSGS {
+            let Some(u) = self.memory.pop_front() else {
+                break;
+            };
+            n += u.parts.len();
+            units.push(u);
+        }
+        self.write_spool(units, false);
+    }
+
+    /// Moves everything not acknowledged to the spool (shutdown): in-flight and retried
+    /// messages in front of it, memory and open batches after it.
+    fn spool_everything(&mut self, now: Instant) {
+        self.close_batches(now, true);
+        let mut front = self.take_back_inflight();
+        front.extend(self.retry.drain(..));
+        self.replay.clear();
+        self.spool.rewind();
+        self.write_spool(front, true);
+        let rest: Vec<Unit> = self.memory.drain(..).collect();
+        self.write_spool(rest, false);
+    }
+
+    /// Writes units to the spool in one write, in front of it or after it.
+    fn write_spool(&mut self, units: Vec<Unit>, front: bool) {
+        if units.is_empty() {
+            return;
+        }
+        // Only outages get here: rendering each message into its own string is fine.
+        let texts: Vec<(&str, Cow<'_, str>)> = units
+            .iter()
+            .flat_map(|u| u.parts.iter().map(move |p| (&*u.topic, p.json.text())))
+            .collect();
+        let records = texts.iter().map(|(t, j)| (*t, j.as_ref()));
+        let result = if front {
+            self.spool.prepend(records)
+        } else {
+            self.spool.append(records)
+        };
+        let n: usize = units.iter().map(|u| u.parts.len()).sum();
+        match result {
+            Ok(dropped) => {
+                self.counters.spooled += n as u64;
+                if dropped > 0 {
+                    self.counters.dropped += dropped;
+                    self.last_drop = Some(self.now);
+                    log::warn!("mqtt spool is full: dropped the {dropped} oldest messages");
+                }
+            }
+            Err(e) => {
+                self.counters.dropped += n as u64;
+                self.last_drop = Some(self.now);
+                log::warn!("mqtt spool write failed, dropped {n} messages: {e}");
+            }
+        }
+        for u in &units {
+            self.waiting_msgs -= u.parts.len();
+            self.waiting_bytes -= u.bytes;
+            for p in &u.parts {
+                if let Some(seq) = &p.seq {
+                    self.tracker.take(seq);
+                }
+            }
+        }
+    }
+
+    fn fill_replay(&mut self) {
+        let records = match self.spool.read(1024, 512 << 10) {
+            Ok(r) => r,
+            Err(e) => {
+                self.last_error = format!("spool read: {e}");
+                log::warn!("mqtt spool read failed: {e}");
+                return;
+            }
+        };
+        let cap_of =
+            |topic: &str| PAYLOAD_CAP - topic::batch_overhead(self.set.batch_max) - topic.len();
+        for r in records {
+            let len = r.json.len();
+            let part = Part {
+                json: Body::Text(r.json),
+                seq: None,
+                spool: Some((r.seg, r.end)),
+            };
+            if self.set.batch {
+                let cap = cap_of(&r.topic);
+                if let Some(last) = self.replay.back_mut() {
+                    if *last.topic == *r.topic
+                        && last.parts.len() < self.set.batch_max
+                        && last.bytes + len <= cap
+                    {
+                        last.parts.push(part);
+                        last.bytes += len;
+                        continue;
+                    }
+                }
+            }
+            self.replay.push_back(Unit {
+                topic: Arc::from(r.topic),
+                parts: vec![part],
+                bytes: len,
+                from_spool: true,
+            });
+        }
+    }
+}
+
+/// Cuts a message JSON too large for one packet: the text is shortened and marked truncated,
+/// so the subscriber still gets valid JSON with the same id.
+fn cut(json: &str, max: usize) -> String {
+    let Ok(serde_json::Value::Object(mut obj)) = serde_json::from_str::<serde_json::Value>(json)
+    else {
+        return String::from("{\"truncated\":true}");
+    };
+    let text = obj
+        .get("message")
+        .and_then(|m| m.as_str())
+        .unwrap_or("")
+        .to_string();
+    let mut keep = max.saturating_sub(json.len() - text.len().min(json.len())) / 2;
+    loop {
+        while keep > 0 && !text.is_char_boundary(keep) {
+            keep -= 1;
+        }
+        obj.insert(
+            "message".into(),
+            serde_json::Value::String(text[..keep.min(text.len())].to_string()),
+        );
+        obj.insert("truncated".into(), serde_json::Value::Bool(true));
+        let out = serde_json::Value::Object(obj.clone()).to_string();
+        if out.len() <= max || keep == 0 {
+            return out;
+        }
+        keep /= 2;
+    }
+}
+
+/// The rumqttc QoS of a configured 0, 1 or 2.
+fn qos(n: u8) -> QoS {
+    match n {
+        0 => QoS::AtMostOnce,
+        2 => QoS::ExactlyOnce,
+        _ => QoS::AtLeastOnce,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::message::{Draft, LabelValue};
+    use std::collections::HashMap;
+    use std::path::PathBuf;
+
+    /// A session over a spool in its own directory, removed on drop.
+    struct Fixture {
+        s: Session,
+        t0: Instant,
+        dir: PathBuf,
+        origin: Arc<Origin>,
+        next: i64,
+    }
+
+    impl Drop for Fixture {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    fn fixture(name: &str, vars: &[(&str, &str)]) -> Fixture {
+        let mut env: HashMap<String, String> = HashMap::new();
+        env.insert("MQTT_BROKER".into(), "mqtt://127.0.0.1:1883".into());
+        env.insert("MQTT_BATCH".into(), "false".into());
+        for (k, v) in vars {
+            env.insert(k.to_string(), v.to_string());
+        }
+        let cfg = Config::from_env(&env)
+            .ok()
+            .and_then(|c| c.mqtt)
+            .unwrap_or_else(|| panic!("config {vars:?} is valid"));
+        let dir = std::env::temp_dir().join(format!("cld-session-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let spool = Spool::open(&dir, 1 << 20).unwrap_or_else(|e| panic!("spool: {e}"));
+        let t0 = Instant::now();
+        let origin = Arc::new(Origin::new(
+            Arc::from("c1"),
+            "web".into(),
+            LabelValue::from_label("1"),
+            "web".into(),
+            None,
+            Arc::from("host"),
+        ));
+        Fixture {
+            s: Session::new(&cfg, spool, "online".into(), "offline".into(), t0),
+            t0,
+            dir,
+            origin,
+            next: 1,
+        }
+    }
+
+    impl Fixture {
+        fn at(&self, ms: u64) -> Instant {
+            self.t0 + Duration::from_millis(ms)
+        }
+
+        /// Takes in a message whose text is `text`; returns its position.
+        fn intake(&mut self, text: &str, ms: u64) -> Position {
+            let pos = Position {
+                ts_ns: self.next,
+                seen: 1,
+            };
+            self.next += 1;
+            let msg = LogMessage::new(Draft {
+                text: text.into(),
+                ts_ns: pos.ts_ns,
+                level: Level::Info,
+                kind: SourceKind::Container,
+                origin: self.origin.clone(),
+                is_stderr: false,
+                truncated: false,
+                position: Some(pos),
+                id: crate::message::line_id(&self.origin, pos),
+            });
+            self.s.intake(Arc::new(msg), self.at(ms));
+            pos
+        }
+
+        /// Every action until there is none, in order.
+        fn actions(&mut self) -> Vec<Action> {
+            std::iter::from_fn(|| self.s.poll()).collect()
+        }
+
+        /// The publishes among the actions, as (topic, payload text).
+        fn publishes(&mut self) -> Vec<(String, String)> {
+            self.actions()
+                .into_iter()
+                .filter_map(|a| match a {
+                    Action::Publish(p) => {
+                        Some((p.topic, String::from_utf8_lossy(&p.payload).into_owned()))
+                    }
+                    _ => None,
+                })
+                .collect()
+        }
+
+        fn connect(&mut self, ms: u64) {
+            self.s.connected(Granted::v311(false), self.at(ms));
+        }
+    }
+
+    /// The texts of the messages in publishes, in order (the status shows as `status`).
+    fn texts(publishes: &[(String, String)]) -> Vec<String> {
+        publishes
+            .iter()
+            .map(|(topic, payload)| {
+                if topic == "logs/status" {
+                    return "status".to_string();
+                }
+                let v: serde_json::Value =
+                    serde_json::from_str(payload).unwrap_or(serde_json::Value::Null);
+                v["message"].as_str().unwrap_or("?").to_string()
+            })
+            .collect()
+    }
+
+    fn progress(actions: &[Action]) -> Vec<Position> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Progress(_, p) => Some(*p),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn nothing_goes_out_before_connack_then_the_status_first() {
+        let mut f = fixture("connack", &[("MQTT_STATUS_TOPIC", "logs/status")]);
+        f.intake("a", 0);
+        assert!(f.publishes().is_empty(), "not connected");
+        f.connect(10);
+        let out = f.publishes();
+        assert_eq!(texts(&out), ["status", "a"]);
+        assert!(out[0].1.contains("online"));
+        assert!(f.s.is_connected());
+    }
+
+    #[test]
+    fn out_of_order_acks_move_the_cursor_only_past_a_settled_front() {
+        let mut f = fixture("order", &[("MQTT_STATUS_TOPIC", "logs/status")]);
+        f.connect(0);
+        let _a = f.intake("a", 0);
+        let b = f.intake("b", 0);
+        assert_eq!(f.publishes().len(), 3);
+        for (pkid, ms) in [(1, 1), (2, 1), (3, 1)] {
+            f.s.sent(pkid, f.at(ms));
+        }
+        f.s.acked(3, Ack::Ok, f.at(2));
+        assert!(progress(&f.actions()).is_empty(), "a is not acknowledged");
+        f.s.acked(1, Ack::Ok, f.at(3));
+        f.s.acked(2, Ack::Ok, f.at(3));
+        assert_eq!(progress(&f.actions()), [b], "a and b at once");
+        assert_eq!(f.s.counters().acknowledged, 2);
+    }
+
+    #[test]
+    fn a_disconnect_sends_what_was_in_flight_again_in_order_and_ignores_old_acks() {
+        let mut f = fixture("resend", &[("MQTT_STATUS_TOPIC", "logs/status")]);
+        f.connect(0);
+        f.intake("a", 0);
+        f.intake("b", 0);
+        assert_eq!(texts(&f.publishes()), ["status", "a", "b"]);
+        f.s.sent(1, f.at(1));
+        f.s.sent(2, f.at(1));
+        f.s.disconnected("gone".into(), f.at(2));
+        assert_eq!(f.s.last_error(), "gone");
+        f.s.acked(2, Ack::Ok, f.at(3));
+        assert!(
+            f.actions().is_empty(),
+            "an ack of the old connection is nothing"
+        );
+        f.intake("c", 4);
+        f.connect(5);
+        assert_eq!(texts(&f.publishes()), ["status", "a", "b", "c"]);
+        assert_eq!(f.s.counters().reconnects, 1);
+    }
+
+    #[test]
+    fn a_refused_publish_comes_back_first_after_the_next_event() {
+        let mut f = fixture("refused", &[("MQTT_STATUS_TOPIC", "logs/status")]);
+        f.connect(0);
+        f.intake("a", 0);
+        f.intake("b", 0);
+        let Some(Action::Publish(status)) = f.s.poll() else {
+            panic!("the status first");
+        };
+        let Some(Action::Publish(a)) = f.s.poll() else {
+            panic!("then a");
+        };
+        f.s.refused(a.token);
+        assert!(f.actions().is_empty(), "held until the next event");
+        f.s.sent(1, f.at(1));
+        assert_eq!(texts(&f.publishes()), ["a", "b"]);
+        assert_eq!(status.topic, "logs/status");
+        assert_eq!(f.s.counters().published, 2);
+    }
+
+    #[test]
+    fn qos0_is_settled_once_written() {
+        let mut f = fixture("qos0", &[("MQTT_QOS", "0")]);
+        f.connect(0);
+        let a = f.intake("a", 0);
+        assert_eq!(f.publishes().len(), 2);
+        f.s.sent(1, f.at(1));
+        f.s.sent(0, f.at(1));
+        assert!(
+            progress(&f.actions()).is_empty(),
+            "behind the status (QoS 1)"
+        );
+        f.s.acked(1, Ack::Ok, f.at(2));
+        assert_eq!(progress(&f.actions()), [a]);
+    }
+
+    #[test]
+    fn no_ack_for_ten_seconds_gives_the_connection_up() {
+        let mut f = fixture("stall", &[]);
+        f.connect(0);
+        f.intake("a", 0);
+        assert_eq!(f.publishes().len(), 2);
+        f.s.sent(1, f.at(0));
+        f.s.acked(1, Ack::Ok, f.at(0));
+        f.s.sent(2, f.at(0));
+        f.s.tick(f.at(9_000));
+        assert!(f.actions().is_empty() && f.s.is_connected());
+        f.s.tick(f.at(10_500));
+        assert!(matches!(f.actions()[..], [Action::Reconnect]));
+        assert!(!f.s.is_connected());
+        f.connect(11_000);
+        assert_eq!(texts(&f.publishes())[1..], ["a"]);
+    }
+
+    #[test]
+    fn overflow_waits_for_a_working_broker_and_spools_after_two_seconds_of_no_acks() {
+        let mut f = fixture("overflow", &[]);
+        f.s.set_bounds(2, 1);
+        f.connect(0);
+        assert_eq!(f.publishes().len(), 1, "the status fills the window");
+        f.s.sent(1, f.at(0));
+        for t in ["a", "b", "c"] {
+            f.intake(t, 0);
+        }
+        f.s.tick(f.at(1_000));
+        assert!(!f.s.accepting(f.at(1_000)), "the broker may still answer");
+        f.s.tick(f.at(2_500));
+        assert!(f.s.accepting(f.at(2_500)));
+        assert_eq!(f.s.counters().spooled, 3);
+        assert_eq!(progress(&f.actions()).len(), 1, "spooled counts as taken");
+        f.s.acked(1, Ack::Ok, f.at(2_600));
+        assert_eq!(texts(&f.publishes()), ["a"], "read back from the spool");
+    }
+
+    #[test]
+    fn a_batch_closes_at_its_interval() {
+        let mut f = fixture(
+            "batch",
+            &[("MQTT_BATCH", "true"), ("MQTT_BATCH_INTERVAL_MS", "500")],
+        );
+        f.connect(0);
+        f.intake("a", 0);
+        f.intake("b", 100);
+        assert_eq!(f.s.next_deadline(), Some(f.at(500)));
+        f.s.tick(f.at(400));
+        assert_eq!(f.publishes().len(), 1, "the status only");
+        f.s.tick(f.at(500));
+        let out = f.publishes();
+        assert_eq!(out.len(), 1);
+        assert!(out[0].0.ends_with("/batch"));
+        assert!(out[0].1.starts_with(r#"{"count":2,"logs":["#));
+    }
+
+    #[test]
+    fn the_receive_maximum_bounds_what_is_in_flight() {
+        let mut f = fixture("recvmax", &[]);
+        f.s.connected(
+            Granted {
+                receive_max: 2,
+                ..Granted::v311(false)
+            },
+            f.at(0),
+        );
+        for t in ["a", "b", "c"] {
+            f.intake(t, 0);
+        }
+        assert_eq!(f.publishes().len(), 2, "the status and a");
+        f.s.sent(1, f.at(1));
+        f.s.acked(1, Ack::Ok, f.at(1));
+        assert_eq!(f.publishes().len(), 1, "b");
+    }
+
+    #[test]
+    fn stop_spools_what_is_left_and_says_offline_when_connected() {
+        let mut f = fixture("stop", &[("MQTT_STATUS_TOPIC", "logs/status")]);
+        f.connect(0);
+        f.intake("a", 0);
+        assert_eq!(f.publishes().len(), 2);
+        f.intake("b", 0);
+        f.s.flush(f.at(1));
+        let offline = f.s.stop(f.at(2));
+        assert!(offline.is_some_and(|p| p.retain
+            && p.topic == "logs/status"
+            && String::from_utf8_lossy(&p.payload) == "offline"));
+        assert_eq!(f.s.counters().spooled, 2, "a in flight, b in memory");
+        assert!(f.publishes().is_empty(), "nothing after stop");
+        f.s.disconnected("stopped".into(), f.at(3));
+        assert!(
+            f.s.stop(f.at(4)).is_none(),
+            "no status without a connection"
+        );
+    }
+
+    #[test]
+    fn cut_keeps_valid_json() {
+        let big = format!(
+            r#"{{"id":"x","message":"{}","level":"info"}}"#,
+            "é".repeat(100_000)
+        );
+        let out = cut(&big, 10_000);
+        assert!(out.len() <= 10_000);
+        let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+        assert_eq!(v["id"], "x");
+        assert_eq!(v["truncated"], true);
+    }
+}
