@@ -259,12 +259,11 @@ pub fn health_doc(ctx: &Context) -> (bool, serde_json::Value) {
     let mut dropped = 0u64;
     let mut spool = 0u64;
     for b in &ctx.backends {
-        let h = b.health();
-        ok &= b.healthy();
-        dropped += h.get("dropped").and_then(|v| v.as_u64()).unwrap_or(0);
-        dropped += h.get("writeErrors").and_then(|v| v.as_u64()).unwrap_or(0);
-        spool += h.get("spoolBytes").and_then(|v| v.as_u64()).unwrap_or(0);
-        doc[b.name()] = h;
+        let sum = b.summary();
+        ok &= sum.ok;
+        dropped += sum.dropped;
+        spool += sum.spool_bytes;
+        doc[b.name()] = b.health();
     }
     doc["dropped"] = dropped.into();
     doc["spoolBytes"] = spool.into();

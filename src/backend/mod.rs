@@ -14,6 +14,17 @@ use crossbeam_channel::Sender;
 
 use crate::message::{LogMessage, Position};
 
+/// What the agent's health sums up over its backends.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Summary {
+    /// False when the backend cannot currently do its job (broker away, disk full).
+    pub ok: bool,
+    /// Messages lost for good (a full spool, failed writes).
+    pub dropped: u64,
+    /// Bytes waiting in a disk spool.
+    pub spool_bytes: u64,
+}
+
 /// One destination for log messages.
 pub trait Backend: Send + Sync {
     /// Short name used in health, metrics and logs (`local`, `mqtt`).
@@ -35,10 +46,10 @@ pub trait Backend: Send + Sync {
     /// stopped; returns within the backend's own deadline (well under the contract's 5 s (docs/CONTRACT.md §2)).
     fn shutdown(&self);
 
-    /// False when the backend cannot currently do its job (broker away, disk full).
-    fn healthy(&self) -> bool;
+    /// What `/api/v1/health` sums up over the backends.
+    fn summary(&self) -> Summary;
 
-    /// This backend's part of `/api/v1/health`.
+    /// This backend's own part of `/api/v1/health`, under its name.
     fn health(&self) -> serde_json::Value;
 
     /// Appends this backend's Prometheus lines to `out`.

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use crossbeam_channel::Sender;
 
-use crate::backend::{Backend, Lane};
+use crate::backend::{Backend, Lane, Summary};
 use crate::message::LogMessage;
 use files::{Cmd, FileStats, Settings, Writer};
 use ring::Ring;
@@ -129,8 +129,12 @@ impl Backend for LocalBackend {
         }
     }
 
-    fn healthy(&self) -> bool {
-        !self.stats.failing.load(Ordering::Relaxed)
+    fn summary(&self) -> Summary {
+        Summary {
+            ok: !self.stats.failing.load(Ordering::Relaxed),
+            dropped: self.stats.failed.load(Ordering::Relaxed),
+            spool_bytes: 0,
+        }
     }
 
     fn health(&self) -> serde_json::Value {

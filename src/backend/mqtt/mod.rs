@@ -36,7 +36,7 @@ use rumqttc::{
 };
 
 use self::session::{Ack, Action, Granted, Session};
-use super::{Backend, Lane};
+use super::{Backend, Lane, Summary};
 use crate::config::MqttConfig;
 use crate::message::LogMessage;
 
@@ -577,8 +577,14 @@ impl Backend for MqttBackend {
         }
     }
 
-    fn healthy(&self) -> bool {
-        self.shared.lock().session.healthy(Instant::now())
+    fn summary(&self) -> Summary {
+        let link = self.shared.lock();
+        let s = &link.session;
+        Summary {
+            ok: s.healthy(Instant::now()),
+            dropped: s.counters().dropped,
+            spool_bytes: s.spool_bytes(),
+        }
     }
 
     fn health(&self) -> serde_json::Value {
