@@ -273,59 +273,8 @@ impl Spool {
             if out.len() >= max_records || budget == 0 {
                 break;
             }
-            if seg.read_off >= seg.len {
-                continue;
-            }
-            let path = seg_path(&self.dir, seg.id);
-            let mut f = match File::open(&path) {
-                Ok(f) => f,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    // Removed behind our back: nothing to read there, and no reason to retry.
-                    seg.read_off = seg.len;
-                    seg.acked_off = seg.len;
-                    continue;
-                }
-                Err(e) => return Err(e),
-            };
-            f.seek(SeekFrom::Start(seg.read_off))?;
-            let avail = (seg.len - seg.read_off) as usize;
-            let mut want = budget.min(avail).max(1);
-            loop {
-                let mut buf = vec![0u8; want];
-                f.seek(SeekFrom::Start(seg.read_off))?;
-                f.read_exact(&mut buf)?;
-                let (recs, used) = decode(&buf);
-                if used == 0 && want < avail {
-                    // One record longer than the budget: read it whole.
-                    want = (want * 2).min(avail);
-                    continue;
-                }
-                if used == 0 {
-                    // Only a line without its newline up to `len`: should not happen, skip it.
-                    seg.read_off = seg.len;
-                    break;
-                }
-                for (topic, json, end) in recs {
-                    if out.len() >= max_records {
-                        break;
-                    }
-                    let end_off = seg.read_off + end as u64;
-                    budget = budget.saturating_sub(topic.len() + json.len() + 2);
-                    out.push(Record {
-                        topic,
-                        json,
-                        seg: seg.id,
-                        end: end_off,
-                    });
-                }
-                if let Some(last) = out.last() {
-                    if last.seg == seg.id {
-                        let read = out.iter().filter(|r| r.seg == seg.id).count() as u64;
-                        seg.read_records += read;
-                        seg.read_off = last.end;
-                    }
-                }
-                break;
+            if seg.read_off < seg.len {
+                budget = read_segment(&self.dir, seg, max_records, budget, &mut out)?;
             }
         }
         Ok(out)
@@ -368,6 +317,62 @@ impl Spool {
         fs::write(&tmp, text)?;
         fs::rename(&tmp, self.dir.join("cursor"))
     }
+}
+
+/// Reads unread records of one segment into `out` while `max_records` and `budget` allow;
+/// returns what is left of the budget.
+fn read_segment(
+    dir: &Path,
+    seg: &mut Segment,
+    max_records: usize,
+    mut budget: usize,
+    out: &mut Vec<Record>,
+) -> io::Result<usize> {
+    let mut f = match File::open(seg_path(dir, seg.id)) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            // Removed behind our back: nothing to read there, and no reason to retry.
+            seg.read_off = seg.len;
+            seg.acked_off = seg.len;
+            return Ok(budget);
+        }
+        Err(e) => return Err(e),
+    };
+    let avail = (seg.len - seg.read_off) as usize;
+    let mut want = budget.min(avail).max(1);
+    let recs = loop {
+        let mut buf = vec![0u8; want];
+        f.seek(SeekFrom::Start(seg.read_off))?;
+        f.read_exact(&mut buf)?;
+        let (recs, used) = decode(&buf);
+        if used == 0 && want < avail {
+            // One record longer than the budget: read it whole.
+            want = (want * 2).min(avail);
+            continue;
+        }
+        break recs;
+    };
+    if recs.is_empty() {
+        // Only a line without its newline up to `len`: should not happen, skip it.
+        seg.read_off = seg.len;
+        return Ok(budget);
+    }
+    let start = seg.read_off;
+    for (topic, json, end) in recs {
+        if out.len() >= max_records {
+            break;
+        }
+        budget = budget.saturating_sub(topic.len() + json.len() + 2);
+        seg.read_records += 1;
+        seg.read_off = start + end as u64;
+        out.push(Record {
+            topic,
+            json,
+            seg: seg.id,
+            end: seg.read_off,
+        });
+    }
+    Ok(budget)
 }
 
 fn seg_path(dir: &Path, id: u64) -> PathBuf {

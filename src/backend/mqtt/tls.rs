@@ -22,7 +22,32 @@ const SYSTEM_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 pub fn client_config(cfg: &MqttConfig) -> Result<Arc<ClientConfig>, Error> {
     // ureq and rumqttc share rustls; whoever comes first installs ring, the other is fine.
     let _ = rustls::crypto::ring::default_provider().install_default();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(Error::Tls)?
+        .with_root_certificates(roots(cfg)?);
+    let config = match (&cfg.client_cert_file, &cfg.client_key_file) {
+        (Some(cert_path), Some(key_path)) => {
+            let (certs, key) = client_identity(cert_path, key_path)?;
+            builder
+                .with_client_auth_cert(certs, key)
+                .map_err(Error::Tls)?
+        }
+        (None, None) => builder.with_no_client_auth(),
+        (Some(p), None) | (None, Some(p)) => {
+            return Err(Error::Pem {
+                path: p.clone(),
+                what: "client certificate and key",
+                detail: "both MQTT_CLIENT_CERT_FILE and MQTT_CLIENT_KEY_FILE are needed".into(),
+            })
+        }
+    };
+    Ok(Arc::new(config))
+}
 
+/// The trust anchors: `MQTT_CA_FILE`, else the system's bundle.
+fn roots(cfg: &MqttConfig) -> Result<RootCertStore, Error> {
     let ca_path: PathBuf = cfg
         .ca_file
         .clone()
@@ -46,49 +71,36 @@ pub fn client_config(cfg: &MqttConfig) -> Result<Arc<ClientConfig>, Error> {
             detail: "no usable certificate in the file".into(),
         });
     }
+    Ok(roots)
+}
 
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(Error::Tls)?
-        .with_root_certificates(roots);
-    let config = match (&cfg.client_cert_file, &cfg.client_key_file) {
-        (Some(cert_path), Some(key_path)) => {
-            let pem = read(cert_path)?;
-            let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem)
-                .collect::<Result<_, _>>()
-                .map_err(|e| Error::Pem {
-                    path: cert_path.clone(),
-                    what: "client certificate",
-                    detail: e.to_string(),
-                })?;
-            if certs.is_empty() {
-                return Err(Error::Pem {
-                    path: cert_path.clone(),
-                    what: "client certificate",
-                    detail: "no certificate in the file".into(),
-                });
-            }
-            let key_pem = read(key_path)?;
-            let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| Error::Pem {
-                path: key_path.clone(),
-                what: "client key",
-                detail: e.to_string(),
-            })?;
-            builder
-                .with_client_auth_cert(certs, key)
-                .map_err(Error::Tls)?
-        }
-        (None, None) => builder.with_no_client_auth(),
-        (Some(p), None) | (None, Some(p)) => {
-            return Err(Error::Pem {
-                path: p.clone(),
-                what: "client certificate and key",
-                detail: "both MQTT_CLIENT_CERT_FILE and MQTT_CLIENT_KEY_FILE are needed".into(),
-            })
-        }
-    };
-    Ok(Arc::new(config))
+/// The client certificate chain and its key.
+fn client_identity(
+    cert_path: &Path,
+    key_path: &Path,
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), Error> {
+    let pem = read(cert_path)?;
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<_, _>>()
+        .map_err(|e| Error::Pem {
+            path: cert_path.to_path_buf(),
+            what: "client certificate",
+            detail: e.to_string(),
+        })?;
+    if certs.is_empty() {
+        return Err(Error::Pem {
+            path: cert_path.to_path_buf(),
+            what: "client certificate",
+            detail: "no certificate in the file".into(),
+        });
+    }
+    let key_pem = read(key_path)?;
+    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| Error::Pem {
+        path: key_path.to_path_buf(),
+        what: "client key",
+        detail: e.to_string(),
+    })?;
+    Ok((certs, key))
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, Error> {
