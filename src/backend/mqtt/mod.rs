@@ -13,6 +13,7 @@ mod link;
 pub mod spool;
 pub mod tls;
 pub mod topic;
+mod wire;
 
 use std::fmt;
 use std::io;
