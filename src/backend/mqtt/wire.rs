@@ -28,6 +28,7 @@
 use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -199,15 +200,35 @@ fn lock(tls: &Mutex<ClientConnection>) -> io::Result<MutexGuard<'_, ClientConnec
 }
 
 /// Ends the connection from any thread: shuts the socket down both ways, so a blocked
-/// [`Reader::next`] returns at once and the broker sees the connection die (and publishes the
-/// will). Sends no DISCONNECT.
+/// [`Reader::next`] returns [`Error::Closed`] at once and the broker sees the connection die (and
+/// publishes the will). Sends no DISCONNECT.
 #[derive(Debug, Clone)]
-pub struct Closer(Arc<TcpStream>);
+pub struct Closer(Arc<Closing>);
+
+#[derive(Debug)]
+struct Closing {
+    sock: TcpStream,
+    done: AtomicBool,
+}
 
 impl Closer {
+    fn new(sock: TcpStream) -> Closer {
+        Closer(Arc::new(Closing {
+            sock,
+            done: AtomicBool::new(false),
+        }))
+    }
+
     pub fn close(&self) {
+        self.0.done.store(true, Ordering::SeqCst);
         // A socket the broker already closed cannot be shut down again; nothing is lost.
-        let _ = self.0.shutdown(Shutdown::Both);
+        let _ = self.0.sock.shutdown(Shutdown::Both);
+    }
+
+    /// Whether `close` was called. After it, the reader may see a reset rather than an EOF
+    /// (Linux answers data that comes after a shutdown with RST), which is still our own close.
+    fn closed(&self) -> bool {
+        self.0.done.load(Ordering::SeqCst)
     }
 }
 
@@ -222,7 +243,7 @@ pub fn connect(o: &Options) -> Result<(Writer, Reader, ConnAck), Error> {
         Some(cfg) => Some(Arc::new(Mutex::new(handshake(cfg, &o.host, &mut sock)?))),
         None => None,
     };
-    let closer = Closer(Arc::new(sock.try_clone()?));
+    let closer = Closer::new(sock.try_clone()?);
     let mut writer = Writer {
         sock: sock.try_clone()?,
         tls: tls.clone(),
@@ -556,8 +577,17 @@ impl Reader {
         }
     }
 
-    /// One socket read, decrypted when there is TLS, into the framer.
+    /// One socket read, decrypted when there is TLS, into the framer. Whatever goes wrong after
+    /// a `Closer` was used is [`Error::Closed`].
     fn fill(&mut self) -> Result<(), Error> {
+        match self.fill_once() {
+            Err(Error::Timeout) => Err(Error::Timeout),
+            Err(_) if self.closer.closed() => Err(Error::Closed),
+            other => other,
+        }
+    }
+
+    fn fill_once(&mut self) -> Result<(), Error> {
         if self.eof {
             return Err(Error::Closed);
         }
