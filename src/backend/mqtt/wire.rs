@@ -353,9 +353,9 @@ impl Writer {
         publish_header(&mut self.buf, pkid, topic, payload.len(), flags)?;
         if payload.len() >= WRITE_CAP {
             self.flush()?;
-            let sent = send(&mut self.sock, self.tls.as_deref(), payload);
+            send(&mut self.sock, self.tls.as_deref(), payload)?;
             self.written += payload.len() as u64;
-            return sent;
+            return Ok(());
         }
         self.buf.extend_from_slice(payload);
         self.spill()
@@ -392,12 +392,15 @@ impl Writer {
             return Ok(());
         }
         let sent = send(&mut self.sock, self.tls.as_deref(), &self.buf);
-        self.written += self.buf.len() as u64;
+        if sent.is_ok() {
+            self.written += self.buf.len() as u64;
+        }
+        // After a failed write the connection is unusable; nothing buffered will go anywhere.
         self.buf.clear();
         sent
     }
 
-    /// MQTT bytes handed to the socket (or to TLS) so far, CONNECT included.
+    /// MQTT bytes written to the socket (or to TLS) so far, CONNECT included.
     pub fn bytes_written(&self) -> u64 {
         self.written
     }
