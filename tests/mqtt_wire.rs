@@ -6,6 +6,8 @@
 //! the one name it takes from the crate, `crate::config::Secret`, is the library's own type,
 //! re-exported below. (Its unit tests run here a second time.)
 
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
 use std::collections::{HashMap, HashSet};
 use std::net::TcpStream;
 use std::path::Path;
@@ -32,6 +34,42 @@ use config::Secret;
 use util::broker::{Broker, BrokerOpts, Msg, SubOpts, Subscriber};
 use util::{free_port, unique, wait_until, TempDir, PATIENCE};
 use wire::{connect, Closer, Error, Incoming, Options, Reader, Will, Writer};
+
+/// The system allocator, counting the allocations of each thread, so a test can see what its
+/// own loop allocates.
+struct Counting;
+
+thread_local! {
+    static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
+}
+
+fn count() {
+    // During a thread's teardown its counter may be gone; that allocation is nobody's loop.
+    let _ = ALLOCATIONS.try_with(|c| c.set(c.get() + 1));
+}
+
+fn allocations() -> u64 {
+    ALLOCATIONS.with(Cell::get)
+}
+
+// SAFETY: every call is passed on to `System` unchanged; counting touches a const-initialised
+// thread-local `Cell`, which never allocates.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        count();
+        System.alloc(layout)
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        System.dealloc(ptr, layout)
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        count();
+        System.realloc(ptr, layout, new_size)
+    }
+}
+
+#[global_allocator]
+static COUNTING: Counting = Counting;
 
 /// What the reader thread saw: every packet, then the error that ended it.
 type Seen = Receiver<Result<Incoming, Error>>;
@@ -449,5 +487,40 @@ fn a_read_timeout_lets_the_thread_tick_and_the_connection_lives_on() {
     assert_eq!(
         got.first().map(|m| m.raw.as_slice()),
         Some(&b"still here"[..])
+    );
+}
+
+#[test]
+fn publishing_and_reading_acks_allocate_nothing_per_message() {
+    let broker = Broker::start();
+    let topic = unique("wire/alloc");
+    let (mut w, mut r) = open(&options(broker.port));
+    let msgs = payloads(1000, 0, 0);
+    // One thread for both halves, a window of 100: publish, flush, read the acks.
+    let mut exchange = |msgs: &[Vec<u8>]| {
+        for (k, batch) in msgs.chunks(100).enumerate() {
+            for (i, m) in batch.iter().enumerate() {
+                let pkid = u16::try_from(k * 100 + i + 1).expect("ids fit");
+                w.publish(pkid, &topic, m, 1, false, false)
+                    .expect("publish");
+            }
+            w.flush().expect("flush");
+            for _ in batch {
+                let got = r.next();
+                assert!(matches!(got, Ok(Incoming::PubAck(_))), "{got:?}");
+            }
+        }
+    };
+    // The first round may grow the reader's buffer once.
+    exchange(&msgs[..100]);
+    let probe = allocations();
+    drop(std::hint::black_box(Vec::<u8>::with_capacity(16)));
+    assert_eq!(allocations(), probe + 1, "the counter counts");
+    let before = allocations();
+    exchange(&msgs);
+    let made = allocations() - before;
+    assert_eq!(
+        made, 0,
+        "allocations for 1000 QoS 1 publishes and their acks"
     );
 }
