@@ -339,7 +339,9 @@ impl Writer {
     /// Adds a PUBLISH. `pkid` is ignored at QoS 0 and must not be 0 otherwise; `dup` is for a
     /// publish sent again and is dropped at QoS 0 (MQTT 3.1.1 §3.3.1.1). The topic is not checked
     /// for wildcards (a broker closes the connection on one). A payload of `WRITE_CAP` bytes or
-    /// more is written from `payload` itself, after what was buffered.
+    /// more is written from `payload` itself, after what was buffered. An `InvalidInput` error
+    /// (a QoS over 2, a packet id 0, an empty or too long topic) wrote nothing: the connection is
+    /// still good.
     pub fn publish(
         &mut self,
         pkid: u16,
