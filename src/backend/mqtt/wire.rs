@@ -520,11 +520,12 @@ fn send(
 fn write_records(conn: &mut ClientConnection, sock: &mut TcpStream) -> io::Result<usize> {
     let mut total = 0;
     while conn.wants_write() {
-        let n = conn.write_tls(sock)?;
-        if n == 0 {
-            return Err(io::ErrorKind::WriteZero.into());
+        match conn.write_tls(sock) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => total += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
         }
-        total += n;
     }
     Ok(total)
 }
