@@ -20,6 +20,7 @@ pub mod spool;
 pub mod tls;
 pub mod topic;
 mod tracker;
+mod wire;
 
 use std::fmt;
 use std::io;
