@@ -5,8 +5,10 @@
 //!
 //! Threads: `events` (the engine's event stream; re-lists containers on every reconnect, since
 //! the engine keeps only 256 past events), `logs-<name>` (see `reader`), `manager`.
-//! Invariant: at most one reader per container id; a reader ends when its container is gone,
-//! and a `start` event for a container whose reader is still winding down makes it re-attach.
+//! Invariant: at most one reader per container id; a reader is made at the container's `create`
+//! (so a short-lived one is read before `--rm` removes its log) and ends when its container is
+//! gone or stopped; the container's `start`, `die`, `stop` and `destroy` events wake it from any
+//! wait; a `start` event for a container whose reader is still winding down makes it re-attach.
 
 pub mod cursor;
 pub mod level;

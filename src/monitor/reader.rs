@@ -1,12 +1,13 @@
-//! One reader per followed container (thread `logs-<name>`): opens the engine's log stream from
-//! the resume point, feeds every line to its [`LineCore`] and carries out what the core made
-//! (messages to the backends, `system` notes, counters, the container's view), and re-opens the
-//! stream when it ends while the container still runs (restarts, engine restarts).
+//! One reader per followed container (thread `logs-<name>`): looks at its container, opens the
+//! engine's log stream from the resume point, feeds every line to its [`LineCore`] and carries
+//! out what the core made (messages to the backends, `system` notes, counters, the container's
+//! view), and opens the stream again for the container's next run, or when the engine cut it.
 //!
 //! Resume: the engine's `since` is inclusive, so a stream resumed at `(ts, seen)` first repeats
 //! the lines at `ts`; the core skips the first `seen` of them and notes a gap when that boundary
-//! line is no longer there (see `lines.rs`). This loop owns the socket, the clock and the
-//! back-off; every decision about lines is the core's.
+//! line is no longer there (see `lines.rs`). This loop owns the socket, the clock and the waits
+//! (on the slot's wake channel and the agent's stop); every decision about lines is the
+//! `LineCore`'s, and every decision about opening, waiting and ending is the [`Retry`]'s.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
