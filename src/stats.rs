@@ -17,7 +17,8 @@ pub struct Stats {
     pub truncated: AtomicU64,
     /// Log or event streams that broke, and in-band engine errors.
     pub engine_errors: AtomicU64,
-    /// Times a reader or the events follower had to reconnect.
+    /// Streams made again because the engine or the connection cut them: the events stream,
+    /// or a log stream whose container still ran. A container that stops is no reconnect.
     pub engine_reconnects: AtomicU64,
     /// Whether the engine answered last time we asked.
     pub docker_up: AtomicBool,

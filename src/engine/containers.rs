@@ -42,6 +42,8 @@ struct InspectConfig {
 struct InspectState {
     #[serde(rename = "Running", default)]
     running: bool,
+    #[serde(rename = "Restarting", default)]
+    restarting: bool,
     #[serde(rename = "StartedAt", default)]
     started_at: String,
 }
@@ -61,13 +63,14 @@ pub fn parse_inspect(body: &[u8]) -> Result<ContainerInfo, Error> {
         Some(c) => (c.tty, c.labels.unwrap_or_default()),
         None => (false, BTreeMap::new()),
     };
-    let (running, started_at_ns) = match raw.state {
+    let (running, restarting, started_at_ns) = match raw.state {
         // A container that never started has the zero time, which does not parse: 0 it is.
         Some(s) => (
             s.running,
+            s.restarting,
             parse_rfc3339_ns(s.started_at.as_bytes()).unwrap_or(0),
         ),
-        None => (false, 0),
+        None => (false, false, 0),
     };
     Ok(ContainerInfo {
         id: raw.id,
@@ -75,6 +78,7 @@ pub fn parse_inspect(body: &[u8]) -> Result<ContainerInfo, Error> {
         tty,
         labels,
         running,
+        restarting,
         started_at_ns,
     })
 }
@@ -138,6 +142,13 @@ mod tests {
         .unwrap();
         assert!(info.labels.is_empty());
         assert_eq!(info.started_at_ns, 0);
+        assert!(!info.restarting);
+        // Between two runs of a restart policy the engine says both.
+        let info = parse_inspect(
+            br#"{"Id":"abc","State":{"Running":true,"Restarting":true,"StartedAt":"2026-11-25T02:20:40Z"}}"#,
+        )
+        .unwrap();
+        assert!(info.running && info.restarting);
         let info = parse_inspect(br#"{"Id":"abc"}"#).unwrap();
         assert_eq!(info.name, "");
         assert!(parse_inspect(b"{}").is_err());

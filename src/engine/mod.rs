@@ -82,8 +82,12 @@ pub struct ContainerInfo {
     /// `Config.Tty`: the log stream is raw, not multiplexed.
     pub tty: bool,
     pub labels: BTreeMap<String, String>,
-    /// `State.Running`.
+    /// `State.Running`; the engine keeps it true while a restart policy waits to start the
+    /// container again (then `restarting` is true as well).
     pub running: bool,
+    /// `State.Restarting`: between two runs of a restart policy. A log stream opened now ends
+    /// at once; the next run's `start` event is what to wait for.
+    pub restarting: bool,
     /// `State.StartedAt` in ns since the epoch (0 when unknown).
     pub started_at_ns: i64,
 }

@@ -5,14 +5,17 @@
 //!
 //! Threads: `events` (the engine's event stream; re-lists containers on every reconnect, since
 //! the engine keeps only 256 past events), `logs-<name>` (see `reader`), `manager`.
-//! Invariant: at most one reader per container id; a reader ends when its container is gone,
-//! and a `start` event for a container whose reader is still winding down makes it re-attach.
+//! Invariant: at most one reader per container id; a reader is made at the container's `create`
+//! (so a short-lived one is read before `--rm` removes its log) and ends when its container is
+//! gone or stopped; the container's `start`, `die`, `stop` and `destroy` events wake it from any
+//! wait; a `start` event for a container whose reader is still winding down makes it re-attach.
 
 pub mod cursor;
 pub mod level;
 pub mod lines;
 pub mod meta;
 pub mod reader;
+pub mod retry;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -51,6 +54,10 @@ pub struct Slot {
     from_event: bool,
     /// A `start` came while the reader was ending; it must attach again.
     restart_pending: AtomicBool,
+    /// The container's events that matter to its reader (`retry::wakes`) end the reader's wait
+    /// at once. One token is enough: a woken reader looks at the container afresh.
+    wake_tx: Sender<()>,
+    wake_rx: Receiver<()>,
     closer: Mutex<Option<Closer>>,
     handle: Mutex<Option<JoinHandle<()>>>,
     pub view: Mutex<View>,
@@ -58,10 +65,13 @@ pub struct Slot {
 
 impl Slot {
     fn new(id: &str, name: &str, from_event: bool) -> Slot {
+        let (wake_tx, wake_rx) = crossbeam_channel::bounded(1);
         Slot {
             id: id.to_string(),
             from_event,
             restart_pending: AtomicBool::new(false),
+            wake_tx,
+            wake_rx,
             closer: Mutex::new(None),
             handle: Mutex::new(None),
             view: Mutex::new(View {
@@ -75,6 +85,12 @@ impl Slot {
 
     fn set_closer(&self, c: Option<Closer>) {
         *self.closer.lock().unwrap_or_else(|p| p.into_inner()) = c;
+    }
+
+    /// Ends the reader's wait, now or at its next one.
+    fn wake(&self) {
+        // Full means a token is already there, which is as good.
+        let _ = self.wake_tx.try_send(());
     }
 }
 
@@ -188,6 +204,7 @@ impl Shared {
         let mut reg = self.registry.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(slot) = reg.get(&info.id) {
             slot.restart_pending.store(true, Ordering::Release);
+            slot.wake();
             return;
         }
         let slot = Arc::new(Slot::new(&info.id, &info.name, from_event));
@@ -225,6 +242,20 @@ impl Shared {
         Some(info)
     }
 
+    /// Wakes the reader of `id`, if there is one; for a `start`, also tells it to re-attach
+    /// should it be ending. False when no reader follows `id`.
+    fn wake(&self, id: &str, start: bool) -> bool {
+        let reg = self.registry.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(slot) = reg.get(id) else {
+            return false;
+        };
+        if start {
+            slot.restart_pending.store(true, Ordering::Release);
+        }
+        slot.wake();
+        true
+    }
+
     /// Called by a reader whose container stopped: removes its slot unless a restart is
     /// pending, in which case the reader goes on (returns false).
     fn detach(&self, slot: &Slot) -> bool {
@@ -254,16 +285,21 @@ impl Shared {
             &name,
             &ev.attributes,
         ));
-        match ev.action.as_str() {
+        let action = ev.action.as_str();
+        // The reader's wake comes first: no inspect stands between a `start` and its stream.
+        let woken = retry::wakes(action) && self.wake(&ev.id, action == "start");
+        match action {
             "destroy" => {
                 self.cursors.forget(&ev.id);
                 self.progress.forget(&ev.id);
             }
-            action => {
+            _ => {
                 if let Some((level, kind, text)) = lifecycle(action, &name, &ev.attributes) {
                     self.system(&origin, ev.time_nano, level, kind, text);
                 }
-                if action == "start" {
+                // A reader waits from `create` on, so that a container that prints and exits
+                // within milliseconds is read before the engine removes it (`--rm`).
+                if (action == "create" || action == "start") && !woken {
                     self.attach(&ev.id, true);
                 }
             }

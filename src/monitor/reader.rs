@@ -1,12 +1,13 @@
-//! One reader per followed container (thread `logs-<name>`): opens the engine's log stream from
-//! the resume point, feeds every line to its [`LineCore`] and carries out what the core made
-//! (messages to the backends, `system` notes, counters, the container's view), and re-opens the
-//! stream when it ends while the container still runs (restarts, engine restarts).
+//! One reader per followed container (thread `logs-<name>`): looks at its container, opens the
+//! engine's log stream from the resume point, feeds every line to its [`LineCore`] and carries
+//! out what the core made (messages to the backends, `system` notes, counters, the container's
+//! view), and opens the stream again for the container's next run, or when the engine cut it.
 //!
 //! Resume: the engine's `since` is inclusive, so a stream resumed at `(ts, seen)` first repeats
 //! the lines at `ts`; the core skips the first `seen` of them and notes a gap when that boundary
-//! line is no longer there (see `lines.rs`). This loop owns the socket, the clock and the
-//! back-off; every decision about lines is the core's.
+//! line is no longer there (see `lines.rs`). This loop owns the socket, the clock and the waits
+//! (on the slot's wake channel and the agent's stop); every decision about lines is the
+//! `LineCore`'s, and every decision about opening, waiting and ending is the [`Retry`]'s.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,11 +16,9 @@ use crate::config::SinceMode;
 use crate::engine::{ContainerInfo, LogStream, Next, Since, StreamKind};
 use crate::message::{Origin, Position};
 use crate::monitor::lines::{LineCore, Out, Settings};
-use crate::monitor::{cursor, meta, Backoff, Shared, Slot};
+use crate::monitor::retry::{Found, Retry, Step};
+use crate::monitor::{cursor, meta, Shared, Slot};
 use crate::stats::Stats;
-
-/// A stream that ends sooner than this after it opened counts as a failure: back off.
-const SHORT_STREAM: Duration = Duration::from_secs(1);
 
 /// The body of a `logs-<name>` thread: follows `slot`'s container until it is gone or the agent
 /// stops.
@@ -28,26 +27,11 @@ pub fn follow(shared: Arc<Shared>, slot: Arc<Slot>) {
         shared: &shared,
         slot: &slot,
         last: None,
-        backoff: Backoff::new(),
-        drained: None,
+        retry: Retry::new(),
+        created: None,
+        started: None,
     };
-    while !shared.stopping() {
-        let then = match reader.open() {
-            Ok(run) => reader.read(run),
-            Err(then) => then,
-        };
-        if let Then::Stop = then {
-            break;
-        }
-    }
-}
-
-/// What the loop does next when no stream is being read.
-enum Then {
-    /// Open the stream again.
-    Again,
-    /// The reader is done: its container is gone, or the agent stops.
-    Stop,
+    while !shared.stopping() && reader.turn() {}
 }
 
 /// An opened log stream and what it was opened for.
@@ -64,20 +48,86 @@ struct Reader<'a> {
     slot: &'a Slot,
     /// The position of the last line read, where the next stream resumes.
     last: Option<Position>,
-    backoff: Backoff,
-    /// The run (by its start time) whose stream was read to its end after it stopped.
-    drained: Option<i64>,
+    /// When to open, wait or end: the decisions, made by a pure core.
+    retry: Retry,
+    /// The container as inspected while it was created and not started.
+    created: Option<ContainerInfo>,
+    /// Set when a created container's event woke the reader: its stream is opened at once.
+    started: Option<ContainerInfo>,
 }
 
 impl Reader<'_> {
-    /// Opens the container's log stream from its resume point.
-    fn open(&mut self) -> Result<Run, Then> {
-        let info = self.inspect()?;
-        // A stopped container is read once more to its end: a short-lived one may have
-        // stopped before we first looked, and its lines are still with the engine.
-        if !info.running && self.drained == Some(info.started_at_ns) {
-            return Err(self.detach());
+    /// One look at the container and what follows it (a stream read, a wait, the end); false
+    /// when the reader ends.
+    fn turn(&mut self) -> bool {
+        let (found, info) = match self.started.take() {
+            Some(info) => (Found::Started, Some(info)),
+            None => self.look(),
+        };
+        if found == Found::Created {
+            self.created = info.clone();
         }
+        let mut step = self.retry.next(found);
+        let reconnects = self.retry.take_reconnects();
+        if reconnects > 0 {
+            Stats::add(&self.shared.stats.engine_reconnects, reconnects);
+        }
+        if let (Step::Open, Some(info)) = (step, info) {
+            match self.open(info) {
+                Ok(run) => {
+                    self.read(run);
+                    return true;
+                }
+                Err(s) => step = s,
+            }
+        }
+        match step {
+            Step::Open => true,
+            Step::Wait(d) => self.wait(d),
+            Step::Detach => !self.shared.detach(self.slot),
+        }
+    }
+
+    /// Inspects the container.
+    fn look(&self) -> (Found, Option<ContainerInfo>) {
+        match self.shared.engine.inspect(&self.slot.id) {
+            Ok(info) => {
+                let found = Found::of(&info);
+                if found == Found::Restarting {
+                    set_state(self.slot, "reconnecting");
+                }
+                (found, Some(info))
+            }
+            Err(e) if e.is_not_found() => (Found::Gone, None),
+            Err(e) => {
+                set_state(self.slot, "reconnecting");
+                log::debug!("cannot inspect {}: {e}", self.slot.id);
+                (Found::EngineError, None)
+            }
+        }
+    }
+
+    /// Waits `d`, or until the container's next event wakes the reader; false when the agent
+    /// stops first.
+    fn wait(&mut self, d: Duration) -> bool {
+        crossbeam_channel::select! {
+            // Never sent on: it disconnects when the agent stops.
+            recv(self.shared.stop_rx) -> _ => return false,
+            recv(self.slot.wake_rx) -> _ => {
+                self.retry.woken();
+                self.started = self.created.take().map(|mut info| {
+                    // Its `start` (or `destroy`, which the stream then finds) woke us.
+                    info.running = true;
+                    info
+                });
+            }
+            default(d) => {}
+        }
+        !self.shared.stopping()
+    }
+
+    /// Opens the container's log stream from its resume point; on failure, the step to take.
+    fn open(&mut self, info: ContainerInfo) -> Result<Run, Step> {
         let origin = self.origin(&info);
         let shared = self.shared;
         let resume = self.last.or_else(|| shared.cursors.get(&self.slot.id));
@@ -88,19 +138,19 @@ impl Reader<'_> {
         let max = shared.cfg.max_line_bytes;
         let stream = match shared.engine.logs(&self.slot.id, info.tty, since, max) {
             Ok(s) => s,
+            Err(e) if e.is_not_found() => {
+                // A `--rm` container is removed, its log with it, right after it exits.
+                log::debug!("log of {} gone before it was opened: {e}", origin.name);
+                return Err(self.retry.next(Found::Gone));
+            }
             Err(e) => {
                 set_state(self.slot, "reconnecting");
-                if !e.is_not_found() {
-                    log::warn!("cannot open the log stream of {}: {e}", origin.name);
-                    Stats::add(&shared.stats.engine_errors, 1);
-                }
-                return Err(self.retry());
+                log::warn!("cannot open the log stream of {}: {e}", origin.name);
+                Stats::add(&shared.stats.engine_errors, 1);
+                return Err(self.retry.open_failed());
             }
         };
         self.slot.set_closer(Some(stream.closer()));
-        if shared.stopping() {
-            return Err(Then::Stop);
-        }
         set_state(self.slot, "following");
         Ok(Run {
             stream,
@@ -108,18 +158,6 @@ impl Reader<'_> {
             resume,
             info,
         })
-    }
-
-    fn inspect(&mut self) -> Result<ContainerInfo, Then> {
-        match self.shared.engine.inspect(&self.slot.id) {
-            Ok(i) => Ok(i),
-            Err(e) if e.is_not_found() => Err(self.detach()),
-            Err(e) => {
-                set_state(self.slot, "reconnecting");
-                log::debug!("cannot inspect {}: {e}", self.slot.id);
-                Err(self.retry())
-            }
-        }
     }
 
     /// The container's origin, also shown in its view.
@@ -139,47 +177,21 @@ impl Reader<'_> {
         origin
     }
 
-    /// The container is gone: end, unless a restart is pending.
-    fn detach(&self) -> Then {
-        if self.shared.detach(self.slot) {
-            Then::Stop
-        } else {
-            Then::Again
-        }
-    }
-
-    /// Waits the next back-off delay, unless the agent stops first.
-    fn retry(&mut self) -> Then {
-        if self.shared.sleep(self.backoff.next_delay()) {
-            Then::Again
-        } else {
-            Then::Stop
-        }
-    }
-
-    /// Reads the stream to its end, then decides how soon to open it again.
-    fn read(&mut self, mut run: Run) -> Then {
+    /// Reads the stream to its end and tells the retry core how it went.
+    fn read(&mut self, mut run: Run) {
         let opened = Instant::now();
         let settings = Settings::of(&self.shared.cfg);
         let mut core = LineCore::new(settings, run.origin.clone(), run.resume, opened);
-        self.pump(&mut run.stream, &mut core, &run.origin);
+        // A stop that came while the stream opened closed no socket yet: do not block on it.
+        if !self.shared.stopping() {
+            self.pump(&mut run.stream, &mut core, &run.origin);
+        }
         set_state(self.slot, "reconnecting");
         self.slot.set_closer(None);
-        if !run.info.running {
-            self.drained = Some(run.info.started_at_ns);
-        }
         self.last = core.last().or(self.last);
-        if self.shared.stopping() {
-            return Then::Stop;
-        }
-        Stats::add(&self.shared.stats.engine_reconnects, 1);
-        // A stream that ends at once while the container runs must not spin.
-        if opened.elapsed() < SHORT_STREAM {
-            self.retry()
-        } else {
-            self.backoff.reset();
-            Then::Again
-        }
+        let info = &run.info;
+        self.retry
+            .stream_ended(info.started_at_ns, info.running, opened.elapsed());
     }
 
     /// Feeds every line to the core and hands over what it made, one read at a time.
