@@ -31,6 +31,8 @@ const MIN_BACKOFF: Duration = Duration::from_millis(10);
 /// The longest wait between two `accept()` attempts while descriptors are short: the listener
 /// answers again at most this long after they are back.
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
+/// The accept loop's warning about failed accepts is logged at most this often.
+const WARN_EVERY: Duration = Duration::from_secs(60);
 /// A handler thread with no connection for this long ends; the pool grows again on demand.
 const WORKER_IDLE: Duration = Duration::from_secs(30);
 /// Handler threads format answers and live streams; 256 KiB is what the `api` thread had.
@@ -246,15 +248,15 @@ impl Inner {
 
     /// Accepts until stopped. A failed `accept()` (EMFILE, ENFILE, ENOBUFS, ECONNABORTED…)
     /// never ends the loop: it is counted and retried after a back-off that doubles up to
-    /// [`MAX_BACKOFF`], so the listener answers again soon after descriptors are back.
+    /// [`MAX_BACKOFF`], so the listener answers again soon after descriptors are back. While
+    /// descriptors are short, each freed one lets a connection in and the next accept fails
+    /// again: the warning is logged at most every [`WARN_EVERY`].
     fn accept_loop(self: &Arc<Self>, listener: &TcpListener) {
         let mut backoff = MIN_BACKOFF;
+        let mut warned: Option<Instant> = None;
         while !self.stopping() {
             match listener.accept() {
                 Ok((stream, _)) => {
-                    if backoff > MIN_BACKOFF {
-                        log::info!("API accepts connections again");
-                    }
                     backoff = MIN_BACKOFF;
                     if !self.stopping() {
                         self.admit(stream);
@@ -262,8 +264,12 @@ impl Inner {
                 }
                 Err(e) => {
                     bump(&self.counters.accept_errors);
-                    if backoff == MIN_BACKOFF {
-                        log::warn!("API cannot accept a connection: {e}; retrying");
+                    if warned.is_none_or(|t| t.elapsed() >= WARN_EVERY) {
+                        let n = self.counters.accept_errors.load(Ordering::Relaxed);
+                        log::warn!(
+                            "API cannot accept a connection: {e}; retrying ({n} failed so far)"
+                        );
+                        warned = Some(Instant::now());
                     }
                     let _ = self.stop_rx.recv_timeout(backoff);
                     backoff = (backoff * 2).min(MAX_BACKOFF);
@@ -502,4 +508,39 @@ fn refuse(mut s: TcpStream, max: usize) {
     let mut sink = [0u8; 4096];
     let _ = s.read(&mut sink);
     let _ = s.shutdown(Shutdown::Write);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cap_holds_and_frees() {
+        let c = Arc::new(Counters::default());
+        let held: Vec<Ticket> = (0..3).filter_map(|_| c.enter(3)).collect();
+        assert_eq!(held.len(), 3);
+        assert!(c.enter(3).is_none());
+        drop(held);
+        assert_eq!(c.health(3)["connections"], 0);
+        assert!(c.enter(3).is_some());
+    }
+
+    #[test]
+    fn a_refused_connection_gets_503_and_the_end() {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let mut client = TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+        client
+            .write_all(b"GET /api/v1/health HTTP/1.1\r\n\r\n")
+            .expect("write");
+        let (server_side, _) = listener.accept().expect("accept");
+        refuse(server_side, 64);
+        let mut answer = String::new();
+        client.read_to_string(&mut answer).expect("read");
+        assert!(answer.starts_with("HTTP/1.1 503 "), "{answer}");
+        assert!(answer.contains("Connection: close\r\n"), "{answer}");
+        assert!(
+            answer.ends_with("API_MAX_CONNECTIONS); try again later\"}"),
+            "{answer}"
+        );
+    }
 }
