@@ -40,7 +40,7 @@ pub struct Context {
     pub token: Option<Secret>,
 }
 
-/// What [`handle`] reads besides the context: the live streams and the server's counters.
+/// What [`handle`] reads: the context, the live streams, the server's counters and limits.
 struct Parts {
     ctx: Context,
     streams: Arc<Streams>,
