@@ -250,7 +250,12 @@ impl Pipeline {
             stats: self.stats.clone(),
             token: self.cfg.api_token.clone(),
         };
-        let api = Api::start(addr, ctx).map_err(Error::Api)?;
+        let limits = api::server::Limits {
+            max_connections: self.cfg.api_max_connections,
+            header_timeout: self.cfg.api_header_timeout,
+            idle_timeout: self.cfg.api_idle_timeout,
+        };
+        let api = Api::start(addr, ctx, limits).map_err(Error::Api)?;
         log::info!("API listening on http://{}", api.addr);
         self.api = Some(api);
         Ok(())

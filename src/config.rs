@@ -161,6 +161,12 @@ pub struct Config {
     pub since: SinceMode,
     pub api_listen: Option<SocketAddr>,
     pub api_token: Option<Secret>,
+    /// Connections the API serves at once, live streams included; one more gets 503.
+    pub api_max_connections: usize,
+    /// How long a connection has to send a complete request head.
+    pub api_header_timeout: Duration,
+    /// How long a keep-alive connection may wait for its next request.
+    pub api_idle_timeout: Duration,
     pub mqtt: Option<MqttConfig>,
     pub log_level: log::LevelFilter,
     pub hostname: String,
@@ -324,6 +330,26 @@ pub static VARS: &[Var] = &[
         apply: |d, v| set(&mut d.cfg.api_token, Ok(optional(v).map(Secret::new))),
     },
     Var {
+        name: "API_MAX_CONNECTIONS",
+        default: "64",
+        help: "API connections served at once, live streams included (each holds a thread); \
+               one more is answered 503 and closed.",
+        apply: |d, v| set(&mut d.cfg.api_max_connections, num(v, 1, 4096)),
+    },
+    Var {
+        name: "API_HEADER_TIMEOUT_S",
+        default: "10",
+        help: "Seconds an API connection has to send a complete request head; then it is closed.",
+        apply: |d, v| set(&mut d.cfg.api_header_timeout, secs(v, 1, 3600)),
+    },
+    Var {
+        name: "API_IDLE_TIMEOUT_S",
+        default: "60",
+        help: "Seconds a keep-alive API connection may wait for its next request; then it is \
+               closed.",
+        apply: |d, v| set(&mut d.cfg.api_idle_timeout, secs(v, 1, 3600)),
+    },
+    Var {
         name: "MQTT_BROKER",
         default: "mqtt://localhost:1883",
         help: "The broker: mqtt://host:port or mqtts://host:port (TLS); off disables MQTT.",
@@ -485,6 +511,9 @@ impl Draft {
             since: SinceMode::Cursor,
             api_listen: None,
             api_token: None,
+            api_max_connections: 0,
+            api_header_timeout: Duration::ZERO,
+            api_idle_timeout: Duration::ZERO,
             mqtt: None,
             log_level: log::LevelFilter::Off,
             hostname,
@@ -976,6 +1005,9 @@ mod tests {
             ("RATE_LIMIT_BURST", "0"),
             ("SINCE", "yesterday"),
             ("API_LISTEN", "localhost:7780"),
+            ("API_MAX_CONNECTIONS", "0"),
+            ("API_HEADER_TIMEOUT_S", "0"),
+            ("API_IDLE_TIMEOUT_S", "1h"),
             ("MQTT_BROKER", "amqp://x"),
             ("MQTT_PASSWORD_FILE", "/nonexistent/password"),
             ("MQTT_BASE_TOPIC", "a/+/b"),

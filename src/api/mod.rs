@@ -1,22 +1,21 @@
-//! The HTTP API of docs/CONTRACT.md §6 on tiny_http: `/api/v1/logs`, `/api/v1/logs/stream`,
+//! The HTTP API of docs/CONTRACT.md §6: `/api/v1/logs`, `/api/v1/logs/stream`,
 //! `/api/v1/containers`, `/api/v1/health`, `/metrics` and the live page at `/`.
 //!
-//! One thread (`api`) answers requests one after another; every answer is built from memory in
-//! well under a millisecond, and a live stream is handed to a thread of its own ([`stream`]).
+//! `server.rs` owns the sockets (accept loop, connection cap, handler threads, timeouts) and
+//! `http.rs` the bytes of a head; this file answers one request from memory in well under a
+//! millisecond, and a live stream ([`stream`]) runs on the handler thread of its connection.
 //! With `API_TOKEN` set, every request but the page needs `Authorization: Bearer <token>` or,
 //! for a browser's EventSource, which cannot send headers, `?access_token=<token>`. This module
 //! only reads: it never changes the pipeline.
 
+pub mod http;
 pub mod query;
+pub mod server;
 pub mod stream;
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::thread::JoinHandle;
-use std::time::Duration;
-
-use tiny_http::{Header, Method, Request, Response, Server};
 
 use crate::backend::local::ring::Ring;
 use crate::backend::Backend;
@@ -24,14 +23,13 @@ use crate::config::Secret;
 use crate::message::push_json_str;
 use crate::monitor::Shared;
 use crate::stats::{write_metrics, Metric, Stats};
+use http::Request;
 use query::{split_url, Filter};
+use server::{Counters, Limits, Server};
 use stream::Streams;
 
 /// The live page, built into the binary so it works offline and needs no build step.
 const PAGE: &str = include_str!("page.html");
-/// A client that takes no bytes for this long is dropped, so a stuck reader cannot hold a
-/// thread (tiny_http has no timeouts of its own).
-const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What the API reads from.
 pub struct Context {
@@ -42,72 +40,63 @@ pub struct Context {
     pub token: Option<Secret>,
 }
 
+/// What [`handle`] reads: the context, the live streams, the server's counters and limits.
+struct Parts {
+    ctx: Context,
+    streams: Arc<Streams>,
+    counters: Arc<Counters>,
+    limits: Limits,
+}
+
 pub struct Api {
-    server: Arc<Server>,
-    thread: Option<JoinHandle<()>>,
+    server: Server,
     pub addr: SocketAddr,
 }
 
 impl Api {
-    pub fn start(addr: SocketAddr, ctx: Context) -> std::io::Result<Api> {
+    pub fn start(addr: SocketAddr, ctx: Context, limits: Limits) -> std::io::Result<Api> {
         let listener = TcpListener::bind(addr)
             .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
-        with_write_timeout(&listener, WRITE_TIMEOUT)?;
-        let server = Server::from_listener(listener, None)
-            .map_err(|e| std::io::Error::other(format!("cannot listen on {addr}: {e}")))?;
-        let server = Arc::new(server);
-        let bound = server.server_addr().to_ip().unwrap_or(addr);
-        let s = server.clone();
-        let ctx = Arc::new(ctx);
-        let streams = Arc::new(Streams::default());
-        let thread = std::thread::Builder::new()
-            .name("api".into())
-            .stack_size(256 * 1024)
-            .spawn(move || {
-                for req in s.incoming_requests() {
-                    handle(&ctx, &streams, req);
-                }
-            })?;
-        Ok(Api {
-            server,
-            thread: Some(thread),
-            addr: bound,
-        })
+        let counters = Arc::new(Counters::default());
+        let api = Arc::new(Parts {
+            ctx,
+            streams: Arc::new(Streams::default()),
+            counters: counters.clone(),
+            limits,
+        });
+        let handler = Box::new(move |req: &Request, out: &mut TcpStream| handle(&api, req, out));
+        let server = Server::start(listener, limits, counters, handler)?;
+        let addr = server.addr;
+        Ok(Api { server, addr })
     }
 
     pub fn stop(&mut self) {
-        self.server.unblock();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        self.server.stop();
     }
 }
 
-/// Sets `SO_SNDTIMEO` on the listening socket; Linux hands it on to every accepted
-/// connection, which is the only way to give tiny_http's connections a write timeout.
-fn with_write_timeout(listener: &TcpListener, d: Duration) -> std::io::Result<()> {
-    use std::os::fd::AsFd;
-    // A duplicate of the listening socket, seen as a stream only to set SO_SNDTIMEO on it;
-    // dropping it closes the duplicate, not the listener.
-    let fd = listener.as_fd().try_clone_to_owned()?;
-    std::net::TcpStream::from(fd).set_write_timeout(Some(d))
+/// One answer from memory.
+struct Answer {
+    status: u16,
+    content_type: &'static str,
+    body: Vec<u8>,
+    /// Whether a client may keep a copy; only the metrics may be cached.
+    no_store: bool,
+    /// A 401's `WWW-Authenticate`.
+    challenge: bool,
 }
 
-fn header(name: &str, value: &str) -> Header {
-    // Both are ASCII literals of ours; from_bytes fails only on non-ASCII.
-    Header::from_bytes(name.as_bytes(), value.as_bytes()).unwrap_or_else(|_| {
-        Header::from_bytes(&b"X-Invalid"[..], &b"1"[..]).unwrap_or_else(|_| unreachable!())
-    })
+fn json(status: u16, body: String) -> Answer {
+    Answer {
+        status,
+        content_type: "application/json",
+        body: body.into_bytes(),
+        no_store: true,
+        challenge: false,
+    }
 }
 
-fn json(status: u16, body: String) -> Response<std::io::Cursor<Vec<u8>>> {
-    Response::from_data(body.into_bytes())
-        .with_status_code(status)
-        .with_header(header("Content-Type", "application/json"))
-        .with_header(header("Cache-Control", "no-store"))
-}
-
-fn error(status: u16, text: &str) -> Response<std::io::Cursor<Vec<u8>>> {
+fn error(status: u16, text: &str) -> Answer {
     let mut body = String::from("{\"error\":");
     push_json_str(&mut body, text);
     body.push('}');
@@ -124,7 +113,7 @@ fn authorised(ctx: &Context, req: &Request) -> bool {
         return true;
     };
     // The page holds no data, and a browser cannot send a header when it opens it.
-    let url = req.url();
+    let url = req.url.as_str();
     if url == "/" || url.starts_with("/?") || url.starts_with("/#") {
         return true;
     }
@@ -134,64 +123,90 @@ fn authorised(ctx: &Context, req: &Request) -> bool {
             .any(|(k, v)| k == "access_token" && same(v.as_bytes(), token.expose().as_bytes()))
     });
     by_query
-        || req.headers().iter().any(|h| {
-            h.field.equiv("Authorization")
-                && h.value
-                    .as_str()
-                    .strip_prefix("Bearer ")
-                    .is_some_and(|t| same(t.trim().as_bytes(), token.expose().as_bytes()))
+        || req.header("Authorization").is_some_and(|h| {
+            h.strip_prefix("Bearer ")
+                .is_some_and(|t| same(t.trim().as_bytes(), token.expose().as_bytes()))
         })
 }
 
-fn handle(ctx: &Context, streams: &Arc<Streams>, req: Request) {
-    let url = req.url().to_string();
-    let authorised = authorised(ctx, &req);
-    let get = *req.method() == Method::Get || *req.method() == Method::Head;
-    if authorised && get {
-        if let Ok(("/api/v1/logs/stream", pairs)) = split_url(&url) {
-            if let Err(failed) = stream::open(streams, &ctx.ring, req, &pairs) {
-                let (e, req) = *failed;
-                let _ = req.respond(error(e.status(), &e.to_string()));
-            }
-            return;
+/// Answers one request on `out`; returns whether the connection may serve another.
+fn handle(api: &Parts, req: &Request, out: &mut TcpStream) -> bool {
+    let ctx = &api.ctx;
+    let authorised = authorised(ctx, req);
+    let get = req.method == "GET" || req.method == "HEAD";
+    let answer = if !authorised {
+        Answer {
+            challenge: true,
+            ..error(
+                401,
+                "missing or wrong bearer token (Authorization: Bearer <API_TOKEN>)",
+            )
         }
-    }
-    let resp = if !authorised {
-        error(
-            401,
-            "missing or wrong bearer token (Authorization: Bearer <API_TOKEN>)",
-        )
-        .with_header(header("WWW-Authenticate", "Bearer"))
-    } else if *req.method() != Method::Get && *req.method() != Method::Head {
+    } else if !get {
         error(405, "only GET is supported")
+    } else if let Ok(("/api/v1/logs/stream", pairs)) = split_url(&req.url) {
+        match stream::serve(&api.streams, &ctx.ring, req, &pairs, out) {
+            // A stream ends with its connection.
+            Ok(()) => return false,
+            Err(e) => error(e.status(), &e.to_string()),
+        }
     } else {
-        route(ctx, streams, &url)
+        route(api, &req.url)
     };
-    let _ = req.respond(resp);
+    let keep = req.keep_alive();
+    let mut extra = Vec::with_capacity(2);
+    if answer.no_store {
+        extra.push(("Cache-Control", "no-store"));
+    }
+    if answer.challenge {
+        extra.push(("WWW-Authenticate", "Bearer"));
+    }
+    let (status, ctype) = (answer.status, answer.content_type);
+    server::respond(
+        out,
+        status,
+        ctype,
+        &extra,
+        &answer.body,
+        req.is_head(),
+        keep,
+    )
+    .is_ok()
+        && keep
 }
 
-fn route(ctx: &Context, streams: &Streams, url: &str) -> Response<std::io::Cursor<Vec<u8>>> {
+fn route(api: &Parts, url: &str) -> Answer {
+    let ctx = &api.ctx;
     let (path, pairs) = match split_url(url) {
         Ok(x) => x,
         Err(e) => return error(400, &e.to_string()),
     };
     match path {
-        "/" => Response::from_data(PAGE.as_bytes().to_vec())
-            .with_header(header("Content-Type", "text/html; charset=utf-8"))
-            .with_header(header("Cache-Control", "no-store")),
+        "/" => Answer {
+            status: 200,
+            content_type: "text/html; charset=utf-8",
+            body: PAGE.as_bytes().to_vec(),
+            no_store: true,
+            challenge: false,
+        },
         "/api/v1/logs" => match Filter::parse(&pairs, &["access_token"]) {
             Ok(f) => logs(ctx, &f),
             Err(e) => error(400, &e.to_string()),
         },
         "/api/v1/containers" => containers(ctx),
-        "/api/v1/health" => health(ctx, streams),
-        "/metrics" => Response::from_data(metrics(ctx, streams).into_bytes())
-            .with_header(header("Content-Type", "text/plain; version=0.0.4")),
+        "/api/v1/health" => health(api),
+        "/metrics" => Answer {
+            status: 200,
+            content_type: "text/plain; version=0.0.4",
+            body: metrics(api).into_bytes(),
+            no_store: false,
+            challenge: false,
+        },
         _ => error(404, &format!("no such path: {path}")),
     }
 }
 
-fn logs(ctx: &Context, f: &Filter) -> Response<std::io::Cursor<Vec<u8>>> {
+fn logs(ctx: &Context, f: &Filter) -> Answer {
     let found = ctx.ring.query(f.limit, |m| f.matches(m));
     let mut body = String::with_capacity(2 + found.len() * 512);
     body.push('[');
@@ -205,7 +220,7 @@ fn logs(ctx: &Context, f: &Filter) -> Response<std::io::Cursor<Vec<u8>>> {
     json(200, body)
 }
 
-fn containers(ctx: &Context) -> Response<std::io::Cursor<Vec<u8>>> {
+fn containers(ctx: &Context) -> Answer {
     let list: Vec<serde_json::Value> = ctx
         .monitor
         .views()
@@ -271,17 +286,20 @@ pub fn health_doc(ctx: &Context) -> (bool, serde_json::Value) {
     (ok, doc)
 }
 
-fn health(ctx: &Context, streams: &Streams) -> Response<std::io::Cursor<Vec<u8>>> {
-    let (ok, mut doc) = health_doc(ctx);
-    doc["streams"] = streams.active().into();
+fn health(api: &Parts) -> Answer {
+    let (ok, mut doc) = health_doc(&api.ctx);
+    doc["streams"] = api.streams.active().into();
+    doc["api"] = api.counters.health(api.limits.max_connections);
     json(if ok { 200 } else { 503 }, doc.to_string())
 }
 
-fn metrics(ctx: &Context, streams: &Streams) -> String {
+fn metrics(api: &Parts) -> String {
+    let ctx = &api.ctx;
     let mut out = String::with_capacity(4096);
     write_metrics(&mut out, "", &line_metrics(&ctx.stats));
     write_metrics(&mut out, "", &engine_metrics(ctx));
-    streams.metrics(&mut out);
+    api.streams.metrics(&mut out);
+    api.counters.metrics(&mut out);
     for b in &ctx.backends {
         b.metrics(&mut out);
     }

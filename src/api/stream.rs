@@ -2,23 +2,25 @@
 //! `/api/v1/logs`, an optional backlog, `id:` lines for a gapless resume with `Last-Event-ID`,
 //! and a heartbeat comment every 15 s.
 //!
-//! Each stream runs on its own thread (`sse-N`) that owns the connection's writer; the `api`
-//! thread only parses, subscribes and spawns, so it never blocks on a client. tiny_http's own
-//! chunked writer buffers 8 KiB, so this module writes the status line, the headers and the
-//! chunk framing itself and flushes after every batch of events.
+//! Each stream runs on the handler thread of its connection (`api-N`, see `server.rs`); the
+//! connection counts against `API_MAX_CONNECTIONS` and ends with the stream. This module writes
+//! the status line, the headers and the chunk framing itself and flushes after every batch of
+//! events.
 //!
 //! This module must never make the pipeline wait: a client that falls behind fills its own
 //! bounded queue, the ring drops it, and the stream ends with an `overflow` event. It must
 //! never hold more than [`MAX_STREAMS`] streams open at once.
 
 use std::fmt::Write as _;
-use std::io::Write;
+use std::io::{BufWriter, Write};
+use std::net::TcpStream;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use crossbeam_channel::{select, Receiver};
-use tiny_http::{HTTPVersion, Request};
+
+use super::http::Request;
 
 use super::query::{Filter, Pairs};
 use crate::backend::local::ring::Ring;
@@ -33,8 +35,6 @@ const QUEUE: usize = 8192;
 const HEARTBEAT: Duration = Duration::from_secs(15);
 /// Events written in one chunk at most, so one write stays small on a Pi.
 const BATCH: usize = 256;
-/// A stream thread only formats and writes; it needs little stack.
-const STACK: usize = 128 * 1024;
 /// How long the browser waits before it reconnects on its own.
 const RETRY_MS: u32 = 2000;
 
@@ -169,62 +169,36 @@ fn backlog_of(pairs: &Pairs, filter: &Filter, last_event_id: Option<&str>) -> Ba
     }
 }
 
-/// Opens a stream for `req` on a thread of its own. On an error `req` comes back so the caller
-/// can answer it.
-pub fn open(
+/// Serves a stream for `req` on this thread (the handler thread of its connection) until the
+/// client goes, the ring cuts it off or the agent stops. An error is returned before anything
+/// is written, so the caller can answer it.
+pub fn serve(
     streams: &Arc<Streams>,
     ring: &Arc<Ring>,
-    req: Request,
+    req: &Request,
     pairs: &Pairs,
-) -> Result<(), Box<(Error, Request)>> {
-    let filter = match Filter::parse(pairs, &["access_token"]) {
-        Ok(f) => f,
-        Err(e) => return Err(Box::new((Error::BadParam(e.to_string()), req))),
-    };
-    let backlog = backlog_of(pairs, &filter, last_event_id(&req).as_deref());
-    let Some(slot) = streams.acquire() else {
-        return Err(Box::new((Error::Busy, req)));
-    };
+    conn: &mut TcpStream,
+) -> Result<(), Error> {
+    let filter =
+        Filter::parse(pairs, &["access_token"]).map_err(|e| Error::BadParam(e.to_string()))?;
+    let backlog = backlog_of(pairs, &filter, req.header("Last-Event-ID").map(str::trim));
+    let slot = streams.acquire().ok_or(Error::Busy)?;
     let Subscription { backlog, rx, note } = subscribe(ring, &filter, &backlog);
-    let chunked = *req.http_version() >= HTTPVersion(1, 1);
-    let head_only = *req.method() == tiny_http::Method::Head;
-    let spawned = std::thread::Builder::new()
-        .name(format!("sse-{}", slot.n))
-        .stack_size(STACK)
-        .spawn(move || {
-            let out = req.into_writer();
-            let mut s = Sse {
-                out,
-                chunked,
-                buf: String::with_capacity(8192),
-            };
-            let end = s.run(&filter, backlog, &rx, note, head_only);
-            if end == End::Overflow {
-                slot.streams.overflows.fetch_add(1, Ordering::Relaxed);
-            }
-            if end != End::WriteFailed {
-                let _ = s.finish();
-            }
-            log::debug!("stream sse-{} ended: {end:?}", slot.n);
-            drop(slot);
-        });
-    match spawned {
-        Ok(_) => Ok(()),
-        // The closure, with the request in it, is gone; tiny_http answers a dropped request
-        // with a bare 500 itself.
-        Err(e) => {
-            log::warn!("cannot start a stream thread: {e}");
-            Ok(())
-        }
+    let mut out = BufWriter::with_capacity(8192, conn);
+    let mut s = Sse {
+        out: &mut out,
+        chunked: req.http11,
+        buf: String::with_capacity(8192),
+    };
+    let end = s.run(&filter, backlog, &rx, note, req.is_head());
+    if end == End::Overflow {
+        slot.streams.overflows.fetch_add(1, Ordering::Relaxed);
     }
-}
-
-/// The `Last-Event-ID` a reconnecting browser sends, trimmed.
-fn last_event_id(req: &Request) -> Option<String> {
-    req.headers()
-        .iter()
-        .find(|h| h.field.equiv("Last-Event-ID"))
-        .map(|h| h.value.as_str().trim().to_string())
+    if end != End::WriteFailed {
+        let _ = s.finish();
+    }
+    log::debug!("stream {} ended: {end:?}", slot.n);
+    Ok(())
 }
 
 /// What a stream starts from.
@@ -308,13 +282,13 @@ enum End {
 }
 
 /// One open event stream: the connection's writer and the framing.
-struct Sse {
-    out: Box<dyn Write + Send>,
+struct Sse<'a> {
+    out: &'a mut dyn Write,
     chunked: bool,
     buf: String,
 }
 
-impl Sse {
+impl Sse<'_> {
     fn run(
         &mut self,
         filter: &Filter,
@@ -335,7 +309,7 @@ impl Sse {
         self.follow(filter, rx)
     }
 
-    /// The status line and the headers, written as they are: tiny_http's own would buffer.
+    /// The status line and the headers, flushed with the first events.
     fn write_head(&mut self) -> std::io::Result<()> {
         let mut head = String::from(
             "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream; charset=utf-8\r\n\

@@ -10,6 +10,7 @@
 //! gone or stopped; the container's `start`, `die`, `stop` and `destroy` events wake it from any
 //! wait; a `start` event for a container whose reader is still winding down makes it re-attach.
 
+mod attach_retry;
 pub mod cursor;
 pub mod level;
 pub mod lines;
@@ -194,18 +195,27 @@ impl Shared {
     }
 
     /// Starts following `id` unless a reader already does; `from_event` for a `start` event.
+    /// A failure that passes (no descriptor for the engine socket, no thread) is retried by
+    /// [`attach_retry`] until the container is followed or gone.
     fn attach(self: &Arc<Self>, id: &str, from_event: bool) {
-        if self.stopping() {
-            return;
+        if let Err(why) = self.try_attach(id, from_event) {
+            attach_retry::later(self, id, from_event, &why);
         }
-        let Some(info) = self.followed_info(id) else {
-            return;
+    }
+
+    /// [`Shared::attach`], once; `Err` says why it failed for a reason worth retrying.
+    fn try_attach(self: &Arc<Self>, id: &str, from_event: bool) -> Result<(), String> {
+        if self.stopping() {
+            return Ok(());
+        }
+        let Some(info) = self.followed_info(id)? else {
+            return Ok(());
         };
         let mut reg = self.registry.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(slot) = reg.get(&info.id) {
             slot.restart_pending.store(true, Ordering::Release);
             slot.wake();
-            return;
+            return Ok(());
         }
         let slot = Arc::new(Slot::new(&info.id, &info.name, from_event));
         let shared = self.clone();
@@ -219,27 +229,31 @@ impl Shared {
                 *slot.handle.lock().unwrap_or_else(|p| p.into_inner()) = Some(h);
                 reg.insert(info.id.clone(), slot);
                 log::info!("following {} ({})", info.name, short(&info.id));
+                Ok(())
             }
-            Err(e) => log::error!("cannot start a reader for {}: {e}", info.name),
+            Err(e) => Err(format!("cannot start a reader for {}: {e}", info.name)),
         }
     }
 
-    /// The container, if it exists and is one we follow.
-    fn followed_info(&self, id: &str) -> Option<ContainerInfo> {
+    /// Whether a reader follows the container with this full id.
+    fn is_followed(&self, id: &str) -> bool {
+        let reg = self.registry.lock().unwrap_or_else(|p| p.into_inner());
+        reg.contains_key(id)
+    }
+
+    /// The container, if it exists and is one we follow; `Err` when the engine could not say.
+    fn followed_info(&self, id: &str) -> Result<Option<ContainerInfo>, String> {
         let info = match self.engine.inspect(id) {
             Ok(i) => i,
-            Err(e) if e.is_not_found() => return None,
-            Err(e) => {
-                log::warn!("cannot inspect container {id}: {e}");
-                return None;
-            }
+            Err(e) if e.is_not_found() => return Ok(None),
+            Err(e) => return Err(format!("cannot inspect container {id}: {e}")),
         };
         let own = self.own_id.as_deref();
         if !meta::followed(&self.cfg, own, &info.id, &info.name, &info.labels) {
             log::debug!("not following {} ({})", info.name, short(&info.id));
-            return None;
+            return Ok(None);
         }
-        Some(info)
+        Ok(Some(info))
     }
 
     /// Wakes the reader of `id`, if there is one; for a `start`, also tells it to re-attach
