@@ -1,10 +1,11 @@
-//! The integration-test harness: the private Docker engine of `tests/env.sh`, containers that
-//! remove themselves, the real agent binary in a fresh directory, mosquitto brokers on free
+//! The integration-test harness: the private Docker engine of `tests/env.sh` (and its private
+//! Podman service, in `podman`), containers that remove themselves, the real agent binary in a fresh directory, mosquitto brokers on free
 //! loopback ports, and small HTTP and wait helpers. Everything started here is stopped by a
 //! `Drop`, so a failing test leaves nothing behind.
 #![allow(dead_code)]
 
 pub mod broker;
+pub mod podman;
 pub mod tls;
 
 use std::io::{Read, Write};
