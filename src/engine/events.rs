@@ -186,6 +186,30 @@ mod tests {
         }
     }
 
+    /// Podman's events: the same shape, its own actions (`init`, `sync`, `cleanup`) beside
+    /// Docker's, `exitCode` on `die`.
+    #[test]
+    fn parses_recorded_podman_events() {
+        let events = split(&[&body(include_bytes!("../../tests/data/podman-events.http"))]);
+        let of = |name: &str| -> Vec<&str> {
+            events
+                .iter()
+                .filter(|e| e.attributes.get("name").is_some_and(|n| n == name))
+                .map(|e| e.action.as_str())
+                .collect()
+        };
+        let split_ctr = of("rec-split");
+        assert!(
+            split_ctr.starts_with(&["create", "init", "start"]),
+            "{split_ctr:?}"
+        );
+        assert!(split_ctr.contains(&"die"), "{split_ctr:?}");
+        let die = events.iter().find(|e| e.action == "die").unwrap();
+        assert_eq!(die.attributes["exitCode"], "0");
+        assert_eq!(die.id.len(), 64);
+        assert!(die.time_nano > 1_795_986_000_000_000_000);
+    }
+
     #[test]
     fn skips_other_types_and_reads_health() {
         assert_eq!(

@@ -8,6 +8,27 @@
 //! 16 KiB into several entries, each with the same timestamp and no `\n` but the last; they are
 //! rejoined per stream, keeping the first fragment's timestamp and at most `max_line_bytes`.
 //!
+//! # Podman
+//!
+//! Podman's own endpoint (`/libpod/containers/{id}/logs`, which the engine client uses when
+//! the engine is Podman) multiplexes a TTY's output too, so its entries are delimited even
+//! then: [`Decoder::framed`]. Podman (conmon) cuts entries where the container's writes end, not
+//! at 16 KiB: `printf "a "; sleep 1; echo b` is a partial entry `a ` and a final entry `b\n`,
+//! stamped a second apart, possibly with the other stream's entries in between. Seen from
+//! here, a frame that ends its entry without a `\n` before [`PARTIAL_BYTES`] is such a cut
+//! ("cut short"). What follows from it:
+//! - A line is counted where the entry that ends it is ([`LogLine::end_ts_ns`]): a stream
+//!   resumed with `since` at that second may start after the line's first entries, but it
+//!   always holds the final one, so the count at every second is the same on every read.
+//! - A line cut short is never emitted while the stream is merely quiet (the engine sends its
+//!   rest), nor when the stream breaks ([`Decoder::cut`]): the resumed stream reads it whole.
+//!   Only the end of the body ([`Decoder::finish`]) makes it a line as it is (the container
+//!   ended without the rest).
+//!
+//! Docker never sends a frame cut short except a container's very last output without a
+//! `\n`, right before the body ends, and the fragments of its long lines share one timestamp;
+//! so none of this changes what Docker's streams give.
+//!
 //! Pure and incremental: frames, entries and timestamps may be cut anywhere between two calls
 //! to [`Decoder::feed`]. It never panics; a corrupt multiplex header is an error.
 
@@ -32,8 +53,14 @@ struct Pending {
     bytes: Vec<u8>,
     /// Timestamp of the line's first fragment; valid while `active`.
     ts: i64,
+    /// Timestamp of the line's latest fragment (where the line is counted); valid while
+    /// `active`.
+    end_ts: i64,
     /// Some bytes (possibly none kept, if truncated) of this line were seen.
     active: bool,
+    /// A fragment of this line ended short of [`PARTIAL_BYTES`] without a `\n`: the engine
+    /// cuts entries where the container's writes end and sends the rest later (Podman).
+    cut_short: bool,
     truncated: bool,
     /// A TTY `\r` at the end of what we have so far: dropped if `\n` follows, kept otherwise.
     cr_held: bool,
@@ -42,6 +69,9 @@ struct Pending {
 /// Decodes one log stream.
 #[derive(Debug)]
 pub struct Decoder {
+    /// The body has no multiplex headers (the compat endpoint's TTY streams).
+    raw: bool,
+    /// The content comes from a TTY: `\r\n` line ends.
     tty: bool,
     max_line_bytes: usize,
     /// Multiplex header bytes gathered so far (non-TTY).
@@ -80,10 +110,21 @@ const STREAMS: [StreamKind; 3] = [
 ];
 
 impl Decoder {
-    /// A decoder for a stream with (`tty`) or without a TTY; lines keep at most
-    /// `max_line_bytes` bytes.
+    /// A decoder for the Docker API's stream of a container with (`tty`, a raw body) or
+    /// without a TTY (multiplexed); lines keep at most `max_line_bytes` bytes.
     pub fn new(tty: bool, max_line_bytes: usize) -> Decoder {
+        Decoder::with(tty, tty, max_line_bytes)
+    }
+
+    /// A decoder for a multiplexed stream whatever the TTY setting (Podman's own endpoint);
+    /// `tty` says the content has a TTY's `\r\n` line ends.
+    pub fn framed(tty: bool, max_line_bytes: usize) -> Decoder {
+        Decoder::with(false, tty, max_line_bytes)
+    }
+
+    fn with(raw: bool, tty: bool, max_line_bytes: usize) -> Decoder {
         Decoder {
+            raw,
             tty,
             max_line_bytes,
             header: [0; 8],
@@ -91,7 +132,7 @@ impl Decoder {
             in_frame: false,
             frame_left: 0,
             frame_kind: FrameKind::Stdin,
-            in_prefix: tty,
+            in_prefix: raw,
             tentative: false,
             prefix: Vec::with_capacity(MAX_TIMESTAMP_LEN + 1),
             entry_stream: StreamKind::Stdout,
@@ -103,7 +144,7 @@ impl Decoder {
 
     /// Decodes the next bytes of the body, calling `emit` for every complete line.
     pub fn feed(&mut self, mut input: &[u8], emit: &mut impl FnMut(LogLine)) -> Result<(), Error> {
-        if self.tty {
+        if self.raw {
             self.entry_bytes(input, emit);
             return Ok(());
         }
@@ -141,9 +182,23 @@ impl Decoder {
         Ok(())
     }
 
-    /// Emits the lines still waiting for their `\n` (used when the stream goes quiet). Bytes
-    /// that arrive later for those lines start new lines.
+    /// Emits the lines still waiting for their `\n` (used when the stream goes quiet), except
+    /// those cut short (see the module documentation), whose rest the engine sends. Bytes that
+    /// arrive later for the emitted lines start new lines.
     pub fn flush_partial(&mut self, emit: &mut impl FnMut(LogLine)) {
+        for stream in STREAMS {
+            let p = &self.pending[slot(stream)];
+            if p.active && !p.cut_short {
+                self.finish_line(stream, emit);
+            }
+        }
+    }
+
+    /// The engine ended the body: everything still held, even half a timestamp, becomes a line.
+    pub fn finish(&mut self, emit: &mut impl FnMut(LogLine)) {
+        if self.in_prefix && !self.prefix.is_empty() {
+            self.prefix_failed(false, emit);
+        }
         for stream in STREAMS {
             if self.pending[slot(stream)].active {
                 self.finish_line(stream, emit);
@@ -151,12 +206,18 @@ impl Decoder {
         }
     }
 
-    /// The stream ended: everything still held, even half a timestamp, becomes a line.
-    pub fn finish(&mut self, emit: &mut impl FnMut(LogLine)) {
+    /// The stream broke before its body ended: as [`Decoder::finish`], but the lines cut short
+    /// are dropped, since the stream resumed after the last line emitted reads them whole.
+    pub fn cut(&mut self, emit: &mut impl FnMut(LogLine)) {
         if self.in_prefix && !self.prefix.is_empty() {
             self.prefix_failed(false, emit);
         }
-        self.flush_partial(emit);
+        for p in &mut self.pending {
+            if p.cut_short {
+                p.reset();
+            }
+        }
+        self.finish(emit);
     }
 
     fn start_frame(&mut self, emit: &mut impl FnMut(LogLine)) -> Result<(), Error> {
@@ -191,10 +252,17 @@ impl Decoder {
         Ok(())
     }
 
-    /// A frame ends its last entry; a timestamp cut short by the frame end is content.
+    /// A frame ends its last entry; a timestamp cut short by the frame end is content. A log
+    /// entry that ends here without its `\n`, short of [`PARTIAL_BYTES`], is cut short.
     fn end_frame(&mut self, emit: &mut impl FnMut(LogLine)) {
         if self.in_prefix && !self.prefix.is_empty() {
             self.prefix_failed(false, emit);
+        }
+        if let FrameKind::Log(stream) = self.frame_kind {
+            let p = &mut self.pending[slot(stream)];
+            if !self.in_prefix && p.active && self.fragment_len < PARTIAL_BYTES {
+                p.cut_short = true;
+            }
         }
         self.in_prefix = false;
         self.in_frame = false;
@@ -231,7 +299,7 @@ impl Decoder {
                 }
                 continue;
             }
-            let limit = if self.tty && self.fragment_len < PARTIAL_BYTES {
+            let limit = if self.raw && self.fragment_len < PARTIAL_BYTES {
                 PARTIAL_BYTES - self.fragment_len
             } else {
                 usize::MAX
@@ -244,7 +312,7 @@ impl Decoder {
                 self.tentative = false;
                 self.prefix.clear();
                 self.fragment_len = 0;
-            } else if self.tty && self.fragment_len == PARTIAL_BYTES {
+            } else if self.raw && self.fragment_len == PARTIAL_BYTES {
                 self.in_prefix = true;
                 self.tentative = true;
                 self.prefix.clear();
@@ -258,7 +326,7 @@ impl Decoder {
         self.tentative = false;
         self.prefix.clear();
         self.fragment_len = 0;
-        if self.tty {
+        if self.raw {
             self.entry_stream = StreamKind::Stdout;
         }
     }
@@ -269,7 +337,7 @@ impl Decoder {
     /// continues the line.
     fn prefix_failed(&mut self, with_space: bool, emit: &mut impl FnMut(LogLine)) {
         self.in_prefix = false;
-        if self.tty && !self.tentative {
+        if self.raw && !self.tentative {
             self.entry_stream = StreamKind::EngineError;
         }
         self.tentative = false;
@@ -317,6 +385,7 @@ impl Decoder {
             p.active = true;
             p.ts = self.last_ts;
         }
+        p.end_ts = self.last_ts;
         if bytes.is_empty() {
             return;
         }
@@ -339,15 +408,24 @@ impl Decoder {
         let line = LogLine {
             stream,
             ts_ns: if p.active { p.ts } else { last_ts },
+            end_ts_ns: if p.active { p.end_ts } else { last_ts },
             // A copy of exactly the line's length; the buffer is kept for the next line.
             bytes: p.bytes.clone(),
             truncated: p.truncated,
         };
-        p.bytes.clear();
-        p.active = false;
-        p.truncated = false;
-        p.cr_held = false;
+        p.reset();
         emit(line);
+    }
+}
+
+impl Pending {
+    /// Forgets the line, keeping the buffer for the next one.
+    fn reset(&mut self) {
+        self.bytes.clear();
+        self.active = false;
+        self.truncated = false;
+        self.cr_held = false;
+        self.cut_short = false;
     }
 }
 
@@ -369,6 +447,9 @@ mod tests {
     const PLAIN: &[u8] = include_bytes!("../../tests/data/logs-plain.http");
     const TTY: &[u8] = include_bytes!("../../tests/data/logs-tty.http");
     const TTY_16K: &[u8] = include_bytes!("../../tests/data/logs-tty-16k.http");
+    const PODMAN_SPLIT: &[u8] = include_bytes!("../../tests/data/podman-split.http");
+    const PODMAN_TTY: &[u8] = include_bytes!("../../tests/data/podman-tty.http");
+    const PODMAN_TTY_COMPAT: &[u8] = include_bytes!("../../tests/data/podman-tty-compat.http");
 
     const OUT: StreamKind = StreamKind::Stdout;
     const ERR: StreamKind = StreamKind::Stderr;
@@ -662,6 +743,100 @@ mod tests {
         assert_eq!(lines.len(), 2);
         assert_eq!(lines[0].bytes, vec![b'x'; PARTIAL_BYTES]);
         assert_eq!(lines[1].bytes, b"next");
+    }
+
+    fn decode_framed(tty: bool, pieces: &[&[u8]]) -> Vec<LogLine> {
+        let mut d = Decoder::framed(tty, 1 << 20);
+        let mut out = Vec::new();
+        for p in pieces {
+            d.feed(p, &mut |l| out.push(l)).unwrap();
+        }
+        d.finish(&mut |l| out.push(l));
+        out
+    }
+
+    /// `echo hello; echo err >&2; printf "P line "; sleep 1; echo 3; echo done`, as Podman's
+    /// own endpoint sends it, with and without a TTY: the line written in two parts is one
+    /// line, stamped at its first part and counted at its last, with no timestamp in its text.
+    #[test]
+    fn podman_split_lines_with_and_without_a_tty() {
+        let first = ts("2026-11-29T21:00:17Z");
+        let next = first + 1_000_000_000;
+        let want = vec![
+            (OUT, "hello".to_string(), first, first),
+            (ERR, "err".into(), first, first),
+            (OUT, "P line 3".into(), first, next),
+            (OUT, "done".into(), next, next),
+        ];
+        let of = |lines: Vec<LogLine>| -> Vec<(StreamKind, String, i64, i64)> {
+            lines
+                .into_iter()
+                .map(|l| {
+                    let text = String::from_utf8(l.bytes).unwrap();
+                    (l.stream, text, l.ts_ns, l.end_ts_ns)
+                })
+                .collect()
+        };
+        let b = body(PODMAN_SPLIT);
+        for cut in 0..=b.len() {
+            assert_eq!(of(decode_framed(false, &[&b[..cut], &b[cut..]])), want);
+        }
+        // A TTY has one output (stdout) and `\r\n` line ends.
+        let first = ts("2026-11-29T21:00:20Z");
+        let next = first + 1_000_000_000;
+        let want = vec![
+            (OUT, "hello".to_string(), first, first),
+            (OUT, "err".into(), first, first),
+            (OUT, "P line 3".into(), first, next),
+            (OUT, "done".into(), next, next),
+        ];
+        let b = body(PODMAN_TTY);
+        for cut in 0..=b.len() {
+            assert_eq!(of(decode_framed(true, &[&b[..cut], &b[cut..]])), want);
+        }
+    }
+
+    /// Why Podman is read on its own endpoint: the compat one writes a TTY's entries raw, and
+    /// a line's second entry brings its timestamp into the text.
+    #[test]
+    fn podman_compat_tty_stream_cannot_be_split_into_entries() {
+        let lines = decode(true, 1 << 20, &[&body(PODMAN_TTY_COMPAT)]);
+        assert_eq!(
+            String::from_utf8_lossy(&lines[2].bytes),
+            "P line 2026-11-29T21:00:21Z 3"
+        );
+    }
+
+    /// A line cut short waits for its rest while the stream is quiet, is dropped when the
+    /// stream breaks (the resumed stream reads it whole), and is a line at the body's end.
+    #[test]
+    fn lines_cut_short_wait_for_their_rest() {
+        let b = body(PODMAN_SPLIT);
+        let at = b.windows(6).position(|w| w == b"P line").unwrap() + 7;
+        let mut d = Decoder::framed(false, 100);
+        let mut out = Vec::new();
+        d.feed(&b[..at], &mut |l| out.push(l)).unwrap();
+        assert_eq!(text(&out), vec![(OUT, "hello".into())]);
+        d.flush_partial(&mut |l| out.push(l));
+        assert_eq!(out.len(), 1, "not flushed while quiet");
+        let mut broken = Vec::new();
+        let mut copy = Decoder::framed(false, 100);
+        copy.feed(&b[..at], &mut |_| {}).unwrap();
+        copy.cut(&mut |l| broken.push(l));
+        assert!(broken.is_empty(), "dropped when the stream breaks");
+        d.finish(&mut |l| out.push(l));
+        assert_eq!(text(&out[1..]), vec![(OUT, "P line ".into())]);
+        // A partial that is not cut short (a Docker 16 KiB fragment) is flushed when quiet,
+        // and kept when the stream breaks, as before.
+        let mut payload = b"2026-11-25T02:10:05Z ".to_vec();
+        payload.extend(vec![b'x'; PARTIAL_BYTES]);
+        let s = frame(1, &payload);
+        let mut d = Decoder::new(false, 1 << 20);
+        let mut out = Vec::new();
+        d.feed(&s, &mut |l| out.push(l)).unwrap();
+        d.cut(&mut |l| out.push(l));
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].bytes.len(), PARTIAL_BYTES);
     }
 
     #[test]

@@ -48,6 +48,11 @@ impl Head {
         self.header("Api-Version")
     }
 
+    /// Podman's own API version, from `Libpod-Api-Version`: only Podman sends it.
+    pub fn libpod_version(&self) -> Option<&str> {
+        self.header("Libpod-Api-Version").filter(|v| !v.is_empty())
+    }
+
     /// True for 2xx.
     pub fn is_success(&self) -> bool {
         (200..300).contains(&self.status)

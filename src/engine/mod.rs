@@ -6,6 +6,13 @@
 //! `transport` owns the socket; [`Engine`] and the streams here glue the two together.
 //! Nothing here knows about backends, levels or labels-to-topics: it hands out raw lines and
 //! events.
+//!
+//! Podman is told apart by its `/_ping` answer (`Libpod-Api-Version`). Its logs are read from
+//! its own endpoint, `/libpod/containers/{id}/logs`, which takes the same query but frames a
+//! TTY's output too (the compat endpoint writes a TTY's entries raw, each with its timestamp,
+//! so a line written in two parts comes with the second timestamp inside its text), and its
+//! `since` (exclusive, unlike Docker's) is sent as RFC 3339 one nanosecond early, which makes
+//! it inclusive. Everything else is the Docker API.
 
 pub mod chunked;
 pub mod containers;
@@ -105,8 +112,12 @@ pub enum StreamKind {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogLine {
     pub stream: StreamKind,
-    /// The engine's timestamp of the line, ns since the epoch.
+    /// The engine's timestamp of the line (of its first entry), ns since the epoch.
     pub ts_ns: i64,
+    /// The timestamp of the entry that ended the line, where the line is counted
+    /// (`monitor::lines`). The same as `ts_ns` unless the engine stamped the line's entries
+    /// apart (Podman; see `frames`).
+    pub end_ts_ns: i64,
     /// The line's bytes without the timestamp prefix and without the trailing `\n`/`\r\n`;
     /// at most `max_line_bytes` of them.
     pub bytes: Vec<u8>,
@@ -154,6 +165,8 @@ const MAX_ERROR_BODY_BYTES: usize = 64 * 1024;
 pub struct Engine {
     addr: Addr,
     version: String,
+    /// Podman's own API version (its `Libpod-Api-Version`), when the engine is Podman.
+    libpod: Option<String>,
 }
 
 impl Engine {
@@ -166,13 +179,15 @@ impl Engine {
         Ok(Engine {
             addr,
             version: OUR_API_VERSION.to_string(),
+            libpod: None,
         })
     }
 
     /// `GET /_ping`; uses the lower of our version and the engine's `Api-Version` for all later
-    /// requests. Returns the version chosen.
+    /// requests, and notes whether the engine is Podman. Returns the version chosen.
     pub fn negotiate(&mut self) -> Result<String, Error> {
         let (head, _) = self.get("/_ping")?;
+        self.libpod = head.libpod_version().map(str::to_string);
         let theirs = head.api_version().unwrap_or(FALLBACK_API_VERSION);
         let chosen = match (parse_version(theirs), parse_version(OUR_API_VERSION)) {
             (Some(t), Some(o)) if t < o => theirs.trim().to_string(),
@@ -209,19 +224,40 @@ impl Engine {
         since: Since,
         max_line_bytes: usize,
     ) -> Result<LogStream, Error> {
-        let mut path = self.path(&format!(
-            "/containers/{}/logs?follow=1&stdout=1&stderr=1&timestamps=1",
-            encode_id(id)
-        ));
-        match since {
-            Since::All => {}
-            Since::At(ns) => {
-                path.push_str("&since=");
-                path.push_str(&timestamp::format_since(ns));
+        let (path, frames) = self.logs_request(id, tty, since, max_line_bytes);
+        let (reader, body) = self.open(&path)?;
+        Ok(LogStream::new(reader, body, frames))
+    }
+
+    /// The path of a logs request and the decoder for its body: the engine decides both.
+    fn logs_request(
+        &self,
+        id: &str,
+        tty: bool,
+        since: Since,
+        max_line_bytes: usize,
+    ) -> (String, Decoder) {
+        let query = "follow=1&stdout=1&stderr=1&timestamps=1";
+        let id = encode_id(id);
+        let (mut path, frames) = match &self.libpod {
+            None => (
+                self.path(&format!("/containers/{id}/logs?{query}")),
+                Decoder::new(tty, max_line_bytes),
+            ),
+            Some(v) => (
+                format!("/v{v}/libpod/containers/{id}/logs?{query}"),
+                Decoder::framed(tty, max_line_bytes),
+            ),
+        };
+        if let Since::At(ns) = since {
+            path.push_str("&since=");
+            match &self.libpod {
+                None => path.push_str(&timestamp::format_since(ns)),
+                // Podman keeps lines after `since` only; a ns before makes that inclusive.
+                Some(_) => path.push_str(&timestamp::format_rfc3339_ns(ns.saturating_sub(1))),
             }
         }
-        let (reader, body) = self.open(&path)?;
-        Ok(LogStream::new(reader, body, tty, max_line_bytes))
+        (path, frames)
     }
 
     /// Follows `/events` for containers.
@@ -350,11 +386,11 @@ pub struct LogStream {
 }
 
 impl LogStream {
-    fn new(reader: Reader, body: BodyDecoder, tty: bool, max_line_bytes: usize) -> LogStream {
+    fn new(reader: Reader, body: BodyDecoder, frames: Decoder) -> LogStream {
         LogStream {
             reader,
             body,
-            frames: Decoder::new(tty, max_line_bytes),
+            frames,
             ready: VecDeque::new(),
             ended: false,
         }
@@ -387,12 +423,16 @@ impl LogStream {
                 Err(e) => return Err(e.into()),
             };
             if bytes.is_empty() {
-                // A stream cut short (engine restart, closer) ends like a finished one: the
-                // caller re-opens it from the last timestamp either way.
-                if let Err(e) = self.body.on_eof() {
-                    log::debug!("log stream: {e}");
+                // A stream cut short (engine restart, closer) ends like a finished one, but
+                // for the lines the engine cut short: the caller re-opens it from the last
+                // line emitted, and those come again whole.
+                match self.body.on_eof() {
+                    Ok(()) => frames.finish(&mut |l| ready.push_back(l)),
+                    Err(e) => {
+                        log::debug!("log stream: {e}");
+                        frames.cut(&mut |l| ready.push_back(l));
+                    }
                 }
-                frames.finish(&mut |l| ready.push_back(l));
                 self.ended = true;
                 continue;
             }
@@ -501,6 +541,8 @@ mod tests {
     }
 
     const SMALL: &[u8] = include_bytes!("../../tests/data/logs-small.http");
+    const PING: &[u8] = include_bytes!("../../tests/data/ping.http");
+    const PODMAN_PING: &[u8] = include_bytes!("../../tests/data/podman-ping.http");
     const NOT_FOUND: &[u8] = include_bytes!("../../tests/data/logs-404.http");
     const EVENTS: &[u8] = include_bytes!("../../tests/data/events.http");
     const INSPECT: &[u8] = include_bytes!("../../tests/data/inspect-running.http");
@@ -533,7 +575,7 @@ mod tests {
     fn log_stream(pieces: Vec<(u64, Vec<u8>)>, tty: bool) -> LogStream {
         let (conn, _) = fake_engine(pieces);
         let (reader, body) = open_on(conn, "/v1.41/containers/x/logs").unwrap();
-        LogStream::new(reader, body, tty, 1000)
+        LogStream::new(reader, body, Decoder::new(tty, 1000))
     }
 
     fn line_text(n: Next) -> String {
@@ -677,6 +719,46 @@ mod tests {
         }
         assert!(actions.starts_with(&["create".to_string(), "attach".into(), "start".into()]));
         assert_eq!(s.next_event().unwrap(), None);
+    }
+
+    /// Podman says who it is in `/_ping`; its logs come from its own endpoint, framed, with an
+    /// inclusive `since`. Docker's requests are as they always were.
+    #[test]
+    fn podman_is_told_apart_by_its_ping() {
+        let (conn, _) = fake_engine(vec![(0, PODMAN_PING.to_vec())]);
+        let (head, _) = get_on(conn, "/_ping").unwrap();
+        assert_eq!(
+            (head.api_version(), head.libpod_version()),
+            (Some("1.41"), Some("4.3.1"))
+        );
+        let (conn, _) = fake_engine(vec![(0, PING.to_vec())]);
+        let (head, _) = get_on(conn, "/_ping").unwrap();
+        assert_eq!(head.libpod_version(), None);
+
+        let t = timestamp::parse_rfc3339_ns(b"2026-11-29T21:00:18Z").unwrap();
+        let mut e = Engine::new("unix:///tmp/x.sock").unwrap();
+        e.version = "1.41".into();
+        let (path, _) = e.logs_request("abc", true, Since::At(t), 100);
+        assert_eq!(
+            path,
+            "/v1.41/containers/abc/logs?follow=1&stdout=1&stderr=1&timestamps=1&since=1795986018.000000000"
+        );
+        e.libpod = Some("4.3.1".into());
+        let (path, mut frames) = e.logs_request("abc", true, Since::At(t), 100);
+        assert_eq!(
+            path,
+            "/v4.3.1/libpod/containers/abc/logs?follow=1&stdout=1&stderr=1&timestamps=1&since=2026-11-29T21:00:17.999999999Z"
+        );
+        let (path, _) = e.logs_request("abc", false, Since::All, 100);
+        assert_eq!(
+            path,
+            "/v4.3.1/libpod/containers/abc/logs?follow=1&stdout=1&stderr=1&timestamps=1"
+        );
+        // A TTY container's stream is framed there.
+        let mut out = Vec::new();
+        let b = b"\x01\0\0\0\0\0\0\x1b2026-11-29T21:00:18Z done\r\n";
+        frames.feed(b, &mut |l| out.push(l)).unwrap();
+        assert_eq!(out[0].bytes, b"done");
     }
 
     #[test]

@@ -98,6 +98,23 @@ pub fn format_since(ns: i64) -> String {
     format!("{}.{:09}", ns / 1_000_000_000, ns % 1_000_000_000)
 }
 
+/// Formats ns since the epoch as RFC 3339 in UTC with all nine fraction digits,
+/// `2026-11-29T19:06:17.000000000Z` (Podman's `since=` takes it to the nanosecond; its
+/// `seconds.fraction` form goes through a float). Times before the epoch come out as the epoch.
+pub fn format_rfc3339_ns(ns: i64) -> String {
+    let ns = ns.max(0);
+    let secs = ns / 1_000_000_000;
+    let (year, month, day) = civil_from_days(secs / 86_400);
+    let rem = secs % 86_400;
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:09}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        ns % 1_000_000_000
+    )
+}
+
 /// Reads `len` ASCII digits at `at`, or None if any is not a digit.
 fn digits(s: &[u8], at: usize, len: usize) -> Option<i64> {
     let part = s.get(at..at + len)?;
@@ -134,6 +151,21 @@ fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
     let doy = (153 * mp + 2) / 5 + day - 1;
     let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
     era * 146_097 + doe - 719_468
+}
+
+/// The proleptic Gregorian date of a day since 1970-01-01: the inverse of
+/// [`days_from_civil`] (Howard Hinnant's algorithm).
+fn civil_from_days(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
 }
 
 #[cfg(test)]
@@ -232,6 +264,27 @@ mod tests {
                 let _ = parse_rfc3339_ns(&s);
                 s[i] = old;
             }
+        }
+    }
+
+    #[test]
+    fn formats_rfc3339_for_podman() {
+        assert_eq!(format_rfc3339_ns(0), "1970-01-01T00:00:00.000000000Z");
+        assert_eq!(format_rfc3339_ns(-5), "1970-01-01T00:00:00.000000000Z");
+        let t = p("2026-11-29T19:06:17Z").unwrap();
+        assert_eq!(format_rfc3339_ns(t - 1), "2026-11-29T19:06:16.999999999Z");
+        for s in [
+            "2000-02-29T23:59:59.000000001Z",
+            "2024-12-31T00:00:00.500000000Z",
+            "2100-03-01T12:34:56.123456789Z",
+            "1999-12-31T23:59:59.999999999Z",
+        ] {
+            assert_eq!(format_rfc3339_ns(p(s).unwrap()), s);
+        }
+        // Every day from 1970 to 2200 comes back as itself.
+        for day in 0..(230 * 366) {
+            let ns = day * 86_400 * 1_000_000_000 + 3_723_000_000_007;
+            assert_eq!(p(&format_rfc3339_ns(ns)).unwrap(), ns);
         }
     }
 

@@ -26,6 +26,23 @@
 //! microseconds). Reordered lines that stay on their side of the cursor are harmless (the
 //! skipped set is the same); a line that crosses it is repeated while another one is skipped.
 //! Tests below pin both.
+//!
+//! # Lines in several entries stamped apart (Podman)
+//!
+//! A line is placed at the timestamp of the entry that ended it (`LogLine::end_ts_ns`), and
+//! its message keeps the time of its first entry. Podman stamps the parts of a line written in
+//! several writes apart (`engine::frames` says more), and a stream resumed with `since` at the
+//! second of a line's last part no longer holds its first part: counted at its first part, the
+//! line would be counted once at one second on the first read and its tail at another on the
+//! resumed one, shifting every later line's index there (a line after it came twice, with a new
+//! id). Every read holds the entry that ends a line, so counted there, it is placed the same
+//! way by every read. Podman's timestamps have whole seconds (4.3), so many lines share one:
+//! the count is the index, which a replay in the engine's order gives back.
+//!
+//! The residual risk: a line whose first part is in an earlier second than its end, with a line
+//! of the other stream ending in between at that later second, and the agent stopped right
+//! after taking that other line: the resumed stream starts at that second and gives the line
+//! without its first part. Docker stamps all parts of a line alike, so none of this applies.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -196,7 +213,7 @@ impl LineCore {
         if line.stream == StreamKind::EngineError {
             return;
         }
-        let pos = self.recent.position(line.ts_ns);
+        let pos = self.recent.position(line.end_ts_ns);
         if self.repeated(pos) {
             return;
         }
@@ -213,6 +230,7 @@ impl LineCore {
         self.last = Some(pos.max(self.last.unwrap_or_default()));
         let is_stderr = line.stream == StreamKind::Stderr;
         let truncated = line.truncated;
+        let ts_ns = line.ts_ns;
         let (text, replaced) = text_of(line.bytes);
         c.invalid_utf8 += u64::from(replaced);
         if self.settings.multiline {
@@ -229,6 +247,7 @@ impl LineCore {
         });
         let p = Pending {
             text,
+            ts_ns,
             first: pos,
             last: pos,
             level,
@@ -382,7 +401,7 @@ impl LineCore {
         let msg = LogMessage::new(Draft {
             id: line_id(&self.origin, p.first),
             text: p.text,
-            ts_ns: p.first.ts_ns,
+            ts_ns: p.ts_ns,
             level: p.level,
             kind: SourceKind::Container,
             origin: self.origin.clone(),
@@ -446,6 +465,9 @@ impl Recent {
 /// A message being assembled (`MULTILINE=auto`), or about to be emitted.
 struct Pending {
     text: String,
+    /// The engine's time of the first line (of its first entry).
+    ts_ns: i64,
+    /// Where the first line is counted (its id).
     first: Position,
     last: Position,
     level: Level,
@@ -574,6 +596,7 @@ mod tests {
         LogLine {
             stream,
             ts_ns,
+            end_ts_ns: ts_ns,
             bytes: text.as_bytes().to_vec(),
             truncated: false,
         }
@@ -700,6 +723,75 @@ mod tests {
     #[test]
     fn positions_and_resume() {
         check(PLAIN, RESUME_CASES);
+    }
+
+    const PODMAN_SPLIT: &[u8] = include_bytes!("../../tests/data/podman-split.http");
+    const PODMAN_SPLIT_SINCE: &[u8] = include_bytes!("../../tests/data/podman-split-since.http");
+    const PODMAN_BURST: &[u8] = include_bytes!("../../tests/data/podman-burst.http");
+    const PODMAN_BURST_SINCE: &[u8] = include_bytes!("../../tests/data/podman-burst-since.http");
+
+    /// The lines of a recorded answer of Podman's own logs endpoint.
+    fn podman_lines(resp: &[u8]) -> Vec<LogLine> {
+        let (body, done) = crate::engine::chunked::recorded_body(resp);
+        assert!(done);
+        let mut d = crate::engine::frames::Decoder::framed(false, 1 << 20);
+        let mut out = Vec::new();
+        d.feed(&body, &mut |l| out.push(l)).unwrap();
+        d.finish(&mut |l| out.push(l));
+        out
+    }
+
+    /// One read of `lines` resumed after `resume`: each message's id, text and position.
+    fn read_all(lines: &[LogLine], resume: Option<Position>) -> Vec<(String, String, Position)> {
+        let t = Instant::now();
+        let mut core = LineCore::new(PLAIN, origin(), resume, t);
+        let mut got = Vec::new();
+        for l in lines {
+            core.line(l.clone(), || t);
+        }
+        core.finish(t);
+        core.drain(|o| {
+            if let Out::Messages(m) = o {
+                got.extend(m.iter().map(|m| {
+                    let pos = m.position.unwrap();
+                    (m.id().to_string(), m.text().to_string(), pos)
+                }));
+            }
+        });
+        got
+    }
+
+    /// Podman: a first read, and every resume the recordings allow (a cursor at any line of
+    /// the second a recorded stream starts at, or later), give each line once, with the first
+    /// read's id. The split line (`P line ` then `3` a second later) is placed at its end, so a
+    /// stream resumed at that second, which holds only the `3`, counts it where the first read
+    /// did, and `done` after it is not read again under a new id.
+    #[test]
+    fn podman_resumes_give_every_line_once_with_its_first_id() {
+        for (full, resumed, n) in [
+            (PODMAN_SPLIT, PODMAN_SPLIT_SINCE, 4),
+            (PODMAN_BURST, PODMAN_BURST_SINCE, 55),
+        ] {
+            let first = read_all(&podman_lines(full), None);
+            assert_eq!(first.len(), n);
+            let mut ids: Vec<&String> = first.iter().map(|m| &m.0).collect();
+            ids.sort();
+            ids.dedup();
+            assert_eq!(ids.len(), n, "ids are unique");
+            for stream in [podman_lines(full), podman_lines(resumed)] {
+                let start = stream.iter().map(|l| l.end_ts_ns).min().unwrap();
+                for (k, m) in first.iter().enumerate() {
+                    if m.2.ts_ns >= start {
+                        assert_eq!(read_all(&stream, Some(m.2)), first[k + 1..], "after {k}");
+                    }
+                }
+            }
+        }
+        let split = read_all(&podman_lines(PODMAN_SPLIT), None);
+        let texts: Vec<&str> = split.iter().map(|m| m.1.as_str()).collect();
+        assert_eq!(texts, ["hello", "err", "P line 3", "done"]);
+        let tail = read_all(&podman_lines(PODMAN_SPLIT_SINCE), Some(split[2].2));
+        assert_eq!(tail, split[3..], "resumed after the split line: only done");
     }
 
     #[test]
@@ -978,6 +1070,7 @@ mod tests {
             LogLine {
                 stream: StreamKind::Stderr,
                 ts_ns: 2_000_000_000,
+                end_ts_ns: 2_000_000_000,
                 bytes: b"bad \xff".to_vec(),
                 truncated: true,
             },

@@ -1,10 +1,11 @@
-//! The integration-test harness: the private Docker engine of `tests/env.sh`, containers that
-//! remove themselves, the real agent binary in a fresh directory, mosquitto brokers on free
+//! The integration-test harness: the private Docker engine of `tests/env.sh` (and its private
+//! Podman service, in `podman`), containers that remove themselves, the real agent binary in a fresh directory, mosquitto brokers on free
 //! loopback ports, and small HTTP and wait helpers. Everything started here is stopped by a
 //! `Drop`, so a failing test leaves nothing behind.
 #![allow(dead_code)]
 
 pub mod broker;
+pub mod podman;
 pub mod tls;
 
 use std::io::{Read, Write};
@@ -232,8 +233,13 @@ pub fn json(text: &str) -> serde_json::Value {
 /// What the agent runs with unless told otherwise: the private engine, MQTT off, the API on
 /// `port`, LOG_DIR and STATE_DIR under `dir`, debug logging.
 pub fn agent_env(dir: &Path, port: u16) -> Vec<(String, String)> {
+    agent_env_on(engine(), dir, port)
+}
+
+/// [`agent_env`] with another engine's `DOCKER_HOST`.
+pub fn agent_env_on(host: &str, dir: &Path, port: u16) -> Vec<(String, String)> {
     vec![
-        ("DOCKER_HOST".into(), engine().into()),
+        ("DOCKER_HOST".into(), host.into()),
         ("MQTT_BROKER".into(), "off".into()),
         ("API_LISTEN".into(), format!("127.0.0.1:{port}")),
         ("LOG_DIR".into(), dir.join("logs").display().to_string()),
@@ -254,9 +260,14 @@ impl Agent {
     /// Starts the agent with [`agent_env`] for a fresh directory and a free port; `env` adds
     /// or overrides variables.
     pub fn start(env: &[(&str, &str)]) -> Agent {
+        Agent::start_on(engine(), env)
+    }
+
+    /// [`Agent::start`] against the engine at `host` (a `DOCKER_HOST`).
+    pub fn start_on(host: &str, env: &[(&str, &str)]) -> Agent {
         let dir = TempDir::new("agent");
         let port = free_port();
-        let mut vars = agent_env(dir.path(), port);
+        let mut vars = agent_env_on(host, dir.path(), port);
         for (k, v) in env {
             vars.retain(|(x, _)| x != k);
             vars.push((k.to_string(), v.to_string()));
