@@ -6,7 +6,6 @@
 //! panics (Drop guards). Nothing here may depend on a broker or files outside its own temp dir.
 
 use std::collections::{HashMap, HashSet};
-use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -523,19 +522,8 @@ fn username_and_password() {
 fn tls_verified_and_wrong_ca_refused() {
     let dir = TempDir::new("tls");
     let d = dir.path();
-    util::tls::make_certs(d);
-    let tls_port = free_port();
-    let broker = Broker::start_opts(BrokerOpts {
-        extra: format!(
-            "listener {tls_port} 127.0.0.1\ncafile {0}/ca.crt\ncertfile {0}/server.crt\nkeyfile {0}/server.key",
-            d.display()
-        ),
-        ..Default::default()
-    });
+    let (broker, tls_port) = util::tls::broker(d);
     let plain = broker.port;
-    wait_for("tls listener", PATIENCE, || {
-        TcpStream::connect(("127.0.0.1", tls_port)).is_ok()
-    });
     let sub = Subscriber::start(plain, &["container-manager/logs/#"]);
 
     let ca = d.join("ca.crt");

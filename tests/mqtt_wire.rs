@@ -9,7 +9,6 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::collections::{HashMap, HashSet};
-use std::net::TcpStream;
 use std::path::Path;
 use std::process::Command;
 use std::sync::mpsc::{self, Receiver};
@@ -32,7 +31,7 @@ mod config {
 
 use config::Secret;
 use util::broker::{Broker, BrokerOpts, Msg, SubOpts, Subscriber};
-use util::{free_port, unique, wait_until, TempDir, PATIENCE};
+use util::{unique, TempDir, PATIENCE};
 use wire::{connect, Closer, Error, Incoming, Options, Reader, Will, Writer};
 
 /// The system allocator, counting the allocations of each thread, so a test can see what its
@@ -360,29 +359,11 @@ fn tls_config(ca: &Path) -> Arc<ClientConfig> {
     container_logd::backend::mqtt::tls::client_config(&c).expect("tls config")
 }
 
-/// A broker with a plain listener (its `port`) and a TLS one (the second value).
-fn tls_broker(d: &Path) -> (Broker, u16) {
-    util::tls::make_certs(d);
-    let tls_port = free_port();
-    let broker = Broker::start_opts(BrokerOpts {
-        extra: format!(
-            "listener {tls_port} 127.0.0.1\ncafile {0}/ca.crt\ncertfile {0}/server.crt\nkeyfile {0}/server.key",
-            d.display()
-        ),
-        ..Default::default()
-    });
-    let up = wait_until(PATIENCE, || {
-        TcpStream::connect(("127.0.0.1", tls_port)).is_ok()
-    });
-    assert!(up, "the TLS listener did not come up");
-    (broker, tls_port)
-}
-
 #[test]
 fn tls_with_the_test_ca_and_a_wrong_ca_refused() {
     let dir = TempDir::new("wire-tls");
     let d = dir.path();
-    let (broker, tls_port) = tls_broker(d);
+    let (broker, tls_port) = util::tls::broker(d);
     let topic = unique("wire/tls");
     let sub = Subscriber::start(broker.port, &[&topic]);
 
@@ -426,7 +407,7 @@ fn close_under_reader(
 #[test]
 fn a_closer_unblocks_a_blocked_reader_at_once() {
     let dir = TempDir::new("wire-close");
-    let (broker, tls_port) = tls_broker(dir.path());
+    let (broker, tls_port) = util::tls::broker(dir.path());
     let mut tls = options(tls_port);
     tls.tls = Some(tls_config(&dir.path().join("ca.crt")));
     for o in [options(broker.port), tls] {

@@ -2,8 +2,12 @@
 //! a second, unrelated CA (`other-ca.crt`, the wrong one), and a server certificate for
 //! `localhost`/`127.0.0.1` signed by the first (`server.crt`, `server.key`).
 
+use std::net::TcpStream;
 use std::path::Path;
 use std::process::Command;
+
+use super::broker::{Broker, BrokerOpts};
+use super::{free_port, wait_until, PATIENCE};
 
 fn openssl(dir: &Path, args: &[&str]) {
     let out = Command::new("openssl")
@@ -74,4 +78,23 @@ pub fn make_certs(dir: &Path) {
             "ext.cnf",
         ],
     );
+}
+
+/// Makes the certificates in `d` and starts a broker with a plain listener (its `port`) and a
+/// TLS one for `localhost` (the second value), once the TLS listener accepts connections.
+pub fn broker(d: &Path) -> (Broker, u16) {
+    make_certs(d);
+    let tls_port = free_port();
+    let broker = Broker::start_opts(BrokerOpts {
+        extra: format!(
+            "listener {tls_port} 127.0.0.1\ncafile {0}/ca.crt\ncertfile {0}/server.crt\nkeyfile {0}/server.key",
+            d.display()
+        ),
+        ..Default::default()
+    });
+    let up = wait_until(PATIENCE, || {
+        TcpStream::connect(("127.0.0.1", tls_port)).is_ok()
+    });
+    assert!(up, "the TLS listener did not come up");
+    (broker, tls_port)
 }
