@@ -8,7 +8,7 @@
 
 mod util;
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use util::*;
 
@@ -16,22 +16,6 @@ use util::*;
 fn agent_for(prefix: &str) -> Agent {
     let include = format!("{prefix}-*");
     Agent::start(&[("CONTAINERS_INCLUDE", include.as_str())])
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
-/// The container lines (no `system` messages) that `query` finds.
-fn lines(agent: &Agent, query: &str) -> Vec<serde_json::Value> {
-    agent
-        .logs(query)
-        .into_iter()
-        .filter(|m| m["source"]["type"] == "container")
-        .collect()
 }
 
 fn system_count(agent: &Agent, query: &str) -> usize {
@@ -99,7 +83,7 @@ fn short_lived_rm_containers_are_read_before_the_engine_removes_them() {
         system_count(&agent, "q=exited+with+code+0") == 100 && followed(&agent) == 0
     });
     assert!(done, "exits or readers missing; log:\n{}", agent.log());
-    let got = lines(&agent, "q=short+line").len();
+    let got = agent.container_lines("q=short+line").len();
     eprintln!("short-lived --rm containers: {got} of 100 lines read");
     assert!(
         got >= SHORT_LIVED_BOUND,
@@ -115,7 +99,7 @@ fn arrivals(agent: &Agent, seen: &mut Vec<String>, n: usize) -> Vec<i64> {
     let mut late = Vec::new();
     let until = Instant::now() + PATIENCE;
     while seen.len() < n && Instant::now() < until {
-        for m in lines(agent, "q=loop+line") {
+        for m in agent.container_lines("q=loop+line") {
             let id = m["id"].as_str().unwrap_or_default().to_string();
             if !seen.contains(&id) {
                 late.push(now_ms() - m["timestamp"].as_i64().unwrap_or(0));
@@ -193,6 +177,6 @@ fn containers_that_exit_are_no_engine_reconnects() {
         system_count(&agent, "q=exited+with+code+0") == 3 && followed(&agent) == 0
     });
     assert!(done, "exits or readers missing; log:\n{}", agent.log());
-    assert_eq!(lines(&agent, "q=bye").len(), 3);
+    assert_eq!(agent.container_lines("q=bye").len(), 3);
     assert_eq!(reconnects(&agent), 0, "{}", agent.log());
 }

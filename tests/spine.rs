@@ -5,7 +5,7 @@
 mod util;
 
 use std::os::unix::fs::PermissionsExt;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use util::*;
 
@@ -26,27 +26,11 @@ fn agent_for(prefix: &str, env: &[(&str, &str)]) -> Agent {
     Agent::start(&all)
 }
 
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
-/// The container lines (no `system` messages) that `query` finds.
-fn lines(agent: &Agent, query: &str) -> Vec<serde_json::Value> {
-    agent
-        .logs(query)
-        .into_iter()
-        .filter(|m| m["source"]["type"] == "container")
-        .collect()
-}
-
 /// Waits until `query` finds at least `n` container lines; returns them.
 fn wait_logs(agent: &Agent, query: &str, n: usize) -> Vec<serde_json::Value> {
     let mut got = Vec::new();
     let ok = wait_until(PATIENCE, || {
-        got = lines(agent, query);
+        got = agent.container_lines(query);
         got.len() >= n
     });
     assert!(
@@ -123,7 +107,7 @@ fn stdout_stderr_levels_and_balena_labels() {
         == 4));
     let file = std::fs::read_to_string(&path).expect("log file");
     let (_, api_body) = agent.get("/api/v1/logs?appId=1001&service=web");
-    let api_lines = lines(&agent, "appId=1001&service=web");
+    let api_lines = agent.container_lines("appId=1001&service=web");
     let mut file_sorted: Vec<&str> = file.lines().collect();
     let api_json: Vec<String> = api_lines.iter().map(|v| v.to_string()).collect();
     let mut api_sorted: Vec<&str> = api_json.iter().map(String::as_str).collect();
@@ -201,7 +185,7 @@ fn restarted_container_is_followed_again_without_duplicates() {
     assert!(out.status.success());
     let got = wait_logs(&agent, "q=boot", 2);
     std::thread::sleep(Duration::from_millis(500));
-    let got2 = lines(&agent, "q=boot");
+    let got2 = agent.container_lines("q=boot");
     assert_eq!(got2.len(), 2, "each boot line once: {got:?}");
     assert_ne!(got2[0]["id"], got2[1]["id"]);
     let restarts = agent.logs(&format!("q=container+{}+restarting", c.name));
@@ -275,7 +259,7 @@ fn compose_labels_ignore_label_and_patterns() {
         .len()
         == 1));
     std::thread::sleep(Duration::from_millis(1500));
-    let all = messages(&lines(&agent, ""));
+    let all = messages(&agent.container_lines(""));
     assert!(
         !all.iter().any(|m| m == "secret" || m == "skipped"),
         "{all:?}"
@@ -353,11 +337,11 @@ fn api_filters_and_bad_parameters() {
         ["ERROR e1", "WARN w1", "info i1", "DEBUG d1"]
     );
     assert_eq!(
-        messages(&lines(&agent, &format!("{q}&level=warn"))),
+        messages(&agent.container_lines(&format!("{q}&level=warn"))),
         ["ERROR e1", "WARN w1"]
     );
     assert_eq!(
-        messages(&lines(&agent, &format!("{q}&level=error"))),
+        messages(&agent.container_lines(&format!("{q}&level=error"))),
         ["ERROR e1"]
     );
     assert_eq!(messages(&agent.logs(&format!("{q}&q=i1"))), ["info i1"]);
@@ -365,7 +349,7 @@ fn api_filters_and_bad_parameters() {
         messages(&agent.logs(&format!("{q}&level=warn&limit=1"))),
         ["WARN w1"]
     );
-    assert_eq!(lines(&agent, &format!("{q}&service=lv")).len(), 4);
+    assert_eq!(agent.container_lines(&format!("{q}&service=lv")).len(), 4);
     assert!(agent.logs(&format!("{q}&service=other")).is_empty());
     let ts = all[1]["timestamp"].as_i64().unwrap_or(0);
     let window = agent.logs(&format!("{q}&since={ts}&until={ts}"));
@@ -532,7 +516,7 @@ fn engine_outage_is_reported_and_survived() {
 
     engine.up();
     assert!(
-        wait_until(PATIENCE, || lines(&agent, "q=rise").len() >= 2),
+        wait_until(PATIENCE, || agent.container_lines("q=rise").len() >= 2),
         "the restarted container is followed again; log:\n{}",
         agent.log()
     );
@@ -590,7 +574,7 @@ fn rate_limit_keeps_errors_and_reports_what_it_suppressed() {
         suppressed = agent.logs(&format!("q=lines+from+{}", c.name));
         !suppressed.is_empty()
     }));
-    let kept = lines(&agent, "q=chatter&limit=100000").len();
+    let kept = agent.container_lines("q=chatter&limit=100000").len();
     let reported: u64 = suppressed
         .iter()
         .filter_map(|m| {
@@ -738,7 +722,7 @@ fn oom_kill_is_reported() {
     assert_eq!(oom[0]["level"], "error");
     assert_eq!(oom[0]["source"]["type"], "system");
     assert_eq!(agent.logs("q=died+with+exit+code+137").len(), 1);
-    assert_eq!(messages(&lines(&agent, "")), ["before"]);
+    assert_eq!(messages(&agent.container_lines("")), ["before"]);
 }
 
 /// The start of a response to `path` (status line, headers, first bytes), read for at most 3 s.

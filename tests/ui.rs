@@ -13,12 +13,12 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 mod util;
 
 use util::broker::Broker;
-use util::{free_port, repo, unique, Agent, Container, TempDir};
+use util::{free_port, now_ms, repo, unique, Agent, Container, TempDir};
 
 const BIN: &str = env!("CARGO_BIN_EXE_container-logd");
 static UNIQUE: AtomicUsize = AtomicUsize::new(0);
@@ -30,13 +30,6 @@ fn unique_app() -> String {
         std::process::id() % 100_000 + 10_000,
         UNIQUE.fetch_add(1, Ordering::SeqCst)
     )
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock")
-        .as_millis() as i64
 }
 
 /// An agent that follows only the containers of `app` (see [`container_for`]), so a flood in

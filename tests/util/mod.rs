@@ -180,6 +180,14 @@ pub fn free_port() -> u16 {
     panic!("no free port below {low}");
 }
 
+/// The wall clock in ms since the epoch, as message timestamps are.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
 /// How long a test waits for something that must happen: generous, so that a busy machine
 /// only makes a test slower, never failing. Waits return as soon as the awaited event comes.
 pub const PATIENCE: Duration = Duration::from_secs(60);
@@ -375,6 +383,14 @@ impl Agent {
             serde_json::Value::Array(v) => v,
             other => panic!("not an array: {other}"),
         }
+    }
+
+    /// The container lines (no `system` or `manager` messages) that `query` finds.
+    pub fn container_lines(&self, query: &str) -> Vec<serde_json::Value> {
+        self.logs(query)
+            .into_iter()
+            .filter(|m| m["source"]["type"] == "container")
+            .collect()
     }
 
     pub fn log_dir(&self) -> PathBuf {
