@@ -118,30 +118,29 @@ podman_up() {
   fi
 }
 
+# Ends the process of a pid file: SIGTERM, up to SECONDS to go, then SIGKILL.
+stop_pidfile() {
+  [ -f "$1" ] || return 0
+  local pid
+  pid=$(cat "$1")
+  kill "$pid" 2>/dev/null || true
+  for _ in $(seq 1 $(($2 * 10))); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  kill -9 "$pid" 2>/dev/null || true
+}
+
 podman_down() {
   [ -d "$PODMAN_DIR" ] || return 0
   if ping_podman; then
     podman_cli rm -f -a -t 0 >/dev/null 2>&1 || true
   fi
-  if [ -f "$PODMAN_DIR/podman.pid" ]; then
-    local pid
-    pid=$(cat "$PODMAN_DIR/podman.pid")
-    kill "$pid" 2>/dev/null || true
-    for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -9 "$pid" 2>/dev/null || true
-  fi
-  grep -o " $PODMAN_DIR[^ ]*" /proc/mounts 2>/dev/null | sort -r | xargs -r -n1 umount -l 2>/dev/null || true
+  stop_pidfile "$PODMAN_DIR/podman.pid" 10
+  grep -o " ${PODMAN_DIR}[^ ]*" /proc/mounts 2>/dev/null | sort -r | xargs -r -n1 umount -l 2>/dev/null || true
   rm -rf "$PODMAN_DIR"
 }
 
 # Stops the engine but keeps its data, as a crash or an upgrade of the engine would.
 stop() {
-  [ -f "$ENGINE_DIR/dockerd.pid" ] || return 0
-  local pid
-  pid=$(cat "$ENGINE_DIR/dockerd.pid")
-  kill "$pid" 2>/dev/null || true
-  for _ in $(seq 1 150); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-  kill -9 "$pid" 2>/dev/null || true
+  stop_pidfile "$ENGINE_DIR/dockerd.pid" 15
 }
 
 down() {
@@ -151,15 +150,9 @@ down() {
     ids=$(DOCKER_HOST="unix://$SOCK" docker ps -aq 2>/dev/null || true)
     [ -z "$ids" ] || DOCKER_HOST="unix://$SOCK" docker rm -f $ids >/dev/null 2>&1 || true
   fi
-  if [ -f "$ENGINE_DIR/dockerd.pid" ]; then
-    local pid
-    pid=$(cat "$ENGINE_DIR/dockerd.pid")
-    kill "$pid" 2>/dev/null || true
-    for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -9 "$pid" 2>/dev/null || true
-  fi
+  stop_pidfile "$ENGINE_DIR/dockerd.pid" 10
   # Mounts left by an engine that died hard would make rm fail.
-  grep -o " $ENGINE_DIR[^ ]*" /proc/mounts 2>/dev/null | sort -r | xargs -r -n1 umount -l 2>/dev/null || true
+  grep -o " ${ENGINE_DIR}[^ ]*" /proc/mounts 2>/dev/null | sort -r | xargs -r -n1 umount -l 2>/dev/null || true
   rm -rf "$ENGINE_DIR"
 }
 
