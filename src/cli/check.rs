@@ -356,3 +356,43 @@ fn agent_answers(addr: SocketAddr) -> bool {
     // The health answer names the engine; a 401 from a token-protected agent names the token.
     text.contains("\"docker\"") || text.contains("API_TOKEN")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn broker_answers_read_as_before() {
+        let cases: [(wire::Error, &str); 5] = [
+            (
+                wire::Error::Refused(5),
+                "refused (NotAuthorized): set MQTT_USERNAME and MQTT_PASSWORD",
+            ),
+            (
+                wire::Error::Refused(4),
+                "refused (BadUserNamePassword): set MQTT_USERNAME",
+            ),
+            (
+                wire::Error::Refused(2),
+                "refused (BadClientId): check the broker's log",
+            ),
+            (
+                wire::Error::Timeout,
+                "no answer within 5s: start the broker",
+            ),
+            (
+                wire::Error::Closed,
+                "the connection ended without an answer: start the broker",
+            ),
+        ];
+        for (e, want) in cases {
+            let got = explain(e);
+            assert!(got.starts_with(want), "{got}");
+        }
+        let tls = explain(wire::Error::Tls(rustls::Error::DecryptError));
+        assert!(
+            tls.starts_with("TLS failed (") && tls.contains("MQTT_CA_FILE"),
+            "{tls}"
+        );
+    }
+}

@@ -16,8 +16,9 @@
 //! The logical queue, oldest first, is: in flight → retry (returned from flight by a disconnect)
 //! → spool replay → spool on disk → memory → open batches. Every path keeps that order, so a
 //! subscriber sees each topic's lines in order and a restart resumes without a gap. A message
-//! counts as delivered only on its PUBACK/PUBCOMP (QoS 1/2) or once written to the socket
-//! (QoS 0).
+//! counts as delivered only on its PUBACK/PUBCOMP (QoS 1/2) or, at QoS 0, once handed to the
+//! adapter to write and not refused (settled at the next [`Session::poll`]; a write that then
+//! fails loses it, as QoS 0 allows).
 //!
 //! Packet ids are the session's: each QoS 1/2 publish is handed out with the next free id
 //! (1..=65535, skipping any still in flight), and acknowledgements are matched by it. Only ids
