@@ -21,6 +21,8 @@ use rustls::ClientConfig;
 
 mod util;
 
+// What only the agent uses (a write timeout at shutdown) is dead code here.
+#[allow(dead_code)]
 #[path = "../src/backend/mqtt/wire.rs"]
 mod wire;
 

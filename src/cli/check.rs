@@ -12,14 +12,9 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
 use std::time::Duration;
 
-use crossbeam_channel::RecvTimeoutError;
-use rumqttc::{
-    Client, ConnectReturnCode, ConnectionError, Event, Incoming, MqttOptions, TlsConfiguration,
-    Transport,
-};
-
 use super::{FAILED, OK, USAGE};
-use crate::config::{Config, MqttConfig};
+use crate::backend::mqtt::wire;
+use crate::config::{Config, MqttConfig, Secret};
 use crate::engine::Engine;
 
 /// How long the broker has to accept us.
@@ -162,85 +157,80 @@ pub fn broker(cfg: Option<&MqttConfig>) -> Outcome {
     }
 }
 
-/// What the broker answered to our CONNECT: its return code, the connection's error, nothing
-/// (the connection ended), or no answer in time.
-type Answer = Result<Option<Result<ConnectReturnCode, ConnectionError>>, RecvTimeoutError>;
-
+/// Connects and logs in as the agent would, and ends the session with a DISCONNECT.
 fn connect_broker(cfg: &MqttConfig) -> Result<(), String> {
     let options = broker_options(cfg)?;
-    let (client, mut connection) = Client::new(options, 4);
-    let (tx, rx) = crossbeam_channel::bounded(1);
-    // rumqttc does its I/O on the thread that iterates the connection: give it one, and stop
-    // waiting for it after BROKER_WAIT (a thread stuck in a TCP connect ends with the process).
-    let spawned = std::thread::Builder::new()
-        .name("check-mqtt".into())
-        .stack_size(256 * 1024)
-        .spawn(move || {
-            let first = connection.iter().find_map(|ev| match ev {
-                Ok(Event::Incoming(Incoming::ConnAck(ack))) => Some(Ok(ack.code)),
-                Ok(_) => None,
-                Err(e) => Some(Err(e)),
-            });
-            let _ = tx.send(first);
-        });
-    if let Err(e) = spawned {
-        return Err(format!("cannot start a thread: {e}"));
-    }
-    let answer = rx.recv_timeout(BROKER_WAIT);
-    let _ = client.try_disconnect();
-    explain(answer)
+    let (mut writer, _reader, _ack) = wire::connect(&options).map_err(explain)?;
+    let _ = writer.disconnect();
+    Ok(())
 }
 
 /// The agent's connection settings, under a client id of the check's own: the broker would
 /// otherwise disconnect the running agent's session.
-fn broker_options(cfg: &MqttConfig) -> Result<MqttOptions, String> {
-    let id = format!("{}-check-{}", cfg.client_id, std::process::id());
-    let mut options = MqttOptions::new(id, cfg.host.clone(), cfg.port);
-    options
-        .set_keep_alive(Duration::from_secs(5))
-        .set_clean_session(true);
-    if let Some(user) = &cfg.username {
-        let password = cfg.password.as_ref().map(|p| p.expose()).unwrap_or("");
-        options.set_credentials(user.clone(), password);
-    }
-    if cfg.tls {
+fn broker_options(cfg: &MqttConfig) -> Result<wire::Options, String> {
+    let tls = if cfg.tls {
         let tls = crate::backend::mqtt::tls::client_config(cfg).map_err(|e| {
             format!("{e}: check MQTT_CA_FILE, MQTT_CLIENT_CERT_FILE and MQTT_CLIENT_KEY_FILE")
         })?;
-        options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(tls)));
-    }
-    Ok(options)
+        Some(tls)
+    } else {
+        None
+    };
+    let credentials = cfg.username.as_ref().map(|user| {
+        let password = cfg
+            .password
+            .clone()
+            .unwrap_or_else(|| Secret::new(String::new()));
+        (user.clone(), password)
+    });
+    Ok(wire::Options {
+        host: cfg.host.clone(),
+        port: cfg.port,
+        client_id: format!("{}-check-{}", cfg.client_id, std::process::id()),
+        keep_alive: Duration::from_secs(5),
+        clean_session: true,
+        credentials,
+        will: None,
+        tls,
+        connect_timeout: BROKER_WAIT,
+        max_incoming_packet: 1024,
+    })
 }
 
 /// The broker's answer as a user reads it: what went wrong and what to change.
-fn explain(answer: Answer) -> Result<(), String> {
+fn explain(e: wire::Error) -> String {
     let fix_auth = "set MQTT_USERNAME and MQTT_PASSWORD (or MQTT_PASSWORD_FILE) to what the \
                     broker expects";
     let fix_up = "start the broker, or set MQTT_BROKER to where it runs (off disables MQTT)";
-    match answer {
-        Ok(Some(Ok(ConnectReturnCode::Success))) => Ok(()),
-        Ok(Some(Ok(code))) | Ok(Some(Err(ConnectionError::ConnectionRefused(code)))) => {
-            let auth = matches!(
-                code,
-                ConnectReturnCode::BadUserNamePassword | ConnectReturnCode::NotAuthorized
-            );
-            let fix = if auth {
+    match e {
+        wire::Error::Refused(code) => {
+            // 4: bad user name or password; 5: not authorized (mosquitto's answer to both).
+            let fix = if matches!(code, 4 | 5) {
                 fix_auth
             } else {
                 "check the broker's log for why"
             };
-            Err(format!("refused ({code:?}): {fix}"))
+            format!("refused ({}): {fix}", refusal_name(code))
         }
-        Ok(Some(Err(ConnectionError::Tls(e)))) => Err(format!(
+        wire::Error::Tls(e) => format!(
             "TLS failed ({e}): check MQTT_CA_FILE (the broker's certificate must be signed by it \
              and name the host in MQTT_BROKER)"
-        )),
-        Ok(Some(Err(e))) => Err(format!("{e}: {fix_up}")),
-        Ok(None) => Err(format!("the connection ended without an answer: {fix_up}")),
-        Err(_) => Err(format!(
-            "no answer within {}s: {fix_up}",
-            BROKER_WAIT.as_secs()
-        )),
+        ),
+        wire::Error::Closed => format!("the connection ended without an answer: {fix_up}"),
+        wire::Error::Timeout => format!("no answer within {}s: {fix_up}", BROKER_WAIT.as_secs()),
+        e @ (wire::Error::Io(_) | wire::Error::Protocol(_)) => format!("{e}: {fix_up}"),
+    }
+}
+
+/// A CONNACK return code by the name this command always printed (MQTT 3.1.1 §3.2.2.3).
+fn refusal_name(code: u8) -> String {
+    match code {
+        1 => "RefusedProtocolVersion".into(),
+        2 => "BadClientId".into(),
+        3 => "ServiceUnavailable".into(),
+        4 => "BadUserNamePassword".into(),
+        5 => "NotAuthorized".into(),
+        n => format!("return code {n}"),
     }
 }
 
@@ -365,4 +355,44 @@ fn agent_answers(addr: SocketAddr) -> bool {
     let text = String::from_utf8_lossy(&body);
     // The health answer names the engine; a 401 from a token-protected agent names the token.
     text.contains("\"docker\"") || text.contains("API_TOKEN")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn broker_answers_read_as_before() {
+        let cases: [(wire::Error, &str); 5] = [
+            (
+                wire::Error::Refused(5),
+                "refused (NotAuthorized): set MQTT_USERNAME and MQTT_PASSWORD",
+            ),
+            (
+                wire::Error::Refused(4),
+                "refused (BadUserNamePassword): set MQTT_USERNAME",
+            ),
+            (
+                wire::Error::Refused(2),
+                "refused (BadClientId): check the broker's log",
+            ),
+            (
+                wire::Error::Timeout,
+                "no answer within 5s: start the broker",
+            ),
+            (
+                wire::Error::Closed,
+                "the connection ended without an answer: start the broker",
+            ),
+        ];
+        for (e, want) in cases {
+            let got = explain(e);
+            assert!(got.starts_with(want), "{got}");
+        }
+        let tls = explain(wire::Error::Tls(rustls::Error::DecryptError));
+        assert!(
+            tls.starts_with("TLS failed (") && tls.contains("MQTT_CA_FILE"),
+            "{tls}"
+        );
+    }
 }

@@ -2,13 +2,16 @@
 //! broker is away (memory, then the disk spool), with a retained online/offline status.
 //!
 //! The state and every decision are in [`session`] (a state machine: events in, actions out);
-//! this module is its thin I/O adapter over rumqttc, in two threads. `mqtt-pub` takes messages
-//! from the backend's bounded channel, feeds them and the clock to the session, and does what
-//! the session asks: hands publishes to the current rumqttc `Client` with `try_publish`, reports
-//! progress, gives a stuck connection up. `mqtt-conn` iterates the `Connection` (where rumqttc's
-//! own current-thread runtime does the I/O), feeds CONNACK, sent packet ids, acknowledgements
-//! and errors to the session, makes a new client for each new connection, and backs off between
-//! connection attempts. The session and the current client share one mutex.
+//! this module is its thin I/O adapter over [`wire`] (a blocking MQTT 3.1.1 connection), in two
+//! threads. `mqtt-conn` connects (backing off between attempts), hands the connection's
+//! [`wire::Writer`] to the publisher, then reads: CONNACK, acknowledgements, PUBRECs, PINGRESPs
+//! and errors go to the session; a read that waits [`CONN_TICK`] ticks the session, so a dead
+//! connection is noticed even while the publisher is blocked in a write. `mqtt-pub` takes
+//! messages from the backend's bounded channel, feeds them and the clock to the session, and
+//! carries out what it asks: writes publishes (with the session's packet ids), PUBRELs and
+//! pings, reports progress, closes a connection the session gave up; it flushes the writer when
+//! it has nothing more to write at once. The session and the hand-over of each new connection
+//! share one mutex; sockets are written and read outside it. No async runtime.
 //!
 //! This module must never block `log()` for long while the broker is away, never count a
 //! message delivered before the broker acknowledged it, and never log the password.
@@ -20,7 +23,7 @@ pub mod spool;
 pub mod tls;
 pub mod topic;
 mod tracker;
-mod wire;
+pub(crate) mod wire;
 
 use std::fmt;
 use std::io;
@@ -30,15 +33,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{bounded, select, Receiver, RecvTimeoutError, Sender};
-use rumqttc::{
-    Client, Connection, ConnectionError, Event, Incoming, LastWill, MqttOptions, Outgoing, QoS,
-    TlsConfiguration, Transport,
-};
+use crossbeam_channel::{bounded, select, Receiver, RecvTimeoutError, Sender, TryRecvError};
 
 use self::session::{Ack, Action, Granted, Session};
+use self::wire::Incoming;
 use super::{Backend, Lane, Summary};
-use crate::config::MqttConfig;
+use crate::config::{MqttConfig, Secret};
 use crate::message::LogMessage;
 
 /// Groups of messages (a reader's lines of one read, up to 64) waiting between `log_many()`
@@ -46,21 +46,22 @@ use crate::message::LogMessage;
 const CHANNEL: usize = 8;
 /// Messages the publisher takes in under one lock.
 const INTAKE: usize = 256;
-/// rumqttc's own in-flight window (packet ids 1..N): more than ours, with room for the status.
-const CLIENT_INFLIGHT: u16 = 200;
-const _: () = assert!(session::MAX_INFLIGHT_UNITS + 4 <= CLIENT_INFLIGHT as usize);
-/// The client's request channel: more than our window, the status and the disconnect.
-const REQUEST_CAP: usize = session::MAX_INFLIGHT_UNITS + 16;
 const BACKOFF_MIN: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// How long shutdown waits for acknowledgements before spooling the rest.
 const ACK_WAIT: Duration = Duration::from_secs(2);
-/// How often, while connected and rumqttc has nothing to say, the connection thread looks
-/// whether the session gave its connection up (no acknowledgements: `session::ACK_STALL`).
-/// Longer than rumqttc's own network timeout (5 s), so the wait it cuts short is never one for
-/// a connect or a flush; while not connected, rumqttc is never cut short.
-const CONN_TICK: Duration = Duration::from_secs(6);
-/// Stacks of our threads; the conn thread runs rumqttc's runtime and the TLS handshake.
+/// The limit of each socket write at shutdown: a broker that stopped reading must not hold the
+/// stop past its deadline.
+const STOP_WRITE: Duration = Duration::from_millis(500);
+/// How long the connection thread waits for a packet before it ticks the session (which
+/// decides on pings, a missing PINGRESP and the ack-stall watchdog).
+const CONN_TICK: Duration = Duration::from_secs(1);
+/// The limit of each step of a connection attempt: TCP connect, TLS handshake, CONNACK.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The largest packet we take from the broker: we subscribe to nothing, and its answers are
+/// 2 to 4 bytes.
+const MAX_INCOMING: usize = 64 << 10;
+/// Stacks of our threads; the conn thread runs the TLS handshake.
 const PUB_STACK: usize = 256 << 10;
 const CONN_STACK: usize = 256 << 10;
 
@@ -119,18 +120,19 @@ struct Shared {
     link: Mutex<Link>,
     /// Wakes the publisher when the connection state changes or the in-flight window frees.
     wake: Sender<()>,
-    /// Set when the session gave the connection up: `mqtt-conn` drops it and makes a new one.
-    renew: AtomicBool,
     lane: Lane,
 }
 
-/// The session and the client of the connection it is on, under one lock: a publish request
-/// is handed to the client in the same critical section the session made it in.
+/// The session, and the connection the connection thread hands to the publisher, under one
+/// lock.
 struct Link {
     session: Session,
-    /// The client of the current connection: set at its CONNACK, taken away when the session
-    /// leaves it. A request can only ever reach the connection it was made for.
-    client: Option<Client>,
+    /// The number of the latest connection that reached CONNACK (counted from 1).
+    conn: u64,
+    /// Its writer, from its CONNACK until the publisher takes it.
+    writer: Option<wire::Writer>,
+    /// Ends it from any thread (shutdown).
+    closer: Option<wire::Closer>,
 }
 
 impl Shared {
@@ -140,30 +142,6 @@ impl Shared {
 
     fn wake(&self) {
         let _ = self.wake.try_send(());
-    }
-
-    /// Does what the session asks: hands publishes to the client, reports progress, gives a
-    /// stuck connection up.
-    fn apply(&self, link: &mut Link) {
-        while let Some(action) = link.session.poll() {
-            match action {
-                Action::Publish(p) => {
-                    let handed = link.client.as_ref().is_some_and(|c| {
-                        c.try_publish(p.topic, p.qos, p.retain, p.payload).is_ok()
-                    });
-                    if !handed {
-                        // The request channel is full (should not happen with our window), or
-                        // there is no connection: the session keeps it for later.
-                        link.session.refused(p.token);
-                    }
-                }
-                Action::Progress(container, pos) => self.lane.taken(&container, pos),
-                Action::Reconnect => {
-                    link.client = None;
-                    self.renew.store(true, Ordering::SeqCst);
-                }
-            }
-        }
     }
 }
 
@@ -197,10 +175,11 @@ impl MqttBackend {
         let shared = Arc::new(Shared {
             link: Mutex::new(Link {
                 session,
-                client: None,
+                conn: 0,
+                writer: None,
+                closer: None,
             }),
             wake: wake_tx,
-            renew: AtomicBool::new(false),
             lane,
         });
         let (tx, rx) = bounded(CHANNEL);
@@ -248,34 +227,42 @@ fn open_spool(cfg: &MqttConfig, state_dir: &Path) -> Result<spool::Spool, Error>
     Ok(spool)
 }
 
-/// The client options every connection is made from: clean session, our packet size and
-/// window, the offline status as last will, credentials and TLS.
-fn options(cfg: &MqttConfig, offline: &str) -> Result<MqttOptions, Error> {
-    let mut options = MqttOptions::new(cfg.client_id.clone(), cfg.host.clone(), cfg.port);
-    options
-        .set_keep_alive(cfg.keepalive.max(Duration::from_secs(1)))
-        .set_clean_session(true)
-        .set_max_packet_size(session::MAX_PACKET, session::MAX_PACKET)
-        .set_inflight(CLIENT_INFLIGHT)
-        .set_last_will(LastWill::new(
-            cfg.status_topic.clone(),
-            offline.as_bytes().to_vec(),
-            QoS::AtLeastOnce,
-            true,
-        ));
-    if let Some(user) = &cfg.username {
-        let password = cfg.password.as_ref().map(|p| p.expose()).unwrap_or("");
-        options.set_credentials(user.clone(), password);
-    }
-    if cfg.tls {
-        let config = tls::client_config(cfg)?;
-        options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(config)));
-    }
-    Ok(options)
+/// What every connection is made from: clean session, the keep-alive, the offline status as
+/// last will, credentials and TLS.
+fn options(cfg: &MqttConfig, offline: &str) -> Result<wire::Options, Error> {
+    let tls = if cfg.tls {
+        Some(tls::client_config(cfg)?)
+    } else {
+        None
+    };
+    let credentials = cfg.username.as_ref().map(|user| {
+        let password = cfg
+            .password
+            .clone()
+            .unwrap_or_else(|| Secret::new(String::new()));
+        (user.clone(), password)
+    });
+    Ok(wire::Options {
+        host: cfg.host.clone(),
+        port: cfg.port,
+        client_id: cfg.client_id.clone(),
+        keep_alive: cfg.keepalive.max(Duration::from_secs(1)),
+        clean_session: true,
+        credentials,
+        will: Some(wire::Will {
+            topic: cfg.status_topic.clone(),
+            payload: offline.as_bytes().to_vec(),
+            qos: 1,
+            retain: true,
+        }),
+        tls,
+        connect_timeout: CONNECT_TIMEOUT,
+        max_incoming_packet: MAX_INCOMING,
+    })
 }
 
-/// The publisher: takes messages in, ticks the session and does what it asks, until told to
-/// stop.
+/// The publisher: takes messages in, ticks the session and carries out what it asks, until
+/// told to stop.
 fn run_pub(
     shared: &Shared,
     rx: &Receiver<Vec<Arc<LogMessage>>>,
@@ -283,25 +270,34 @@ fn run_pub(
     stop_rx: &Receiver<()>,
 ) {
     let mut got: Vec<Arc<LogMessage>> = Vec::with_capacity(INTAKE);
+    let mut out = Out::default();
     loop {
         let stop = wait_for_input(shared, rx, wake_rx, stop_rx, &mut got);
         let now = Instant::now();
-        let mut link = shared.lock();
-        for m in got.drain(..) {
-            link.session.intake(m, now);
-        }
-        link.session.tick(now);
-        shared.apply(&mut link);
-        drop(link);
+        let accepting = {
+            let mut link = shared.lock();
+            for m in got.drain(..) {
+                link.session.intake(m, now);
+            }
+            link.session.tick(now);
+            out.take(shared, &mut link);
+            link.session.accepting(now)
+        };
+        let wrote = out.write(shared);
         if stop {
             break;
         }
+        // More is coming at once only when something was written, messages wait in the
+        // channel and the session takes them: otherwise this thread is about to wait.
+        if wrote == 0 || rx.is_empty() || !accepting {
+            out.flush(shared);
+        }
     }
-    shutdown_pub(shared, rx, wake_rx);
+    shutdown_pub(shared, rx, wake_rx, &mut out);
 }
 
-/// Waits for messages (while the session takes them), a wake-up, or the next batch deadline;
-/// true when told to stop.
+/// Waits for messages (while the session takes them), a wake-up, or the next deadline; true
+/// when told to stop.
 fn wait_for_input(
     shared: &Shared,
     rx: &Receiver<Vec<Arc<LogMessage>>>,
@@ -348,7 +344,12 @@ fn wait_for_input(
 
 /// Flushes batches, waits a little for acknowledgements, spools the rest, says offline and
 /// disconnects.
-fn shutdown_pub(shared: &Shared, rx: &Receiver<Vec<Arc<LogMessage>>>, wake_rx: &Receiver<()>) {
+fn shutdown_pub(
+    shared: &Shared,
+    rx: &Receiver<Vec<Arc<LogMessage>>>,
+    wake_rx: &Receiver<()>,
+    out: &mut Out,
+) {
     let deadline = Instant::now() + ACK_WAIT;
     {
         let mut link = shared.lock();
@@ -361,175 +362,274 @@ fn shutdown_pub(shared: &Shared, rx: &Receiver<Vec<Arc<LogMessage>>>, wake_rx: &
         link.session.flush(now);
     }
     loop {
-        {
+        let done = {
             let mut link = shared.lock();
             let now = Instant::now();
             link.session.tick(now);
-            shared.apply(&mut link);
-            if link.session.drained() || !link.session.is_connected() || now >= deadline {
-                break;
-            }
+            out.take(shared, &mut link);
+            link.session.drained() || !link.session.is_connected() || now >= deadline
+        };
+        out.limit_writes();
+        out.write(shared);
+        out.flush(shared);
+        if done {
+            break;
         }
         let _ = wake_rx.recv_timeout(Duration::from_millis(20));
     }
-    let mut link = shared.lock();
-    let offline = link.session.stop(Instant::now());
-    shared.apply(&mut link);
-    if let (Some(p), Some(client)) = (offline, &link.client) {
-        let _ = client.try_publish(p.topic, p.qos, p.retain, p.payload);
-        let _ = client.try_disconnect();
-    }
-}
-
-/// One rumqttc client and its connection. A connection that reached CONNACK is never used
-/// again once it ends or is given up: the next one is a new pair made from the same options,
-/// so nothing of the old one (rumqttc's in-flight state and packet ids, requests still queued
-/// in the old client) can reach it, and no field of rumqttc's is ever written. Requests
-/// queued in an old client go nowhere: its channel's receiver is dropped with its connection.
-struct Wire {
-    client: Client,
-    connection: Connection,
-    /// It reached CONNACK, and its client was handed to the publisher.
-    used: bool,
-}
-
-impl Wire {
-    fn new(options: &MqttOptions) -> Wire {
-        let (client, connection) = Client::new(options.clone(), REQUEST_CAP);
-        Wire {
-            client,
-            connection,
-            used: false,
+    let offline = {
+        let mut link = shared.lock();
+        let offline = link.session.stop(Instant::now());
+        out.take(shared, &mut link);
+        offline
+    };
+    out.write(shared);
+    if let (Some(p), Some(w)) = (offline, out.writer.as_mut()) {
+        let said = w
+            .publish(p.pkid, &p.topic, &p.payload, p.qos as u8, p.retain, false)
+            .and_then(|()| w.disconnect());
+        if let Err(e) = said {
+            log::debug!("mqtt: offline status and DISCONNECT not written: {e}");
         }
     }
 }
 
-/// What the connection thread does after an event.
-enum Flow {
-    Go,
-    Connected,
-    Stop,
+/// The publisher's side of the current connection, and what it has to write there.
+#[derive(Default)]
+struct Out {
+    /// The number of the connection `writer` belongs to.
+    conn: u64,
+    writer: Option<wire::Writer>,
+    /// Actions taken from the session under the lock, to carry out after it.
+    todo: Vec<Action>,
 }
 
-/// The connection thread: drives rumqttc's event loop and reports what it sees to the session.
-fn run_conn(shared: &Shared, options: &MqttOptions, stop_rx: &Receiver<()>) {
-    let mut wire = Wire::new(options);
+impl Out {
+    /// Under the lock: takes a new connection's writer, lets go of one the session left, and
+    /// takes the session's actions (progress is reported at once).
+    fn take(&mut self, shared: &Shared, link: &mut Link) {
+        if let Some(w) = link.writer.take() {
+            self.close();
+            self.writer = Some(w);
+            self.conn = link.conn;
+        }
+        if !link.session.is_connected() || self.conn != link.conn {
+            // Dead, given up, or replaced: nothing more is written on it.
+            self.close();
+        }
+        while let Some(action) = link.session.poll() {
+            match action {
+                Action::Progress(container, pos) => shared.lane.taken(&container, pos),
+                Action::Publish(p) if self.writer.is_none() => link.session.refused(p.token),
+                Action::Reconnect => self.close(),
+                a => self.todo.push(a),
+            }
+        }
+    }
+
+    /// Writes the actions taken; how many. A failed write ends the connection.
+    fn write(&mut self, shared: &Shared) -> usize {
+        let Out { writer, todo, .. } = self;
+        let Some(w) = writer.as_mut() else {
+            todo.clear();
+            return 0;
+        };
+        let mut n = 0;
+        let mut failed = None;
+        for action in todo.drain(..) {
+            let written = match &action {
+                Action::Publish(p) => {
+                    w.publish(p.pkid, &p.topic, &p.payload, p.qos as u8, p.retain, false)
+                }
+                Action::PubRel(pkid) => w.pubrel(*pkid),
+                Action::Ping => w.ping(),
+                Action::Progress(..) | Action::Reconnect => Ok(()),
+            };
+            if let Err(e) = written {
+                failed = Some(e);
+                break;
+            }
+            n += 1;
+        }
+        todo.clear();
+        if let Some(e) = failed {
+            self.failed(shared, e);
+        }
+        n
+    }
+
+    /// Sends what is buffered.
+    fn flush(&mut self, shared: &Shared) {
+        if let Some(Err(e)) = self.writer.as_mut().map(wire::Writer::flush) {
+            self.failed(shared, e);
+        }
+    }
+
+    /// At shutdown: a write may not block for long.
+    fn limit_writes(&self) {
+        if let Some(w) = &self.writer {
+            let _ = w.set_write_timeout(Some(STOP_WRITE));
+        }
+    }
+
+    /// A write failed: the connection is unusable. The session leaves it (unless it already
+    /// did, or it is an old one) and it is closed, which ends the connection thread's read.
+    fn failed(&mut self, shared: &Shared, e: io::Error) {
+        let e = wire::Error::from(e);
+        let mut link = shared.lock();
+        if link.conn == self.conn && link.session.is_connected() {
+            link.session.disconnected(e.to_string(), Instant::now());
+            drop(link);
+            log::warn!("mqtt connection lost: {e}");
+            shared.wake();
+        }
+        self.close();
+    }
+
+    fn close(&mut self) {
+        if let Some(w) = self.writer.take() {
+            w.closer().close();
+        }
+    }
+}
+
+/// The connection thread: connects, backs off between attempts, and reads each connection
+/// until it ends.
+fn run_conn(shared: &Shared, options: &wire::Options, stop_rx: &Receiver<()>) {
     let mut backoff = BACKOFF_MIN;
     // Whether this spell without a connection was reported at warning level: once per spell,
     // the retries only at debug level (as the engine's own reconnect loop does).
     let mut reported = false;
-    loop {
-        // While connected, wake up now and then to see whether the session gave up on us;
-        // while not, rumqttc's connect is never cut short.
-        let next = if wire.used {
-            wire.connection.recv_timeout(CONN_TICK)
-        } else {
-            wire.connection
-                .recv()
-                .map_err(|_| rumqttc::RecvTimeoutError::Disconnected)
-        };
-        if shared.renew.swap(false, Ordering::SeqCst) {
-            // The session gave this connection up (no acknowledgements): a new one at once.
-            wire = Wire::new(options);
-            continue;
-        }
-        let event = match next {
-            Ok(e) => e,
-            Err(rumqttc::RecvTimeoutError::Timeout) => continue,
-            Err(rumqttc::RecvTimeoutError::Disconnected) => break,
-        };
-        match event {
-            Ok(event) => match on_event(shared, &mut wire, event) {
-                Flow::Go => {}
-                Flow::Connected => {
-                    backoff = BACKOFF_MIN;
-                    reported = false;
-                }
-                Flow::Stop => break,
-            },
+    while matches!(stop_rx.try_recv(), Err(TryRecvError::Empty)) {
+        match wire::connect(options) {
+            Ok((writer, reader, ack)) => {
+                let Some(conn) = install(shared, writer, &reader, ack) else {
+                    break;
+                };
+                backoff = BACKOFF_MIN;
+                reported = read(shared, reader, conn);
+            }
             Err(e) => {
-                if !on_error(shared, &mut wire, options, &e, &mut reported) {
+                if !connect_failed(shared, &e, &mut reported) {
                     break;
                 }
-                match stop_rx.recv_timeout(backoff) {
-                    Err(RecvTimeoutError::Timeout) => {}
-                    _ => break,
-                }
-                backoff = (backoff * 2).min(BACKOFF_MAX);
             }
         }
+        if shared.lock().session.is_stopping() {
+            break;
+        }
+        match stop_rx.recv_timeout(backoff) {
+            Err(RecvTimeoutError::Timeout) => {}
+            _ => break,
+        }
+        backoff = (backoff * 2).min(BACKOFF_MAX);
     }
     let mut link = shared.lock();
-    link.client = None;
+    link.writer = None;
+    link.closer = None;
     if link.session.is_connected() {
         link.session.disconnected("stopped".into(), Instant::now());
     }
 }
 
-/// Feeds one rumqttc event to the session.
-fn on_event(shared: &Shared, wire: &mut Wire, event: Event) -> Flow {
-    let now = Instant::now();
-    match event {
-        Event::Incoming(Incoming::ConnAck(ack)) => {
-            let mut link = shared.lock();
-            if link.session.is_stopping() {
-                return Flow::Stop;
-            }
-            link.session
-                .connected(Granted::v311(ack.session_present), now);
-            link.client = Some(wire.client.clone());
-            wire.used = true;
-            drop(link);
-            log::info!("mqtt connected");
-            shared.wake();
-            return Flow::Connected;
-        }
-        Event::Outgoing(Outgoing::Publish(pkid)) => shared.lock().session.sent(pkid, now),
-        Event::Incoming(Incoming::PubAck(ack)) => {
-            shared.lock().session.acked(ack.pkid, Ack::Ok, now)
-        }
-        Event::Incoming(Incoming::PubComp(comp)) => {
-            shared.lock().session.acked(comp.pkid, Ack::Ok, now)
-        }
-        Event::Outgoing(Outgoing::Disconnect) if shared.lock().session.is_stopping() => {
-            return Flow::Stop;
-        }
-        _ => return Flow::Go,
+/// A connection reached CONNACK: the session is told and the publisher gets its writer. Its
+/// number, or `None` when the backend is stopping (the connection is ended at once).
+fn install(
+    shared: &Shared,
+    mut writer: wire::Writer,
+    reader: &wire::Reader,
+    ack: wire::ConnAck,
+) -> Option<u64> {
+    let mut link = shared.lock();
+    if link.session.is_stopping() {
+        drop(link);
+        let _ = writer.disconnect();
+        return None;
     }
+    link.conn += 1;
+    link.session
+        .connected(Granted::v311(ack.session_present), Instant::now());
+    link.writer = Some(writer);
+    link.closer = Some(reader.closer());
+    let conn = link.conn;
+    drop(link);
+    log::info!("mqtt connected");
     shared.wake();
-    Flow::Go
+    Some(conn)
 }
 
-/// The connection failed or dropped: tells the session, replaces a pair that was connected, and
-/// says so once per outage. False when stopping.
-fn on_error(
-    shared: &Shared,
-    wire: &mut Wire,
-    options: &MqttOptions,
-    e: &ConnectionError,
-    reported: &mut bool,
-) -> bool {
-    let (was_connected, stopping) = {
-        let mut link = shared.lock();
-        let was = link.session.is_connected();
-        link.session.disconnected(e.to_string(), Instant::now());
-        link.client = None;
-        // A connection the session gave up on is being replaced anyway.
-        shared.renew.store(false, Ordering::SeqCst);
-        (was, link.session.is_stopping())
-    };
-    if wire.used {
-        *wire = Wire::new(options);
+/// Reads connection `conn` until it ends or the session leaves it, and feeds what comes to the
+/// session; ticks it when nothing comes for [`CONN_TICK`]. Whether the end was reported at
+/// warning level.
+fn read(shared: &Shared, mut reader: wire::Reader, conn: u64) -> bool {
+    let closer = reader.closer();
+    if let Err(e) = reader.set_read_timeout(Some(CONN_TICK)) {
+        closer.close();
+        return lost(shared, conn, &wire::Error::from(e));
     }
+    loop {
+        let got = reader.next();
+        let now = Instant::now();
+        let mut link = shared.lock();
+        if link.conn != conn || !link.session.is_connected() {
+            // The session left it: a write failed, or no acknowledgement or PINGRESP came.
+            drop(link);
+            closer.close();
+            return true;
+        }
+        let s = &mut link.session;
+        match got {
+            Ok(Incoming::PubAck(pkid) | Incoming::PubComp(pkid)) => s.acked(pkid, Ack::Ok, now),
+            Ok(Incoming::PubRec(pkid)) => s.pubrec(pkid, now),
+            Ok(Incoming::PingResp) => s.ping_resp(now),
+            Ok(Incoming::Other) => continue,
+            Ok(Incoming::Disconnect) => {
+                drop(link);
+                closer.close();
+                return lost(shared, conn, &wire::Error::Closed);
+            }
+            Err(wire::Error::Timeout) => s.tick(now),
+            Err(e) => {
+                drop(link);
+                closer.close();
+                return lost(shared, conn, &e);
+            }
+        }
+        drop(link);
+        shared.wake();
+    }
+}
+
+/// Connection `conn` ended with `e`: the session leaves it, and it is said at warning level
+/// unless the backend is stopping. True (the spell without a connection is reported).
+fn lost(shared: &Shared, conn: u64, e: &wire::Error) -> bool {
+    let mut link = shared.lock();
+    let stopping = link.session.is_stopping();
+    if link.conn == conn && link.session.is_connected() {
+        link.session.disconnected(e.to_string(), Instant::now());
+        drop(link);
+        if !stopping {
+            log::warn!("mqtt connection lost: {e}");
+        }
+        shared.wake();
+    }
+    true
+}
+
+/// A connection attempt failed: tells the session and says so once per spell. False when
+/// stopping.
+fn connect_failed(shared: &Shared, e: &wire::Error, reported: &mut bool) -> bool {
+    let stopping = {
+        let mut link = shared.lock();
+        link.session.disconnected(e.to_string(), Instant::now());
+        link.session.is_stopping()
+    };
     if stopping {
         return false;
     }
-    if was_connected {
-        log::warn!("mqtt connection lost: {e}");
-        *reported = true;
-    } else if !*reported {
-        // The first failed attempt since the start: a refused password or certificate must
-        // not be silent at the default log level.
+    if !*reported {
+        // The first failed attempt of a spell: a refused password or certificate must not be
+        // silent at the default log level.
         log::warn!("mqtt cannot connect: {e}; retrying");
         *reported = true;
     } else {
@@ -566,15 +666,25 @@ impl Backend for MqttBackend {
         let _ = self.stop_pub.try_send(());
         let mut threads =
             std::mem::take(&mut *self.threads.lock().unwrap_or_else(|p| p.into_inner()));
-        // The publisher first: it spools and says offline; then the connection thread, which
-        // ends on the disconnect or, when the broker is away, on our stop signal.
+        // The publisher first: it spools, says offline and disconnects; then the connection
+        // thread, which ends when the broker closes the connection, on our stop signal while
+        // it backs off, or when the connection is shut down here.
         if !threads.is_empty() {
             let pub_thread = threads.remove(0);
             join_by(pub_thread, start + Duration::from_millis(2600));
         }
         let _ = self.stop_conn.try_send(());
         for t in threads {
-            join_by(t, start + Duration::from_millis(2950));
+            wait_for_end(&t, Instant::now() + Duration::from_millis(200));
+            if !t.is_finished() {
+                if let Some(closer) = &self.shared.lock().closer {
+                    closer.close();
+                }
+            }
+            wait_for_end(&t, start + Duration::from_millis(2950));
+            if t.is_finished() {
+                let _ = t.join();
+            }
         }
     }
 
@@ -634,34 +744,15 @@ impl Drop for MqttBackend {
 
 /// Joins `t` if it ends before `deadline`; otherwise leaves it (the process is stopping).
 fn join_by(t: JoinHandle<()>, deadline: Instant) {
-    while !t.is_finished() && Instant::now() < deadline {
-        thread::sleep(Duration::from_millis(5));
-    }
+    wait_for_end(&t, deadline);
     if t.is_finished() {
         let _ = t.join();
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_request_left_in_a_replaced_client_reaches_nothing() {
-        // Port 9 on loopback: nothing is ever polled here, so nothing connects.
-        let options = MqttOptions::new("t", "127.0.0.1", 9);
-        let mut wire = Wire::new(&options);
-        let old = wire.client.clone();
-        assert!(old
-            .try_publish("t", QoS::AtLeastOnce, false, b"queued".to_vec())
-            .is_ok());
-        // What `run_conn` does when a connection ends: the old pair is dropped.
-        wire = Wire::new(&options);
-        assert!(
-            old.try_publish("t", QoS::AtLeastOnce, false, b"late".to_vec())
-                .is_err(),
-            "the old client's channel died with its connection"
-        );
-        assert!(!wire.used);
+/// Waits until `t` has ended or `deadline` has passed.
+fn wait_for_end(t: &JoinHandle<()>, deadline: Instant) {
+    while !t.is_finished() && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(5));
     }
 }

@@ -2,16 +2,19 @@
 //! thousands of seeded random schedules, and check what a subscriber and `Progress` would see.
 //!
 //! The simulation: messages of several containers (two topics each) arrive while the clock
-//! advances; the adapter's request queue sometimes refuses a publish; publishes are written
-//! (given a packet id, as rumqttc does) and reach the broker in order; the broker acknowledges
-//! out of order, stalls (acknowledges nothing), drops the connection at random points (what was
+//! advances; the adapter sometimes refuses a publish (no connection to write it on); publishes
+//! (with the session's packet ids, never one still in flight), PUBRELs and pings are written and
+//! reach the broker in order; the broker acknowledges out of order (QoS 2 through PUBREC, the
+//! session's PUBREL and PUBCOMP), answers pings, stalls (acknowledges and answers nothing, so a
+//! ping goes unanswered), drops the connection at random points (what was
 //! written but not received, and acknowledgements not yet delivered, are lost), refuses
 //! connections, and comes back with or without a session; the agent itself is sometimes
 //! stopped and started again on the same spool. At the end the broker is stable and everything
 //! must arrive. Checked: every message is delivered (or spooled, on the way); per topic, first
 //! deliveries keep intake order; a reported cursor never passes a message neither acknowledged
 //! nor spooled; a message is delivered more than once only if it was in flight at a drop, at
-//! most once more per such drop; nothing is dropped.
+//! most once more per such drop; nothing is dropped; a PUBREL answers only a PUBREC, and no
+//! second ping goes out before the first is answered.
 //!
 //! `MODEL_SEED=n` runs one schedule; `MODEL_SCHEDULES=n` runs more.
 
@@ -70,7 +73,7 @@ struct Msg {
 /// A publish the adapter handed on, on the current connection, in order.
 struct Handed {
     msgs: Vec<usize>,
-    pkid: Option<u16>,
+    pkid: u16,
     acked: bool,
 }
 
@@ -95,13 +98,20 @@ struct World {
     link: Link,
     /// Broker stops acknowledging while set.
     stalled: bool,
-    /// The adapter's request queue (rumqttc's channel), not yet written.
+    /// Publishes taken from the session, not yet written.
     queue: VecDeque<Publish>,
     /// Written to the socket, not yet read by the broker: (pkid, messages).
     socket: VecDeque<(u16, Vec<usize>)>,
-    /// Received by the broker, acknowledgement not yet sent: pkids.
+    /// Received by the broker, acknowledgement (PUBACK, or PUBREC at QoS 2) not yet sent: pkids.
     unacked: Vec<u16>,
-    next_pkid: u16,
+    /// QoS 2: PUBREC sent, PUBREL not yet received.
+    recd: HashSet<u16>,
+    /// PUBRELs written, not yet read by the broker.
+    rels: VecDeque<u16>,
+    /// QoS 2: PUBREL received, PUBCOMP not yet sent.
+    released: Vec<u16>,
+    /// PINGREQs written and not yet answered.
+    pings: u32,
     /// What the adapter handed on this connection, to know what is in flight at a drop.
     handed: VecDeque<Handed>,
     cursors: HashMap<usize, Position>,
@@ -125,6 +135,8 @@ struct Coverage {
     spooled: u64,
     refused: u64,
     repeats: u64,
+    pings: u64,
+    pubrels: u64,
 }
 
 macro_rules! check {
@@ -149,6 +161,7 @@ fn config(rng: &mut Rng) -> MqttConfig {
     cfg.batch_max = 1 + rng.below(6) as usize;
     cfg.batch_interval = Duration::from_millis(50 + rng.below(1500));
     cfg.spool_max_bytes = 64 << 20;
+    cfg.keepalive = Duration::from_secs(5 + rng.below(26));
     cfg
 }
 
@@ -200,7 +213,10 @@ impl World {
             queue: VecDeque::new(),
             socket: VecDeque::new(),
             unacked: Vec::new(),
-            next_pkid: 0,
+            recd: HashSet::new(),
+            rels: VecDeque::new(),
+            released: Vec::new(),
+            pings: 0,
             handed: VecDeque::new(),
             cursors: HashMap::new(),
             pending: vec![VecDeque::new(); CONTAINERS],
@@ -282,17 +298,19 @@ impl World {
                         self.seen.refused += 1;
                         self.session.refused(p.token);
                     } else {
-                        let msgs = if p.topic == STATUS {
-                            Vec::new()
-                        } else {
-                            message_indices(&p.payload)
-                        };
-                        self.handed.push_back(Handed {
-                            msgs,
-                            pkid: None,
-                            acked: false,
-                        });
-                        self.queue.push_back(p);
+                        self.hand(p)?;
+                    }
+                }
+                Action::PubRel(pkid) => {
+                    check!(self.recd.contains(&pkid), "PUBREL {pkid} without a PUBREC");
+                    self.seen.pubrels += 1;
+                    self.rels.push_back(pkid);
+                }
+                Action::Ping => {
+                    check!(self.pings == 0, "a second PINGREQ before the PINGRESP");
+                    if self.link == Link::Up {
+                        self.seen.pings += 1;
+                        self.pings += 1;
                     }
                 }
                 Action::Progress(c, pos) => self.progress(&c, pos)?,
@@ -303,6 +321,27 @@ impl World {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// The adapter takes a publish to write on the current connection.
+    fn hand(&mut self, p: Publish) -> Result<(), String> {
+        check!(
+            !self.handed.iter().any(|h| h.pkid == p.pkid),
+            "packet id {} handed out while in flight",
+            p.pkid
+        );
+        let msgs = if p.topic == STATUS {
+            Vec::new()
+        } else {
+            message_indices(&p.payload)
+        };
+        self.handed.push_back(Handed {
+            msgs,
+            pkid: p.pkid,
+            acked: false,
+        });
+        self.queue.push_back(p);
         Ok(())
     }
 
@@ -368,16 +407,17 @@ impl World {
 
     // ---- the wire and the broker ----
 
-    /// One thing happens on the wire: a request is written, the broker reads one, or it
-    /// acknowledges one.
+    /// One thing happens on the wire: a request is written, the broker reads one, it
+    /// acknowledges one, or it answers a ping.
     fn wire_step(&mut self) {
         if self.link != Link::Up {
             return;
         }
-        match self.rng.below(3) {
+        match self.rng.below(4) {
             0 => self.write(),
             1 => self.receive(),
-            _ => self.ack(),
+            2 => self.ack(),
+            _ => self.pong(),
         }
     }
 
@@ -385,26 +425,30 @@ impl World {
         let Some(p) = self.queue.pop_front() else {
             return;
         };
-        // Packet ids as rumqttc gives them: counting up, skipping those in use.
-        let busy: HashSet<u16> = self.handed.iter().filter_map(|h| h.pkid).collect();
-        loop {
-            self.next_pkid = self.next_pkid.checked_add(1).unwrap_or(1);
-            if !busy.contains(&self.next_pkid) {
-                break;
-            }
+        let msgs = self
+            .handed
+            .iter()
+            .find(|h| h.pkid == p.pkid)
+            .map(|h| h.msgs.clone())
+            .unwrap_or_default();
+        self.socket.push_back((p.pkid, msgs));
+    }
+
+    /// The broker answers a ping, unless it stalls.
+    fn pong(&mut self) {
+        if self.stalled || self.pings == 0 {
+            return;
         }
-        let pkid = self.next_pkid;
-        let mut msgs = Vec::new();
-        if let Some(h) = self.handed.iter_mut().find(|h| h.pkid.is_none()) {
-            h.pkid = Some(pkid);
-            msgs = h.msgs.clone();
-        }
-        drop(p);
-        self.session.sent(pkid, self.now);
-        self.socket.push_back((pkid, msgs));
+        self.pings -= 1;
+        self.session.ping_resp(self.now);
     }
 
     fn receive(&mut self) {
+        if let Some(pkid) = self.rels.pop_front() {
+            if self.recd.remove(&pkid) {
+                self.released.push(pkid);
+            }
+        }
         let Some((pkid, msgs)) = self.socket.pop_front() else {
             return;
         };
@@ -426,17 +470,30 @@ impl World {
     }
 
     fn ack(&mut self) {
-        if self.stalled || self.unacked.is_empty() {
+        let waiting = self.unacked.len() + self.released.len();
+        if self.stalled || waiting == 0 {
             return;
         }
         // Out of order: any of the received ones.
-        let k = self.rng.below(self.unacked.len() as u64) as usize;
-        let pkid = self.unacked.swap_remove(k);
-        if let Some(h) = self
-            .handed
-            .iter_mut()
-            .find(|h| h.pkid == Some(pkid) && !h.acked)
-        {
+        let k = self.rng.below(waiting as u64) as usize;
+        let pkid = if k < self.unacked.len() {
+            let pkid = self.unacked.swap_remove(k);
+            if self.cfg.qos == 2
+                && self
+                    .handed
+                    .iter()
+                    .any(|h| h.pkid == pkid && !h.msgs.is_empty())
+            {
+                // QoS 2: PUBREC now, PUBCOMP once the PUBREL came.
+                self.recd.insert(pkid);
+                self.session.pubrec(pkid, self.now);
+                return;
+            }
+            pkid
+        } else {
+            self.released.swap_remove(k - self.unacked.len())
+        };
+        if let Some(h) = self.handed.iter_mut().find(|h| h.pkid == pkid && !h.acked) {
             h.acked = true;
             for &i in &h.msgs {
                 self.msgs[i].acked = true;
@@ -460,6 +517,10 @@ impl World {
         self.queue.clear();
         self.socket.clear();
         self.unacked.clear();
+        self.recd.clear();
+        self.rels.clear();
+        self.released.clear();
+        self.pings = 0;
         if self.link == Link::Up && !quiet {
             self.session.disconnected("dropped".into(), self.now);
         }
@@ -483,7 +544,6 @@ impl World {
         }
         self.note(|| format!("connected: {granted:?}"));
         self.link = Link::Up;
-        self.next_pkid = 0;
         self.session.connected(granted, self.now);
     }
 
@@ -513,16 +573,22 @@ impl World {
         for round in 0..20_000 {
             if self.link != Link::Up {
                 self.link = Link::Up;
-                self.next_pkid = 0;
                 self.session.connected(Granted::v311(false), self.now);
             }
             self.now += Duration::from_millis(100);
             self.session.tick(self.now);
             self.pump()?;
-            while !self.queue.is_empty() || !self.socket.is_empty() || !self.unacked.is_empty() {
+            while !self.queue.is_empty()
+                || !self.socket.is_empty()
+                || !self.unacked.is_empty()
+                || !self.rels.is_empty()
+                || !self.released.is_empty()
+                || self.pings > 0
+            {
                 self.write();
                 self.receive();
                 self.ack();
+                self.pong();
                 self.pump()?;
             }
             if self.msgs.iter().all(|m| m.deliveries > 0) && round > 30 {
@@ -672,6 +738,8 @@ fn seeded_schedules_deliver_everything_in_order() {
                 total.spooled += c.spooled;
                 total.refused += c.refused;
                 total.repeats += c.repeats;
+                total.pings += c.pings;
+                total.pubrels += c.pubrels;
             }
             Err(e) => panic!("model schedule failed: rerun with MODEL_SEED={seed}\n{e}"),
         }
@@ -680,7 +748,13 @@ fn seeded_schedules_deliver_everything_in_order() {
     if only.is_none() && n >= 100 {
         let t = total;
         assert!(
-            t.gave_up > 0 && t.restarts > 0 && t.spooled > 0 && t.refused > 0 && t.repeats > 0,
+            t.gave_up > 0
+                && t.restarts > 0
+                && t.spooled > 0
+                && t.refused > 0
+                && t.repeats > 0
+                && t.pings > 0
+                && t.pubrels > 0,
             "the schedules no longer reach every path: {t:?}"
         );
     }

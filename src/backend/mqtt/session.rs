@@ -2,12 +2,13 @@
 //! the memory queue, units returned from flight), what is in flight and under which packet id,
 //! the spool, and which container positions may be reported to `Progress`.
 //!
-//! It is driven by events — [`Session::intake`], [`Session::connected`], [`Session::sent`],
-//! [`Session::acked`], [`Session::refused`], [`Session::disconnected`], [`Session::tick`], and
-//! at shutdown [`Session::flush`] and [`Session::stop`] — and answers with [`Action`]s the
-//! adapter takes from [`Session::poll`]: publish requests, progress reports, and a request to
-//! drop a stuck connection. It never blocks, never reads the clock (every event brings `now`),
-//! and knows no MQTT client: the adapter in `mod.rs` (rumqttc today) does the I/O. The spool is
+//! It is driven by events — [`Session::intake`], [`Session::connected`], [`Session::acked`],
+//! [`Session::pubrec`], [`Session::ping_resp`], [`Session::refused`], [`Session::disconnected`],
+//! [`Session::tick`], and at shutdown [`Session::flush`] and [`Session::stop`] — and answers with
+//! [`Action`]s the adapter takes from [`Session::poll`]: publishes (with their packet ids),
+//! PUBRELs, pings, progress reports, and a request to drop a dead connection. It never blocks,
+//! never reads the clock (every event brings `now`), and knows no socket: the adapter in `mod.rs`
+//! writes what it is given with `wire.rs` and reports what it reads. The spool is
 //! its one owned dependency, disk I/O included, and deliberately not behind a trait: its
 //! acknowledgement offsets (acks must reach it in spool order, a disconnect rewinds it) are
 //! part of what must hold, so the model test runs the real one (on tmpfs) rather than a fake.
@@ -15,12 +16,17 @@
 //! The logical queue, oldest first, is: in flight → retry (returned from flight by a disconnect)
 //! → spool replay → spool on disk → memory → open batches. Every path keeps that order, so a
 //! subscriber sees each topic's lines in order and a restart resumes without a gap. A message
-//! counts as delivered only on its PUBACK/PUBCOMP (QoS 1/2) or once written to the socket
-//! (QoS 0).
+//! counts as delivered only on its PUBACK/PUBCOMP (QoS 1/2) or, at QoS 0, once handed to the
+//! adapter to write and not refused (settled at the next [`Session::poll`]; a write that then
+//! fails loses it, as QoS 0 allows).
 //!
-//! Packet ids are the adapter's (rumqttc assigns them and cannot be told which to use): the
-//! session learns each one from [`Session::sent`], in the order it handed the publishes out, and
-//! matches acknowledgements by it. Only ids of the current connection ever reach the session.
+//! Packet ids are the session's: each QoS 1/2 publish is handed out with the next free id
+//! (1..=65535, skipping any still in flight), and acknowledgements are matched by it. Only ids
+//! of the current connection ever reach the session.
+//!
+//! Keep-alive is the session's too (MQTT 3.1.1 §3.1.2.10): when nothing was handed out for
+//! three quarters of the keep-alive, it asks for a PINGREQ ([`Action::Ping`]); a PINGRESP that
+//! has not come one keep-alive later means the connection is dead ([`Action::Reconnect`]).
 
 use std::borrow::Cow;
 use std::collections::VecDeque;
@@ -42,18 +48,17 @@ const MEM_MAX_MSGS: usize = 1024;
 const MEM_MAX_BYTES: usize = 1 << 20;
 /// Messages moved to the spool in one write.
 const SPOOL_CHUNK_MSGS: usize = 1024;
-/// Publishes handed to the client and not yet acknowledged; the client's request channel is
-/// larger, so `try_publish` never meets a full channel. Below rumqttc's own window
-/// (`CLIENT_INFLIGHT` in `mod.rs`), so that rumqttc never runs out of packet ids and never
-/// enters its own waiting states (in-flight full, packet id collision): with 256 against its 200,
-/// `make bench` saw the window stall for good about once in ten runs of 20 containers.
+/// Publishes handed out and not yet acknowledged. 192 × 100-byte lines keep a loopback or LAN
+/// link busy; the byte bound below keeps big batches in check.
 pub const MAX_INFLIGHT_UNITS: usize = 192;
 const MAX_INFLIGHT_BYTES: usize = 512 << 10;
 /// Largest batch payload we build; well below [`MAX_PACKET`] so a batch never tears the
 /// connection down.
 const PAYLOAD_CAP: usize = 256 << 10;
-/// The MQTT packet size limit we set on the client.
+/// The largest packet we send, and the largest remaining length we take from the broker.
 pub const MAX_PACKET: usize = 1 << 20;
+/// Packet ids of MQTT: 1..=65535 (0 is not one).
+const PKIDS: usize = 1 << 16;
 /// Connected but no acknowledgement for this long: treat the broker as away and spool.
 const STALL: Duration = Duration::from_secs(2);
 /// Connected with publishes in flight and no acknowledgement for this long: the connection is
@@ -105,10 +110,12 @@ pub enum Ack {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Token(u64);
 
-/// A publish for the adapter to hand to its connection, in the order given.
+/// A publish for the adapter to write on its connection, in the order given.
 #[derive(Debug)]
 pub struct Publish {
     pub token: Token,
+    /// Its packet id; 0 at QoS 0.
+    pub pkid: u16,
     pub topic: String,
     pub payload: Vec<u8>,
     pub qos: QoS,
@@ -118,12 +125,17 @@ pub struct Publish {
 /// What the session asks of its adapter.
 #[derive(Debug)]
 pub enum Action {
-    /// Hand this publish to the connection; if it cannot take it now, call [`Session::refused`].
+    /// Write this publish; if there is no connection to write it on, call [`Session::refused`].
     Publish(Publish),
+    /// Write a PUBREL for this packet id: the broker received the QoS 2 publish (PUBREC).
+    PubRel(u16),
+    /// Write a PINGREQ (keep-alive); the answer is reported with [`Session::ping_resp`].
+    Ping,
     /// Every message of this container up to this position is acknowledged or spooled.
     Progress(Arc<str>, Position),
-    /// The connection is stuck: the session has given it up (as on a disconnect); drop it and
-    /// make a new one. Nothing of it may reach the session any more.
+    /// The connection is stuck or dead (no acknowledgement, no PINGRESP): the session has given
+    /// it up (as on a disconnect); close it and make a new one. Nothing of it may reach the
+    /// session any more.
     Reconnect,
 }
 
@@ -190,15 +202,18 @@ struct Open {
     since: Instant,
 }
 
-/// A publish handed to the adapter, waiting for its packet id and acknowledgement.
+/// A publish handed to the adapter, waiting for its acknowledgement.
 struct Sent {
     token: Token,
     /// `None` for the status message.
     unit: Option<Unit>,
     /// Payload bytes, counted in the in-flight window.
     bytes: usize,
-    pkid: Option<u16>,
-    qos0: bool,
+    /// 0 at QoS 0.
+    pkid: u16,
+    qos: QoS,
+    /// PUBACK or PUBCOMP came; at QoS 0, set when handed out (settled at the next poll, unless
+    /// refused before).
     acked: bool,
 }
 
@@ -213,6 +228,7 @@ struct Settings {
     status_topic: String,
     online: String,
     offline: String,
+    keep_alive: Duration,
 }
 
 /// Sizes of the memory queue and the in-flight window; small in tests, to reach the spool and
@@ -239,6 +255,10 @@ pub struct Session {
     spool: Spool,
     inflight: VecDeque<Sent>,
     inflight_bytes: usize,
+    /// The packet id handed out last.
+    last_pkid: u16,
+    /// Packet ids in flight, one bit each: an id is never handed out twice while in flight.
+    pkid_busy: Box<[u64]>,
     tracker: Tracker,
     /// The topic of the last message taken in, and what it was made from: consecutive
     /// messages mostly share it, and sanitising and formatting it per message showed up in
@@ -261,6 +281,10 @@ pub struct Session {
     now: Instant,
     disconnected_since: Option<Instant>,
     last_ack: Instant,
+    /// When something was last handed out to write (keep-alive counts from there).
+    last_write: Instant,
+    /// When the PINGREQ not yet answered was handed out.
+    ping_sent: Option<Instant>,
     last_drop: Option<Instant>,
     counters: Counters,
     last_error: String,
@@ -287,6 +311,7 @@ impl Session {
                 status_topic: cfg.status_topic.clone(),
                 online,
                 offline,
+                keep_alive: cfg.keepalive.max(Duration::from_secs(1)),
             },
             bounds: Bounds {
                 mem_msgs: MEM_MAX_MSGS,
@@ -303,6 +328,8 @@ impl Session {
             spool,
             inflight: VecDeque::new(),
             inflight_bytes: 0,
+            last_pkid: 0,
+            pkid_busy: vec![0; PKIDS / 64].into_boxed_slice(),
             tracker: Tracker::default(),
             last_topic: None,
             out: VecDeque::new(),
@@ -316,6 +343,8 @@ impl Session {
             now,
             disconnected_since: Some(now),
             last_ack: now,
+            last_write: now,
+            ping_sent: None,
             last_drop: None,
             counters: Counters::default(),
             last_error: String::new(),
@@ -373,12 +402,26 @@ impl Session {
         !self.overflowing() || self.may_spool(now)
     }
 
-    /// When the next open batch is due.
+    /// When [`Session::tick`] has something to do next: an open batch is due, or a ping.
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.open
+        let batch = self
+            .open
             .iter()
             .map(|o| o.since + self.set.batch_interval)
-            .min()
+            .min();
+        let ping = self.ping_due();
+        match (batch, ping) {
+            (Some(b), Some(p)) => Some(b.min(p)),
+            (b, p) => b.or(p),
+        }
+    }
+
+    /// When the next PINGREQ is due, while connected and none is unanswered.
+    fn ping_due(&self) -> Option<Instant> {
+        if self.granted.is_none() || self.ping_sent.is_some() {
+            return None;
+        }
+        Some(self.last_write + self.set.keep_alive * 3 / 4)
     }
 
     /// True when nothing of memory is left to send (the spool may still hold messages).
@@ -511,8 +554,9 @@ impl Session {
 // ---- connection events ----
 impl Session {
     /// Event: time passed. Closes due batches, moves memory overflow to the spool when the
-    /// broker is away or stuck, and gives a connection up that has acknowledged nothing for
-    /// [`ACK_STALL`] ([`Action::Reconnect`]).
+    /// broker is away or stuck, asks for a ping when nothing was written for three quarters of
+    /// the keep-alive, and gives a connection up ([`Action::Reconnect`]) that has acknowledged
+    /// nothing for [`ACK_STALL`] or left a ping unanswered for a keep-alive.
     pub fn tick(&mut self, now: Instant) {
         self.now = now;
         self.held = false;
@@ -521,14 +565,37 @@ impl Session {
             self.spool_overflow(now);
         }
         if self.ack_stalled(now, ACK_STALL) {
-            let reason = format!(
-                "no acknowledgement for {} s with publishes in flight; reconnecting",
-                ACK_STALL.as_secs()
+            self.give_up(
+                format!(
+                    "no acknowledgement for {} s with publishes in flight; reconnecting",
+                    ACK_STALL.as_secs()
+                ),
+                now,
             );
-            log::warn!("mqtt: {reason}");
-            self.disconnected(reason, now);
-            self.out.push_back(Action::Reconnect);
+        } else if self
+            .ping_sent
+            .is_some_and(|t| now.saturating_duration_since(t) >= self.set.keep_alive)
+        {
+            self.give_up(
+                format!(
+                    "no answer to a ping for {} s; reconnecting",
+                    self.set.keep_alive.as_secs()
+                ),
+                now,
+            );
+        } else if self.ping_due().is_some_and(|t| now >= t) {
+            self.ping_sent = Some(now);
+            self.last_write = now;
+            self.out.push_back(Action::Ping);
         }
+    }
+
+    /// Leaves a connection that is stuck or dead, as on a disconnect, and asks the adapter to
+    /// close it.
+    fn give_up(&mut self, reason: String, now: Instant) {
+        log::warn!("mqtt: {reason}");
+        self.disconnected(reason, now);
+        self.out.push_back(Action::Reconnect);
     }
 
     /// Event: the broker accepted a connection (CONNACK). The status goes out first, then what
@@ -557,22 +624,8 @@ impl Session {
         // Health shows the error of the outage that just ended no longer.
         self.last_error.clear();
         self.last_ack = now;
-    }
-
-    /// Event: the oldest publish handed out and not yet written went out with packet id `pkid`
-    /// (publishes are written in the order they were handed out).
-    pub fn sent(&mut self, pkid: u16, now: Instant) {
-        self.now = now;
-        self.held = false;
-        if let Some(s) = self.inflight.iter_mut().find(|s| s.pkid.is_none()) {
-            s.pkid = Some(pkid);
-            if s.qos0 {
-                s.acked = true;
-                // At QoS 0 the socket taking the publish is all the progress there is.
-                self.last_ack = now;
-                self.settle();
-            }
-        }
+        self.last_write = now;
+        self.ping_sent = None;
     }
 
     /// Event: the broker answered packet `pkid` (PUBACK for QoS 1, PUBCOMP for QoS 2).
@@ -581,17 +634,44 @@ impl Session {
         self.held = false;
         match ack {
             Ack::Ok => {
-                if let Some(s) = self
-                    .inflight
-                    .iter_mut()
-                    .find(|s| s.pkid == Some(pkid) && !s.acked && !s.qos0)
-                {
+                if let Some(s) = self.inflight_mut(pkid) {
                     s.acked = true;
                     self.last_ack = now;
                     self.settle();
                 }
             }
         }
+    }
+
+    /// Event: the broker received QoS 2 publish `pkid` (PUBREC); its PUBREL is due.
+    pub fn pubrec(&mut self, pkid: u16, now: Instant) {
+        self.now = now;
+        self.held = false;
+        if self
+            .inflight_mut(pkid)
+            .is_some_and(|s| s.qos == QoS::ExactlyOnce)
+        {
+            // The broker answered: the link is alive.
+            self.last_ack = now;
+            self.out.push_back(Action::PubRel(pkid));
+        }
+    }
+
+    /// Event: the broker answered our PINGREQ.
+    pub fn ping_resp(&mut self, now: Instant) {
+        self.now = now;
+        self.ping_sent = None;
+    }
+
+    /// The publish in flight under `pkid` and not yet acknowledged. Acks mostly come in order,
+    /// so the search starts at the oldest.
+    fn inflight_mut(&mut self, pkid: u16) -> Option<&mut Sent> {
+        if pkid == 0 || !self.pkid_is_busy(pkid) {
+            return None;
+        }
+        self.inflight
+            .iter_mut()
+            .find(|s| s.pkid == pkid && !s.acked)
     }
 
     /// Event: the adapter could not hand the publish `token` over (its queue is full, or its
@@ -605,6 +685,7 @@ impl Session {
         let Some(s) = self.inflight.remove(i) else {
             return;
         };
+        self.free_pkid(s.pkid);
         self.inflight_bytes = self.inflight_bytes.saturating_sub(s.bytes);
         let Some(u) = s.unit else {
             self.status_due = true;
@@ -629,6 +710,7 @@ impl Session {
             self.disconnected_since = Some(now);
         }
         self.granted = None;
+        self.ping_sent = None;
         self.last_error = reason;
         let back = self.take_back_inflight();
         for u in back.into_iter().rev() {
@@ -657,8 +739,10 @@ impl Session {
             log::warn!("cannot save the mqtt spool cursor: {e}");
         }
         self.granted?;
+        // Whatever was in flight went to the spool: every id is free.
         Some(Publish {
             token: self.token(),
+            pkid: self.next_pkid(),
             topic: self.set.status_topic.clone(),
             payload: self.set.offline.clone().into_bytes(),
             qos: QoS::AtLeastOnce,
@@ -672,6 +756,10 @@ impl Session {
     /// The next thing the adapter should do, if any: queued requests and progress reports
     /// first, then publishes in queue order while connected and the in-flight window has room.
     pub fn poll(&mut self) -> Option<Action> {
+        // A QoS 0 publish handed out and not refused since was written: it is settled.
+        if self.inflight.front().is_some_and(|s| s.acked) {
+            self.settle();
+        }
         if self.out.is_empty() {
             let out = &mut self.out;
             self.tracker
@@ -689,6 +777,27 @@ impl Session {
     fn token(&mut self) -> Token {
         self.next_token += 1;
         Token(self.next_token)
+    }
+
+    /// The next packet id not in flight, marked busy. The window (at most
+    /// [`MAX_INFLIGHT_UNITS`]) is far below the 65 535 ids, so the search is short.
+    fn next_pkid(&mut self) -> u16 {
+        loop {
+            self.last_pkid = self.last_pkid.checked_add(1).unwrap_or(1);
+            let id = self.last_pkid;
+            if !self.pkid_is_busy(id) {
+                self.pkid_busy[usize::from(id) / 64] |= 1 << (id % 64);
+                return id;
+            }
+        }
+    }
+
+    fn pkid_is_busy(&self, id: u16) -> bool {
+        self.pkid_busy[usize::from(id) / 64] & (1 << (id % 64)) != 0
+    }
+
+    fn free_pkid(&mut self, id: u16) {
+        self.pkid_busy[usize::from(id) / 64] &= !(1 << (id % 64));
     }
 
     fn window_open(&self) -> bool {
@@ -786,18 +895,23 @@ impl Session {
             // the last one, maybe long ago).
             self.last_ack = self.now;
         }
+        self.last_write = self.now;
         let token = self.token();
+        let qos0 = qos == QoS::AtMostOnce;
+        // At QoS 0 the socket taking the publish is all the progress there is.
+        let pkid = if qos0 { 0 } else { self.next_pkid() };
         self.inflight_bytes += payload.len();
         self.inflight.push_back(Sent {
             token,
             unit,
             bytes: payload.len(),
-            pkid: None,
-            qos0: qos == QoS::AtMostOnce,
-            acked: false,
+            pkid,
+            qos,
+            acked: qos0,
         });
         Publish {
             token,
+            pkid,
             topic,
             payload,
             qos,
@@ -811,6 +925,10 @@ impl Session {
             let Some(s) = self.inflight.pop_front() else {
                 break;
             };
+            if s.qos == QoS::AtMostOnce {
+                self.last_ack = self.now;
+            }
+            self.free_pkid(s.pkid);
             self.inflight_bytes = self.inflight_bytes.saturating_sub(s.bytes);
             if let Some(u) = s.unit {
                 self.counters.acknowledged += u.parts.len() as u64;
@@ -837,6 +955,7 @@ impl Session {
     fn take_back_inflight(&mut self) -> Vec<Unit> {
         let mut back: Vec<Unit> = Vec::new();
         let inflight: Vec<Sent> = self.inflight.drain(..).collect();
+        self.pkid_busy.fill(0);
         for s in inflight {
             let Some(u) = s.unit else { continue };
             if u.from_spool {
@@ -1114,6 +1233,31 @@ mod tests {
                 .collect()
         }
 
+        /// The packet ids of the publishes among the actions.
+        fn pkids(&mut self) -> Vec<u16> {
+            self.actions()
+                .into_iter()
+                .filter_map(|a| match a {
+                    Action::Publish(p) => Some(p.pkid),
+                    _ => None,
+                })
+                .collect()
+        }
+
+        /// The actions as short names (`publish`, `pubrel N`, `ping`, `progress`, `reconnect`).
+        fn names(&mut self) -> Vec<String> {
+            self.actions()
+                .into_iter()
+                .map(|a| match a {
+                    Action::Publish(_) => "publish".to_string(),
+                    Action::PubRel(id) => format!("pubrel {id}"),
+                    Action::Ping => "ping".to_string(),
+                    Action::Progress(..) => "progress".to_string(),
+                    Action::Reconnect => "reconnect".to_string(),
+                })
+                .collect()
+        }
+
         fn connect(&mut self, ms: u64) {
             self.s.connected(Granted::v311(false), self.at(ms));
         }
@@ -1162,10 +1306,7 @@ mod tests {
         f.connect(0);
         let _a = f.intake("a", 0);
         let b = f.intake("b", 0);
-        assert_eq!(f.publishes().len(), 3);
-        for (pkid, ms) in [(1, 1), (2, 1), (3, 1)] {
-            f.s.sent(pkid, f.at(ms));
-        }
+        assert_eq!(f.pkids(), [1, 2, 3], "the status, a and b");
         f.s.acked(3, Ack::Ok, f.at(2));
         assert!(progress(&f.actions()).is_empty(), "a is not acknowledged");
         f.s.acked(1, Ack::Ok, f.at(3));
@@ -1181,8 +1322,6 @@ mod tests {
         f.intake("a", 0);
         f.intake("b", 0);
         assert_eq!(texts(&f.publishes()), ["status", "a", "b"]);
-        f.s.sent(1, f.at(1));
-        f.s.sent(2, f.at(1));
         f.s.disconnected("gone".into(), f.at(2));
         assert_eq!(f.s.last_error(), "gone");
         f.s.acked(2, Ack::Ok, f.at(3));
@@ -1210,7 +1349,7 @@ mod tests {
         };
         f.s.refused(a.token);
         assert!(f.actions().is_empty(), "held until the next event");
-        f.s.sent(1, f.at(1));
+        f.s.tick(f.at(1));
         assert_eq!(texts(&f.publishes()), ["a", "b"]);
         assert_eq!(status.topic, "logs/status");
         assert_eq!(f.s.counters().published, 2);
@@ -1221,9 +1360,7 @@ mod tests {
         let mut f = fixture("qos0", &[("MQTT_QOS", "0")]);
         f.connect(0);
         let a = f.intake("a", 0);
-        assert_eq!(f.publishes().len(), 2);
-        f.s.sent(1, f.at(1));
-        f.s.sent(0, f.at(1));
+        assert_eq!(f.pkids(), [1, 0], "the status at QoS 1, a at QoS 0");
         assert!(
             progress(&f.actions()).is_empty(),
             "behind the status (QoS 1)"
@@ -1238,9 +1375,7 @@ mod tests {
         f.connect(0);
         f.intake("a", 0);
         assert_eq!(f.publishes().len(), 2);
-        f.s.sent(1, f.at(0));
         f.s.acked(1, Ack::Ok, f.at(0));
-        f.s.sent(2, f.at(0));
         f.s.tick(f.at(9_000));
         assert!(f.actions().is_empty() && f.s.is_connected());
         f.s.tick(f.at(10_500));
@@ -1256,7 +1391,6 @@ mod tests {
         f.s.set_bounds(2, 1);
         f.connect(0);
         assert_eq!(f.publishes().len(), 1, "the status fills the window");
-        f.s.sent(1, f.at(0));
         for t in ["a", "b", "c"] {
             f.intake(t, 0);
         }
@@ -1303,7 +1437,6 @@ mod tests {
             f.intake(t, 0);
         }
         assert_eq!(f.publishes().len(), 2, "the status and a");
-        f.s.sent(1, f.at(1));
         f.s.acked(1, Ack::Ok, f.at(1));
         assert_eq!(f.publishes().len(), 1, "b");
     }
@@ -1326,6 +1459,83 @@ mod tests {
         assert!(
             f.s.stop(f.at(4)).is_none(),
             "no status without a connection"
+        );
+    }
+
+    #[test]
+    fn packet_ids_count_up_wrap_past_zero_and_skip_ids_in_flight() {
+        let mut f = fixture("pkids", &[]);
+        f.connect(0);
+        assert_eq!(f.pkids(), [1], "the status, left unacknowledged");
+        f.s.last_pkid = 65_534;
+        f.intake("a", 0);
+        f.intake("b", 0);
+        f.intake("c", 0);
+        assert_eq!(f.pkids(), [65_535, 2, 3], "0 is no id, 1 is in flight");
+        f.s.acked(1, Ack::Ok, f.at(1));
+        f.s.acked(65_535, Ack::Ok, f.at(1));
+        f.s.last_pkid = 0;
+        f.intake("d", 2);
+        assert_eq!(f.pkids(), [1], "1 is free again");
+        f.s.disconnected("gone".into(), f.at(3));
+        f.connect(4);
+        assert_eq!(f.pkids(), [2, 3, 4, 5], "after a drop every id is free");
+    }
+
+    #[test]
+    fn qos2_answers_pubrec_with_pubrel_and_settles_on_pubcomp() {
+        let mut f = fixture("qos2", &[("MQTT_QOS", "2")]);
+        f.connect(0);
+        let a = f.intake("a", 0);
+        assert_eq!(f.pkids(), [1, 2]);
+        f.s.acked(1, Ack::Ok, f.at(1));
+        f.s.pubrec(2, f.at(2));
+        f.s.pubrec(9, f.at(2));
+        f.s.pubrec(1, f.at(2));
+        assert_eq!(f.names(), ["pubrel 2"], "only a QoS 2 publish in flight");
+        f.s.acked(2, Ack::Ok, f.at(3));
+        assert_eq!(progress(&f.actions()), [a]);
+    }
+
+    #[test]
+    fn keep_alive_pings_when_idle_and_a_missing_pingresp_ends_the_connection() {
+        // Keep-alive 20 s: a ping after 15 s with nothing written; its answer within 20 s.
+        let mut f = fixture("ping", &[("MQTT_KEEPALIVE_S", "20")]);
+        f.s.tick(f.at(40_000));
+        assert!(f.names().is_empty(), "no ping while not connected");
+        f.connect(0);
+        assert_eq!(f.pkids(), [1]);
+        f.s.acked(1, Ack::Ok, f.at(100));
+        assert_eq!(f.s.next_deadline(), Some(f.at(15_000)));
+        let cases: [(u64, &str, &[&str]); 11] = [
+            (14_999, "tick", &[]),
+            (15_000, "tick", &["ping"]),
+            (16_000, "tick", &[]),
+            (16_500, "pingresp", &[]),
+            (29_000, "publish", &["publish"]),
+            (29_100, "ack 2", &["progress"]),
+            (43_999, "tick", &[]),
+            (44_000, "tick", &["ping"]),
+            (50_000, "ack 2", &[]),
+            (63_999, "tick", &[]),
+            (64_000, "tick", &["reconnect"]),
+        ];
+        for (ms, event, want) in cases {
+            match event {
+                "pingresp" => f.s.ping_resp(f.at(ms)),
+                "publish" => drop(f.intake("x", ms)),
+                "ack 2" => f.s.acked(2, Ack::Ok, f.at(ms)),
+                _ => f.s.tick(f.at(ms)),
+            }
+            assert_eq!(f.names(), want, "at {ms} ms after {event}");
+        }
+        assert!(!f.s.is_connected());
+        assert!(f.s.last_error().contains("ping"), "{}", f.s.last_error());
+        f.connect(65_000);
+        assert_eq!(
+            f.s.next_deadline(),
+            Some(f.at(80_000)),
+            "a new connection, a new count"
         );
     }
 

@@ -20,7 +20,7 @@ const SYSTEM_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 
 /// Builds the rustls configuration for `cfg`.
 pub fn client_config(cfg: &MqttConfig) -> Result<Arc<ClientConfig>, Error> {
-    // ureq and rumqttc share rustls; whoever comes first installs ring, the other is fine.
+    // ureq and the MQTT wire share rustls; whoever comes first installs ring, the other is fine.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ClientConfig::builder_with_provider(provider)
