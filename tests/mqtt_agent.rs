@@ -687,6 +687,103 @@ fn agent_killed_young_again_and_again() {
     assert!(dups as u64 <= bound, "{dups} duplicates, more than {bound}");
 }
 
+/// A tmpfs mounted for one test, unmounted when dropped.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &std::path::Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(dir).expect("mount point");
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .expect("mount");
+        assert!(ok.success(), "mount a tmpfs (needs root)");
+        Tmpfs(dir.to_path_buf())
+    }
+
+    /// Bytes free, as `df` says.
+    fn free(&self) -> u64 {
+        let out = Command::new("df")
+            .args(["-B1", "--output=avail"])
+            .arg(&self.0)
+            .output()
+            .expect("df");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .nth(1)
+            .and_then(|l| l.trim().parse().ok())
+            .unwrap_or(u64::MAX)
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// `STATE_DIR` on a 2 MiB tmpfs and no broker: the spool keeps what fits (the disk ends up
+/// full, not a chunk short), only the rest is dropped, counted apart for container lines and
+/// the agent's own messages; the failing cursor save is in health, and no temporary file stays.
+#[test]
+fn a_full_state_dir_loses_only_what_does_not_fit() {
+    let dir = TempDir::new("fullfs");
+    let state = dir.path().join("state");
+    let fs = Tmpfs::mount(&state, "2m");
+    let nobody = format!("mqtt://127.0.0.1:{}", free_port());
+    let p = unique("full");
+    let state_env = state.display().to_string();
+    let agent = agent_for(&p, &nobody, &[("STATE_DIR", state_env.as_str())]);
+    // About 9 MB of messages for a 2 MiB disk.
+    let _c = run(
+        &format!("{p}-c"),
+        "4002",
+        "full",
+        &numbered(20000, 2000, 200),
+    );
+    let mut h = Value::Null;
+    assert!(
+        wait_until(PATIENCE, || {
+            h = health(&agent).1;
+            h["mqtt"]["droppedLines"].as_u64().unwrap_or(0) > 0
+                && h["cursors"]["saveErrors"].as_u64().unwrap_or(0) > 0
+        }),
+        "no drop or no failed cursor save: {h}"
+    );
+    // Every line read was taken by the files, whatever the spool could keep.
+    assert!(
+        wait_until(PATIENCE, || health(&agent).1["local"]["written"]
+            .as_u64()
+            .is_some_and(|w| w >= 20000)),
+        "health {}",
+        health(&agent).1
+    );
+    let h = health(&agent).1;
+    let free = fs.free();
+    eprintln!(
+        "full STATE_DIR: {free} bytes left free; mqtt: {} bytes, spooled {}, dropped {} lines and {} of \
+         the agent's own; cursors: {}",
+        h["mqtt"]["spoolBytes"], h["mqtt"]["spooled"], h["mqtt"]["droppedLines"], h["mqtt"]["droppedAgent"], h["cursors"]
+    );
+    // The spool holds what fits: all but a record's worth of the disk. Dropping whole chunks
+    // of 1024 messages (~600 KB here) would leave it a chunk short.
+    let spooled_bytes = h["mqtt"]["spoolBytes"].as_u64().unwrap_or(0);
+    assert!(
+        spooled_bytes >= (2 << 20) * 95 / 100,
+        "{spooled_bytes} bytes spooled of 2 MiB ({free} free): more would have fitted"
+    );
+    assert!(h["mqtt"]["droppedAgent"].is_u64(), "{h}");
+    assert_eq!(h["cursors"]["saveFailing"], true, "{h}");
+    let strays: Vec<_> = std::fs::read_dir(&state)
+        .expect("state dir")
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".tmp"))
+        .collect();
+    assert!(strays.is_empty(), "temporary files left: {strays:?}");
+}
+
 /// A tiny spool while the broker is away: the oldest are dropped, counted and reported; the
 /// newest arrive once it is back.
 #[test]

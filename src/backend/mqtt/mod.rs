@@ -711,6 +711,8 @@ impl Backend for MqttBackend {
             "acknowledged": c.acknowledged,
             "spooled": c.spooled,
             "dropped": c.dropped,
+            "droppedLines": c.dropped_lines,
+            "droppedAgent": c.dropped_agent,
             "reconnects": c.reconnects,
             "lastError": s.last_error(),
         })
@@ -720,11 +722,13 @@ impl Backend for MqttBackend {
         let link = self.shared.lock();
         let s = &link.session;
         let c = s.counters();
-        let lines: [(&str, &str, &str, u64); 8] = [
+        let lines: [(&str, &str, &str, u64); 10] = [
             ("published_total", "counter", "Messages handed to the broker connection.", c.published),
             ("acknowledged_total", "counter", "Messages the broker acknowledged (QoS 1/2) or that were written to the socket (QoS 0).", c.acknowledged),
             ("spooled_total", "counter", "Messages written to the disk spool.", c.spooled),
             ("dropped_total", "counter", "Messages dropped because the spool was full or failed.", c.dropped),
+            ("dropped_lines_total", "counter", "Container lines (and lifecycle messages) dropped.", c.dropped_lines),
+            ("dropped_agent_total", "counter", "The agent's own messages dropped.", c.dropped_agent),
             ("reconnects_total", "counter", "Connections to the broker after the first.", c.reconnects),
             ("connected", "gauge", "1 while connected to the broker.", u64::from(s.is_connected())),
             ("queue_messages", "gauge", "Messages waiting in memory.", s.queued() as u64),

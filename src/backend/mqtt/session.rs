@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 
 use rumqttc::QoS;
 
-use super::spool::Spool;
+use super::spool::{Dropped, Spool};
 use super::topic;
 use super::tracker::{Seq, Tracker};
 use crate::config::MqttConfig;
@@ -145,7 +145,12 @@ pub struct Counters {
     pub published: u64,
     pub acknowledged: u64,
     pub spooled: u64,
+    /// Every message dropped: `dropped_lines` + `dropped_agent`.
     pub dropped: u64,
+    /// Container lines (and lifecycle messages) dropped.
+    pub dropped_lines: u64,
+    /// The agent's own messages dropped.
+    pub dropped_agent: u64,
     pub reconnects: u64,
 }
 
@@ -295,11 +300,12 @@ impl Session {
     /// of an earlier run: they go out first).
     pub fn new(
         cfg: &MqttConfig,
-        spool: Spool,
+        mut spool: Spool,
         online: String,
         offline: String,
         now: Instant,
     ) -> Session {
+        spool.set_agent_prefix(format!("{}/manager/", cfg.base_topic));
         Session {
             set: Settings {
                 base_topic: cfg.base_topic.clone(),
@@ -819,8 +825,11 @@ impl Session {
             let unit = self.next_unit()?;
             let Some((topic, payload)) = self.render(&unit) else {
                 // Only a base topic with a wildcard gets here; config validation should stop it.
-                self.counters.dropped += unit.parts.len() as u64;
-                self.last_drop = Some(self.now);
+                let mut d = Dropped::default();
+                for _ in &unit.parts {
+                    self.spool.count(&mut d, &unit.topic);
+                }
+                self.count_dropped(d);
                 log::warn!(
                     "mqtt topic {:?} is not valid, dropped {} messages",
                     unit.topic,
@@ -976,6 +985,34 @@ impl Session {
 }
 
 // ---- the spool ----
+
+/// Appends `records`; when a write fails (a full disk), tries the rest one by one so that
+/// whatever still fits is kept. Returns how many were written (a prefix), what the spool's limit
+/// pushed out, and the error that stopped it.
+fn append_what_fits(
+    spool: &mut Spool,
+    records: &[(&str, &str)],
+) -> (usize, Dropped, Option<std::io::Error>) {
+    let out = spool.append(records.iter().copied());
+    let mut written = out.written as usize;
+    let mut dropped = out.dropped;
+    let Some(mut error) = out.error else {
+        return (written, dropped, None);
+    };
+    while let Some(record) = records.get(written) {
+        let one = spool.append(std::iter::once(*record));
+        dropped.add(one.dropped);
+        match one.error {
+            None => written += 1,
+            Some(e) => {
+                error = e;
+                break;
+            }
+        }
+    }
+    let error = (written < records.len()).then_some(error);
+    (written, dropped, error)
+}
 impl Session {
     fn spool_overflow(&mut self, now: Instant) {
         if self.memory.is_empty() {
@@ -1010,7 +1047,9 @@ impl Session {
         self.write_spool(rest, false);
     }
 
-    /// Writes units to the spool in one write, in front of it or after it.
+    /// Writes units to the spool, in front of it (all or none) or after it (as much as fits:
+    /// when a write fails, the rest are tried one by one, and only those that do not fit are
+    /// dropped, counted by kind).
     fn write_spool(&mut self, units: Vec<Unit>, front: bool) {
         if units.is_empty() {
             return;
@@ -1020,29 +1059,46 @@ impl Session {
             .iter()
             .flat_map(|u| u.parts.iter().map(move |p| (&*u.topic, p.json.text())))
             .collect();
-        let records = texts.iter().map(|(t, j)| (*t, j.as_ref()));
-        let result = if front {
-            self.spool.prepend(records)
+        let records: Vec<(&str, &str)> = texts.iter().map(|(t, j)| (*t, j.as_ref())).collect();
+        let (written, dropped, error) = if front {
+            match self.spool.prepend(records.iter().copied()) {
+                Ok(d) => (records.len(), d, None),
+                Err(e) => (0, Dropped::default(), Some(e)),
+            }
         } else {
-            self.spool.append(records)
+            append_what_fits(&mut self.spool, &records)
         };
-        let n: usize = units.iter().map(|u| u.parts.len()).sum();
-        match result {
-            Ok(dropped) => {
-                self.counters.spooled += n as u64;
-                if dropped > 0 {
-                    self.counters.dropped += dropped;
-                    self.last_drop = Some(self.now);
-                    log::warn!("mqtt spool is full: dropped the {dropped} oldest messages");
-                }
-            }
-            Err(e) => {
-                self.counters.dropped += n as u64;
-                self.last_drop = Some(self.now);
-                log::warn!("mqtt spool write failed, dropped {n} messages: {e}");
-            }
+        self.counters.spooled += written as u64;
+        if dropped.total() > 0 {
+            log::warn!(
+                "mqtt spool is full: dropped the {} oldest messages",
+                dropped.total()
+            );
+            self.count_dropped(dropped);
         }
-        for u in &units {
+        if let Some(e) = error {
+            let mut lost = Dropped::default();
+            for (topic, _) in &records[written..] {
+                self.spool.count(&mut lost, topic);
+            }
+            log::warn!(
+                "mqtt spool write failed ({e}): spooled {written} of {} messages, dropped {} \
+                 container lines and {} of the agent's own",
+                records.len(),
+                lost.lines,
+                lost.agent
+            );
+            self.last_error = format!("spool write: {e}");
+            self.count_dropped(lost);
+        }
+        drop(texts);
+        self.settle_spooled(&units);
+    }
+
+    /// Units handed to the spool (written or dropped) leave memory, and their positions may
+    /// be reported.
+    fn settle_spooled(&mut self, units: &[Unit]) {
+        for u in units {
             self.waiting_msgs -= u.parts.len();
             self.waiting_bytes -= u.bytes;
             for p in &u.parts {
@@ -1051,6 +1107,13 @@ impl Session {
                 }
             }
         }
+    }
+
+    fn count_dropped(&mut self, d: Dropped) {
+        self.counters.dropped += d.total();
+        self.counters.dropped_lines += d.lines;
+        self.counters.dropped_agent += d.agent;
+        self.last_drop = Some(self.now);
     }
 
     fn fill_replay(&mut self) {
@@ -1550,5 +1613,37 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(&out).expect("json");
         assert_eq!(v["id"], "x");
         assert_eq!(v["truncated"], true);
+    }
+
+    #[test]
+    fn what_fits_in_a_full_spool_is_kept_and_the_rest_counted_by_kind() {
+        let (mut spool, dir) = super::super::spool::full_after_one_segment("session-full");
+        let json = "x".repeat(1000);
+        let records: Vec<(&str, &str)> = (0..40)
+            .map(|i| {
+                let topic = if i % 4 == 0 {
+                    "b/manager/warn"
+                } else {
+                    "b/1/web/info"
+                };
+                (topic, json.as_str())
+            })
+            .collect();
+        let (written, pushed_out, error) = append_what_fits(&mut spool, &records);
+        assert!(error.is_some(), "the second segment cannot be written");
+        assert!(written > 0 && written < records.len());
+        assert_eq!(
+            spool.pending(),
+            written as u64,
+            "everything that fit is kept"
+        );
+        assert_eq!(pushed_out, Dropped::default());
+        let mut lost = Dropped::default();
+        for (topic, _) in &records[written..] {
+            spool.count(&mut lost, topic);
+        }
+        assert_eq!(lost.total() as usize, records.len() - written);
+        assert!(lost.agent > 0 && lost.lines > lost.agent, "{lost:?}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

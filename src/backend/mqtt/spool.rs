@@ -29,6 +29,45 @@ pub struct Record {
     pub end: u64,
 }
 
+/// Records dropped, by whose they were: container lines (and lifecycle messages), or the
+/// agent's own messages (topics under `{base}/manager/`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Dropped {
+    pub lines: u64,
+    pub agent: u64,
+}
+
+impl Dropped {
+    pub fn total(&self) -> u64 {
+        self.lines + self.agent
+    }
+
+    pub fn add(&mut self, other: Dropped) {
+        self.lines += other.lines;
+        self.agent += other.agent;
+    }
+}
+
+/// What [`Spool::append`] did: the first `written` records are in the spool, the rest are not
+/// (`error` says why); `dropped` were pushed out to stay under the limit.
+#[derive(Debug, Default)]
+pub struct Appended {
+    pub written: u64,
+    pub dropped: Dropped,
+    pub error: Option<io::Error>,
+}
+
+#[cfg(test)]
+impl Appended {
+    /// What was pushed out; panics on a failed write.
+    fn expect(self, what: &str) -> u64 {
+        if let Some(e) = self.error {
+            panic!("{what}: {e}");
+        }
+        self.dropped.total()
+    }
+}
+
 #[derive(Debug, Clone)]
 struct Segment {
     id: u64,
@@ -48,6 +87,8 @@ pub struct Spool {
     seg_size: u64,
     segs: VecDeque<Segment>,
     total: u64,
+    /// Topics of the agent's own messages start with this (see [`Dropped`]); empty: none.
+    agent_prefix: String,
 }
 
 /// Encodes records as the lines of one chunk.
@@ -135,7 +176,23 @@ impl Spool {
             seg_size: (max_bytes / 8).clamp(16 << 10, 8 << 20),
             segs,
             total,
+            agent_prefix: String::new(),
         })
+    }
+
+    /// Tells the agent's own messages (topics starting with `prefix`) from container lines
+    /// when records are dropped.
+    pub fn set_agent_prefix(&mut self, prefix: String) {
+        self.agent_prefix = prefix;
+    }
+
+    /// Counts `topic` as one dropped record of its kind.
+    pub fn count(&self, dropped: &mut Dropped, topic: &str) {
+        if !self.agent_prefix.is_empty() && topic.starts_with(&self.agent_prefix) {
+            dropped.agent += 1;
+        } else {
+            dropped.lines += 1;
+        }
     }
 
     /// Bytes of the segment files.
@@ -158,15 +215,12 @@ impl Spool {
         !self.segs.is_empty()
     }
 
-    /// Appends records after everything spooled, one write per segment touched; returns how
-    /// many records were dropped (oldest segments first) to stay under the limit.
-    pub fn append<'a>(
-        &mut self,
-        records: impl Iterator<Item = (&'a str, &'a str)>,
-    ) -> io::Result<u64> {
+    /// Appends records after everything spooled, one write per segment touched. A failed write
+    /// (a full disk) stops there: what was written before it stays, the rest is not written.
+    pub fn append<'a>(&mut self, records: impl Iterator<Item = (&'a str, &'a str)>) -> Appended {
+        let mut out = Appended::default();
         let mut buf = Vec::new();
         let mut n = 0;
-        let mut dropped = 0;
         for (topic, json) in records {
             let room = match self.segs.back() {
                 Some(s) => self.seg_size.saturating_sub(s.len),
@@ -174,7 +228,9 @@ impl Spool {
             };
             let line_len = (topic.len() + json.len() + 2) as u64;
             if n > 0 && buf.len() as u64 + line_len > room {
-                dropped += self.write_tail(&buf, n)?;
+                if !self.append_chunk(&buf, n, &mut out) {
+                    return out;
+                }
                 buf.clear();
                 n = 0;
             }
@@ -188,9 +244,24 @@ impl Spool {
             n += 1;
         }
         if n > 0 {
-            dropped += self.write_tail(&buf, n)?;
+            self.append_chunk(&buf, n, &mut out);
         }
-        Ok(dropped)
+        out
+    }
+
+    /// Writes one chunk of `n` records at the end; false (and `out.error` set) when it failed.
+    fn append_chunk(&mut self, buf: &[u8], n: u64, out: &mut Appended) -> bool {
+        match self.write_tail(buf, n) {
+            Ok(dropped) => {
+                out.written += n;
+                out.dropped.add(dropped);
+                true
+            }
+            Err(e) => {
+                out.error = Some(e);
+                false
+            }
+        }
     }
 
     /// Starts a new last segment (its file is made by the first write).
@@ -207,12 +278,12 @@ impl Spool {
         });
     }
 
-    fn write_tail(&mut self, buf: &[u8], n: u64) -> io::Result<u64> {
+    fn write_tail(&mut self, buf: &[u8], n: u64) -> io::Result<Dropped> {
         if self.segs.is_empty() {
             self.roll();
         }
         let Some(last) = self.segs.back_mut() else {
-            return Ok(0);
+            return Ok(Dropped::default());
         };
         let path = seg_path(&self.dir, last.id);
         if let Err(e) = write_at_end(&path, last.len, buf) {
@@ -228,14 +299,14 @@ impl Spool {
     }
 
     /// Puts records in front of everything spooled (messages that were older than the spool
-    /// but still in memory); returns how many records were dropped to stay under the limit.
+    /// but still in memory), all or none; returns what was dropped to stay under the limit.
     pub fn prepend<'a>(
         &mut self,
         records: impl Iterator<Item = (&'a str, &'a str)>,
-    ) -> io::Result<u64> {
+    ) -> io::Result<Dropped> {
         let (buf, n) = encode(records);
         if n == 0 {
-            return Ok(0);
+            return Ok(Dropped::default());
         }
         let id = self.segs.front().map(|s| s.id - 1).unwrap_or(FIRST_ID);
         let path = seg_path(&self.dir, id);
@@ -253,16 +324,33 @@ impl Spool {
         Ok(self.enforce_limit())
     }
 
-    fn enforce_limit(&mut self) -> u64 {
-        let mut dropped = 0;
+    fn enforce_limit(&mut self) -> Dropped {
+        let mut dropped = Dropped::default();
         while self.total > self.max_bytes && self.segs.len() > 1 {
             if let Some(s) = self.segs.pop_front() {
-                dropped += s.records - s.acked_records;
+                dropped.add(self.unacked_of(&s));
                 self.total -= s.len;
                 let _ = fs::remove_file(seg_path(&self.dir, s.id));
             }
         }
         dropped
+    }
+
+    /// The records of a segment not acknowledged yet, by kind (all lines if unreadable).
+    fn unacked_of(&self, s: &Segment) -> Dropped {
+        let mut d = Dropped::default();
+        let unacked = s.records - s.acked_records;
+        let Ok(bytes) = fs::read(seg_path(&self.dir, s.id)) else {
+            d.lines = unacked;
+            return d;
+        };
+        let start = (s.acked_off as usize).min(bytes.len());
+        let (recs, _) = decode(&bytes[start..]);
+        for (topic, _, _) in &recs {
+            self.count(&mut d, topic);
+        }
+        d.lines += unacked.saturating_sub(recs.len() as u64);
+        d
     }
 
     /// Reads up to about `max_bytes` (at least one record) of unread records, oldest first.
@@ -432,6 +520,18 @@ fn read_cursor(path: &Path) -> Vec<(u64, u64, u64)> {
 }
 
 #[cfg(test)]
+/// A spool whose second segment cannot be written (its file is `/dev/full`), as a full
+/// disk would refuse it.
+pub(crate) fn full_after_one_segment(name: &str) -> (Spool, PathBuf) {
+    let dir = std::env::temp_dir().join(format!("mqtt-spool-{name}-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&dir);
+    let mut s = Spool::open(&dir, 1 << 17).expect("open");
+    std::os::unix::fs::symlink("/dev/full", seg_path(&dir, FIRST_ID + 1)).expect("symlink");
+    s.set_agent_prefix("b/manager/".into());
+    (s, dir)
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -516,6 +616,27 @@ mod tests {
         assert_eq!(dropped + s.pending(), 400);
         let r = s.read(1, 1 << 20).expect("read");
         assert_eq!(r[0].topic, format!("t{dropped}"), "the oldest went first");
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_failed_write_keeps_what_was_written_before_it() {
+        let (mut s, dir) = full_after_one_segment("full");
+        let json = "x".repeat(1000);
+        let out = s.append((0..30).map(|_| ("b/1/web/info", json.as_str())));
+        assert!(out.written > 0 && out.written < 30, "{out:?}");
+        assert!(out.error.is_some());
+        assert_eq!(s.pending(), out.written, "what was written stays");
+        let r = s.read(100, 1 << 20).expect("read");
+        assert_eq!(r.len() as u64, out.written);
+        let mut d = Dropped::default();
+        s.count(&mut d, "b/manager/warn");
+        s.count(&mut d, "b/1/manager/warn");
+        assert_eq!(
+            d,
+            Dropped { lines: 1, agent: 1 },
+            "only the base's manager level"
+        );
         let _ = fs::remove_dir_all(&dir);
     }
 }
