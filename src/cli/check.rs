@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use super::{FAILED, OK, USAGE};
 use crate::backend::mqtt::wire;
-use crate::config::{Config, MqttConfig, Secret};
+use crate::config::{Config, MqttConfig};
 use crate::engine::Engine;
 
 /// How long the broker has to accept us.
@@ -165,36 +165,18 @@ fn connect_broker(cfg: &MqttConfig) -> Result<(), String> {
     Ok(())
 }
 
-/// The agent's connection settings, under a client id of the check's own: the broker would
-/// otherwise disconnect the running agent's session.
+/// The agent's connection settings, under a client id of the check's own (the broker would
+/// otherwise disconnect the running agent's session) and with no last will.
 fn broker_options(cfg: &MqttConfig) -> Result<wire::Options, String> {
-    let tls = if cfg.tls {
-        let tls = crate::backend::mqtt::tls::client_config(cfg).map_err(|e| {
-            format!("{e}: check MQTT_CA_FILE, MQTT_CLIENT_CERT_FILE and MQTT_CLIENT_KEY_FILE")
-        })?;
-        Some(tls)
-    } else {
-        None
-    };
-    let credentials = cfg.username.as_ref().map(|user| {
-        let password = cfg
-            .password
-            .clone()
-            .unwrap_or_else(|| Secret::new(String::new()));
-        (user.clone(), password)
-    });
-    Ok(wire::Options {
-        host: cfg.host.clone(),
-        port: cfg.port,
-        client_id: format!("{}-check-{}", cfg.client_id, std::process::id()),
-        keep_alive: Duration::from_secs(5),
-        clean_session: true,
-        credentials,
-        will: None,
-        tls,
-        connect_timeout: BROKER_WAIT,
-        max_incoming_packet: 1024,
-    })
+    let mut options = crate::backend::mqtt::options(cfg, "").map_err(|e| {
+        format!("{e}: check MQTT_CA_FILE, MQTT_CLIENT_CERT_FILE and MQTT_CLIENT_KEY_FILE")
+    })?;
+    options.client_id = format!("{}-check-{}", cfg.client_id, std::process::id());
+    options.keep_alive = Duration::from_secs(5);
+    options.will = None;
+    options.connect_timeout = BROKER_WAIT;
+    options.max_incoming_packet = 1024;
+    Ok(options)
 }
 
 /// The broker's answer as a user reads it: what went wrong and what to change.

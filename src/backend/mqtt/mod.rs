@@ -228,8 +228,8 @@ fn open_spool(cfg: &MqttConfig, state_dir: &Path) -> Result<spool::Spool, Error>
 }
 
 /// What every connection is made from: clean session, the keep-alive, the offline status as
-/// last will, credentials and TLS.
-fn options(cfg: &MqttConfig, offline: &str) -> Result<wire::Options, Error> {
+/// last will, credentials and TLS. `check` connects with them too.
+pub(crate) fn options(cfg: &MqttConfig, offline: &str) -> Result<wire::Options, Error> {
     let tls = if cfg.tls {
         Some(tls::client_config(cfg)?)
     } else {
