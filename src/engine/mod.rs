@@ -17,6 +17,7 @@ mod transport;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use chunked::BodyDecoder;
@@ -149,7 +150,8 @@ const MAX_ERROR_BODY_BYTES: usize = 64 * 1024;
 #[derive(Debug, Clone)]
 pub struct Engine {
     addr: Addr,
-    version: String,
+    /// Set by the first successful [`Engine::negotiate`]; until then [`OUR_API_VERSION`].
+    version: OnceLock<String>,
 }
 
 impl Engine {
@@ -161,13 +163,13 @@ impl Engine {
             .map_err(|why| Error::InvalidHost(format!("{docker_host:?}: {why}")))?;
         Ok(Engine {
             addr,
-            version: OUR_API_VERSION.to_string(),
+            version: OnceLock::new(),
         })
     }
 
     /// `GET /_ping`; uses the lower of our version and the engine's `Api-Version` for all later
-    /// requests. Returns the version chosen.
-    pub fn negotiate(&mut self) -> Result<String, Error> {
+    /// requests (the first version chosen stays). Returns the version chosen.
+    pub fn negotiate(&self) -> Result<String, Error> {
         let (head, _) = self.get("/_ping")?;
         let theirs = head.api_version().unwrap_or(FALLBACK_API_VERSION);
         let chosen = match (parse_version(theirs), parse_version(OUR_API_VERSION)) {
@@ -179,8 +181,7 @@ impl Engine {
                 )))
             }
         };
-        self.version = chosen.clone();
-        Ok(chosen)
+        Ok(self.version.get_or_init(|| chosen).clone())
     }
 
     /// `GET /containers/json`: the ids of the running containers.
@@ -229,7 +230,8 @@ impl Engine {
     }
 
     fn path(&self, rest: &str) -> String {
-        format!("/v{}{}", self.version, rest)
+        let version = self.version.get().map_or(OUR_API_VERSION, String::as_str);
+        format!("/v{version}{rest}")
     }
 
     fn get(&self, path: &str) -> Result<(http::Head, Vec<u8>), Error> {
@@ -489,7 +491,7 @@ mod tests {
     #[test]
     fn builds_paths() {
         let e = Engine::new("unix:///tmp/docker.sock").unwrap();
-        assert_eq!(e.version, OUR_API_VERSION);
+        assert_eq!(e.version.get(), None);
         assert_eq!(e.path("/containers/json"), "/v1.47/containers/json");
         assert_eq!(encode_id("/my-app_1.web"), "my-app_1.web");
         assert_eq!(encode_id("a b/c?d"), "a%20b%2Fc%3Fd");
