@@ -212,7 +212,7 @@ impl Pipeline {
                 match shared.engine.negotiate() {
                     Ok(v) => break v,
                     Err(e) if !told => {
-                        log::error!("engine at {host} unreachable: {e}; retrying");
+                        log::error!("engine at {host} unreachable: {e}; retrying{}", hint(&e));
                         told = true;
                     }
                     Err(_) => {}
@@ -232,6 +232,10 @@ impl Pipeline {
         if let Ok(mut v) = self.stats.api_version.lock() {
             *v = version.clone();
         }
+        // Until housekeeping's first status: no longer "waiting".
+        notify::notify(&format!(
+            "STATUS=following the containers of the engine at {host} (API {version})"
+        ));
         log::info!(
             "container-logd {} started: engine {host} (API {version}), mqtt {}",
             env!("CARGO_PKG_VERSION"),
@@ -347,6 +351,17 @@ impl Pipeline {
 
 fn state_error(what: &'static str) -> impl Fn(std::io::Error) -> Error {
     move |err| Error::State { what, err }
+}
+
+/// What to do when the engine's socket refuses the agent's user.
+fn hint(e: &crate::engine::Error) -> &'static str {
+    match e {
+        crate::engine::Error::Io(io) if io.kind() == std::io::ErrorKind::PermissionDenied => {
+            " (the agent's user is not in the socket's group: sudo adduser container-logd \
+             docker, or the socket's group, then sudo systemctl restart container-logd)"
+        }
+        _ => "",
+    }
 }
 
 /// Waits up to `d` for SIGTERM/SIGINT; true when one came.
