@@ -30,7 +30,7 @@ deb=${DEB:-$target_dir/debian/container-logd_${version}_$arch.deb}
 suite=bookworm
 cache=$(mkdir -p "$target_dir/systemd-check" && cd "$target_dir/systemd-check" && pwd)
 tarball=$cache/$suite-$arch.tar.gz
-engine_dir=/tmp/cld-engine # tests/env.sh's private engine (armhf)
+engine_dir= # armhf: the directory of tests/env.sh's private engine socket
 packages=systemd,systemd-sysv,dbus,mosquitto,mosquitto-clients,curl,ca-certificates,procps,adduser
 [ "$arch" = amd64 ] && packages=$packages,docker.io
 unit=container-logd
@@ -519,7 +519,10 @@ engine_group_comes() {
 main() {
     need_tools
     [ "$arch" = armhf ] && register_qemu
-    if [ "$arch" = armhf ]; then tests/env.sh up >/dev/null; fi
+    if [ "$arch" = armhf ]; then
+        tests/env.sh up >/dev/null # shared with the tests: never taken down here
+        engine_dir=$(dirname "$(tests/env.sh host | sed 's|^unix://||')")
+    fi
     build_rootfs
     prepare_root
     boot
