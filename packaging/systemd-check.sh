@@ -508,13 +508,20 @@ engine_group_comes() {
         inside groupadd --system --gid "$(stat -c %g "$engine_dir/docker.sock")" docker
     fi
     engine_on
+    if wait_for 60 journal_hint; then
+        ok "then the engine comes, its socket refusing the user: the journal says which group to join"
+    else
+        bad "the engine's socket refuses the user and the journal does not say what to do"
+    fi
     inside dpkg -i /root/debs/container-logd.deb >/dev/null 2>&1 || true
     if wait_for 60 health_is 200 && [[ " $(inside id -nG container-logd) " == *" docker "* ]]; then
-        ok "then the engine and its group come: reinstalling joins the group, the engine is followed"
+        ok "reinstalling (as postinst advised) joins the group, the engine is followed"
     else
         bad "after the group came and a reinstall: groups $(inside id -nG container-logd), health $(health_code)"
     fi
 }
+
+journal_hint() { [[ "$(journal -p err -o cat)" == *"adduser container-logd"* ]]; }
 
 main() {
     need_tools

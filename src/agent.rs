@@ -206,14 +206,15 @@ impl Pipeline {
         let watchdog = notify::watchdog_interval();
         let mut backoff = Backoff::new();
         let mut next_try = Instant::now();
-        let mut told = false;
+        // Said once per kind of failure (no socket yet, then one that refuses the user, …).
+        let mut told = String::new();
         let version = loop {
             if Instant::now() >= next_try {
                 match shared.engine.negotiate() {
                     Ok(v) => break v,
-                    Err(e) if !told => {
+                    Err(e) if e.to_string() != told => {
+                        told = e.to_string();
                         log::error!("engine at {host} unreachable: {e}; retrying{}", hint(&e));
-                        told = true;
                     }
                     Err(_) => {}
                 }
