@@ -62,11 +62,16 @@ need_tools() {
     fi
 }
 
-# qemu-arm for armhf binaries (and debootstrap's second stage), registered only if it is not.
+# qemu-arm for armhf binaries (and debootstrap's second stage), registered only if it is not;
+# cleanup undoes what was done here.
 registered_qemu=
+mounted_binfmt=
 register_qemu() {
     local fs=/proc/sys/fs/binfmt_misc
-    [ -e $fs/register ] || mount -t binfmt_misc binfmt_misc $fs
+    if [ ! -e $fs/register ]; then
+        mount -t binfmt_misc binfmt_misc $fs
+        mounted_binfmt=$fs
+    fi
     [ -e $fs/qemu-arm ] && return
     grep -v '^#' /usr/lib/binfmt.d/qemu-arm.conf | grep -m 1 . >$fs/register
     registered_qemu=$fs/qemu-arm
@@ -110,6 +115,7 @@ cleanup() {
         rm -rf --one-file-system "$root"
     fi
     if [ -n "$registered_qemu" ]; then echo -1 >"$registered_qemu" || true; fi
+    if [ -n "$mounted_binfmt" ]; then umount "$mounted_binfmt" || true; fi
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
