@@ -26,7 +26,7 @@ use crate::backend::{Backend, Progress};
 use crate::config::Config;
 use crate::engine::Engine;
 use crate::monitor::cursor::{CursorStore, SaveSchedule};
-use crate::monitor::{Backoff, Monitor};
+use crate::monitor::{Backoff, Monitor, Shared};
 use crate::notify;
 use crate::stats::Stats;
 
@@ -67,28 +67,33 @@ impl fmt::Display for Error {
 
 impl std::error::Error for Error {}
 
-/// Runs the agent until SIGTERM or SIGINT: start, wait, stop.
+/// Runs the agent until SIGTERM or SIGINT: start, READY=1, follow (once the engine answers),
+/// wait, stop. READY=1 never waits for the engine, so installing the agent before the engine,
+/// or with `DOCKER_HOST` wrong, does not hold up systemd (and `apt install`).
 pub fn run(cfg: Config) -> Result<(), Error> {
     let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP]).map_err(Error::Signals)?;
     let mut pipeline = Pipeline::new(cfg);
-    let started = pipeline.start(&mut signals);
-    if let Ok(Started::Running) = started {
+    let started = pipeline.start().and_then(|()| {
         notify::notify("READY=1");
+        pipeline.follow(&mut signals)
+    });
+    if let Ok(Started::Running) = started {
         pipeline.wait(&mut signals);
     }
     pipeline.stop();
     started.map(|_| ())
 }
 
-/// How [`Pipeline::start`] ended without an error.
+/// How [`Pipeline::follow`] ended without an error.
 enum Started {
     Running,
     /// A stop signal came while the engine was still awaited.
     StoppedEarly,
 }
 
-/// The agent's parts, started in dependency order (state, engine client, backends, readers,
-/// API, housekeeping) and stopped in one order on every path, whatever was started.
+/// The agent's parts, started in dependency order (state, engine client, backends, API; then,
+/// once the engine answers, readers and housekeeping) and stopped in one order on every path,
+/// whatever was started.
 struct Pipeline {
     cfg: Arc<Config>,
     stats: Arc<Stats>,
@@ -97,7 +102,8 @@ struct Pipeline {
     /// Told when a container is taken for the first time.
     firsts: Option<Receiver<()>>,
     cursors: Option<Arc<CursorStore>>,
-    engine: Option<Engine>,
+    /// The monitor's state, made before the engine answers (the API shows it).
+    shared: Option<Arc<Shared>>,
     local: Option<Arc<LocalBackend>>,
     backends: Vec<Arc<dyn Backend>>,
     monitor: Option<Monitor>,
@@ -114,7 +120,7 @@ impl Pipeline {
             notes: None,
             firsts: None,
             cursors: None,
-            engine: None,
+            shared: None,
             local: None,
             backends: Vec::new(),
             monitor: None,
@@ -123,7 +129,8 @@ impl Pipeline {
         }
     }
 
-    fn start(&mut self, signals: &mut Signals) -> Result<Started, Error> {
+    /// Starts what needs no engine: state, backends, the monitor's state and the API.
+    fn start(&mut self) -> Result<(), Error> {
         let (notes_tx, notes_rx) = crossbeam_channel::bounded(256);
         crate::agentlog::forward_to(notes_tx);
         self.notes = Some(notes_rx);
@@ -138,14 +145,27 @@ impl Pipeline {
                 .store(true, Ordering::Relaxed);
             log::error!("cannot save resume cursors: {e}");
         }
-        self.cursors = Some(Arc::new(cursors));
-        self.engine = Some(Engine::new(&self.cfg.docker_host).map_err(Error::Engine)?);
+        let cursors = Arc::new(cursors);
+        self.cursors = Some(cursors.clone());
+        let engine = Engine::new(&self.cfg.docker_host).map_err(Error::Engine)?;
         self.start_backends()?;
+        self.shared = Some(Shared::new(
+            self.cfg.clone(),
+            engine,
+            self.backends.clone(),
+            self.stats.clone(),
+            cursors,
+            self.progress.clone(),
+        ));
+        self.start_api()
+    }
+
+    /// Awaits the engine, then follows its containers and starts housekeeping.
+    fn follow(&mut self, signals: &mut Signals) -> Result<Started, Error> {
         if !self.await_engine(signals) {
             return Ok(Started::StoppedEarly);
         }
         self.start_monitor()?;
-        self.start_api()?;
         self.start_housekeeping()?;
         Ok(Started::Running)
     }
@@ -175,34 +195,48 @@ impl Pipeline {
         Ok(())
     }
 
-    /// Waits until the engine answers (READY=1 waits for it); false when a stop signal came
-    /// first.
+    /// Waits until the engine answers, after READY=1: says so in systemd's status and pings
+    /// the watchdog meanwhile (housekeeping, which pings it later, is not running yet); false
+    /// when a stop signal came first.
     fn await_engine(&mut self, signals: &mut Signals) -> bool {
-        let Some(engine) = self.engine.as_mut() else {
+        let Some(shared) = self.shared.as_ref() else {
             return false;
         };
         let host = &self.cfg.docker_host;
+        let watchdog = notify::watchdog_interval();
         let mut backoff = Backoff::new();
-        let mut told = false;
+        let mut next_try = Instant::now();
+        // Said once per kind of failure (no socket yet, then one that refuses the user, …).
+        let mut told = String::new();
         let version = loop {
-            match engine.negotiate() {
-                Ok(v) => break v,
-                Err(e) => {
-                    if !told {
-                        log::error!("engine at {host} unreachable: {e}; retrying");
-                        told = true;
+            if Instant::now() >= next_try {
+                match shared.engine.negotiate() {
+                    Ok(v) => break v,
+                    Err(e) if e.to_string() != told => {
+                        told = e.to_string();
+                        log::error!("engine at {host} unreachable: {e}; retrying{}", hint(&e));
                     }
-                    notify::notify(&format!("STATUS=waiting for the engine at {host}"));
-                    if wait_for_stop(signals, backoff.next_delay()) {
-                        return false;
-                    }
+                    Err(_) => {}
                 }
+                next_try = Instant::now() + backoff.next_delay();
+            }
+            if watchdog.is_some() {
+                notify::notify("WATCHDOG=1");
+            }
+            notify::notify(&format!("STATUS=waiting for the engine at {host}"));
+            let until_try = next_try.saturating_duration_since(Instant::now());
+            if wait_for_stop(signals, until_try.min(watchdog.unwrap_or(Duration::MAX))) {
+                return false;
             }
         };
         self.stats.docker_up.store(true, Ordering::Relaxed);
         if let Ok(mut v) = self.stats.api_version.lock() {
             *v = version.clone();
         }
+        // Until housekeeping's first status: no longer "waiting".
+        notify::notify(&format!(
+            "STATUS=following the containers of the engine at {host} (API {version})"
+        ));
         log::info!(
             "container-logd {} started: engine {host} (API {version}), mqtt {}",
             env!("CARGO_PKG_VERSION"),
@@ -216,36 +250,25 @@ impl Pipeline {
     }
 
     fn start_monitor(&mut self) -> Result<(), Error> {
-        let (Some(engine), Some(cursors), Some(notes)) =
-            (self.engine.take(), self.cursors.clone(), self.notes.take())
-        else {
+        let (Some(shared), Some(notes)) = (self.shared.clone(), self.notes.take()) else {
             return Ok(());
         };
-        let monitor = Monitor::start(
-            self.cfg.clone(),
-            engine,
-            self.backends.clone(),
-            self.stats.clone(),
-            cursors,
-            self.progress.clone(),
-            notes,
-        )
-        .map_err(state_error("threads"))?;
+        let monitor = Monitor::start(shared, notes).map_err(state_error("threads"))?;
         self.monitor = Some(monitor);
         Ok(())
     }
 
     fn start_api(&mut self) -> Result<(), Error> {
-        let (Some(addr), Some(local), Some(monitor)) = (
+        let (Some(addr), Some(local), Some(shared)) = (
             self.cfg.api_listen,
             self.local.as_ref(),
-            self.monitor.as_ref(),
+            self.shared.as_ref(),
         ) else {
             return Ok(());
         };
         let ctx = api::Context {
             ring: local.ring().clone(),
-            monitor: monitor.shared().clone(),
+            monitor: shared.clone(),
             backends: self.backends.clone(),
             stats: self.stats.clone(),
             token: self.cfg.api_token.clone(),
@@ -334,6 +357,17 @@ impl Pipeline {
 
 fn state_error(what: &'static str) -> impl Fn(std::io::Error) -> Error {
     move |err| Error::State { what, err }
+}
+
+/// What to do when the engine's socket refuses the agent's user.
+fn hint(e: &crate::engine::Error) -> &'static str {
+    match e {
+        crate::engine::Error::Io(io) if io.kind() == std::io::ErrorKind::PermissionDenied => {
+            " (the agent's user is not in the socket's group: sudo adduser container-logd \
+             docker, or the socket's group, then sudo systemctl restart container-logd)"
+        }
+        _ => "",
+    }
 }
 
 /// Waits up to `d` for SIGTERM/SIGINT; true when one came.

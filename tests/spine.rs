@@ -674,12 +674,63 @@ fn systemd_notifications_and_journald_priorities() {
     }
     assert!(stopping, "STOPPING=1 on SIGTERM");
     let log = agent.log();
-    let first = log.lines().next().unwrap_or_default();
+    let started = log
+        .lines()
+        .find(|l| l.contains(" started: engine "))
+        .unwrap_or_default();
     assert!(
-        first.starts_with("<6>container-logd "),
-        "journald priority, no timestamp: {first:?}"
+        started.starts_with("<6>container-logd "),
+        "journald priority, no timestamp: {started:?}"
     );
     assert!(log.lines().all(|l| l.starts_with('<')), "{log}");
+}
+
+/// No engine at `DOCKER_HOST` (installed before the engine, or its socket elsewhere): the agent
+/// is ready at once all the same, says in systemd's status and in its health that it waits for
+/// the engine, keeps the watchdog fed, and stops cleanly while it waits.
+#[test]
+fn ready_before_the_engine_answers() {
+    use std::os::unix::net::UnixDatagram;
+    let dir = TempDir::new("noengine");
+    let sock_path = dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).expect("bind notify socket");
+    sock.set_read_timeout(Some(Duration::from_millis(500)))
+        .expect("timeout");
+    let sock_str = sock_path.display().to_string();
+    let nowhere = format!("unix://{}", dir.path().join("nothing.sock").display());
+    let mut agent = Agent::start(&[
+        ("NOTIFY_SOCKET", sock_str.as_str()),
+        ("WATCHDOG_USEC", "2000000"),
+        ("DOCKER_HOST", nowhere.as_str()),
+    ]);
+    let mut seen: Vec<String> = Vec::new();
+    let mut buf = [0u8; 4096];
+    let waiting = format!("STATUS=waiting for the engine at {nowhere}");
+    assert!(
+        wait_until(PATIENCE, || {
+            if let Ok(n) = sock.recv(&mut buf) {
+                seen.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+            }
+            seen.iter().any(|s| s == "READY=1")
+                && seen.contains(&waiting)
+                && seen.iter().filter(|s| *s == "WATCHDOG=1").count() >= 2
+        }),
+        "READY=1, the status and watchdog pings while the engine is awaited: {seen:?}"
+    );
+    let (status, body) = agent.get("/api/v1/health");
+    let health = json(&body);
+    assert_eq!(status, 503, "{health}");
+    assert_eq!(health["status"], "degraded");
+    assert_eq!(health["docker"]["connected"], false);
+    assert_eq!(health["docker"]["host"], nowhere.as_str());
+    let (code, took) = agent.stop();
+    assert_eq!(code, 0, "a stop while the engine is awaited is clean");
+    assert!(took < Duration::from_secs(5), "stopped in {took:?}");
+    assert!(
+        agent.log().contains("unreachable"),
+        "the agent says why it waits:\n{}",
+        agent.log()
+    );
 }
 
 #[test]

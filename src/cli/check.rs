@@ -119,7 +119,7 @@ pub fn engine(host: &str) -> Vec<Outcome> {
             }
         }
     }
-    let result = Engine::new(host).and_then(|mut e| e.negotiate());
+    let result = Engine::new(host).and_then(|e| e.negotiate());
     out.push(match result {
         Ok(v) => pass("engine", format!("{host} answers, API version {v}")),
         Err(e) => fail(

@@ -24,6 +24,7 @@ mod transport;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use chunked::BodyDecoder;
@@ -164,9 +165,11 @@ const MAX_ERROR_BODY_BYTES: usize = 64 * 1024;
 #[derive(Debug, Clone)]
 pub struct Engine {
     addr: Addr,
-    version: String,
-    /// Podman's own API version (its `Libpod-Api-Version`), when the engine is Podman.
-    libpod: Option<String>,
+    /// Set by the first successful [`Engine::negotiate`]; until then [`OUR_API_VERSION`].
+    version: OnceLock<String>,
+    /// Podman's own API version (its `Libpod-Api-Version`), when the engine is Podman; set by
+    /// the first successful [`Engine::negotiate`].
+    libpod: OnceLock<String>,
 }
 
 impl Engine {
@@ -178,16 +181,19 @@ impl Engine {
             .map_err(|why| Error::InvalidHost(format!("{docker_host:?}: {why}")))?;
         Ok(Engine {
             addr,
-            version: OUR_API_VERSION.to_string(),
-            libpod: None,
+            version: OnceLock::new(),
+            libpod: OnceLock::new(),
         })
     }
 
     /// `GET /_ping`; uses the lower of our version and the engine's `Api-Version` for all later
-    /// requests, and notes whether the engine is Podman. Returns the version chosen.
-    pub fn negotiate(&mut self) -> Result<String, Error> {
+    /// requests (the first version chosen stays), and notes whether the engine is Podman.
+    /// Returns the version chosen.
+    pub fn negotiate(&self) -> Result<String, Error> {
         let (head, _) = self.get("/_ping")?;
-        self.libpod = head.libpod_version().map(str::to_string);
+        if let Some(v) = head.libpod_version() {
+            let _ = self.libpod.set(v.to_string());
+        }
         let theirs = head.api_version().unwrap_or(FALLBACK_API_VERSION);
         let chosen = match (parse_version(theirs), parse_version(OUR_API_VERSION)) {
             (Some(t), Some(o)) if t < o => theirs.trim().to_string(),
@@ -198,8 +204,7 @@ impl Engine {
                 )))
             }
         };
-        self.version = chosen.clone();
-        Ok(chosen)
+        Ok(self.version.get_or_init(|| chosen).clone())
     }
 
     /// `GET /containers/json`: the ids of the running containers.
@@ -239,7 +244,7 @@ impl Engine {
     ) -> (String, Decoder) {
         let query = "follow=1&stdout=1&stderr=1&timestamps=1";
         let id = encode_id(id);
-        let (mut path, frames) = match &self.libpod {
+        let (mut path, frames) = match self.libpod.get() {
             None => (
                 self.path(&format!("/containers/{id}/logs?{query}")),
                 Decoder::new(tty, max_line_bytes),
@@ -251,7 +256,7 @@ impl Engine {
         };
         if let Since::At(ns) = since {
             path.push_str("&since=");
-            match &self.libpod {
+            match self.libpod.get() {
                 None => path.push_str(&timestamp::format_since(ns)),
                 // Podman keeps lines after `since` only; a ns before makes that inclusive.
                 Some(_) => path.push_str(&timestamp::format_rfc3339_ns(ns.saturating_sub(1))),
@@ -269,7 +274,8 @@ impl Engine {
     }
 
     fn path(&self, rest: &str) -> String {
-        format!("/v{}{}", self.version, rest)
+        let version = self.version.get().map_or(OUR_API_VERSION, String::as_str);
+        format!("/v{version}{rest}")
     }
 
     fn get(&self, path: &str) -> Result<(http::Head, Vec<u8>), Error> {
@@ -533,7 +539,7 @@ mod tests {
     #[test]
     fn builds_paths() {
         let e = Engine::new("unix:///tmp/docker.sock").unwrap();
-        assert_eq!(e.version, OUR_API_VERSION);
+        assert_eq!(e.version.get(), None);
         assert_eq!(e.path("/containers/json"), "/v1.47/containers/json");
         assert_eq!(encode_id("/my-app_1.web"), "my-app_1.web");
         assert_eq!(encode_id("a b/c?d"), "a%20b%2Fc%3Fd");
@@ -737,13 +743,13 @@ mod tests {
 
         let t = timestamp::parse_rfc3339_ns(b"2026-11-29T21:00:18Z").unwrap();
         let mut e = Engine::new("unix:///tmp/x.sock").unwrap();
-        e.version = "1.41".into();
+        e.version = OnceLock::from("1.41".to_string());
         let (path, _) = e.logs_request("abc", true, Since::At(t), 100);
         assert_eq!(
             path,
             "/v1.41/containers/abc/logs?follow=1&stdout=1&stderr=1&timestamps=1&since=1795986018.000000000"
         );
-        e.libpod = Some("4.3.1".into());
+        e.libpod = OnceLock::from("4.3.1".to_string());
         let (path, mut frames) = e.logs_request("abc", true, Since::At(t), 100);
         assert_eq!(
             path,

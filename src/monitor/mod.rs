@@ -398,20 +398,20 @@ pub struct Monitor {
     manager: Option<JoinHandle<()>>,
 }
 
-impl Monitor {
-    #[allow(clippy::too_many_arguments)]
-    pub fn start(
+impl Shared {
+    /// The monitor's state before any of its threads: the API can show it (no container yet)
+    /// while the engine is awaited.
+    pub fn new(
         cfg: Arc<Config>,
         engine: Engine,
         backends: Vec<Arc<dyn Backend>>,
         stats: Arc<Stats>,
         cursors: Arc<CursorStore>,
         progress: Arc<Progress>,
-        notes: Receiver<Note>,
-    ) -> std::io::Result<Monitor> {
+    ) -> Arc<Shared> {
         let host: Arc<str> = Arc::from(cfg.hostname.as_str());
         let (stop_tx, stop_rx) = crossbeam_channel::bounded(0);
-        let shared = Arc::new(Shared {
+        Arc::new(Shared {
             manager_origin: Arc::new(Origin::manager(host.clone())),
             cfg,
             engine,
@@ -427,7 +427,13 @@ impl Monitor {
             registry: Mutex::new(HashMap::new()),
             events_closer: Mutex::new(None),
             manager_seq: AtomicU64::new(0),
-        });
+        })
+    }
+}
+
+impl Monitor {
+    /// Starts the `manager` and `events` threads on `shared`, whose engine has answered.
+    pub fn start(shared: Arc<Shared>, notes: Receiver<Note>) -> std::io::Result<Monitor> {
         let s = shared.clone();
         let manager = std::thread::Builder::new()
             .name("manager".into())
