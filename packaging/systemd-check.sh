@@ -106,6 +106,11 @@ cleanup() {
     if [ -n "$nspawn" ] && kill -0 "$nspawn" 2>/dev/null; then
         kill -TERM "$nspawn" 2>/dev/null || true
         for _ in $(seq 1 20); do kill -0 "$nspawn" 2>/dev/null || break; sleep 1; done
+    fi
+    # The machine's init ends its whole PID namespace; under qemu-user it may not have heard
+    # nspawn's request to power off, and would live on after nspawn.
+    if [ -n "$leader" ]; then kill -KILL "$leader" 2>/dev/null || true; fi
+    if [ -n "$nspawn" ]; then
         kill -KILL "$nspawn" 2>/dev/null || true
         wait "$nspawn" 2>/dev/null || true
     fi
