@@ -155,7 +155,7 @@ fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
 
 /// The proleptic Gregorian date of a day since 1970-01-01: the inverse of
 /// [`days_from_civil`] (Howard Hinnant's algorithm).
-fn civil_from_days(days: i64) -> (i64, i64, i64) {
+pub(crate) fn civil_from_days(days: i64) -> (i64, i64, i64) {
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z - era * 146_097;
