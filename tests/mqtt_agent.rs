@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use util::broker::{Broker, BrokerOpts, Msg, SubOpts, Subscriber};
+use util::broker::{password_opts, Broker, BrokerOpts, Msg, SubOpts, Subscriber};
 use util::*;
 
 const BASE: &str = "container-manager/logs";
@@ -861,23 +861,9 @@ fn spool_limit_drops_the_oldest_and_says_so() {
 #[test]
 fn username_and_password() {
     let dir = TempDir::new("auth");
-    let pw = dir.path().join("passwd");
     let (user, pass, wrong) = ("logd", "s3cret-Pw-8a7f", "wr0ng-Pw-31c9");
-    let ok = Command::new("mosquitto_passwd")
-        .args(["-b", "-c"])
-        .arg(&pw)
-        .args([user, pass])
-        .status()
-        .expect("mosquitto_passwd");
-    assert!(ok.success());
-    let broker = Broker::start_in(
-        dir,
-        BrokerOpts {
-            anonymous: false,
-            extra: format!("password_file {}", pw.display()),
-            ..Default::default()
-        },
-    );
+    let opts = password_opts(dir.path(), user, pass);
+    let broker = Broker::start_in(dir, opts);
     let sub = Subscriber::start_opts(
         broker.port,
         &[&format!("{BASE}/#")],

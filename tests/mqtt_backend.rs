@@ -19,7 +19,7 @@ use container_logd::message::{Draft, LabelValue, Level, LogMessage, Origin, Posi
 
 mod util;
 
-use util::broker::{Broker, BrokerOpts, Msg, SubOpts, Subscriber};
+use util::broker::{password_opts, Broker, BrokerOpts, Msg, SubOpts, Subscriber};
 use util::{free_port, unique, TempDir, PATIENCE};
 
 const TS0: i64 = 1_700_000_000_000_000_000;
@@ -468,19 +468,7 @@ fn last_will_when_the_agent_is_killed() {
 #[test]
 fn username_and_password() {
     let dir = TempDir::new("auth");
-    let pw = dir.path().join("passwd");
-    let ok = Command::new("mosquitto_passwd")
-        .args(["-b", "-c"])
-        .arg(&pw)
-        .args(["logd", "s3cret word"])
-        .status()
-        .expect("mosquitto_passwd");
-    assert!(ok.success());
-    let broker = Broker::start_opts(BrokerOpts {
-        anonymous: false,
-        extra: format!("password_file {}", pw.display()),
-        ..Default::default()
-    });
+    let broker = Broker::start_opts(password_opts(dir.path(), "logd", "s3cret word"));
     let port = broker.port;
     let sub = Subscriber::start_opts(
         port,

@@ -10,7 +10,6 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
-use std::process::Command;
 use std::sync::mpsc::{self, Receiver};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
@@ -32,7 +31,7 @@ mod config {
 }
 
 use config::Secret;
-use util::broker::{Broker, BrokerOpts, Msg, SubOpts, Subscriber};
+use util::broker::{password_opts, Broker, Msg, SubOpts, Subscriber};
 use util::{unique, TempDir, PATIENCE};
 use wire::{connect, Closer, Error, Incoming, Options, Reader, Will, Writer};
 
@@ -297,26 +296,10 @@ fn the_will_is_published_when_the_socket_dies_and_not_after_disconnect() {
     );
 }
 
-fn password_broker(dir: &Path) -> Broker {
-    let pw = dir.join("passwd");
-    let ok = Command::new("mosquitto_passwd")
-        .args(["-b", "-c"])
-        .arg(&pw)
-        .args(["logd", "s3cret word"])
-        .status()
-        .expect("mosquitto_passwd");
-    assert!(ok.success());
-    Broker::start_opts(BrokerOpts {
-        anonymous: false,
-        extra: format!("password_file {}", pw.display()),
-        ..Default::default()
-    })
-}
-
 #[test]
 fn refused_credentials_give_the_return_code() {
     let dir = TempDir::new("wire-auth");
-    let broker = password_broker(dir.path());
+    let broker = Broker::start_opts(password_opts(dir.path(), "logd", "s3cret word"));
     let mut o = options(broker.port);
     o.credentials = Some(("logd".into(), Secret::new("wrong-pass".into())));
     let e = connect(&o).expect_err("refused");

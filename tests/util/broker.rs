@@ -30,6 +30,24 @@ pub struct BrokerOpts {
     pub port: Option<u16>,
 }
 
+/// Options for a broker that takes only `user` with `pass`: writes `dir/passwd` with
+/// `mosquitto_passwd`.
+pub fn password_opts(dir: &Path, user: &str, pass: &str) -> BrokerOpts {
+    let pw = dir.join("passwd");
+    let ok = Command::new("mosquitto_passwd")
+        .args(["-b", "-c"])
+        .arg(&pw)
+        .args([user, pass])
+        .status()
+        .expect("mosquitto_passwd");
+    assert!(ok.success());
+    BrokerOpts {
+        anonymous: false,
+        extra: format!("password_file {}", pw.display()),
+        ..Default::default()
+    }
+}
+
 impl Default for BrokerOpts {
     fn default() -> BrokerOpts {
         BrokerOpts {
