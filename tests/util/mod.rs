@@ -25,22 +25,26 @@ pub fn repo() -> PathBuf {
 /// The private engine's `DOCKER_HOST`, started on first use.
 pub fn engine() -> &'static str {
     static HOST: OnceLock<String> = OnceLock::new();
-    HOST.get_or_init(|| {
-        let env_sh = repo().join("tests/env.sh");
-        let up = Command::new(&env_sh)
-            .arg("up")
-            .status()
-            .expect("run tests/env.sh up");
-        assert!(
-            up.success(),
-            "tests/env.sh up failed: the private engine is needed"
-        );
-        let out = Command::new(&env_sh)
-            .arg("host")
-            .output()
-            .expect("tests/env.sh host");
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    })
+    HOST.get_or_init(|| start_service("up", "host"))
+}
+
+/// Starts a private service with `tests/env.sh UP` (idempotent) and returns what
+/// `tests/env.sh HOST` prints: its `DOCKER_HOST`.
+pub fn start_service(up: &str, host: &str) -> String {
+    let env_sh = repo().join("tests/env.sh");
+    let status = Command::new(&env_sh)
+        .arg(up)
+        .status()
+        .unwrap_or_else(|e| panic!("run tests/env.sh {up}: {e}"));
+    assert!(
+        status.success(),
+        "tests/env.sh {up} failed: the private service is needed"
+    );
+    let out = Command::new(&env_sh)
+        .arg(host)
+        .output()
+        .unwrap_or_else(|e| panic!("tests/env.sh {host}: {e}"));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 /// Runs the docker CLI against the private engine.

@@ -5,7 +5,7 @@ use std::process::{Command, Output};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use super::{repo, IMAGE};
+use super::{start_service, IMAGE};
 
 /// These machines lack CAP_SYS_RESOURCE: without explicit limits `podman run` fails raising
 /// its own.
@@ -19,22 +19,7 @@ const ULIMITS: [&str; 4] = [
 /// The private Podman service's `DOCKER_HOST`, started on first use.
 pub fn podman_engine() -> &'static str {
     static HOST: OnceLock<String> = OnceLock::new();
-    HOST.get_or_init(|| {
-        let env_sh = repo().join("tests/env.sh");
-        let up = Command::new(&env_sh)
-            .arg("podman-up")
-            .status()
-            .expect("run tests/env.sh podman-up");
-        assert!(
-            up.success(),
-            "tests/env.sh podman-up failed: the private Podman service is needed"
-        );
-        let out = Command::new(&env_sh)
-            .arg("podman-host")
-            .output()
-            .expect("tests/env.sh podman-host");
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    })
+    HOST.get_or_init(|| start_service("podman-up", "podman-host"))
 }
 
 /// Runs the podman CLI as a client of the private service.
