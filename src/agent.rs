@@ -138,13 +138,7 @@ impl Pipeline {
         self.progress.tell_first(firsts_tx);
         self.firsts = Some(firsts_rx);
         let cursors = CursorStore::load(&self.cfg.state_dir).map_err(state_error("STATE_DIR"))?;
-        if let Err(e) = cursors.save_alive() {
-            Stats::add(&self.stats.cursor_save_errors, 1);
-            self.stats
-                .cursor_save_failing
-                .store(true, Ordering::Relaxed);
-            log::error!("cannot save resume cursors: {e}");
-        }
+        self.stats.cursors_saved(cursors.save_alive());
         let cursors = Arc::new(cursors);
         self.cursors = Some(cursors.clone());
         let engine = Engine::new(&self.cfg.docker_host).map_err(Error::Engine)?;
@@ -423,16 +417,7 @@ impl Housekeeping {
     /// Saves the cursors; a failure is said once per spell of failures and shown in health.
     fn save_cursors(&self) {
         self.cursors.advance(&self.progress.safe());
-        let failing = &self.stats.cursor_save_failing;
-        match self.cursors.save(false) {
-            Ok(()) => failing.store(false, Ordering::Relaxed),
-            Err(e) => {
-                Stats::add(&self.stats.cursor_save_errors, 1);
-                if !failing.swap(true, Ordering::Relaxed) {
-                    log::error!("cannot save resume cursors: {e}");
-                }
-            }
-        }
+        self.stats.cursors_saved(self.cursors.save(false));
     }
 
     fn tell_systemd(&self) {

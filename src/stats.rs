@@ -55,6 +55,20 @@ impl Default for Stats {
 }
 
 impl Stats {
+    /// Notes how a save of the resume cursors went: a failure is counted and shows in health
+    /// until a save succeeds, and is logged once per spell of failures.
+    pub fn cursors_saved(&self, result: std::io::Result<()>) {
+        match result {
+            Ok(()) => self.cursor_save_failing.store(false, Ordering::Relaxed),
+            Err(e) => {
+                Stats::add(&self.cursor_save_errors, 1);
+                if !self.cursor_save_failing.swap(true, Ordering::Relaxed) {
+                    log::error!("cannot save resume cursors: {e}");
+                }
+            }
+        }
+    }
+
     pub fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
     }

@@ -1091,7 +1091,6 @@ impl Session {
             self.last_error = format!("spool write: {e}");
             self.count_dropped(lost);
         }
-        drop(texts);
         self.settle_spooled(&units);
     }
 
