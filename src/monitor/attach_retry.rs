@@ -9,7 +9,7 @@
 //! waits.
 
 use std::collections::BTreeSet;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, MutexGuard};
 use std::time::Duration;
 
 use super::Shared;
@@ -20,16 +20,14 @@ const FIRST: Duration = Duration::from_millis(250);
 /// descriptors are back.
 const MAX: Duration = Duration::from_secs(5);
 
-/// Container ids with a retry under way. One agent runs per process, so one set is enough.
-static RETRYING: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
-
-fn retrying() -> std::sync::MutexGuard<'static, BTreeSet<String>> {
-    RETRYING.lock().unwrap_or_else(|p| p.into_inner())
+/// The ids with a retry under way.
+fn retrying(shared: &Shared) -> MutexGuard<'_, BTreeSet<String>> {
+    shared.retrying.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Retries attaching `id` on a thread of its own, unless a retry for it is under way.
 pub(super) fn later(shared: &Arc<Shared>, id: &str, from_event: bool, why: &str) {
-    if shared.stopping() || !retrying().insert(id.to_string()) {
+    if shared.stopping() || !retrying(shared).insert(id.to_string()) {
         return;
     }
     log::warn!("{why}; retrying until it is followed");
@@ -40,10 +38,10 @@ pub(super) fn later(shared: &Arc<Shared>, id: &str, from_event: bool, why: &str)
         .stack_size(128 * 1024)
         .spawn(move || {
             run(&s, &owned, from_event);
-            retrying().remove(&owned);
+            retrying(&s).remove(&owned);
         });
     if let Err(e) = spawned {
-        retrying().remove(id);
+        retrying(shared).remove(id);
         log::error!(
             "cannot retry attaching {id}: {e}; it is listed again on the next engine reconnect"
         );

@@ -18,7 +18,7 @@ pub mod meta;
 pub mod reader;
 pub mod retry;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -110,6 +110,8 @@ pub struct Shared {
     stop_tx: Mutex<Option<Sender<()>>>,
     stop_rx: Receiver<()>,
     registry: Mutex<HashMap<String, Arc<Slot>>>,
+    /// Container ids with an attach retry under way (`attach_retry`).
+    retrying: Mutex<BTreeSet<String>>,
     events_closer: Mutex<Option<Closer>>,
     manager_origin: Arc<Origin>,
     manager_seq: AtomicU64,
@@ -425,6 +427,7 @@ impl Shared {
             stop_tx: Mutex::new(Some(stop_tx)),
             stop_rx,
             registry: Mutex::new(HashMap::new()),
+            retrying: Mutex::new(BTreeSet::new()),
             events_closer: Mutex::new(None),
             manager_seq: AtomicU64::new(0),
         })
