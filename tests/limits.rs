@@ -175,10 +175,18 @@ fn connections_over_the_cap_get_503_and_threads_stay_bounded() {
     let a = Agent::start(&[("API_MAX_CONNECTIONS", "8")]);
     let pid = a.pid();
     let before = proc_status(pid, "Threads");
-    let mut held: Vec<TcpStream> = (0..max).map(|_| connect(a.port)).collect();
-    // Each held connection gets its answer, so all are admitted, and stays open (keep-alive).
-    for s in &mut held {
-        assert_eq!(get_on(s, "/api/v1/containers").0, 200);
+    // Each held connection gets its answer, so it is admitted, and stays open (keep-alive).
+    // The harness's own start-up probe may still hold a place for a moment after it closed:
+    // a connection refused then is tried again once that place is free.
+    let mut held: Vec<TcpStream> = Vec::new();
+    let t0 = Instant::now();
+    while held.len() < max {
+        let mut s = connect(a.port);
+        match get_on(&mut s, "/api/v1/containers").0 {
+            200 => held.push(s),
+            503 if t0.elapsed() < PATIENCE => std::thread::sleep(Duration::from_millis(50)),
+            status => panic!("connection {} of {max}: {status}", held.len() + 1),
+        }
     }
     for _ in 0..3 * max {
         let mut s = connect(a.port);
