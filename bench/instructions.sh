@@ -116,6 +116,7 @@ run_once() {
 
 run_once callgrind valgrind --tool=callgrind --callgrind-out-file="$tmp/callgrind/cg.out"
 total=$(grep -E '^(summary|totals):' "$tmp/callgrind/cg.out" | head -n 1 | awk '{print $2}')
+[ -n "${KEEP_CG:-}" ] && cp "$tmp/callgrind/cg.out" "$KEEP_CG"
 run_once native
 threads=$(awk '/^Threads:/ {print $2}' "$tmp/native/status")
 vmhwm=$(awk '/^VmHWM:/ {print $2}' "$tmp/native/status")

@@ -12,3 +12,11 @@ pub mod message;
 mod monitor;
 mod notify;
 mod stats;
+
+/// Parsers and renderers for the fuzz targets and the bench's floor reader: not an API, only with
+/// the `internals` feature.
+#[cfg(feature = "internals")]
+#[doc(hidden)]
+pub mod internals {
+    pub use crate::engine::{chunked, events, frames, http, timestamp};
+}
