@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
+use rustc_hash::FxHashMap;
 
 use crate::backend::Lane;
 use crate::message::{line_position, LogMessage, Origin, Position, SourceKind};
@@ -74,7 +75,7 @@ impl Open {
 
 pub struct Writer {
     settings: Settings,
-    files: HashMap<PathBuf, Open>,
+    files: FxHashMap<PathBuf, Open>,
     /// Per container, the last position written since the last flush.
     unflushed: HashMap<Arc<str>, Position>,
     lane: Lane,
@@ -131,7 +132,7 @@ impl Writer {
     pub fn new(settings: Settings, lane: Lane, stats: Arc<FileStats>) -> Writer {
         Writer {
             settings,
-            files: HashMap::new(),
+            files: FxHashMap::default(),
             unflushed: HashMap::new(),
             lane,
             written_before: HashMap::new(),
@@ -450,7 +451,7 @@ fn tail_positions(path: &Path, max: u64) -> Vec<(String, Position)> {
 mod tests {
     use super::*;
     use crate::backend::Progress;
-    use crate::message::{line_id, Draft, LabelValue, Level, Origin};
+    use crate::message::{Draft, Id, LabelValue, Level, Origin};
 
     fn msg(app: &str, service: &str, text: &str, ts: i64) -> Arc<LogMessage> {
         let origin = Arc::new(Origin::new(
@@ -470,7 +471,7 @@ mod tests {
             is_stderr: false,
             truncated: false,
             position: Some(pos),
-            id: line_id(&origin, pos),
+            id: Id::Line(pos),
             origin,
         }))
     }

@@ -260,7 +260,7 @@ impl World {
                 is_stderr: error,
                 truncated: false,
                 position: Some(pos),
-                id: crate::message::line_id(&origin, pos),
+                id: crate::message::Id::Line(pos),
             }));
             self.pending[container].push_back(idx);
             self.msgs.push(Msg {

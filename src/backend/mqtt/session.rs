@@ -1271,7 +1271,7 @@ mod tests {
                 is_stderr: false,
                 truncated: false,
                 position: Some(pos),
-                id: crate::message::line_id(&self.origin, pos),
+                id: crate::message::Id::Line(pos),
             });
             self.s.intake(Arc::new(msg), self.at(ms));
             pos

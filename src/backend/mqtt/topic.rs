@@ -105,7 +105,7 @@ mod tests {
                 ts_ns: 1_000,
                 seen: 1,
             }),
-            id: "c1-1000-0".into(),
+            id: crate::message::Id::Given("c1-1000-0".into()),
         })
     }
 
