@@ -134,10 +134,15 @@ pub struct Origin {
     pub service_name: String,
     pub service_id: Option<LabelValue>,
     pub host: Arc<str>,
-    /// `,"name":…},"appId":…,"serviceId":…,"serviceName":…,"containerId":…`, rendered once.
-    ident_json: String,
-    /// `,"host":…`, rendered once.
-    host_json: String,
+    /// Everything of a message's JSON after `"source":{"type":…"`, without the closing brace,
+    /// rendered once for each [`tail_index`]: `,"name":…},"appId":…,"serviceId":…,
+    /// "serviceName":…,"containerId":…,"isStdErr":…,"isSystem":…,"host":…`.
+    tails: [Box<str>; 4],
+}
+
+/// Which of [`Origin`]'s tails a message takes.
+fn tail_index(is_stderr: bool, is_system: bool) -> usize {
+    usize::from(is_stderr) | usize::from(is_system) << 1
 }
 
 impl Origin {
@@ -162,8 +167,21 @@ impl Origin {
         push_json_str(&mut ident_json, &service_name);
         ident_json.push_str(",\"containerId\":");
         push_json_str(&mut ident_json, &container_id);
-        let mut host_json = String::from(",\"host\":");
-        push_json_str(&mut host_json, &host);
+        let tail = |i: usize| {
+            let mut t = ident_json.clone();
+            t.push_str(match i & 1 {
+                0 => ",\"isStdErr\":false",
+                _ => ",\"isStdErr\":true",
+            });
+            t.push_str(match i & 2 {
+                0 => ",\"isSystem\":false",
+                _ => ",\"isSystem\":true",
+            });
+            t.push_str(",\"host\":");
+            push_json_str(&mut t, &host);
+            t.into_boxed_str()
+        };
+        let tails = [tail(0), tail(1), tail(2), tail(3)];
         Origin {
             container_id,
             name,
@@ -171,8 +189,7 @@ impl Origin {
             service_name,
             service_id,
             host,
-            ident_json,
-            host_json,
+            tails,
         }
     }
 
@@ -259,10 +276,18 @@ pub fn line_id(origin: &Origin, pos: Position) -> String {
 /// Appends `{short id}-{ts_ns}-{index}`, the id of the line at `pos`.
 fn push_line_id(out: &mut String, origin: &Origin, pos: Position) {
     out.push_str(origin.short_id());
-    out.push('-');
-    push_decimal(out, pos.ts_ns);
-    out.push('-');
-    push_decimal(out, i64::from(pos.seen.saturating_sub(1)));
+    // The two numbers and their dashes, made as bytes and checked as text once.
+    let mut tail = [0u8; 42];
+    let mut len = 0;
+    let mut buf = [0u8; 20];
+    for n in [pos.ts_ns, i64::from(pos.seen.saturating_sub(1))] {
+        let digits = decimal_digits(n, &mut buf);
+        tail[len] = b'-';
+        tail[len + 1..len + 1 + digits.len()].copy_from_slice(digits);
+        len += 1 + digits.len();
+    }
+    // Digits and dashes are ASCII: this never falls back.
+    out.push_str(std::str::from_utf8(&tail[..len]).unwrap_or_default());
 }
 
 /// The length of [`line_id`]'s output.
@@ -302,13 +327,15 @@ pub fn manager_id(ts_ns: i64, seq: u64) -> String {
     format!("manager-{ts_ns}-{seq}")
 }
 
-/// Where [`LogMessage::render`] puts the JSON: a string, or a count of its bytes.
-trait Sink {
+/// Where a message's JSON goes: a `String` (the API), bytes (files, MQTT payloads), or a count
+/// of its bytes.
+pub trait JsonSink {
     fn put(&mut self, piece: &str);
     fn put_decimal(&mut self, n: i64);
+    fn reserve_for(&mut self, additional: usize);
 }
 
-impl Sink for String {
+impl JsonSink for String {
     fn put(&mut self, piece: &str) {
         self.push_str(piece);
     }
@@ -316,12 +343,31 @@ impl Sink for String {
     fn put_decimal(&mut self, n: i64) {
         push_decimal(self, n);
     }
+
+    fn reserve_for(&mut self, additional: usize) {
+        self.reserve(additional);
+    }
+}
+
+impl JsonSink for Vec<u8> {
+    fn put(&mut self, piece: &str) {
+        self.extend_from_slice(piece.as_bytes());
+    }
+
+    fn put_decimal(&mut self, n: i64) {
+        let mut buf = [0u8; 20];
+        self.extend_from_slice(decimal_digits(n, &mut buf));
+    }
+
+    fn reserve_for(&mut self, additional: usize) {
+        self.reserve(additional);
+    }
 }
 
 /// Counts what would be written.
 struct Count(usize);
 
-impl Sink for Count {
+impl JsonSink for Count {
     fn put(&mut self, piece: &str) {
         self.0 += piece.len();
     }
@@ -329,6 +375,8 @@ impl Sink for Count {
     fn put_decimal(&mut self, n: i64) {
         self.0 += decimal_len(n);
     }
+
+    fn reserve_for(&mut self, _: usize) {}
 }
 
 impl LogMessage {
@@ -397,10 +445,10 @@ impl LogMessage {
         std::borrow::Cow::Owned(serde_json::from_str::<String>(literal).unwrap_or_default())
     }
 
-    /// Appends the message as one JSON object (docs/CONTRACT.md §4), no trailing newline. The same message
-    /// always gives the same bytes.
-    pub fn write_json(&self, out: &mut String) {
-        out.reserve(self.json_len());
+    /// Appends the message as one JSON object (docs/CONTRACT.md §4), no trailing newline. The
+    /// same message always gives the same bytes.
+    pub fn write_json(&self, out: &mut impl JsonSink) {
+        out.reserve_for(self.json_len());
         self.render(out);
     }
 
@@ -409,36 +457,23 @@ impl LogMessage {
         self.json_len as usize
     }
 
-    /// Hands the JSON to `out` piece by piece; the one place that knows the shape.
-    fn render(&self, out: &mut impl Sink) {
-        let o = &self.origin;
+    /// Hands the JSON to `out` piece by piece; the one place that knows the shape (with the
+    /// pieces [`Origin::new`] and [`level_and_kind`] make once).
+    fn render(&self, out: &mut impl JsonSink) {
         out.put("{\"id\":\"");
         out.put(self.id());
         out.put("\",\"message\":");
         out.put(self.text_literal());
         out.put(",\"timestamp\":");
         out.put_decimal(self.timestamp_ms());
-        out.put(",\"level\":\"");
-        out.put(self.level.as_str());
-        out.put("\",\"source\":{\"type\":\"");
-        out.put(self.kind.as_str());
-        out.put("\"");
-        out.put(&o.ident_json);
-        out.put(if self.is_stderr {
-            ",\"isStdErr\":true"
+        out.put(level_and_kind(self.level, self.kind));
+        let system = self.kind == SourceKind::System;
+        out.put(&self.origin.tails[tail_index(self.is_stderr, system)]);
+        out.put(if self.truncated {
+            ",\"truncated\":true}"
         } else {
-            ",\"isStdErr\":false"
+            "}"
         });
-        out.put(if self.kind == SourceKind::System {
-            ",\"isSystem\":true"
-        } else {
-            ",\"isSystem\":false"
-        });
-        out.put(&o.host_json);
-        if self.truncated {
-            out.put(",\"truncated\":true");
-        }
-        out.put("}");
     }
 
     /// The message as one JSON object, no trailing newline.
@@ -456,9 +491,35 @@ const PAIRS: &[u8; 200] = b"0001020304050607080910111213141516171819\
 6061626364656667686970717273747576777879\
 8081828384858687888990919293949596979899";
 
+/// `,"level":…,"source":{"type":…"` of a message's JSON.
+fn level_and_kind(level: Level, kind: SourceKind) -> &'static str {
+    macro_rules! pieces {
+        ($($l:ident $ls:literal),*) => {
+            match (level, kind) {
+                $(
+                    (Level::$l, SourceKind::Container) =>
+                        concat!(",\"level\":\"", $ls, "\",\"source\":{\"type\":\"container\""),
+                    (Level::$l, SourceKind::System) =>
+                        concat!(",\"level\":\"", $ls, "\",\"source\":{\"type\":\"system\""),
+                    (Level::$l, SourceKind::Manager) =>
+                        concat!(",\"level\":\"", $ls, "\",\"source\":{\"type\":\"manager\""),
+                )*
+            }
+        };
+    }
+    pieces!(Error "error", Warn "warn", Info "info", Debug "debug")
+}
+
 /// Appends `n` in decimal, without `fmt`: ids and timestamps are written for every line.
 fn push_decimal(out: &mut String, n: i64) {
     let mut buf = [0u8; 20];
+    let digits = decimal_digits(n, &mut buf);
+    // Digits and a sign are ASCII: this never falls back.
+    out.push_str(std::str::from_utf8(digits).unwrap_or("0"));
+}
+
+/// `n` in decimal, written into the end of `buf` (20 bytes hold any i64).
+fn decimal_digits(n: i64, buf: &mut [u8; 20]) -> &[u8] {
     let mut i = buf.len();
     let mut v = n.unsigned_abs();
     while v >= 100 {
@@ -476,9 +537,10 @@ fn push_decimal(out: &mut String, n: i64) {
         buf[i] = b'0' + v as u8;
     }
     if n < 0 {
-        out.push('-');
+        i -= 1;
+        buf[i] = b'-';
     }
-    out.extend(buf[i..].iter().map(|&d| char::from(d)));
+    &buf[i..]
 }
 
 /// The number of bytes [`push_decimal`] writes.
@@ -500,12 +562,15 @@ fn needs_escape(b: u8) -> bool {
 fn word_needs_escape(w: u64) -> bool {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGH: u64 = 0x8080_8080_8080_8080;
-    let has_zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGH != 0;
-    let below_space = w.wrapping_sub(ONES * 0x20) & !w & HIGH != 0;
-    below_space
-        || has_zero(w ^ (ONES * u64::from(b'"')))
-        || has_zero(w ^ (ONES * u64::from(b'\\')))
-        || has_zero(w ^ (ONES * 0x7f))
+    // Each term has a byte's high bit set where that byte is a zero (below 0x20 for the first),
+    // given that the byte's own high bit is clear (`!w`); one test for all four, no branches.
+    let zero = |x: u64| x.wrapping_sub(ONES) & !x;
+    let below_space = w.wrapping_sub(ONES * 0x20) & !w;
+    let marks = below_space
+        | zero(w ^ (ONES * u64::from(b'"')))
+        | zero(w ^ (ONES * u64::from(b'\\')))
+        | zero(w ^ (ONES * 0x7f));
+    marks & HIGH != 0
 }
 
 /// Appends `s` as a JSON string literal. Runs of plain bytes are copied at once, eight bytes

@@ -6,6 +6,7 @@
 //! report the lines as taken. It never fsyncs per line (an SD card would not last).
 
 use std::collections::HashMap;
+use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
@@ -75,7 +76,8 @@ impl Open {
 
 pub struct Writer {
     settings: Settings,
-    files: FxHashMap<PathBuf, Open>,
+    /// Keyed by the path relative to `LOG_DIR` as bytes: `Path`'s own hash walks its components.
+    files: FxHashMap<OsString, Open>,
     /// Per container, the last position written since the last flush.
     unflushed: HashMap<Arc<str>, Position>,
     lane: Lane,
@@ -90,7 +92,7 @@ pub struct Writer {
     /// Holding the origin keeps its address from being reused by another container's.
     last_path: Option<(Arc<Origin>, SourceKind, PathBuf)>,
     /// The line being written, kept between lines so its capacity is reused.
-    line: String,
+    line: Vec<u8>,
     /// The container of the last line taken and its position, not yet in `unflushed`: lines
     /// come in runs from one container, so the table is updated once per run.
     run: Option<(Arc<Origin>, Position)>,
@@ -137,7 +139,7 @@ impl Writer {
             lane,
             written_before: HashMap::new(),
             last_path: None,
-            line: String::new(),
+            line: Vec::new(),
             run: None,
             written: (0, 0),
             last_write_ok: true,
@@ -235,7 +237,7 @@ impl Writer {
         line.clear();
         msg.write_json(&mut line);
         let len = line.len() as u64 + 1;
-        let result = self.write_line(&rel, line.as_bytes(), len);
+        let result = self.write_line(&rel, &line, len);
         if line.capacity() <= 64 << 10 {
             self.line = line;
         }
@@ -282,12 +284,12 @@ impl Writer {
     fn write_line(&mut self, rel: &Path, json: &[u8], len: u64) -> io::Result<()> {
         let max = self.settings.max_bytes;
         // The common case, one lookup: the file is open and the line fits.
-        match self.files.get_mut(rel) {
+        match self.files.get_mut(rel.as_os_str()) {
             Some(f) if f.fits(len, max) => return f.append(json, len),
             Some(_) => self.rotate(rel)?,
             None => {}
         }
-        if !self.files.contains_key(rel) {
+        if !self.files.contains_key(rel.as_os_str()) {
             if self.files.len() >= MAX_OPEN {
                 self.flush();
                 self.files.clear();
@@ -299,9 +301,9 @@ impl Writer {
                 self.rotate(rel)?;
                 open = self.open(rel)?;
             }
-            self.files.insert(rel.to_path_buf(), open);
+            self.files.insert(rel.as_os_str().to_owned(), open);
         }
-        let Some(f) = self.files.get_mut(rel) else {
+        let Some(f) = self.files.get_mut(rel.as_os_str()) else {
             return Err(io::Error::other("file vanished from the table"));
         };
         f.append(json, len)
@@ -329,7 +331,7 @@ impl Writer {
 
     /// `x.log` → `x.log.1` → … → `x.log.N`; the oldest beyond `keep` is removed.
     fn rotate(&mut self, rel: &Path) -> io::Result<()> {
-        if let Some(mut f) = self.files.remove(rel) {
+        if let Some(mut f) = self.files.remove(rel.as_os_str()) {
             f.out.flush()?;
         }
         let base = self.settings.dir.join(rel);
@@ -359,12 +361,12 @@ impl Writer {
         let mut failed: Vec<(PathBuf, io::Error)> = Vec::new();
         for (rel, f) in self.files.iter_mut() {
             if let Err(e) = f.out.flush() {
-                failed.push((rel.clone(), e));
+                failed.push((PathBuf::from(rel), e));
             }
         }
         for (rel, e) in failed {
             // The buffer's content is lost with the file handle; start the file afresh.
-            self.files.remove(&rel);
+            self.files.remove(rel.as_os_str());
             self.failed(&rel, e);
         }
         self.end_run();

@@ -169,10 +169,10 @@ impl Body {
         }
     }
 
-    fn write(&self, out: &mut String) {
+    fn write(&self, out: &mut Vec<u8>) {
         match self {
             Body::Msg(m) => m.write_json(out),
-            Body::Text(t) => out.push_str(t),
+            Body::Text(t) => out.extend_from_slice(t.as_bytes()),
         }
     }
 
@@ -877,11 +877,11 @@ impl Session {
                 }),
             )
         } else {
-            let mut json = String::with_capacity(unit.bytes);
+            let mut json = Vec::with_capacity(unit.bytes);
             if let Some(p) = unit.parts.first() {
                 p.json.write(&mut json);
             }
-            (unit.topic.to_string(), json.into_bytes())
+            (unit.topic.to_string(), json)
         };
         rumqttc::valid_topic(&topic).then_some((topic, payload))
     }
