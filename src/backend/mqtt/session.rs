@@ -269,6 +269,8 @@ pub struct Session {
     /// messages mostly share it, and sanitising and formatting it per message showed up in
     /// profiles.
     last_topic: Option<(Arc<Origin>, Level, SourceKind, Arc<str>)>,
+    /// The topic last found valid by [`Session::render`].
+    valid_topic: Option<Arc<str>>,
     /// Actions not yet polled (progress reports are made when polled).
     out: VecDeque<Action>,
     next_token: u64,
@@ -338,6 +340,7 @@ impl Session {
             pkid_busy: vec![0; PKIDS / 64].into_boxed_slice(),
             tracker: Tracker::default(),
             last_topic: None,
+            valid_topic: None,
             out: VecDeque::new(),
             next_token: 0,
             granted: None,
@@ -868,7 +871,15 @@ impl Session {
     }
 
     /// The topic and payload of a unit; `None` when its topic is not a valid topic name.
-    fn render(&self, unit: &Unit) -> Option<(String, Vec<u8>)> {
+    fn render(&mut self, unit: &Unit) -> Option<(String, Vec<u8>)> {
+        // Units of one topic share its `Arc`: a topic is checked once, not at every publish.
+        let known = matches!(&self.valid_topic, Some(t) if Arc::ptr_eq(t, &unit.topic));
+        if !known {
+            if !rumqttc::valid_topic(&unit.topic) {
+                return None;
+            }
+            self.valid_topic = Some(unit.topic.clone());
+        }
         let (topic, payload) = if self.set.batch {
             (
                 topic::batch_topic(&unit.topic),
@@ -881,9 +892,10 @@ impl Session {
             if let Some(p) = unit.parts.first() {
                 p.json.write(&mut json);
             }
-            (unit.topic.to_string(), json)
+            (String::from(&*unit.topic), json)
         };
-        rumqttc::valid_topic(&topic).then_some((topic, payload))
+        // A batch topic adds `/batch` to a valid topic: valid too.
+        Some((topic, payload))
     }
 
     /// Puts a publish in flight and makes its request.
