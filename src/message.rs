@@ -583,22 +583,25 @@ pub fn push_json_str(out: &mut String, s: &str) {
     let mut start = 0;
     let mut i = 0;
     while i < bytes.len() {
-        if let Some(word) = bytes.get(i..i + 8) {
-            let mut w = [0u8; 8];
-            w.copy_from_slice(word);
-            if !word_needs_escape(u64::from_le_bytes(w)) {
-                i += 8;
-                continue;
+        // The plain words up to the next that holds a byte to escape.
+        i += bytes[i..]
+            .chunks_exact(8)
+            .take_while(|w| {
+                let w: [u8; 8] = [w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]];
+                !word_needs_escape(u64::from_le_bytes(w))
+            })
+            .count()
+            * 8;
+        let end = (i + 8).min(bytes.len());
+        for (j, &b) in bytes[i..end].iter().enumerate() {
+            if needs_escape(b) {
+                // `b` is ASCII, so `i + j` is a character boundary.
+                out.push_str(&s[start..i + j]);
+                push_escape(out, b);
+                start = i + j + 1;
             }
         }
-        let b = bytes[i];
-        if needs_escape(b) {
-            // `b` is ASCII, so `i` is a character boundary.
-            out.push_str(&s[start..i]);
-            push_escape(out, b);
-            start = i + 1;
-        }
-        i += 1;
+        i = end;
     }
     out.push_str(&s[start..]);
     out.push('"');

@@ -331,7 +331,7 @@ impl World {
             "packet id {} handed out while in flight",
             p.pkid
         );
-        let msgs = if p.topic == STATUS {
+        let msgs = if &*p.topic == STATUS {
             Vec::new()
         } else {
             message_indices(&p.payload)

@@ -49,11 +49,13 @@ pub fn batch_overhead(count: usize) -> usize {
 /// Builds `{"count":N,"logs":[json,json,…]}`: `write(i, out)` appends message `i`'s JSON object,
 /// unchanged; `bytes` is what the messages add up to.
 pub fn batch_payload(
+    mut out: Vec<u8>,
     count: usize,
     bytes: usize,
     mut write: impl FnMut(usize, &mut Vec<u8>),
 ) -> Vec<u8> {
-    let mut out = Vec::with_capacity(bytes + batch_overhead(count));
+    out.clear();
+    out.reserve(bytes + batch_overhead(count));
     out.extend_from_slice(b"{\"count\":");
     out.extend_from_slice(count.to_string().as_bytes());
     out.extend_from_slice(b",\"logs\":[");
@@ -136,7 +138,7 @@ mod tests {
     fn batch_payload_shape() {
         let a = r#"{"id":"a"}"#;
         let b = r#"{"id":"b"}"#;
-        let p = batch_payload(2, a.len() + b.len(), |i, out| {
+        let p = batch_payload(Vec::new(), 2, a.len() + b.len(), |i, out| {
             out.extend_from_slice([a, b][i].as_bytes())
         });
         assert_eq!(p, br#"{"count":2,"logs":[{"id":"a"},{"id":"b"}]}"#);
