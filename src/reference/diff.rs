@@ -227,6 +227,22 @@ pub fn timestamp(s: &[u8]) -> Result<(), String> {
     )
 }
 
+/// A [`timestamp::Parser`] given `seq` in order (it remembers the last minute) and the
+/// reference parser given each (which of them are errors: the parser gives no text).
+pub fn timestamp_run(seq: &[&[u8]]) -> Result<(), String> {
+    let mut parser = timestamp::Parser::default();
+    for s in seq {
+        let new = parser.parse(s);
+        let old = old_timestamp::parse_rfc3339_ns(s).ok();
+        same(
+            || format!("Parser, timestamp {:?}", String::from_utf8_lossy(s)),
+            &new,
+            &old,
+        )?;
+    }
+    Ok(())
+}
+
 /// `message::push_json_str` and its reference copy, appending to the same text; and the
 /// literal reads back as `s`.
 pub fn json_str(before: &str, s: &str) -> Result<(), String> {

@@ -377,6 +377,7 @@ fn timestamps_match_the_reference() {
         "2026-11-25T02:10:05.1234567890Z",
         "2026-11-25T02:10:05.123456789+23:59",
         "2026-11-25T02:10:05.123456789-23:59",
+        "1998-01-17T09:26:07.959463-02:34",
     ]
     .iter()
     .map(|s| s.as_bytes().to_vec())
@@ -413,6 +414,34 @@ fn timestamps_match_the_reference() {
     let mut rng = Rng::new(6);
     for _ in 0..200_000 {
         check(diff::timestamp(&random_timestamp(&mut rng)));
+    }
+}
+
+/// Runs of timestamps through one [`crate::engine::timestamp::Parser`]: each the one before
+/// with a byte changed, so that most share its minute and some differ from it by one byte.
+#[test]
+fn timestamp_runs_match_the_reference() {
+    let mut rng = Rng::new(9);
+    let bytes = b"0123456789-:T.Z+ ";
+    for _ in 0..2000 {
+        let mut t = random_timestamp(&mut rng);
+        let mut run = Vec::new();
+        for _ in 0..20 {
+            run.push(t.clone());
+            if t.is_empty() {
+                break;
+            }
+            let at = if rng.below(2) == 0 {
+                16 + rng.below(t.len().saturating_sub(16).max(1))
+            } else {
+                rng.below(t.len())
+            };
+            if let Some(b) = t.get_mut(at) {
+                *b = bytes[rng.below(bytes.len())];
+            }
+        }
+        let run: Vec<&[u8]> = run.iter().map(|t| t.as_slice()).collect();
+        check(diff::timestamp_run(&run));
     }
 }
 
