@@ -57,8 +57,9 @@ const MAX_INFLIGHT_BYTES: usize = 512 << 10;
 const PAYLOAD_CAP: usize = 256 << 10;
 /// The largest packet we send, and the largest remaining length we take from the broker.
 pub const MAX_PACKET: usize = 1 << 20;
-/// Payload buffers kept for reuse (see [`Session::recycle`]).
-const SPARE_BUFFERS: usize = 8;
+/// Capacity of the payload buffers kept for reuse (see [`Session::recycle`]): a window of
+/// single messages, or a few batches.
+const SPARE_BYTES: usize = 256 << 10;
 /// Packet ids of MQTT: 1..=65535 (0 is not one).
 const PKIDS: usize = 1 << 16;
 /// Connected but no acknowledgement for this long: treat the broker as away and spool.
@@ -274,8 +275,9 @@ pub struct Session {
     last_topic: Option<(Arc<Origin>, Level, SourceKind, Arc<str>)>,
     /// The topic last found valid by [`Session::render`].
     valid_topic: Option<Arc<str>>,
-    /// Payload buffers given back by [`Session::recycle`].
+    /// Payload buffers given back by [`Session::recycle`], and their capacity.
     spare: Vec<Vec<u8>>,
+    spare_bytes: usize,
     /// Actions not yet polled (progress reports are made when polled).
     out: VecDeque<Action>,
     next_token: u64,
@@ -347,6 +349,7 @@ impl Session {
             last_topic: None,
             valid_topic: None,
             spare: Vec::new(),
+            spare_bytes: 0,
             out: VecDeque::new(),
             next_token: 0,
             granted: None,
@@ -887,7 +890,7 @@ impl Session {
             self.valid_topic = Some(unit.topic.clone());
         }
         let (topic, payload) = if self.set.batch {
-            let out = self.spare.pop().unwrap_or_default();
+            let out = self.spare_buffer();
             (
                 Arc::from(topic::batch_topic(&unit.topic)),
                 topic::batch_payload(out, unit.parts.len(), unit.bytes, |i, out| {
@@ -895,7 +898,7 @@ impl Session {
                 }),
             )
         } else {
-            let mut json = self.spare.pop().unwrap_or_default();
+            let mut json = self.spare_buffer();
             json.reserve(unit.bytes);
             if let Some(p) = unit.parts.first() {
                 p.json.write(&mut json);
@@ -909,10 +912,20 @@ impl Session {
     /// Takes back the payload buffer of a publish that was written, for a later one: no
     /// allocation per publish. A few are kept, none larger than a batch.
     pub fn recycle(&mut self, mut payload: Vec<u8>) {
-        if self.spare.len() < SPARE_BUFFERS && payload.capacity() <= PAYLOAD_CAP + 4096 {
+        let fits = self.spare.len() < self.bounds.window_units
+            && self.spare_bytes + payload.capacity() <= SPARE_BYTES;
+        if fits {
             payload.clear();
+            self.spare_bytes += payload.capacity();
             self.spare.push(payload);
         }
+    }
+
+    /// A payload buffer for the next publish: one given back, or a new one.
+    fn spare_buffer(&mut self) -> Vec<u8> {
+        let buf = self.spare.pop().unwrap_or_default();
+        self.spare_bytes -= buf.capacity();
+        buf
     }
 
     /// Puts a publish in flight and makes its request.
