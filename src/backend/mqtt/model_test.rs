@@ -637,7 +637,7 @@ fn open_session(
     window: usize,
 ) -> Result<Session, String> {
     let spool = Spool::open(dir, cfg.spool_max_bytes).map_err(|e| format!("spool: {e}"))?;
-    let mut s = Session::new(cfg, spool, "online".into(), "offline".into(), now);
+    let mut s = Session::new(cfg, spool, "host", "online".into(), "offline".into(), now);
     s.set_bounds(mem_msgs, window);
     Ok(s)
 }

@@ -29,7 +29,7 @@
 //! has not come one keep-alive later means the connection is dead ([`Action::Reconnect`]).
 
 use std::borrow::Cow;
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -38,7 +38,9 @@ use rumqttc::QoS;
 use super::spool::{Dropped, Spool};
 use super::topic;
 use super::tracker::{Seq, Tracker};
-use crate::config::MqttConfig;
+use super::v5::{Topics, Who};
+use super::wire::{self, Alias, Props};
+use crate::config::{MqttConfig, MqttVersion};
 use crate::message::{Level, LogMessage, Origin, Position, SourceKind};
 
 /// Messages kept in memory (retry, memory queue, open batches) before the spool takes over.
@@ -71,9 +73,17 @@ const ACK_STALL: Duration = Duration::from_secs(10);
 const GRACE: Duration = Duration::from_secs(3);
 /// How long after a dropped message [`Session::healthy`] says so.
 const DROP_UNHEALTHY: Duration = Duration::from_secs(60);
+/// The first wait before a publish the broker refused for now (MQTT 5: quota exceeded, server
+/// busy) is sent again; it doubles while refusals go on, up to [`RETRY_MAX`], well below
+/// [`ACK_STALL`].
+const RETRY_MIN: Duration = Duration::from_millis(250);
+const RETRY_MAX: Duration = Duration::from_secs(5);
+/// Reasons and topics remembered as said (a warning once per reason and topic); past it the
+/// set starts again.
+const MAX_WARNED: usize = 1024;
 
-/// What the broker granted in its CONNACK. MQTT 3.1.1 grants nothing ([`Granted::v311`]); the
-/// v5 properties have their place here.
+/// What the broker granted in its CONNACK. MQTT 3.1.1 grants nothing ([`Granted::v311`]); an
+/// MQTT 5 CONNACK may set each limit.
 #[derive(Debug, Clone, Copy)]
 pub struct Granted {
     /// The broker resumed a session. We ask for a clean one; either way the adapter's client is
@@ -81,10 +91,16 @@ pub struct Granted {
     pub session_present: bool,
     /// Publishes the broker takes unacknowledged at once (v5 receive maximum).
     pub receive_max: u16,
-    /// The largest packet the broker takes (v5 maximum packet size).
+    /// The largest packet the broker takes, whole (v5 maximum packet size).
     pub max_packet: usize,
     /// Topic aliases the broker allows (v5 topic alias maximum).
     pub topic_alias_max: u16,
+    /// The keep-alive the broker asks for instead of ours (v5 server keep alive); `None`: ours.
+    pub keep_alive: Option<Duration>,
+    /// The highest QoS the broker takes (v5 maximum QoS).
+    pub max_qos: u8,
+    /// Whether the broker takes retained messages (v5 retain available).
+    pub retain: bool,
 }
 
 impl Granted {
@@ -95,15 +111,68 @@ impl Granted {
             receive_max: u16::MAX,
             max_packet: MAX_PACKET,
             topic_alias_max: 0,
+            keep_alive: None,
+            max_qos: 2,
+            retain: true,
         }
     }
 }
 
-/// How the broker answered a publish. MQTT 3.1.1 knows success only (PUBACK, PUBCOMP); v5
-/// reason codes belong here.
+/// How the broker answered a publish (PUBACK, or at QoS 2 a PUBREC that failed, or PUBCOMP).
+/// MQTT 3.1.1 knows success only; an MQTT 5 reason code of 0x80 or more is a failure, which is
+/// passing or final ([`Ack::of`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ack {
+    /// Delivered (reason codes below 0x80: success, no matching subscribers).
     Ok,
+    /// Not taken now, for a reason that passes (the code): sent again, in order, after a
+    /// back-off.
+    Retry(u8),
+    /// Refused for good (the code): dropped, counted by reason, said once per reason and topic.
+    Refused(u8),
+}
+
+impl Ack {
+    /// What an MQTT 5 reason code means for the message. Passing: quota exceeded (0x97), server
+    /// busy (0x89) and packet identifier in use (0x91, a matter of the id, not of the message).
+    /// Everything else of 0x80 and above is final, implementation specific error (0x83) and
+    /// unspecified error (0x80) included: a broker that gives no reason it would not give
+    /// again must not hold every later message back for ever.
+    pub fn of(code: u8) -> Ack {
+        match code {
+            0..=0x7f => Ack::Ok,
+            0x89 | 0x91 | 0x97 => Ack::Retry(code),
+            _ => Ack::Refused(code),
+        }
+    }
+}
+
+/// The final refusals counted apart, by MQTT 5 reason code and name in health and metrics; any
+/// other code is counted as `other`.
+pub const REFUSALS: [(u8, &str, &str); 6] = [
+    (0x80, "unspecifiedError", "unspecified_error"),
+    (
+        0x83,
+        "implementationSpecificError",
+        "implementation_specific_error",
+    ),
+    (0x87, "notAuthorized", "not_authorized"),
+    (0x90, "topicNameInvalid", "topic_name_invalid"),
+    (0x95, "packetTooLarge", "packet_too_large"),
+    (0x99, "payloadFormatInvalid", "payload_format_invalid"),
+];
+
+/// MQTT 5 reason codes the session gives itself: a message that cannot fit the broker's
+/// maximum packet size even cut, and one whose topic cannot be a topic name.
+const PACKET_TOO_LARGE: u8 = 0x95;
+const TOPIC_NAME_INVALID: u8 = 0x90;
+
+/// The place of a refusal's code in [`Counters::refused`].
+fn refusal_slot(code: u8) -> usize {
+    REFUSALS
+        .iter()
+        .position(|r| r.0 == code)
+        .unwrap_or(REFUSALS.len())
 }
 
 /// Names one publish request, to give it back with [`Session::refused`].
@@ -120,6 +189,10 @@ pub struct Publish {
     pub payload: Vec<u8>,
     pub qos: QoS,
     pub retain: bool,
+    /// MQTT 5: the properties of its topic (`None` at 3.1.1).
+    pub props: Option<Arc<Props>>,
+    /// MQTT 5: its topic alias on this connection.
+    pub alias: Alias,
 }
 
 /// What the session asks of its adapter.
@@ -152,6 +225,9 @@ pub struct Counters {
     /// The agent's own messages dropped.
     pub dropped_agent: u64,
     pub reconnects: u64,
+    /// Messages the broker refused for good (MQTT 5), by [`REFUSALS`], then any other reason;
+    /// also counted in `dropped`.
+    pub refused: [u64; REFUSALS.len() + 1],
 }
 
 /// A message body: a message, rendered when it is sent or spooled, or JSON text (read back
@@ -218,8 +294,15 @@ struct Sent {
     pkid: u16,
     qos: QoS,
     /// PUBACK or PUBCOMP came; at QoS 0, set when handed out (settled at the next poll, unless
-    /// refused before).
+    /// refused before); or the broker refused it for good (`refused`).
     acked: bool,
+    /// The broker refused it for good with this reason code (MQTT 5); set with `acked`.
+    refused: Option<u8>,
+    /// The broker refused it for now (MQTT 5): it waits here, its packet id free, to be sent
+    /// again.
+    resend: bool,
+    /// It set its topic's alias on this connection (MQTT 5).
+    sets_alias: bool,
 }
 
 /// What the configuration decides.
@@ -234,6 +317,8 @@ struct Settings {
     online: String,
     offline: String,
     keep_alive: Duration,
+    /// MQTT 5: publishes carry properties (and aliases, when the broker allows them).
+    v5: bool,
 }
 
 /// Sizes of the memory queue and the in-flight window; small in tests, to reach the spool and
@@ -272,6 +357,16 @@ pub struct Session {
     /// Actions not yet polled (progress reports are made when polled).
     out: VecDeque<Action>,
     next_token: u64,
+    /// MQTT 5: each topic's properties and alias.
+    topics: Topics,
+    /// The properties of the status (MQTT 5).
+    status_props: Arc<Props>,
+    /// Publishes in flight that wait to be sent again ([`Sent::resend`]), and when.
+    resending: usize,
+    retry_at: Instant,
+    retry_wait: Duration,
+    /// Reasons and topics of final refusals already said.
+    warned: HashSet<(u8, String)>,
 
     /// What the broker granted; `Some` while connected.
     granted: Option<Granted>,
@@ -301,6 +396,7 @@ impl Session {
     pub fn new(
         cfg: &MqttConfig,
         mut spool: Spool,
+        host: &str,
         online: String,
         offline: String,
         now: Instant,
@@ -318,6 +414,7 @@ impl Session {
                 online,
                 offline,
                 keep_alive: cfg.keepalive.max(Duration::from_secs(1)),
+                v5: cfg.version == MqttVersion::V5,
             },
             bounds: Bounds {
                 mem_msgs: MEM_MAX_MSGS,
@@ -340,6 +437,12 @@ impl Session {
             last_topic: None,
             out: VecDeque::new(),
             next_token: 0,
+            topics: Topics::new(host, cfg.message_expiry),
+            status_props: Arc::new(super::v5::status_props(host)),
+            resending: 0,
+            retry_at: now,
+            retry_wait: RETRY_MIN,
+            warned: HashSet::new(),
             granted: None,
             ever_connected: false,
             stopping: false,
@@ -408,18 +511,16 @@ impl Session {
         !self.overflowing() || self.may_spool(now)
     }
 
-    /// When [`Session::tick`] has something to do next: an open batch is due, or a ping.
+    /// When [`Session::tick`] has something to do next: an open batch is due, a ping, or a
+    /// publish the broker refused for now is to be sent again.
     pub fn next_deadline(&self) -> Option<Instant> {
         let batch = self
             .open
             .iter()
             .map(|o| o.since + self.set.batch_interval)
             .min();
-        let ping = self.ping_due();
-        match (batch, ping) {
-            (Some(b), Some(p)) => Some(b.min(p)),
-            (b, p) => b.or(p),
-        }
+        let retry = (self.resending > 0).then_some(self.retry_at);
+        [batch, self.ping_due(), retry].into_iter().flatten().min()
     }
 
     /// When the next PINGREQ is due, while connected and none is unanswered.
@@ -427,7 +528,16 @@ impl Session {
         if self.granted.is_none() || self.ping_sent.is_some() {
             return None;
         }
-        Some(self.last_write + self.set.keep_alive * 3 / 4)
+        Some(self.last_write + self.keep_alive() * 3 / 4)
+    }
+
+    /// The keep-alive in force: the broker's (MQTT 5 server keep alive) or ours. A server keep
+    /// alive of 0 (the broker needs no pings) keeps ours: pings are how a dead link is noticed.
+    fn keep_alive(&self) -> Duration {
+        match self.granted.and_then(|g| g.keep_alive) {
+            Some(k) if !k.is_zero() => k,
+            _ => self.set.keep_alive,
+        }
     }
 
     /// True when nothing of memory is left to send (the spool may still hold messages).
@@ -444,7 +554,10 @@ impl Session {
 
     /// Whether memory overflow may go to the spool now rather than slow the input down.
     fn may_spool(&self, now: Instant) -> bool {
-        self.granted.is_none() || self.spool.has_unacked() || self.ack_stalled(now, STALL)
+        self.granted.is_none()
+            || self.spool.has_unacked()
+            || self.resending > 0
+            || self.ack_stalled(now, STALL)
     }
 
     /// Connected, publishes in flight, and no acknowledgement for `limit`: the link is stuck.
@@ -580,12 +693,12 @@ impl Session {
             );
         } else if self
             .ping_sent
-            .is_some_and(|t| now.saturating_duration_since(t) >= self.set.keep_alive)
+            .is_some_and(|t| now.saturating_duration_since(t) >= self.keep_alive())
         {
             self.give_up(
                 format!(
                     "no answer to a ping for {} s; reconnecting",
-                    self.set.keep_alive.as_secs()
+                    self.keep_alive().as_secs()
                 ),
                 now,
             );
@@ -616,12 +729,17 @@ impl Session {
         }
         log::debug!(
             "mqtt broker grants: session present {}, receive maximum {}, maximum packet {}, \
-             topic aliases {}",
+             topic aliases {}, keep-alive {:?}, maximum QoS {}, retain {}",
             granted.session_present,
             granted.receive_max,
             granted.max_packet,
-            granted.topic_alias_max
+            granted.topic_alias_max,
+            granted.keep_alive,
+            granted.max_qos,
+            granted.retain
         );
+        self.topics.connected(granted.topic_alias_max);
+        self.retry_wait = RETRY_MIN;
         self.ever_connected = true;
         self.granted = Some(granted);
         self.status_due = true;
@@ -634,19 +752,44 @@ impl Session {
         self.ping_sent = None;
     }
 
-    /// Event: the broker answered packet `pkid` (PUBACK for QoS 1, PUBCOMP for QoS 2).
+    /// Event: the broker answered packet `pkid` (PUBACK for QoS 1, PUBCOMP for QoS 2, or a
+    /// PUBREC with a failure for QoS 2).
     pub fn acked(&mut self, pkid: u16, ack: Ack, now: Instant) {
         self.now = now;
         self.held = false;
+        let Some(s) = self.inflight_mut(pkid) else {
+            return;
+        };
         match ack {
-            Ack::Ok => {
-                if let Some(s) = self.inflight_mut(pkid) {
-                    s.acked = true;
-                    self.last_ack = now;
-                    self.settle();
-                }
+            Ack::Ok => s.acked = true,
+            Ack::Refused(code) => {
+                s.acked = true;
+                s.refused = Some(code);
+            }
+            Ack::Retry(code) => {
+                s.resend = true;
+                s.pkid = 0;
+                self.free_pkid(pkid);
+                self.resending += 1;
+                self.retry_at = now + self.retry_wait;
+                log::debug!(
+                    "mqtt: the broker refused a publish for now ({}); sending it again in {:?}",
+                    wire::reason_name(code),
+                    self.retry_wait
+                );
+                self.retry_wait = (self.retry_wait * 2).min(RETRY_MAX);
+                self.last_error = format!(
+                    "the broker refuses publishes for now: {}",
+                    wire::reason_name(code)
+                );
             }
         }
+        // The broker answered: the link is alive.
+        self.last_ack = now;
+        if ack == Ack::Ok {
+            self.retry_wait = RETRY_MIN;
+        }
+        self.settle();
     }
 
     /// Event: the broker received QoS 2 publish `pkid` (PUBREC); its PUBREL is due.
@@ -688,6 +831,22 @@ impl Session {
         let Some(i) = self.inflight.iter().rposition(|s| s.token == token) else {
             return;
         };
+        let s = &mut self.inflight[i];
+        if s.sets_alias {
+            s.sets_alias = false;
+            if let Some(u) = &s.unit {
+                self.topics.unwritten(&u.topic);
+            }
+        }
+        if i + 1 < self.inflight.len() {
+            // A publish sent again (after a refusal for now) with newer ones in flight behind
+            // it: it waits in its place to be sent again.
+            let pkid = std::mem::take(&mut self.inflight[i].pkid);
+            self.inflight[i].resend = true;
+            self.free_pkid(pkid);
+            self.resending += 1;
+            return;
+        }
         let Some(s) = self.inflight.remove(i) else {
             return;
         };
@@ -718,6 +877,7 @@ impl Session {
         self.granted = None;
         self.ping_sent = None;
         self.last_error = reason;
+        self.resending = 0;
         let back = self.take_back_inflight();
         for u in back.into_iter().rev() {
             self.retry.push_front(u);
@@ -745,14 +905,21 @@ impl Session {
             log::warn!("cannot save the mqtt spool cursor: {e}");
         }
         self.granted?;
+        let (qos, retain) = self.flags(true);
         // Whatever was in flight went to the spool: every id is free.
         Some(Publish {
             token: self.token(),
-            pkid: self.next_pkid(),
+            pkid: if qos == QoS::AtMostOnce {
+                0
+            } else {
+                self.next_pkid()
+            },
             topic: self.set.status_topic.clone(),
             payload: self.set.offline.clone().into_bytes(),
-            qos: QoS::AtLeastOnce,
-            retain: true,
+            qos,
+            retain,
+            props: self.set.v5.then(|| self.status_props.clone()),
+            alias: Alias::None,
         })
     }
 }
@@ -813,6 +980,14 @@ impl Session {
     }
 
     fn next_publish(&mut self) -> Option<Publish> {
+        if self.resending > 0 {
+            // Refused for now: sent again, oldest first, before anything newer.
+            return if self.now >= self.retry_at {
+                self.rehand()
+            } else {
+                None
+            };
+        }
         if self.status_due && self.window_open() {
             self.status_due = false;
             let payload = self.set.online.clone().into_bytes();
@@ -823,6 +998,9 @@ impl Session {
                 return None;
             }
             let unit = self.next_unit()?;
+            let Some(unit) = self.fit(unit) else {
+                continue;
+            };
             let Some((topic, payload)) = self.render(&unit) else {
                 // Only a base topic with a wildcard gets here; config validation should stop it.
                 let mut d = Dropped::default();
@@ -867,6 +1045,86 @@ impl Session {
         Some(u)
     }
 
+    /// Puts a unit taken by [`Session::next_unit`] back at the front of its queue.
+    fn put_back(&mut self, u: Unit) {
+        if u.from_spool {
+            self.replay.push_front(u);
+        } else {
+            self.waiting_msgs += u.parts.len();
+            self.waiting_bytes += u.bytes;
+            self.retry.push_front(u);
+        }
+    }
+
+    /// The payload bytes of a unit of `count` messages of `bytes` bytes (at most, for a batch).
+    fn payload_len(&self, count: usize, bytes: usize) -> usize {
+        if self.set.batch {
+            bytes + topic::batch_overhead(count)
+        } else {
+            bytes
+        }
+    }
+
+    /// Makes a unit fit the broker's maximum packet size (MQTT 5): a batch too big is split
+    /// (what does not fit goes back to the front of its queue), a single message too big is cut
+    /// and marked truncated; one that cannot fit even so is settled as refused, packet too
+    /// large (in its place in the window, so the spool and the cursor move in order).
+    fn fit(&mut self, mut unit: Unit) -> Option<Unit> {
+        let max = match self.granted {
+            Some(g) if g.max_packet < MAX_PACKET => g.max_packet,
+            _ => return Some(unit),
+        };
+        // The topic in full, a packet id, the properties and an alias: the most a header takes.
+        let topic_len = unit.topic.len() + if self.set.batch { 6 } else { 0 };
+        let props = self.set.v5.then(|| self.status_props.clone());
+        let header = wire::publish_size(topic_len, 2, props.as_deref(), true, 0) + 256;
+        let limit = max.saturating_sub(header);
+        if self.payload_len(unit.parts.len(), unit.bytes) <= limit {
+            return Some(unit);
+        }
+        if unit.parts.len() > 1 {
+            let (mut n, mut bytes) = (0, 0);
+            while n < unit.parts.len() {
+                let b = bytes + unit.parts[n].json.len();
+                if n > 0 && self.payload_len(n + 1, b) > limit {
+                    break;
+                }
+                (n, bytes) = (n + 1, b);
+            }
+            let rest = Unit {
+                topic: unit.topic.clone(),
+                parts: unit.parts.split_off(n),
+                bytes: unit.bytes - bytes,
+                from_spool: unit.from_spool,
+            };
+            unit.bytes = bytes;
+            self.put_back(rest);
+            if n > 1 || self.payload_len(1, bytes) <= limit {
+                return Some(unit);
+            }
+        }
+        let room = limit.saturating_sub(self.payload_len(1, 0));
+        let text = cut(&unit.parts[0].json.text(), room);
+        if text.len() <= room {
+            unit.bytes = text.len();
+            unit.parts[0].json = Body::Text(text);
+            return Some(unit);
+        }
+        let token = self.token();
+        self.inflight.push_back(Sent {
+            token,
+            unit: Some(unit),
+            bytes: 0,
+            pkid: 0,
+            qos: QoS::AtMostOnce,
+            acked: true,
+            refused: Some(PACKET_TOO_LARGE),
+            resend: false,
+            sets_alias: false,
+        });
+        None
+    }
+
     /// The topic and payload of a unit; `None` when its topic is not a valid topic name.
     fn render(&self, unit: &Unit) -> Option<(String, Vec<u8>)> {
         let (topic, payload) = if self.set.batch {
@@ -886,6 +1144,33 @@ impl Session {
         rumqttc::valid_topic(&topic).then_some((topic, payload))
     }
 
+    /// MQTT 5: the properties and alias of a publish of `unit` (the status when `None`).
+    fn meta(&mut self, unit: Option<&Unit>) -> (Option<Arc<Props>>, Alias) {
+        if !self.set.v5 {
+            return (None, Alias::None);
+        }
+        let Some(u) = unit else {
+            return (Some(self.status_props.clone()), Alias::None);
+        };
+        let (props, alias) = self.topics.publish(&u.topic, || who(u));
+        (Some(props), alias)
+    }
+
+    /// The QoS and retain flag of a publish (the status's when `status`), within what the
+    /// broker takes.
+    fn flags(&self, status: bool) -> (QoS, bool) {
+        let (q, retain) = if status {
+            (QoS::AtLeastOnce, true)
+        } else {
+            (self.set.qos, self.set.retain)
+        };
+        match self.granted {
+            Some(g) if q as u8 > g.max_qos => (qos(g.max_qos), retain && g.retain),
+            Some(g) => (q, retain && g.retain),
+            None => (q, retain),
+        }
+    }
+
     /// Puts a publish in flight and makes its request.
     fn hand_out(
         &mut self,
@@ -894,11 +1179,8 @@ impl Session {
         payload: Vec<u8>,
         status: bool,
     ) -> Publish {
-        let (qos, retain) = if status {
-            (QoS::AtLeastOnce, true)
-        } else {
-            (self.set.qos, self.set.retain)
-        };
+        let (qos, retain) = self.flags(status);
+        let (props, alias) = self.meta(unit.as_ref());
         if self.inflight.is_empty() {
             // No acknowledgement was owed until now, so the wait for one starts now (not at
             // the last one, maybe long ago).
@@ -917,6 +1199,9 @@ impl Session {
             pkid,
             qos,
             acked: qos0,
+            refused: None,
+            resend: false,
+            sets_alias: matches!(alias, Alias::Set(_)),
         });
         Publish {
             token,
@@ -925,7 +1210,61 @@ impl Session {
             payload,
             qos,
             retain,
+            props,
+            alias,
         }
+    }
+
+    /// Sends again the oldest publish the broker refused for now, in its place in the window,
+    /// under a new packet id.
+    fn rehand(&mut self) -> Option<Publish> {
+        let i = self.inflight.iter().position(|s| s.resend)?;
+        self.resending -= 1;
+        let status = self.inflight[i].unit.is_none();
+        let rendered = match &self.inflight[i].unit {
+            Some(u) => self.render(u),
+            None => Some((
+                self.set.status_topic.clone(),
+                self.set.online.clone().into_bytes(),
+            )),
+        };
+        let Some((topic, payload)) = rendered else {
+            // Not reached: it was rendered once. Settled as refused rather than kept for ever.
+            self.inflight[i].resend = false;
+            self.inflight[i].acked = true;
+            self.inflight[i].refused = Some(TOPIC_NAME_INVALID);
+            self.settle();
+            return None;
+        };
+        let unit = self.inflight[i].unit.take();
+        let (props, alias) = self.meta(unit.as_ref());
+        let (_, retain) = self.flags(status);
+        let qos = self.inflight[i].qos;
+        let pkid = if qos == QoS::AtMostOnce {
+            0
+        } else {
+            self.next_pkid()
+        };
+        let token = self.token();
+        let s = &mut self.inflight[i];
+        s.unit = unit;
+        s.resend = false;
+        s.pkid = pkid;
+        s.token = token;
+        s.sets_alias = matches!(alias, Alias::Set(_));
+        // The wait for its answer starts now.
+        self.last_write = self.now;
+        self.last_ack = self.now;
+        Some(Publish {
+            token,
+            pkid,
+            topic,
+            payload,
+            qos,
+            retain,
+            props,
+            alias,
+        })
     }
 
     /// Pops acknowledged publishes off the front of the window.
@@ -939,10 +1278,54 @@ impl Session {
             }
             self.free_pkid(s.pkid);
             self.inflight_bytes = self.inflight_bytes.saturating_sub(s.bytes);
-            if let Some(u) = s.unit {
-                self.counters.acknowledged += u.parts.len() as u64;
-                self.settle_unit(&u);
+            self.finish(s);
+        }
+    }
+
+    /// A publish answered for good: its messages are delivered, or refused and dropped.
+    fn finish(&mut self, s: Sent) {
+        let Some(u) = s.unit else {
+            if let Some(code) = s.refused {
+                let topic = self.set.status_topic.clone();
+                self.warn_refused(code, &topic);
             }
+            return;
+        };
+        match s.refused {
+            None => self.counters.acknowledged += u.parts.len() as u64,
+            Some(code) => self.count_refused(code, &u),
+        }
+        self.settle_unit(&u);
+    }
+
+    /// The broker refused a unit's messages for good: counted by reason and as dropped, and
+    /// said once per reason and topic.
+    fn count_refused(&mut self, code: u8, u: &Unit) {
+        self.counters.refused[refusal_slot(code)] += u.parts.len() as u64;
+        let mut d = Dropped::default();
+        for _ in &u.parts {
+            self.spool.count(&mut d, &u.topic);
+        }
+        self.count_dropped(d);
+        let topic = if self.set.batch {
+            topic::batch_topic(&u.topic)
+        } else {
+            u.topic.to_string()
+        };
+        self.warn_refused(code, &topic);
+    }
+
+    /// A `manager` warning, once per reason and topic.
+    fn warn_refused(&mut self, code: u8, topic: &str) {
+        if self.warned.len() >= MAX_WARNED {
+            self.warned.clear();
+        }
+        if self.warned.insert((code, topic.to_string())) {
+            log::warn!(
+                "mqtt: the broker refuses messages on {topic}: {} (reason code 0x{code:02x}); \
+                 they are dropped",
+                wire::reason_name(code)
+            );
         }
     }
 
@@ -958,7 +1341,7 @@ impl Session {
         }
     }
 
-    /// Empties the in-flight window: acknowledged units are settled, units read from the spool
+    /// Empties the in-flight window: answered units are settled, units read from the spool
     /// are left to be read from it again (an out-of-order ack must not move its offset), and
     /// the rest come back, in order, counted as waiting again.
     fn take_back_inflight(&mut self) -> Vec<Unit> {
@@ -966,21 +1349,56 @@ impl Session {
         let inflight: Vec<Sent> = self.inflight.drain(..).collect();
         self.pkid_busy.fill(0);
         for s in inflight {
+            match &s.unit {
+                None => continue,
+                Some(u) if u.from_spool => continue,
+                Some(_) if s.acked => {
+                    self.finish(s);
+                    continue;
+                }
+                Some(_) => {}
+            }
             let Some(u) = s.unit else { continue };
-            if u.from_spool {
-                continue;
-            }
-            if s.acked {
-                self.counters.acknowledged += u.parts.len() as u64;
-                self.settle_unit(&u);
-                continue;
-            }
             self.waiting_msgs += u.parts.len();
             self.waiting_bytes += u.bytes;
             back.push(u);
         }
         self.inflight_bytes = 0;
         back
+    }
+}
+
+/// Whom a unit's messages are about, for its topic's user properties: the first message's
+/// service, for a container topic (a message read back from the spool is asked its JSON).
+fn who(u: &Unit) -> Who {
+    let Some(p) = u.parts.first() else {
+        return Who::Agent;
+    };
+    match &p.json {
+        Body::Msg(m) if m.kind == SourceKind::Container => Who::Service {
+            app: m.origin.app_id.as_str().to_string(),
+            service: m.origin.service_name.clone(),
+        },
+        Body::Msg(_) => Who::Agent,
+        Body::Text(json) => who_in_json(json),
+    }
+}
+
+/// [`who`] for a message's JSON (docs/CONTRACT.md §4).
+fn who_in_json(json: &str) -> Who {
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(json) else {
+        return Who::Agent;
+    };
+    if v["source"]["type"] != "container" {
+        return Who::Agent;
+    }
+    let text = |x: &serde_json::Value| match x {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    Who::Service {
+        app: text(&v["appId"]),
+        service: text(&v["serviceName"]),
     }
 }
 
@@ -1186,12 +1604,12 @@ fn cut(json: &str, max: usize) -> String {
     }
 }
 
-/// The rumqttc QoS of a configured 0, 1 or 2.
+/// The rumqttc QoS of a configured 0, 1 or 2 (what the broker grants at most).
 fn qos(n: u8) -> QoS {
     match n {
         0 => QoS::AtMostOnce,
-        2 => QoS::ExactlyOnce,
-        _ => QoS::AtLeastOnce,
+        1 => QoS::AtLeastOnce,
+        _ => QoS::ExactlyOnce,
     }
 }
 
@@ -1242,7 +1660,7 @@ mod tests {
             Arc::from("host"),
         ));
         Fixture {
-            s: Session::new(&cfg, spool, "online".into(), "offline".into(), t0),
+            s: Session::new(&cfg, spool, "host", "online".into(), "offline".into(), t0),
             t0,
             dir,
             origin,
