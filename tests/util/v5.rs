@@ -39,10 +39,7 @@ impl Msg5 {
 
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_slice(&self.payload).unwrap_or_else(|e| {
-            panic!(
-                "not JSON ({e}): {}",
-                String::from_utf8_lossy(&self.payload)
-            )
+            panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.payload))
         })
     }
 }
