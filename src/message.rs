@@ -6,7 +6,6 @@
 //! This module owns the JSON shape. It never decides levels (see `monitor::level`) and never
 //! does I/O.
 
-use std::fmt::Write as _;
 use std::sync::Arc;
 
 /// Severity of a message, worst first.
@@ -135,10 +134,15 @@ pub struct Origin {
     pub service_name: String,
     pub service_id: Option<LabelValue>,
     pub host: Arc<str>,
-    /// `,"name":…},"appId":…,"serviceId":…,"serviceName":…,"containerId":…`, rendered once.
-    ident_json: String,
-    /// `,"host":…`, rendered once.
-    host_json: String,
+    /// Everything of a message's JSON after `"source":{"type":…"`, without the closing brace,
+    /// rendered once for each [`tail_index`]: `,"name":…},"appId":…,"serviceId":…,
+    /// "serviceName":…,"containerId":…,"isStdErr":…,"isSystem":…,"host":…`.
+    tails: [Box<str>; 4],
+}
+
+/// Which of [`Origin`]'s tails a message takes.
+fn tail_index(is_stderr: bool, is_system: bool) -> usize {
+    usize::from(is_stderr) | usize::from(is_system) << 1
 }
 
 impl Origin {
@@ -163,8 +167,21 @@ impl Origin {
         push_json_str(&mut ident_json, &service_name);
         ident_json.push_str(",\"containerId\":");
         push_json_str(&mut ident_json, &container_id);
-        let mut host_json = String::from(",\"host\":");
-        push_json_str(&mut host_json, &host);
+        let tail = |i: usize| {
+            let mut t = ident_json.clone();
+            t.push_str(match i & 1 {
+                0 => ",\"isStdErr\":false",
+                _ => ",\"isStdErr\":true",
+            });
+            t.push_str(match i & 2 {
+                0 => ",\"isSystem\":false",
+                _ => ",\"isSystem\":true",
+            });
+            t.push_str(",\"host\":");
+            push_json_str(&mut t, &host);
+            t.into_boxed_str()
+        };
+        let tails = [tail(0), tail(1), tail(2), tail(3)];
         Origin {
             container_id,
             name,
@@ -172,8 +189,7 @@ impl Origin {
             service_name,
             service_id,
             host,
-            ident_json,
-            host_json,
+            tails,
         }
     }
 
@@ -213,6 +229,8 @@ pub struct LogMessage {
     /// The id (which needs no escaping), then the text's JSON string literal with its quotes.
     lit: Box<str>,
     id_len: u32,
+    /// The length of [`LogMessage::write_json`]'s output, counted once when made.
+    json_len: u32,
     /// The text needed escaping, so its literal differs from the text.
     text_escaped: bool,
     pub ts_ns: i64,
@@ -225,6 +243,16 @@ pub struct LogMessage {
     pub position: Option<Position>,
 }
 
+/// The stable id of a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Id {
+    /// A container line's: its origin's short id and this position (see [`line_id`]), written
+    /// straight into the message.
+    Line(Position),
+    /// Any other ([`event_id`], [`manager_id`]); what would need escaping is replaced by `_`.
+    Given(String),
+}
+
 /// What a message is made from; [`LogMessage::new`] adds the id and the JSON.
 pub struct Draft {
     pub text: String,
@@ -235,18 +263,39 @@ pub struct Draft {
     pub is_stderr: bool,
     pub truncated: bool,
     pub position: Option<Position>,
-    /// The stable id (see [`line_id`], [`event_id`], [`manager_id`]).
-    pub id: String,
+    pub id: Id,
 }
 
 /// The id of a container line: the same engine line always gets the same id.
 pub fn line_id(origin: &Origin, pos: Position) -> String {
-    format!(
-        "{}-{}-{}",
-        origin.short_id(),
-        pos.ts_ns,
-        pos.seen.saturating_sub(1)
-    )
+    let mut id = String::with_capacity(line_id_len(origin, pos));
+    push_line_id(&mut id, origin, pos);
+    id
+}
+
+/// Appends `{short id}-{ts_ns}-{index}`, the id of the line at `pos`.
+fn push_line_id(out: &mut String, origin: &Origin, pos: Position) {
+    out.push_str(origin.short_id());
+    // The two numbers and their dashes, made as bytes and checked as text once.
+    let mut tail = [0u8; 42];
+    let mut len = 0;
+    let mut buf = [0u8; 20];
+    for n in [pos.ts_ns, i64::from(pos.seen.saturating_sub(1))] {
+        let digits = decimal_digits(n, &mut buf);
+        tail[len] = b'-';
+        tail[len + 1..len + 1 + digits.len()].copy_from_slice(digits);
+        len += 1 + digits.len();
+    }
+    // Digits and dashes are ASCII: this never falls back.
+    out.push_str(std::str::from_utf8(&tail[..len]).unwrap_or_default());
+}
+
+/// The length of [`line_id`]'s output.
+fn line_id_len(origin: &Origin, pos: Position) -> usize {
+    origin.short_id().len()
+        + 2
+        + decimal_len(pos.ts_ns)
+        + decimal_len(i64::from(pos.seen.saturating_sub(1)))
 }
 
 /// The position a container line's id encodes (the inverse of [`line_id`]; engine timestamps
@@ -278,24 +327,85 @@ pub fn manager_id(ts_ns: i64, seq: u64) -> String {
     format!("manager-{ts_ns}-{seq}")
 }
 
+/// Where a message's JSON goes: a `String` (the API), bytes (files, MQTT payloads), or a count
+/// of its bytes.
+pub trait JsonSink {
+    fn put(&mut self, piece: &str);
+    fn put_decimal(&mut self, n: i64);
+    fn reserve_for(&mut self, additional: usize);
+}
+
+impl JsonSink for String {
+    fn put(&mut self, piece: &str) {
+        self.push_str(piece);
+    }
+
+    fn put_decimal(&mut self, n: i64) {
+        push_decimal(self, n);
+    }
+
+    fn reserve_for(&mut self, additional: usize) {
+        self.reserve(additional);
+    }
+}
+
+impl JsonSink for Vec<u8> {
+    fn put(&mut self, piece: &str) {
+        self.extend_from_slice(piece.as_bytes());
+    }
+
+    fn put_decimal(&mut self, n: i64) {
+        let mut buf = [0u8; 20];
+        self.extend_from_slice(decimal_digits(n, &mut buf));
+    }
+
+    fn reserve_for(&mut self, additional: usize) {
+        self.reserve(additional);
+    }
+}
+
+/// Counts what would be written.
+struct Count(usize);
+
+impl JsonSink for Count {
+    fn put(&mut self, piece: &str) {
+        self.0 += piece.len();
+    }
+
+    fn put_decimal(&mut self, n: i64) {
+        self.0 += decimal_len(n);
+    }
+
+    fn reserve_for(&mut self, _: usize) {}
+}
+
 impl LogMessage {
     pub fn new(d: Draft) -> LogMessage {
-        let mut lit = String::with_capacity(d.id.len() + d.text.len() + 2);
-        // Ids are made here from hex ids, numbers and sanitised actions; anything else is
-        // replaced so that the id never needs escaping.
-        lit.extend(d.id.chars().map(|c| {
-            if c.is_control() || c == '"' || c == '\\' {
-                '_'
-            } else {
-                c
-            }
-        }));
+        let id_len = match &d.id {
+            Id::Line(pos) => line_id_len(&d.origin, *pos),
+            Id::Given(id) => id.len(),
+        };
+        // Exact unless the text needs escaping, so that the box below takes the buffer as is.
+        let mut lit = String::with_capacity(id_len + d.text.len() + 2);
+        match &d.id {
+            Id::Line(pos) => push_line_id(&mut lit, &d.origin, *pos),
+            // Ids are made from hex ids, numbers and sanitised actions; anything else is
+            // replaced so that the id never needs escaping.
+            Id::Given(id) => lit.extend(id.chars().map(|c| {
+                if c.is_control() || c == '"' || c == '\\' {
+                    '_'
+                } else {
+                    c
+                }
+            })),
+        }
         let id_len = lit.len() as u32;
         push_json_str(&mut lit, &d.text);
         let text_escaped = lit.len() - id_len as usize != d.text.len() + 2;
-        LogMessage {
+        let mut msg = LogMessage {
             lit: lit.into_boxed_str(),
             id_len,
+            json_len: 0,
             text_escaped,
             ts_ns: d.ts_ns,
             level: d.level,
@@ -304,7 +414,11 @@ impl LogMessage {
             is_stderr: d.is_stderr,
             truncated: d.truncated,
             position: d.position,
-        }
+        };
+        let mut count = Count(0);
+        msg.render(&mut count);
+        msg.json_len = u32::try_from(count.0).unwrap_or(u32::MAX);
+        msg
     }
 
     pub fn timestamp_ms(&self) -> i64 {
@@ -331,51 +445,35 @@ impl LogMessage {
         std::borrow::Cow::Owned(serde_json::from_str::<String>(literal).unwrap_or_default())
     }
 
-    /// Appends the message as one JSON object (docs/CONTRACT.md §4), no trailing newline. The same message
-    /// always gives the same bytes.
-    pub fn write_json(&self, out: &mut String) {
-        out.reserve(self.json_len());
-        self.render(&mut |piece: &str| out.push_str(piece));
+    /// Appends the message as one JSON object (docs/CONTRACT.md §4), no trailing newline. The
+    /// same message always gives the same bytes.
+    pub fn write_json(&self, out: &mut impl JsonSink) {
+        out.reserve_for(self.json_len());
+        self.render(out);
     }
 
     /// The length of [`LogMessage::write_json`]'s output, without making it.
     pub fn json_len(&self) -> usize {
-        let mut len = 0;
-        self.render(&mut |piece: &str| len += piece.len());
-        len
+        self.json_len as usize
     }
 
-    /// Hands the JSON to `put` piece by piece; the one place that knows the shape.
-    fn render(&self, put: &mut impl FnMut(&str)) {
-        let o = &self.origin;
-        put("{\"id\":\"");
-        put(self.id());
-        put("\",\"message\":");
-        put(self.text_literal());
-        put(",\"timestamp\":");
-        let mut digits = [0u8; 20];
-        put(decimal(self.timestamp_ms(), &mut digits));
-        put(",\"level\":\"");
-        put(self.level.as_str());
-        put("\",\"source\":{\"type\":\"");
-        put(self.kind.as_str());
-        put("\"");
-        put(&o.ident_json);
-        put(if self.is_stderr {
-            ",\"isStdErr\":true"
+    /// Hands the JSON to `out` piece by piece; the one place that knows the shape (with the
+    /// pieces [`Origin::new`] and [`level_and_kind`] make once).
+    fn render(&self, out: &mut impl JsonSink) {
+        out.put("{\"id\":\"");
+        out.put(self.id());
+        out.put("\",\"message\":");
+        out.put(self.text_literal());
+        out.put(",\"timestamp\":");
+        out.put_decimal(self.timestamp_ms());
+        out.put(level_and_kind(self.level, self.kind));
+        let system = self.kind == SourceKind::System;
+        out.put(&self.origin.tails[tail_index(self.is_stderr, system)]);
+        out.put(if self.truncated {
+            ",\"truncated\":true}"
         } else {
-            ",\"isStdErr\":false"
+            "}"
         });
-        put(if self.kind == SourceKind::System {
-            ",\"isSystem\":true"
-        } else {
-            ",\"isSystem\":false"
-        });
-        put(&o.host_json);
-        if self.truncated {
-            put(",\"truncated\":true");
-        }
-        put("}");
     }
 
     /// The message as one JSON object, no trailing newline.
@@ -386,50 +484,144 @@ impl LogMessage {
     }
 }
 
+/// Two decimal digits of every number below 100.
+const PAIRS: &[u8; 200] = b"0001020304050607080910111213141516171819\
+2021222324252627282930313233343536373839\
+4041424344454647484950515253545556575859\
+6061626364656667686970717273747576777879\
+8081828384858687888990919293949596979899";
+
+/// `,"level":…,"source":{"type":…"` of a message's JSON.
+fn level_and_kind(level: Level, kind: SourceKind) -> &'static str {
+    macro_rules! pieces {
+        ($($l:ident $ls:literal),*) => {
+            match (level, kind) {
+                $(
+                    (Level::$l, SourceKind::Container) =>
+                        concat!(",\"level\":\"", $ls, "\",\"source\":{\"type\":\"container\""),
+                    (Level::$l, SourceKind::System) =>
+                        concat!(",\"level\":\"", $ls, "\",\"source\":{\"type\":\"system\""),
+                    (Level::$l, SourceKind::Manager) =>
+                        concat!(",\"level\":\"", $ls, "\",\"source\":{\"type\":\"manager\""),
+                )*
+            }
+        };
+    }
+    pieces!(Error "error", Warn "warn", Info "info", Debug "debug")
+}
+
+/// Appends `n` in decimal, without `fmt`: ids and timestamps are written for every line.
+fn push_decimal(out: &mut String, n: i64) {
+    let mut buf = [0u8; 20];
+    let digits = decimal_digits(n, &mut buf);
+    // Digits and a sign are ASCII: this never falls back.
+    out.push_str(std::str::from_utf8(digits).unwrap_or("0"));
+}
+
 /// `n` in decimal, written into the end of `buf` (20 bytes hold any i64).
-fn decimal(n: i64, buf: &mut [u8; 20]) -> &str {
+fn decimal_digits(n: i64, buf: &mut [u8; 20]) -> &[u8] {
     let mut i = buf.len();
     let mut v = n.unsigned_abs();
-    loop {
+    while v >= 100 {
+        let pair = (v % 100) as usize * 2;
+        v /= 100;
+        i -= 2;
+        buf[i..i + 2].copy_from_slice(&PAIRS[pair..pair + 2]);
+    }
+    if v >= 10 {
+        let pair = v as usize * 2;
+        i -= 2;
+        buf[i..i + 2].copy_from_slice(&PAIRS[pair..pair + 2]);
+    } else {
         i -= 1;
-        buf[i] = b'0' + (v % 10) as u8;
-        v /= 10;
-        if v == 0 {
-            break;
-        }
+        buf[i] = b'0' + v as u8;
     }
     if n < 0 {
         i -= 1;
         buf[i] = b'-';
     }
-    std::str::from_utf8(&buf[i..]).unwrap_or("0")
+    &buf[i..]
 }
 
-/// Appends `s` as a JSON string literal.
+/// The number of bytes [`push_decimal`] writes.
+fn decimal_len(n: i64) -> usize {
+    let digits = n
+        .unsigned_abs()
+        .checked_ilog10()
+        .map_or(1, |l| l as usize + 1);
+    digits + usize::from(n < 0)
+}
+
+/// The bytes a JSON string literal must escape (and DEL, which we escape too).
+fn needs_escape(b: u8) -> bool {
+    b < 0x20 || b == b'"' || b == b'\\' || b == 0x7f
+}
+
+/// Whether any of the eight bytes of `w` [`needs_escape`]: the zero-byte test of
+/// "Bit Twiddling Hacks" (exact, not only likely), for `< 0x20` and for `"`, `\` and DEL.
+fn word_needs_escape(w: u64) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    // Each term has a byte's high bit set where that byte is a zero (below 0x20 for the first),
+    // given that the byte's own high bit is clear (`!w`); one test for all four, no branches.
+    let zero = |x: u64| x.wrapping_sub(ONES) & !x;
+    let below_space = w.wrapping_sub(ONES * 0x20) & !w;
+    let marks = below_space
+        | zero(w ^ (ONES * u64::from(b'"')))
+        | zero(w ^ (ONES * u64::from(b'\\')))
+        | zero(w ^ (ONES * 0x7f));
+    marks & HIGH != 0
+}
+
+/// Appends `s` as a JSON string literal. Runs of plain bytes are copied at once, eight bytes
+/// checked at a time; escaped are `"`, `\`, control characters and DEL (`\n`, `\r`, `\t` by
+/// name, the others as `\u00XX`).
 pub fn push_json_str(out: &mut String, s: &str) {
+    out.reserve(s.len() + 2);
     out.push('"');
     let bytes = s.as_bytes();
     let mut start = 0;
-    for (i, &b) in bytes.iter().enumerate() {
-        let esc: &str = match b {
-            b'"' => "\\\"",
-            b'\\' => "\\\\",
-            b'\n' => "\\n",
-            b'\r' => "\\r",
-            b'\t' => "\\t",
-            0..=0x1f | 0x7f => "",
-            _ => continue,
-        };
-        out.push_str(&s[start..i]);
-        if esc.is_empty() {
-            let _ = write!(out, "\\u{:04x}", b);
-        } else {
-            out.push_str(esc);
+    let mut i = 0;
+    while i < bytes.len() {
+        // The plain words up to the next that holds a byte to escape.
+        i += bytes[i..]
+            .chunks_exact(8)
+            .take_while(|w| {
+                let w: [u8; 8] = [w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]];
+                !word_needs_escape(u64::from_le_bytes(w))
+            })
+            .count()
+            * 8;
+        let end = (i + 8).min(bytes.len());
+        for (j, &b) in bytes[i..end].iter().enumerate() {
+            if needs_escape(b) {
+                // `b` is ASCII, so `i + j` is a character boundary.
+                out.push_str(&s[start..i + j]);
+                push_escape(out, b);
+                start = i + j + 1;
+            }
         }
-        start = i + 1;
+        i = end;
     }
     out.push_str(&s[start..]);
     out.push('"');
+}
+
+/// Appends the escape of one byte that [`needs_escape`].
+fn push_escape(out: &mut String, b: u8) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    match b {
+        b'"' => out.push_str("\\\""),
+        b'\\' => out.push_str("\\\\"),
+        b'\n' => out.push_str("\\n"),
+        b'\r' => out.push_str("\\r"),
+        b'\t' => out.push_str("\\t"),
+        _ => {
+            out.push_str("\\u00");
+            out.push(char::from(HEX[usize::from(b >> 4)]));
+            out.push(char::from(HEX[usize::from(b & 0xf)]));
+        }
+    }
 }
 
 #[cfg(test)]
@@ -464,13 +656,10 @@ mod tests {
                 ts_ns: 1_696_195_200_000_123_456,
                 seen: 1,
             }),
-            id: line_id(
-                &origin(),
-                Position {
-                    ts_ns: 1_696_195_200_000_123_456,
-                    seen: 1,
-                },
-            ),
+            id: Id::Line(Position {
+                ts_ns: 1_696_195_200_000_123_456,
+                seen: 1,
+            }),
         }
     }
 
@@ -522,7 +711,7 @@ mod tests {
             is_stderr: true,
             truncated: true,
             position: None,
-            id: event_id(&o, 5_000_000, "die\"x"),
+            id: Id::Given(event_id(&o, 5_000_000, "die\"x")),
         });
         assert_eq!(
             m.json(),
@@ -538,7 +727,7 @@ mod tests {
         );
         assert_eq!(m.json_len(), m.json().len());
         let quoted = LogMessage::new(Draft {
-            id: "a\"b\\c\nd".into(),
+            id: Id::Given("a\"b\\c\nd".into()),
             ..line_draft("t")
         });
         assert_eq!(quoted.id(), "a_b_c_d", "an id never needs escaping");
@@ -560,9 +749,65 @@ mod tests {
 
     #[test]
     fn decimals() {
-        let mut b = [0u8; 20];
-        for n in [0, 7, -7, 10, 1_696_195_200_000, i64::MAX, i64::MIN, -1_000] {
-            assert_eq!(decimal(n, &mut b), n.to_string());
+        let mut cases = vec![
+            0,
+            7,
+            -7,
+            9,
+            10,
+            99,
+            100,
+            -100,
+            1_696_195_200_000,
+            i64::MAX,
+            i64::MIN,
+        ];
+        let mut p = 1i64;
+        while let Some(next) = p.checked_mul(10) {
+            cases.extend([p - 1, p, p + 1, -p]);
+            p = next;
+        }
+        for n in cases {
+            let mut out = String::from("x");
+            push_decimal(&mut out, n);
+            assert_eq!(out, format!("x{n}"));
+            assert_eq!(decimal_len(n), n.to_string().len(), "{n}");
+        }
+    }
+
+    /// The escaping JSON parsers expect, byte for byte, for every ASCII byte at every offset
+    /// of the eight-byte words.
+    #[test]
+    fn escapes_every_byte_in_every_place() {
+        let simple = |s: &str| {
+            let mut out = String::from("\"");
+            for c in s.chars() {
+                match c {
+                    '"' => out.push_str("\\\""),
+                    '\\' => out.push_str("\\\\"),
+                    '\n' => out.push_str("\\n"),
+                    '\r' => out.push_str("\\r"),
+                    '\t' => out.push_str("\\t"),
+                    c if (c as u32) < 0x20 || c as u32 == 0x7f => {
+                        out.push_str(&format!("\\u{:04x}", c as u32))
+                    }
+                    c => out.push(c),
+                }
+            }
+            out.push('"');
+            out
+        };
+        for b in 0u8..0x80 {
+            for at in 0..17 {
+                let mut text = "é".repeat(at / 2) + &"a".repeat(at % 2);
+                text.push(char::from(b));
+                text.push_str("tail ü");
+                let mut out = String::new();
+                push_json_str(&mut out, &text);
+                assert_eq!(out, simple(&text), "byte {b:#x} at {at}");
+                let back: String = serde_json::from_str(&out).expect("valid JSON");
+                assert_eq!(back, text);
+            }
         }
     }
 

@@ -49,7 +49,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::Config;
 use crate::engine::{LogLine, StreamKind};
-use crate::message::{line_id, Draft, Level, LogMessage, Origin, Position, SourceKind};
+use crate::message::{Draft, Id, Level, LogMessage, Origin, Position, SourceKind};
 use crate::monitor::level;
 
 /// Quiet time after which a multi-line message is complete.
@@ -399,7 +399,7 @@ impl LineCore {
             }
         }
         let msg = LogMessage::new(Draft {
-            id: line_id(&self.origin, p.first),
+            id: Id::Line(p.first),
             text: p.text,
             ts_ns: p.ts_ns,
             level: p.level,

@@ -30,7 +30,7 @@ use crate::agentlog::Note;
 use crate::backend::{Backend, Progress};
 use crate::config::Config;
 use crate::engine::{Closer, ContainerInfo, Engine, Event};
-use crate::message::{event_id, manager_id, Draft, Level, LogMessage, Origin, SourceKind};
+use crate::message::{event_id, manager_id, Draft, Id, Level, LogMessage, Origin, SourceKind};
 use crate::stats::Stats;
 use cursor::CursorStore;
 
@@ -153,7 +153,7 @@ impl Shared {
         text: String,
     ) {
         self.deliver(LogMessage::new(Draft {
-            id: event_id(origin, ts_ns, action),
+            id: Id::Given(event_id(origin, ts_ns, action)),
             text,
             ts_ns,
             level,
@@ -173,7 +173,7 @@ impl Shared {
         };
         let seq = self.manager_seq.fetch_add(1, Ordering::Relaxed);
         self.deliver(LogMessage::new(Draft {
-            id: manager_id(ts_ns, seq),
+            id: Id::Given(manager_id(ts_ns, seq)),
             text: note.text,
             ts_ns,
             level,

@@ -6,6 +6,7 @@
 //! report the lines as taken. It never fsyncs per line (an SD card would not last).
 
 use std::collections::HashMap;
+use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
@@ -15,6 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
+use rustc_hash::FxHashMap;
 
 use crate::backend::Lane;
 use crate::message::{line_position, LogMessage, Origin, Position, SourceKind};
@@ -74,7 +76,8 @@ impl Open {
 
 pub struct Writer {
     settings: Settings,
-    files: HashMap<PathBuf, Open>,
+    /// Keyed by the path relative to `LOG_DIR` as bytes: `Path`'s own hash walks its components.
+    files: FxHashMap<OsString, Open>,
     /// Per container, the last position written since the last flush.
     unflushed: HashMap<Arc<str>, Position>,
     lane: Lane,
@@ -89,7 +92,7 @@ pub struct Writer {
     /// Holding the origin keeps its address from being reused by another container's.
     last_path: Option<(Arc<Origin>, SourceKind, PathBuf)>,
     /// The line being written, kept between lines so its capacity is reused.
-    line: String,
+    line: Vec<u8>,
     /// The container of the last line taken and its position, not yet in `unflushed`: lines
     /// come in runs from one container, so the table is updated once per run.
     run: Option<(Arc<Origin>, Position)>,
@@ -131,12 +134,12 @@ impl Writer {
     pub fn new(settings: Settings, lane: Lane, stats: Arc<FileStats>) -> Writer {
         Writer {
             settings,
-            files: HashMap::new(),
+            files: FxHashMap::default(),
             unflushed: HashMap::new(),
             lane,
             written_before: HashMap::new(),
             last_path: None,
-            line: String::new(),
+            line: Vec::new(),
             run: None,
             written: (0, 0),
             last_write_ok: true,
@@ -234,7 +237,7 @@ impl Writer {
         line.clear();
         msg.write_json(&mut line);
         let len = line.len() as u64 + 1;
-        let result = self.write_line(&rel, line.as_bytes(), len);
+        let result = self.write_line(&rel, &line, len);
         if line.capacity() <= 64 << 10 {
             self.line = line;
         }
@@ -281,12 +284,12 @@ impl Writer {
     fn write_line(&mut self, rel: &Path, json: &[u8], len: u64) -> io::Result<()> {
         let max = self.settings.max_bytes;
         // The common case, one lookup: the file is open and the line fits.
-        match self.files.get_mut(rel) {
+        match self.files.get_mut(rel.as_os_str()) {
             Some(f) if f.fits(len, max) => return f.append(json, len),
             Some(_) => self.rotate(rel)?,
             None => {}
         }
-        if !self.files.contains_key(rel) {
+        if !self.files.contains_key(rel.as_os_str()) {
             if self.files.len() >= MAX_OPEN {
                 self.flush();
                 self.files.clear();
@@ -298,9 +301,9 @@ impl Writer {
                 self.rotate(rel)?;
                 open = self.open(rel)?;
             }
-            self.files.insert(rel.to_path_buf(), open);
+            self.files.insert(rel.as_os_str().to_owned(), open);
         }
-        let Some(f) = self.files.get_mut(rel) else {
+        let Some(f) = self.files.get_mut(rel.as_os_str()) else {
             return Err(io::Error::other("file vanished from the table"));
         };
         f.append(json, len)
@@ -328,7 +331,7 @@ impl Writer {
 
     /// `x.log` → `x.log.1` → … → `x.log.N`; the oldest beyond `keep` is removed.
     fn rotate(&mut self, rel: &Path) -> io::Result<()> {
-        if let Some(mut f) = self.files.remove(rel) {
+        if let Some(mut f) = self.files.remove(rel.as_os_str()) {
             f.out.flush()?;
         }
         let base = self.settings.dir.join(rel);
@@ -358,12 +361,12 @@ impl Writer {
         let mut failed: Vec<(PathBuf, io::Error)> = Vec::new();
         for (rel, f) in self.files.iter_mut() {
             if let Err(e) = f.out.flush() {
-                failed.push((rel.clone(), e));
+                failed.push((PathBuf::from(rel), e));
             }
         }
         for (rel, e) in failed {
             // The buffer's content is lost with the file handle; start the file afresh.
-            self.files.remove(&rel);
+            self.files.remove(rel.as_os_str());
             self.failed(&rel, e);
         }
         self.end_run();
@@ -450,7 +453,7 @@ fn tail_positions(path: &Path, max: u64) -> Vec<(String, Position)> {
 mod tests {
     use super::*;
     use crate::backend::Progress;
-    use crate::message::{line_id, Draft, LabelValue, Level, Origin};
+    use crate::message::{Draft, Id, LabelValue, Level, Origin};
 
     fn msg(app: &str, service: &str, text: &str, ts: i64) -> Arc<LogMessage> {
         let origin = Arc::new(Origin::new(
@@ -470,7 +473,7 @@ mod tests {
             is_stderr: false,
             truncated: false,
             position: Some(pos),
-            id: line_id(&origin, pos),
+            id: Id::Line(pos),
             origin,
         }))
     }

@@ -404,6 +404,8 @@ struct Out {
     writer: Option<wire::Writer>,
     /// Actions taken from the session under the lock, to carry out after it.
     todo: Vec<Action>,
+    /// Payloads written, to give back to the session at the next take.
+    spare: Vec<Vec<u8>>,
 }
 
 impl Out {
@@ -419,6 +421,9 @@ impl Out {
             // Dead, given up, or replaced: nothing more is written on it.
             self.close();
         }
+        for payload in self.spare.drain(..) {
+            link.session.recycle(payload);
+        }
         while let Some(action) = link.session.poll() {
             match action {
                 Action::Progress(container, pos) => shared.lane.taken(&container, pos),
@@ -431,7 +436,12 @@ impl Out {
 
     /// Writes the actions taken; how many. A failed write ends the connection.
     fn write(&mut self, shared: &Shared) -> usize {
-        let Out { writer, todo, .. } = self;
+        let Out {
+            writer,
+            todo,
+            spare,
+            ..
+        } = self;
         let Some(w) = writer.as_mut() else {
             todo.clear();
             return 0;
@@ -445,6 +455,9 @@ impl Out {
                 Action::Ping => w.ping(),
                 Action::Progress(..) | Action::Reconnect => Ok(()),
             };
+            if let Action::Publish(p) = action {
+                spare.push(p.payload);
+            }
             if let Err(e) = written {
                 failed = Some(e);
                 break;

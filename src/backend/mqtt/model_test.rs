@@ -260,7 +260,7 @@ impl World {
                 is_stderr: error,
                 truncated: false,
                 position: Some(pos),
-                id: crate::message::line_id(&origin, pos),
+                id: crate::message::Id::Line(pos),
             }));
             self.pending[container].push_back(idx);
             self.msgs.push(Msg {
@@ -331,7 +331,7 @@ impl World {
             "packet id {} handed out while in flight",
             p.pkid
         );
-        let msgs = if p.topic == STATUS {
+        let msgs = if &*p.topic == STATUS {
             Vec::new()
         } else {
             message_indices(&p.payload)

@@ -59,6 +59,8 @@ const MAX_INFLIGHT_BYTES: usize = 512 << 10;
 const PAYLOAD_CAP: usize = 256 << 10;
 /// The largest packet we send, and the largest remaining length we take from the broker.
 pub const MAX_PACKET: usize = 1 << 20;
+/// Payload buffers kept for reuse (see [`Session::recycle`]).
+const SPARE_BUFFERS: usize = 8;
 /// Packet ids of MQTT: 1..=65535 (0 is not one).
 const PKIDS: usize = 1 << 16;
 /// Connected but no acknowledgement for this long: treat the broker as away and spool.
@@ -185,7 +187,8 @@ pub struct Publish {
     pub token: Token,
     /// Its packet id; 0 at QoS 0.
     pub pkid: u16,
-    pub topic: String,
+    pub topic: Arc<str>,
+    /// Hand it back with [`Session::recycle`] once written, for the next publish to reuse.
     pub payload: Vec<u8>,
     pub qos: QoS,
     pub retain: bool,
@@ -245,10 +248,10 @@ impl Body {
         }
     }
 
-    fn write(&self, out: &mut String) {
+    fn write(&self, out: &mut Vec<u8>) {
         match self {
             Body::Msg(m) => m.write_json(out),
-            Body::Text(t) => out.push_str(t),
+            Body::Text(t) => out.extend_from_slice(t.as_bytes()),
         }
     }
 
@@ -313,7 +316,7 @@ struct Settings {
     batch: bool,
     batch_max: usize,
     batch_interval: Duration,
-    status_topic: String,
+    status_topic: Arc<str>,
     online: String,
     offline: String,
     keep_alive: Duration,
@@ -354,6 +357,10 @@ pub struct Session {
     /// messages mostly share it, and sanitising and formatting it per message showed up in
     /// profiles.
     last_topic: Option<(Arc<Origin>, Level, SourceKind, Arc<str>)>,
+    /// The topic last found valid by [`Session::render`].
+    valid_topic: Option<Arc<str>>,
+    /// Payload buffers given back by [`Session::recycle`].
+    spare: Vec<Vec<u8>>,
     /// Actions not yet polled (progress reports are made when polled).
     out: VecDeque<Action>,
     next_token: u64,
@@ -410,7 +417,7 @@ impl Session {
                 batch: cfg.batch,
                 batch_max: cfg.batch_max.max(1),
                 batch_interval: cfg.batch_interval,
-                status_topic: cfg.status_topic.clone(),
+                status_topic: Arc::from(cfg.status_topic.as_str()),
                 online,
                 offline,
                 keep_alive: cfg.keepalive.max(Duration::from_secs(1)),
@@ -435,6 +442,8 @@ impl Session {
             pkid_busy: vec![0; PKIDS / 64].into_boxed_slice(),
             tracker: Tracker::default(),
             last_topic: None,
+            valid_topic: None,
+            spare: Vec::new(),
             out: VecDeque::new(),
             next_token: 0,
             topics: Topics::new(host, cfg.message_expiry),
@@ -1126,22 +1135,42 @@ impl Session {
     }
 
     /// The topic and payload of a unit; `None` when its topic is not a valid topic name.
-    fn render(&self, unit: &Unit) -> Option<(String, Vec<u8>)> {
+    fn render(&mut self, unit: &Unit) -> Option<(Arc<str>, Vec<u8>)> {
+        // Units of one topic share its `Arc`: a topic is checked once, not at every publish.
+        let known = matches!(&self.valid_topic, Some(t) if Arc::ptr_eq(t, &unit.topic));
+        if !known {
+            if !rumqttc::valid_topic(&unit.topic) {
+                return None;
+            }
+            self.valid_topic = Some(unit.topic.clone());
+        }
         let (topic, payload) = if self.set.batch {
+            let out = self.spare.pop().unwrap_or_default();
             (
-                topic::batch_topic(&unit.topic),
-                topic::batch_payload(unit.parts.len(), unit.bytes, |i, out| {
+                Arc::from(topic::batch_topic(&unit.topic)),
+                topic::batch_payload(out, unit.parts.len(), unit.bytes, |i, out| {
                     unit.parts[i].json.write(out)
                 }),
             )
         } else {
-            let mut json = String::with_capacity(unit.bytes);
+            let mut json = self.spare.pop().unwrap_or_default();
+            json.reserve(unit.bytes);
             if let Some(p) = unit.parts.first() {
                 p.json.write(&mut json);
             }
-            (unit.topic.to_string(), json.into_bytes())
+            (unit.topic.clone(), json)
         };
-        rumqttc::valid_topic(&topic).then_some((topic, payload))
+        // A batch topic adds `/batch` to a valid topic: valid too.
+        Some((topic, payload))
+    }
+
+    /// Takes back the payload buffer of a publish that was written, for a later one: no
+    /// allocation per publish. A few are kept, none larger than a batch.
+    pub fn recycle(&mut self, mut payload: Vec<u8>) {
+        if self.spare.len() < SPARE_BUFFERS && payload.capacity() <= PAYLOAD_CAP + 4096 {
+            payload.clear();
+            self.spare.push(payload);
+        }
     }
 
     /// MQTT 5: the properties and alias of a publish of `unit` (the status when `None`).
@@ -1175,7 +1204,7 @@ impl Session {
     fn hand_out(
         &mut self,
         unit: Option<Unit>,
-        topic: String,
+        topic: Arc<str>,
         payload: Vec<u8>,
         status: bool,
     ) -> Publish {
@@ -1689,7 +1718,7 @@ mod tests {
                 is_stderr: false,
                 truncated: false,
                 position: Some(pos),
-                id: crate::message::line_id(&self.origin, pos),
+                id: crate::message::Id::Line(pos),
             });
             self.s.intake(Arc::new(msg), self.at(ms));
             pos
@@ -1705,9 +1734,10 @@ mod tests {
             self.actions()
                 .into_iter()
                 .filter_map(|a| match a {
-                    Action::Publish(p) => {
-                        Some((p.topic, String::from_utf8_lossy(&p.payload).into_owned()))
-                    }
+                    Action::Publish(p) => Some((
+                        p.topic.to_string(),
+                        String::from_utf8_lossy(&p.payload).into_owned(),
+                    )),
                     _ => None,
                 })
                 .collect()
@@ -1831,7 +1861,7 @@ mod tests {
         assert!(f.actions().is_empty(), "held until the next event");
         f.s.tick(f.at(1));
         assert_eq!(texts(&f.publishes()), ["a", "b"]);
-        assert_eq!(status.topic, "logs/status");
+        assert_eq!(&*status.topic, "logs/status");
         assert_eq!(f.s.counters().published, 2);
     }
 
@@ -1931,7 +1961,7 @@ mod tests {
         f.s.flush(f.at(1));
         let offline = f.s.stop(f.at(2));
         assert!(offline.is_some_and(|p| p.retain
-            && p.topic == "logs/status"
+            && &*p.topic == "logs/status"
             && String::from_utf8_lossy(&p.payload) == "offline"));
         assert_eq!(f.s.counters().spooled, 2, "a in flight, b in memory");
         assert!(f.publishes().is_empty(), "nothing after stop");

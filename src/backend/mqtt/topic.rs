@@ -4,8 +4,6 @@
 //! Pure functions on strings only. This module never does I/O and never changes a message's
 //! JSON: the payload of a single message is `LogMessage::write_json`'s output, byte for byte.
 
-use std::fmt::Write as _;
-
 use crate::message::{LogMessage, SourceKind};
 
 /// Replaces what MQTT gives a meaning to inside one topic level (`/`, `+`, `#`) and control
@@ -51,20 +49,24 @@ pub fn batch_overhead(count: usize) -> usize {
 /// Builds `{"count":N,"logs":[json,json,…]}`: `write(i, out)` appends message `i`'s JSON object,
 /// unchanged; `bytes` is what the messages add up to.
 pub fn batch_payload(
+    mut out: Vec<u8>,
     count: usize,
     bytes: usize,
-    mut write: impl FnMut(usize, &mut String),
+    mut write: impl FnMut(usize, &mut Vec<u8>),
 ) -> Vec<u8> {
-    let mut out = String::with_capacity(bytes + batch_overhead(count));
-    let _ = write!(out, "{{\"count\":{count},\"logs\":[");
+    out.clear();
+    out.reserve(bytes + batch_overhead(count));
+    out.extend_from_slice(b"{\"count\":");
+    out.extend_from_slice(count.to_string().as_bytes());
+    out.extend_from_slice(b",\"logs\":[");
     for i in 0..count {
         if i > 0 {
-            out.push(',');
+            out.push(b',');
         }
         write(i, &mut out);
     }
-    out.push_str("]}");
-    out.into_bytes()
+    out.extend_from_slice(b"]}");
+    out
 }
 
 /// The retained status payload of docs/CONTRACT.md §5.
@@ -105,7 +107,7 @@ mod tests {
                 ts_ns: 1_000,
                 seen: 1,
             }),
-            id: "c1-1000-0".into(),
+            id: crate::message::Id::Given("c1-1000-0".into()),
         })
     }
 
@@ -136,7 +138,9 @@ mod tests {
     fn batch_payload_shape() {
         let a = r#"{"id":"a"}"#;
         let b = r#"{"id":"b"}"#;
-        let p = batch_payload(2, a.len() + b.len(), |i, out| out.push_str([a, b][i]));
+        let p = batch_payload(Vec::new(), 2, a.len() + b.len(), |i, out| {
+            out.extend_from_slice([a, b][i].as_bytes())
+        });
         assert_eq!(p, br#"{"count":2,"logs":[{"id":"a"},{"id":"b"}]}"#);
         let v: serde_json::Value = serde_json::from_slice(&p).expect("valid json");
         assert_eq!(v["count"], 2);

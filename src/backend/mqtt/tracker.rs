@@ -6,8 +6,10 @@
 //! cursor only, and the lanes hold no more than what is waiting or in flight. This module never
 //! talks to `Progress` itself: [`Tracker::report`] hands the positions to its caller.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
+
+use rustc_hash::FxHashMap;
 
 use crate::message::Position;
 
@@ -15,7 +17,7 @@ use crate::message::Position;
 const IDLE_LANES: usize = 64;
 
 pub(super) struct Tracker {
-    lanes: HashMap<Arc<str>, Lane>,
+    lanes: FxHashMap<Arc<str>, Lane>,
     /// Lanes whose front may have been taken since the last report.
     dirty: Vec<Arc<str>>,
     /// Empty lanes are dropped when there are more lanes than this.
@@ -40,7 +42,7 @@ pub(super) struct Seq {
 impl Default for Tracker {
     fn default() -> Tracker {
         Tracker {
-            lanes: HashMap::new(),
+            lanes: FxHashMap::default(),
             dirty: Vec::new(),
             prune_at: IDLE_LANES,
         }
