@@ -72,7 +72,7 @@ fn line(o: &Arc<Origin>, n: i64, level: Level, text: &str) -> Arc<LogMessage> {
         is_stderr: level == Level::Error,
         truncated: false,
         position: Some(pos(n)),
-        id: container_logd::message::line_id(o, pos(n)),
+        id: container_logd::message::Id::Line(pos(n)),
     }))
 }
 
@@ -90,7 +90,7 @@ fn event(kind: SourceKind, text: &str) -> Arc<LogMessage> {
         is_stderr: false,
         truncated: false,
         position: None,
-        id: format!("ev-{TS0}-{text}"),
+        id: container_logd::message::Id::Given(format!("ev-{TS0}-{text}")),
     }))
 }
 

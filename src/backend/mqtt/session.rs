@@ -1249,8 +1249,9 @@ impl Session {
     fn rehand(&mut self) -> Option<Publish> {
         let i = self.inflight.iter().position(|s| s.resend)?;
         self.resending -= 1;
-        let status = self.inflight[i].unit.is_none();
-        let rendered = match &self.inflight[i].unit {
+        let unit = self.inflight[i].unit.take();
+        let status = unit.is_none();
+        let rendered = match &unit {
             Some(u) => self.render(u),
             None => Some((
                 self.set.status_topic.clone(),
@@ -1259,13 +1260,14 @@ impl Session {
         };
         let Some((topic, payload)) = rendered else {
             // Not reached: it was rendered once. Settled as refused rather than kept for ever.
-            self.inflight[i].resend = false;
-            self.inflight[i].acked = true;
-            self.inflight[i].refused = Some(TOPIC_NAME_INVALID);
+            let s = &mut self.inflight[i];
+            s.unit = unit;
+            s.resend = false;
+            s.acked = true;
+            s.refused = Some(TOPIC_NAME_INVALID);
             self.settle();
             return None;
         };
-        let unit = self.inflight[i].unit.take();
         let (props, alias) = self.meta(unit.as_ref());
         let (_, retain) = self.flags(status);
         let qos = self.inflight[i].qos;
