@@ -1773,7 +1773,20 @@ mod tests {
         fn connect(&mut self, ms: u64) {
             self.s.connected(Granted::v311(false), self.at(ms));
         }
+
+        /// Every publish until there is none, whole.
+        fn publish_actions(&mut self) -> Vec<Publish> {
+            self.actions()
+                .into_iter()
+                .filter_map(|a| match a {
+                    Action::Publish(p) => Some(p),
+                    _ => None,
+                })
+                .collect()
+        }
     }
+
+    const V5: (&str, &str) = ("MQTT_VERSION", "5");
 
     /// The texts of the messages in publishes, in order (the status shows as `status`).
     fn texts(publishes: &[(String, String)]) -> Vec<String> {
@@ -2049,6 +2062,222 @@ mod tests {
             Some(f.at(80_000)),
             "a new connection, a new count"
         );
+    }
+
+    #[test]
+    fn a_final_refusal_is_dropped_counted_and_passed_by_the_cursor() {
+        let mut f = fixture("refused", &[V5]);
+        f.connect(0);
+        let a = f.intake("a", 0);
+        let b = f.intake("b", 0);
+        assert_eq!(f.pkids(), [1, 2, 3], "the status, a and b");
+        f.s.acked(2, Ack::of(0x87), f.at(1));
+        assert!(progress(&f.actions()).is_empty(), "behind the status");
+        f.s.acked(1, Ack::Ok, f.at(1));
+        assert_eq!(progress(&f.actions()), [a], "settled, refused");
+        f.s.acked(3, Ack::of(0x10), f.at(2));
+        assert_eq!(
+            progress(&f.actions()),
+            [b],
+            "the cursor passes the refused a"
+        );
+        let c = f.s.counters();
+        assert_eq!((c.acknowledged, c.dropped, c.dropped_lines), (1, 1, 1));
+        assert_eq!(c.refused[refusal_slot(0x87)], 1);
+        assert!(!f.s.healthy(f.at(3)), "a drop shows in health");
+        // A code no one counts apart is counted as `other`.
+        f.intake("c", 4);
+        assert_eq!(f.pkids(), [4]);
+        f.s.acked(4, Ack::of(0x9a), f.at(5));
+        assert_eq!(f.s.counters().refused[REFUSALS.len()], 1);
+    }
+
+    #[test]
+    fn reason_codes_are_read_as_passing_or_final() {
+        let cases = [
+            (0x00, Ack::Ok),
+            (0x10, Ack::Ok),
+            (0x97, Ack::Retry(0x97)),
+            (0x89, Ack::Retry(0x89)),
+            (0x91, Ack::Retry(0x91)),
+            (0x80, Ack::Refused(0x80)),
+            (0x83, Ack::Refused(0x83)),
+            (0x87, Ack::Refused(0x87)),
+            (0x90, Ack::Refused(0x90)),
+            (0x95, Ack::Refused(0x95)),
+            (0x99, Ack::Refused(0x99)),
+        ];
+        for (code, ack) in cases {
+            assert_eq!(Ack::of(code), ack, "0x{code:02x}");
+        }
+    }
+
+    #[test]
+    fn a_passing_refusal_is_sent_again_first_after_a_back_off() {
+        let mut f = fixture("retry", &[V5]);
+        f.connect(0);
+        f.intake("a", 0);
+        let b = f.intake("b", 0);
+        assert_eq!(f.pkids(), [1, 2, 3]);
+        f.s.acked(1, Ack::Ok, f.at(1));
+        f.s.acked(2, Ack::of(0x97), f.at(1));
+        f.s.acked(3, Ack::Ok, f.at(1));
+        assert!(progress(&f.actions()).is_empty(), "a is not delivered");
+        f.intake("c", 2);
+        assert!(f.publishes().is_empty(), "nothing new before a goes again");
+        assert_eq!(f.s.next_deadline(), Some(f.at(251)));
+        f.s.tick(f.at(260));
+        let again = f.publish_actions();
+        let texts: Vec<String> = again
+            .iter()
+            .map(|p| String::from_utf8_lossy(&p.payload).into_owned())
+            .collect();
+        assert!(
+            texts[0].contains("\"a\"") && texts[1].contains("\"c\""),
+            "{texts:?}"
+        );
+        assert_eq!(again[0].pkid, 4, "a new packet id");
+        f.s.acked(again[0].pkid, Ack::Ok, f.at(270));
+        assert_eq!(progress(&f.actions()), [b]);
+        assert_eq!(f.s.counters().acknowledged, 2);
+    }
+
+    #[test]
+    fn aliases_are_set_then_used_and_forgotten_at_a_reconnect() {
+        let mut f = fixture("alias", &[V5, ("MQTT_STATUS_TOPIC", "logs/status")]);
+        let granted = Granted {
+            topic_alias_max: 4,
+            ..Granted::v311(false)
+        };
+        f.s.connected(granted, f.at(0));
+        f.intake("a", 0);
+        f.intake("b", 0);
+        let got: Vec<Alias> = f.publish_actions().iter().map(|p| p.alias).collect();
+        assert_eq!(
+            got,
+            [Alias::None, Alias::Set(1), Alias::Use(1)],
+            "the status has none"
+        );
+        f.s.disconnected("gone".into(), f.at(1));
+        f.s.connected(granted, f.at(2));
+        let again = f.publish_actions();
+        let got: Vec<Alias> = again.iter().map(|p| p.alias).collect();
+        assert_eq!(
+            got,
+            [Alias::None, Alias::Set(1), Alias::Use(1)],
+            "set again"
+        );
+        assert!(again.iter().all(|p| p.props.is_some()));
+        // A publish that set an alias and was not written: the next one sets it.
+        f.intake("c", 3);
+        let Some(Action::Publish(c)) = f.s.poll() else {
+            panic!("c");
+        };
+        assert_eq!(c.alias, Alias::Use(1));
+        f.s.disconnected("gone".into(), f.at(4));
+        f.s.connected(granted, f.at(5));
+        let Some(Action::Publish(status)) = f.s.poll() else {
+            panic!("the status");
+        };
+        let Some(Action::Publish(first)) = f.s.poll() else {
+            panic!("a");
+        };
+        assert_eq!((status.alias, first.alias), (Alias::None, Alias::Set(1)));
+        f.s.refused(first.token);
+        f.s.tick(f.at(6));
+        let got: Vec<Alias> = f.publish_actions().iter().map(|p| p.alias).collect();
+        assert_eq!(got, [Alias::Set(1), Alias::Use(1), Alias::Use(1)]);
+    }
+
+    #[test]
+    fn at_3_1_1_there_are_no_properties_and_no_aliases() {
+        let mut f = fixture("v311", &[]);
+        f.s.connected(
+            Granted {
+                topic_alias_max: 4,
+                ..Granted::v311(false)
+            },
+            f.at(0),
+        );
+        f.intake("a", 0);
+        for p in f.publish_actions() {
+            assert!(p.props.is_none() && p.alias == Alias::None);
+        }
+    }
+
+    #[test]
+    fn the_brokers_packet_size_splits_batches_and_cuts_a_message() {
+        let vars = [V5, ("MQTT_BATCH", "true"), ("MQTT_BATCH_MAX", "50")];
+        let mut f = fixture("packet", &vars);
+        let granted = Granted {
+            max_packet: 1500,
+            ..Granted::v311(false)
+        };
+        f.s.connected(granted, f.at(0));
+        let big = "y".repeat(5000);
+        for i in 0..20 {
+            f.intake(&format!("line {i} {}", "x".repeat(100)), 0);
+        }
+        let last = f.intake(&big, 0);
+        f.s.tick(f.at(2000));
+        let got = f.publish_actions();
+        let mut texts = Vec::new();
+        for p in &got[1..] {
+            let size =
+                wire::publish_size(p.topic.len(), 1, p.props.as_deref(), true, p.payload.len());
+            assert!(size <= 1500, "a packet of {size} bytes");
+            let v: serde_json::Value = serde_json::from_slice(&p.payload).expect("json");
+            texts.extend(v["logs"].as_array().cloned().unwrap_or_default());
+        }
+        assert!(got.len() > 3, "split into {} publishes", got.len());
+        assert_eq!(texts.len(), 21, "every message, in order");
+        for (i, t) in texts.iter().take(20).enumerate() {
+            assert!(t["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with(&format!("line {i} "))));
+        }
+        assert_eq!(texts[20]["truncated"], true);
+        for p in &got {
+            f.s.acked(p.pkid, Ack::Ok, f.at(2001));
+        }
+        assert_eq!(progress(&f.actions()).last(), Some(&last));
+        assert_eq!(f.s.counters().dropped, 0);
+    }
+
+    #[test]
+    fn a_message_that_cannot_fit_even_cut_is_refused_in_its_place() {
+        let mut f = fixture("tiny", &[V5]);
+        let granted = Granted {
+            max_packet: 200,
+            ..Granted::v311(false)
+        };
+        f.s.connected(granted, f.at(0));
+        let a = f.intake("a", 0);
+        assert_eq!(f.pkids(), [1], "the status only");
+        f.s.acked(1, Ack::Ok, f.at(1));
+        assert_eq!(progress(&f.actions()), [a]);
+        assert_eq!(f.s.counters().refused[refusal_slot(0x95)], 1);
+    }
+
+    #[test]
+    fn the_brokers_keep_alive_replaces_ours() {
+        let mut f = fixture("server-ka", &[V5, ("MQTT_KEEPALIVE_S", "30")]);
+        let granted = Granted {
+            keep_alive: Some(Duration::from_secs(10)),
+            ..Granted::v311(false)
+        };
+        f.s.connected(granted, f.at(0));
+        assert_eq!(f.pkids(), [1]);
+        f.s.acked(1, Ack::Ok, f.at(0));
+        assert_eq!(f.s.next_deadline(), Some(f.at(7_500)));
+        f.s.connected(
+            Granted {
+                keep_alive: Some(Duration::ZERO),
+                ..granted
+            },
+            f.at(0),
+        );
+        assert_eq!(f.s.next_deadline(), Some(f.at(22_500)), "0: ours");
     }
 
     #[test]
