@@ -324,6 +324,24 @@ struct Settings {
     v5: bool,
 }
 
+impl Settings {
+    fn new(cfg: &MqttConfig, online: String, offline: String) -> Settings {
+        Settings {
+            base_topic: cfg.base_topic.clone(),
+            qos: qos(cfg.qos),
+            retain: cfg.retain,
+            batch: cfg.batch,
+            batch_max: cfg.batch_max.max(1),
+            batch_interval: cfg.batch_interval,
+            status_topic: Arc::from(cfg.status_topic.as_str()),
+            online,
+            offline,
+            keep_alive: cfg.keepalive.max(Duration::from_secs(1)),
+            v5: cfg.version == MqttVersion::V5,
+        }
+    }
+}
+
 /// Sizes of the memory queue and the in-flight window; small in tests, to reach the spool and
 /// a full window with few messages.
 #[derive(Clone, Copy)]
@@ -332,6 +350,16 @@ struct Bounds {
     mem_bytes: usize,
     window_units: usize,
     window_bytes: usize,
+}
+
+impl Bounds {
+    /// The agent's.
+    const FULL: Bounds = Bounds {
+        mem_msgs: MEM_MAX_MSGS,
+        mem_bytes: MEM_MAX_BYTES,
+        window_units: MAX_INFLIGHT_UNITS,
+        window_bytes: MAX_INFLIGHT_BYTES,
+    };
 }
 
 /// See the module documentation.
@@ -410,25 +438,8 @@ impl Session {
     ) -> Session {
         spool.set_agent_prefix(format!("{}/manager/", cfg.base_topic));
         Session {
-            set: Settings {
-                base_topic: cfg.base_topic.clone(),
-                qos: qos(cfg.qos),
-                retain: cfg.retain,
-                batch: cfg.batch,
-                batch_max: cfg.batch_max.max(1),
-                batch_interval: cfg.batch_interval,
-                status_topic: Arc::from(cfg.status_topic.as_str()),
-                online,
-                offline,
-                keep_alive: cfg.keepalive.max(Duration::from_secs(1)),
-                v5: cfg.version == MqttVersion::V5,
-            },
-            bounds: Bounds {
-                mem_msgs: MEM_MAX_MSGS,
-                mem_bytes: MEM_MAX_BYTES,
-                window_units: MAX_INFLIGHT_UNITS,
-                window_bytes: MAX_INFLIGHT_BYTES,
-            },
+            set: Settings::new(cfg, online, offline),
+            bounds: Bounds::FULL,
             retry: VecDeque::new(),
             replay: VecDeque::new(),
             memory: VecDeque::new(),

@@ -753,19 +753,25 @@ fn publish_header(
         buf.put_u16(pkid);
     }
     if v5.is_some() {
-        put_remaining_length(buf, props_len);
-        if let Some(pr) = props {
-            buf.extend_from_slice(&pr.head);
-        }
-        if let Some(id) = alias_id {
-            buf.put_u8(PROP_TOPIC_ALIAS);
-            buf.put_u16(id);
-        }
-        if let Some(pr) = props {
-            buf.extend_from_slice(&pr.tail);
-        }
+        put_properties(buf, props_len, props, alias_id);
     }
     Ok(())
+}
+
+/// An MQTT 5 PUBLISH's property length and properties, the alias between the block's head and
+/// tail (rumqttc's order).
+fn put_properties(buf: &mut BytesMut, len: usize, props: Option<&Props>, alias: Option<u16>) {
+    put_remaining_length(buf, len);
+    if let Some(pr) = props {
+        buf.extend_from_slice(&pr.head);
+    }
+    if let Some(id) = alias {
+        buf.put_u8(PROP_TOPIC_ALIAS);
+        buf.put_u16(id);
+    }
+    if let Some(pr) = props {
+        buf.extend_from_slice(&pr.tail);
+    }
 }
 
 /// Bytes of a variable byte integer (MQTT 5 §1.5.5; the remaining length's encoding).
