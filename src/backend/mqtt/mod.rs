@@ -167,6 +167,9 @@ impl MqttBackend {
         host: &str,
         version: &str,
     ) -> Result<Arc<MqttBackend>, Error> {
+        if cfg.message_expiry.is_some() && cfg.version != MqttVersion::V5 {
+            log::warn!("MQTT_MESSAGE_EXPIRY_S has no effect at MQTT 3.1.1 (set MQTT_VERSION=5)");
+        }
         let online = topic::status_payload("online", host, version);
         let offline = topic::status_payload("offline", host, version);
         let options = options(cfg, host, &offline)?;
