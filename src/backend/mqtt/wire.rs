@@ -51,6 +51,10 @@ use crate::config::{MqttVersion, Secret};
 /// socket in chunks of this size. The bench's raw adapter (`bench/adapters`) made 0.26 writes
 /// per message at QoS 1 and 0.015 at QoS 0 with a 32 KiB buffer.
 const WRITE_CAP: usize = 32 << 10;
+/// Payloads of this size or more are written from where they are, after what was buffered,
+/// rather than copied into the buffer: a batch is one copy less (copies are most of what a
+/// batched publish costs in instructions; `make bench`, instructions phase).
+const DIRECT_MIN: usize = 4 << 10;
 /// One socket read: a whole TLS record (16 KiB of plaintext, its header and tag) fits.
 const READ_CHUNK: usize = (16 << 10) + 512;
 /// MQTT 3.1.1 §2.2.3: a remaining length has at most four bytes of seven bits.
@@ -445,7 +449,7 @@ pub fn connect(o: &Options) -> Result<(Writer, Reader, ConnAck), Error> {
     let mut writer = Writer {
         sock: sock.try_clone()?,
         tls: tls.clone(),
-        buf: BytesMut::with_capacity(2 * WRITE_CAP),
+        buf: BytesMut::with_capacity(WRITE_CAP + DIRECT_MIN),
         written: 0,
         v5: o.version == MqttVersion::V5,
         closer: closer.clone(),
@@ -613,7 +617,7 @@ impl Writer {
     /// Adds a PUBLISH. `pkid` is ignored at QoS 0 and must not be 0 otherwise; `dup` is for a
     /// publish sent again and is dropped at QoS 0 (MQTT 3.1.1 §3.3.1.1). At MQTT 5 the PUBLISH
     /// carries `props` and `alias`; at 3.1.1 they are ignored. The topic is not checked for
-    /// wildcards (a broker closes the connection on one). A payload of `WRITE_CAP` bytes or
+    /// wildcards (a broker closes the connection on one). A payload of `DIRECT_MIN` bytes or
     /// more is written from `payload` itself, after what was buffered. An `InvalidInput` error
     /// (a QoS over 2, a packet id 0, an empty or too long topic, alias 0) wrote nothing: the
     /// connection is still good.
@@ -621,7 +625,7 @@ impl Writer {
         let payload = p.payload;
         let v5 = self.v5.then_some((p.props, p.alias));
         publish_header(&mut self.buf, p, v5)?;
-        if payload.len() >= WRITE_CAP {
+        if payload.len() >= DIRECT_MIN {
             self.flush()?;
             send(&mut self.sock, self.tls.as_deref(), payload)?;
             self.written += payload.len() as u64;
