@@ -27,6 +27,15 @@
 //! Keep-alive is the session's too (MQTT 3.1.1 §3.1.2.10): when nothing was handed out for
 //! three quarters of the keep-alive, it asks for a PINGREQ ([`Action::Ping`]); a PINGRESP that
 //! has not come one keep-alive later means the connection is dead ([`Action::Reconnect`]).
+//!
+//! At MQTT 5 (docs/CONTRACT.md §9) the session also obeys what the CONNACK [`Granted`]: the
+//! receive maximum bounds the window, the maximum packet size splits batches and cuts messages
+//! ([`Session::fit`]), the server keep-alive replaces ours, the maximum QoS and retain cap ours.
+//! It reads the reason code of each answer ([`Ack`]): a refusal for now is sent again, first,
+//! after a back-off; a refusal for good settles its messages undelivered, in their place (so the
+//! cursor and the spool move in order), counted by reason and said once per reason and topic.
+//! Each publish carries its topic's properties and alias, from [`Topics`] (`v5.rs`), whose
+//! aliases start afresh at every CONNACK. None of it is touched at 3.1.1.
 
 use std::borrow::Cow;
 use std::collections::{HashSet, VecDeque};
