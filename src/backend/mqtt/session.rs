@@ -1026,10 +1026,13 @@ impl Session {
             if !self.window_open() {
                 return None;
             }
-            let unit = self.next_unit()?;
-            let Some(unit) = self.fit(unit) else {
-                continue;
-            };
+            let mut unit = self.next_unit()?;
+            if self.granted.is_some_and(|g| g.max_packet < MAX_PACKET) {
+                let Some(fitted) = self.fit(unit) else {
+                    continue;
+                };
+                unit = fitted;
+            }
             let Some((topic, payload)) = self.render(&unit) else {
                 // Only a base topic with a wildcard gets here; config validation should stop it.
                 let mut d = Dropped::default();
@@ -1099,10 +1102,7 @@ impl Session {
     /// and marked truncated; one that cannot fit even so is settled as refused, packet too
     /// large (in its place in the window, so the spool and the cursor move in order).
     fn fit(&mut self, mut unit: Unit) -> Option<Unit> {
-        let max = match self.granted {
-            Some(g) if g.max_packet < MAX_PACKET => g.max_packet,
-            _ => return Some(unit),
-        };
+        let max = self.granted.map_or(MAX_PACKET, |g| g.max_packet);
         // The topic in full, a packet id, the properties and an alias: the most a header takes.
         let topic_len = unit.topic.len() + if self.set.batch { 6 } else { 0 };
         let props = self.set.v5.then(|| self.status_props.clone());
@@ -1194,6 +1194,7 @@ impl Session {
     }
 
     /// MQTT 5: the properties and alias of a publish of `unit` (the status when `None`).
+    #[inline]
     fn meta(&mut self, unit: Option<&Unit>) -> (Option<Arc<Props>>, Alias) {
         if !self.set.v5 {
             return (None, Alias::None);
@@ -1207,6 +1208,7 @@ impl Session {
 
     /// The QoS and retain flag of a publish (the status's when `status`), within what the
     /// broker takes.
+    #[inline]
     fn flags(&self, status: bool) -> (QoS, bool) {
         let (q, retain) = if status {
             (QoS::AtLeastOnce, true)
@@ -1334,6 +1336,7 @@ impl Session {
     }
 
     /// A publish answered for good: its messages are delivered, or refused and dropped.
+    #[inline]
     fn finish(&mut self, s: Sent) {
         let Some(u) = s.unit else {
             if let Some(code) = s.refused {

@@ -4,8 +4,9 @@
 //! and CONNACK are rumqttc's own codecs (`rumqttc::mqttbytes::v4`, `rumqttc::v5::mqttbytes::v5`);
 //! PUBLISH is encoded here straight into the write buffer (rumqttc's `Publish` would cost a topic
 //! `String`, a payload `Bytes` and a second copy into the buffer, per message), and the
-//! acknowledgements of MQTT 5 are decoded here too: rumqttc's v5 `PubAck` refuses reason codes it
-//! does not list (server busy, packet too large), which a broker may still send.
+//! acknowledgements are decoded here too, straight from the read buffer: rumqttc's v5 `PubAck`
+//! refuses reason codes it does not list (server busy, packet too large), which a broker may
+//! still send, and its v4 one costs a buffer split per acknowledgement.
 //!
 //! The two versions differ here only in CONNECT and CONNACK (v5 carries properties and the
 //! broker's limits), in PUBLISH (v5 carries a property block, [`Props`], encoded once and
@@ -36,7 +37,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use bytes::{BufMut, BytesMut};
+use bytes::{Buf, BufMut, BytesMut};
 use rumqttc::mqttbytes;
 use rumqttc::mqttbytes::v4::{
     Connect, ConnectReturnCode, Disconnect, LastWill, Login, Packet, PingReq, PubRel,
@@ -809,6 +810,7 @@ pub fn publish_size(
 }
 
 /// MQTT 3.1.1 §2.2.3: seven bits a byte, least significant first; `len` ≤ `MAX_REMAINING`.
+#[inline]
 fn put_remaining_length(buf: &mut BytesMut, mut len: usize) {
     loop {
         let mut byte = (len % 128) as u8;
@@ -1002,9 +1004,9 @@ enum Frame {
     Other(u8),
 }
 
-/// Cuts whole packets out of the bytes received: at MQTT 3.1.1 with rumqttc's `Packet::read`; at
-/// MQTT 5 with a fixed-header reader of its own, rumqttc's `ConnAck::read` for CONNACK and a
-/// reader of its own for the acknowledgements (which keeps every reason code).
+/// Cuts whole packets out of the bytes received, with a fixed-header reader of its own: the
+/// acknowledgements and PINGRESP are read here (keeping every MQTT 5 reason code, which rumqttc's
+/// v5 `PubAck` does not), the rest with rumqttc's `Packet::read` (3.1.1) or `ConnAck::read` (5).
 #[derive(Debug)]
 struct Framer {
     buf: BytesMut,
@@ -1026,13 +1028,48 @@ impl Framer {
     }
 
     /// The next whole packet, or `None` until more bytes come.
+    /// The acknowledgements and PINGRESP, what a publishing client reads most, are read here
+    /// in both versions, straight from the buffer; the rest by the version's reader.
     fn frame(&mut self) -> Result<Option<Frame>, Error> {
-        match self.version {
-            MqttVersion::V311 => self.frame4(),
-            MqttVersion::V5 => self.frame5(),
+        let Some((header_len, remaining)) = fixed_header(&self.buf)? else {
+            return Ok(None);
+        };
+        if remaining > self.max {
+            return Err(self.too_big(remaining));
         }
+        let total = header_len + remaining;
+        if self.buf.len() < total {
+            return Ok(None);
+        }
+        let kind = self.buf[0] >> 4;
+        let body = &self.buf[header_len..total];
+        let reason = |at: usize| body.get(at).copied().unwrap_or(0);
+        let pkid = || match body {
+            [a, b, ..] => Ok(u16::from_be_bytes([*a, *b])),
+            _ => Err(Error::Protocol(format!(
+                "{} without a packet id",
+                name(kind)
+            ))),
+        };
+        let incoming = match kind {
+            4 => Incoming::PubAck(pkid()?, reason(2)),
+            5 => Incoming::PubRec(pkid()?, reason(2)),
+            7 => Incoming::PubComp(pkid()?),
+            13 => Incoming::PingResp,
+            14 => Incoming::Disconnect(reason(0)),
+            0 => return Err(Error::Protocol("packet type 0".into())),
+            _ => {
+                return match self.version {
+                    MqttVersion::V311 => self.frame4(),
+                    MqttVersion::V5 => self.frame5(header_len, remaining).map(Some),
+                }
+            }
+        };
+        self.buf.advance(total);
+        Ok(Some(Frame::In(incoming)))
     }
 
+    /// Any other 3.1.1 packet, whole in the buffer, with rumqttc's `Packet::read`.
     fn frame4(&mut self) -> Result<Option<Frame>, Error> {
         let p = match Packet::read(&mut self.buf, self.max) {
             Ok(p) => p,
@@ -1049,46 +1086,22 @@ impl Framer {
                 ..ConnAck::default()
             }),
             Packet::ConnAck(a) => return Err(Error::Refused(a.code as u8)),
-            Packet::PubAck(a) => Frame::In(Incoming::PubAck(a.pkid, 0)),
-            Packet::PubRec(r) => Frame::In(Incoming::PubRec(r.pkid, 0)),
-            Packet::PubComp(c) => Frame::In(Incoming::PubComp(c.pkid)),
-            Packet::PingResp => Frame::In(Incoming::PingResp),
-            Packet::Disconnect => Frame::In(Incoming::Disconnect(0)),
             p => Frame::Other(kind4(&p)),
         }))
     }
 
-    fn frame5(&mut self) -> Result<Option<Frame>, Error> {
-        let Some((header_len, remaining)) = fixed_header(&self.buf)? else {
-            return Ok(None);
-        };
-        if remaining > self.max {
-            return Err(self.too_big(remaining));
-        }
-        if self.buf.len() < header_len + remaining {
-            return Ok(None);
-        }
+    /// Any other MQTT 5 packet, whole in the buffer: a CONNACK is read; the rest needs no
+    /// answer.
+    fn frame5(&mut self, header_len: usize, remaining: usize) -> Result<Frame, Error> {
         let packet = self.buf.split_to(header_len + remaining);
-        let first = packet[0];
-        let body = &packet[header_len..];
-        let pkid = || match body {
-            [a, b, ..] => Ok(u16::from_be_bytes([*a, *b])),
-            _ => Err(Error::Protocol(format!(
-                "{} without a packet id",
-                name(first >> 4)
-            ))),
-        };
-        let reason = |at: usize| body.get(at).copied().unwrap_or(0);
-        Ok(Some(match first >> 4 {
-            2 => Frame::ConnAck(connack5(packet.freeze(), header_len, remaining)?),
-            4 => Frame::In(Incoming::PubAck(pkid()?, reason(2))),
-            5 => Frame::In(Incoming::PubRec(pkid()?, reason(2))),
-            7 => Frame::In(Incoming::PubComp(pkid()?)),
-            13 => Frame::In(Incoming::PingResp),
-            14 => Frame::In(Incoming::Disconnect(reason(0))),
-            0 => return Err(Error::Protocol("packet type 0".into())),
-            kind => Frame::Other(kind),
-        }))
+        match packet[0] >> 4 {
+            2 => Ok(Frame::ConnAck(connack5(
+                packet.freeze(),
+                header_len,
+                remaining,
+            )?)),
+            kind => Ok(Frame::Other(kind)),
+        }
     }
 
     fn too_big(&self, n: usize) -> Error {
