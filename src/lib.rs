@@ -11,6 +11,8 @@ mod engine;
 pub mod message;
 mod monitor;
 mod notify;
+#[cfg(any(test, feature = "internals"))]
+mod reference;
 mod stats;
 
 /// Parsers and renderers for the fuzz targets and the bench's floor reader: not an API, only with
@@ -18,5 +20,15 @@ mod stats;
 #[cfg(feature = "internals")]
 #[doc(hidden)]
 pub mod internals {
-    pub use crate::engine::{chunked, events, frames, http, timestamp};
+    pub use crate::engine::{chunked, events, frames, http, timestamp, Error, LogLine, StreamKind};
+
+    /// The API's request head parser and query parser.
+    pub mod api {
+        pub use crate::api::{http, query};
+    }
+
+    /// The pre-speed-up copies the fast paths are checked against (`src/reference/`).
+    pub mod reference {
+        pub use crate::reference::{chunked, diff, frames, message, timestamp};
+    }
 }

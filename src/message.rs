@@ -581,30 +581,34 @@ pub fn push_json_str(out: &mut String, s: &str) {
     out.push('"');
     let bytes = s.as_bytes();
     let mut start = 0;
-    let mut i = 0;
+    let mut i = plain_prefix(bytes);
     while i < bytes.len() {
-        // The plain words up to the next that holds a byte to escape.
-        i += bytes[i..]
-            .chunks_exact(8)
-            .take_while(|w| {
-                let w: [u8; 8] = [w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]];
-                !word_needs_escape(u64::from_le_bytes(w))
-            })
-            .count()
-            * 8;
-        let end = (i + 8).min(bytes.len());
-        for (j, &b) in bytes[i..end].iter().enumerate() {
-            if needs_escape(b) {
-                // `b` is ASCII, so `i + j` is a character boundary.
-                out.push_str(&s[start..i + j]);
-                push_escape(out, b);
-                start = i + j + 1;
-            }
-        }
-        i = end;
+        // `bytes[i]` needs escaping; it is ASCII, so `i` is a character boundary.
+        out.push_str(&s[start..i]);
+        push_escape(out, bytes[i]);
+        start = i + 1;
+        i = start + plain_prefix(&bytes[start..]);
     }
     out.push_str(&s[start..]);
     out.push('"');
+}
+
+/// How many bytes at the start of `bytes` need no escaping: eight at a time, then one by one.
+fn plain_prefix(bytes: &[u8]) -> usize {
+    let mut words = bytes.chunks_exact(8);
+    let mut plain = 0;
+    for w in &mut words {
+        let w = u64::from_le_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]);
+        if word_needs_escape(w) {
+            break;
+        }
+        plain += 8;
+    }
+    plain
+        + bytes[plain..]
+            .iter()
+            .position(|&b| needs_escape(b))
+            .unwrap_or(bytes.len() - plain)
 }
 
 /// Appends the escape of one byte that [`needs_escape`].

@@ -1,11 +1,14 @@
-//! Body framing: an incremental decoder for `Transfer-Encoding: chunked` (a byte-at-a-time
-//! state machine, so a chunk may be cut anywhere between two reads), a `Content-Length`
-//! counter, and read-to-EOF.
+//! Body framing: an incremental decoder for `Transfer-Encoding: chunked` (a state machine that
+//! takes runs of bytes where it can and single bytes where it must, so a chunk may be cut
+//! anywhere between two reads), a `Content-Length` counter, and read-to-EOF.
 //!
 //! Pure: it takes the bytes a socket gave and hands the body bytes to a sink as slices of its
 //! input, without copying. Chunk extensions are ignored and trailers skipped.
+//! `src/reference/chunked.rs` keeps the byte-at-a-time decoder it replaced, which the tests
+//! and the fuzz targets check it against.
 
 use super::Error;
+use memchr::{memchr, memchr2};
 
 /// Extensions and trailers longer than this are refused rather than skipped forever.
 const MAX_SKIP_BYTES: usize = 64 * 1024;
@@ -121,6 +124,10 @@ impl BodyDecoder {
         }
     }
 
+    /// Chunk framing a run at a time: a chunk's data goes to the sink as one slice, its size
+    /// is read in one loop, the `\r\n` after it in one step, and extensions and trailers are
+    /// skipped up to their line end at once. What is left (the line ends, anything cut
+    /// between two reads) goes a byte at a time through [`BodyDecoder::step`].
     fn decode_chunked(
         &mut self,
         input: &[u8],
@@ -128,28 +135,79 @@ impl BodyDecoder {
     ) -> Result<usize, Error> {
         let mut i = 0;
         while i < input.len() {
-            if let State::Data { left } = self.state {
-                let n = usize::try_from(left)
-                    .unwrap_or(usize::MAX)
-                    .min(input.len() - i);
-                sink(&input[i..i + n])?;
-                i += n;
-                let left = left - n as u64;
-                self.state = if left == 0 {
-                    State::DataCr
-                } else {
-                    State::Data { left }
-                };
-                continue;
+            let rest = &input[i..];
+            match self.state {
+                State::Data { left } => {
+                    let n = usize::try_from(left).unwrap_or(usize::MAX).min(rest.len());
+                    sink(&rest[..n])?;
+                    i += n;
+                    let left = left - n as u64;
+                    self.state = if left == 0 {
+                        State::DataCr
+                    } else {
+                        State::Data { left }
+                    };
+                }
+                State::Done => return Ok(i),
+                State::Size { size: 0, digits: 0 } => match whole_chunk(rest) {
+                    Some(WholeChunk { data, used }) if !data.is_empty() => {
+                        sink(data)?;
+                        i += used;
+                    }
+                    _ => i += self.size_digits(rest, 0, 0)?,
+                },
+                State::Size { size, digits } => i += self.size_digits(rest, size, digits)?,
+                State::DataCr if rest.starts_with(b"\r\n") => {
+                    i += 2;
+                    self.state = State::Size { size: 0, digits: 0 };
+                }
+                State::Extension { .. } => i += self.skip_run(rest, memchr2(b'\r', b'\n', rest))?,
+                State::TrailerLine => i += self.skip_run(rest, memchr(b'\n', rest))?,
+                _ => {
+                    self.state = self.step(rest[0])?;
+                    i += 1;
+                }
             }
-            if self.state == State::Done {
-                return Ok(i);
-            }
-            let b = input[i];
-            i += 1;
-            self.state = self.step(b)?;
         }
         Ok(i)
+    }
+
+    /// The hex digits of a chunk size at the start of `rest` and the byte after them (which
+    /// ends them or is an error); returns how many bytes it took.
+    #[inline]
+    fn size_digits(&mut self, rest: &[u8], mut size: u64, mut digits: u8) -> Result<usize, Error> {
+        for (i, &b) in rest.iter().enumerate() {
+            let v = HEX[usize::from(b)];
+            if v == NOT_HEX {
+                self.state = self.size_byte(size, digits, b)?;
+                return Ok(i + 1);
+            }
+            if digits >= 15 {
+                return Err(bad_byte("chunk size too large", b));
+            }
+            size = size * 16 + u64::from(v);
+            digits += 1;
+        }
+        self.state = State::Size { size, digits };
+        Ok(rest.len())
+    }
+
+    /// Skips extension or trailer bytes up to `end` (where the line ends, if `rest` holds
+    /// it), and takes the line end's first byte; returns how many bytes it took.
+    #[inline]
+    fn skip_run(&mut self, rest: &[u8], end: Option<usize>) -> Result<usize, Error> {
+        let n = end.unwrap_or(rest.len());
+        self.skipped += n;
+        if self.skipped > MAX_SKIP_BYTES {
+            return Err(skip_too_long());
+        }
+        match end {
+            Some(e) => {
+                self.state = self.step(rest[e])?;
+                Ok(e + 1)
+            }
+            None => Ok(n),
+        }
     }
 
     /// One byte of chunk framing (everything but chunk data).
@@ -211,9 +269,8 @@ impl BodyDecoder {
                 if digits >= 15 {
                     return Err(bad_byte("chunk size too large", b));
                 }
-                let v = (b as char).to_digit(16).unwrap_or(0);
                 State::Size {
-                    size: size * 16 + u64::from(v),
+                    size: size * 16 + u64::from(HEX[usize::from(b)]),
                     digits: digits + 1,
                 }
             }
@@ -240,13 +297,73 @@ impl BodyDecoder {
     fn skip(&mut self) -> Result<(), Error> {
         self.skipped += 1;
         if self.skipped > MAX_SKIP_BYTES {
-            return Err(Error::Protocol(
-                "chunk extension or trailer too long".into(),
-            ));
+            return Err(skip_too_long());
         }
         Ok(())
     }
 }
+
+/// A chunk whole at the start of the input: its data and the bytes it takes, size line and
+/// final `\r\n` included.
+struct WholeChunk<'a> {
+    data: &'a [u8],
+    used: usize,
+}
+
+/// The usual chunk, whole in `rest`: a size of 1 to 15 hex digits, `\r\n`, the data and
+/// `\r\n`, which leave the decoder where it was (at the next size). `None` for anything else
+/// (the last chunk, an extension, a bare `\n`, a chunk cut by the end of `rest`, bad bytes),
+/// which the general path takes.
+#[inline]
+fn whole_chunk(rest: &[u8]) -> Option<WholeChunk<'_>> {
+    let mut size = 0u64;
+    let mut digits = 0;
+    while let Some(&b) = rest.get(digits) {
+        let v = HEX[usize::from(b)];
+        if v == NOT_HEX || digits == 15 {
+            break;
+        }
+        size = size * 16 + u64::from(v);
+        digits += 1;
+    }
+    let data_start = digits + 2;
+    if digits == 0 || rest.get(digits..data_start) != Some(b"\r\n") {
+        return None;
+    }
+    let data_end = data_start.checked_add(usize::try_from(size).ok()?)?;
+    let used = data_end.checked_add(2)?;
+    if rest.get(data_end..used) != Some(b"\r\n") {
+        return None;
+    }
+    Some(WholeChunk {
+        data: &rest[data_start..data_end],
+        used,
+    })
+}
+
+#[cold]
+fn skip_too_long() -> Error {
+    Error::Protocol("chunk extension or trailer too long".into())
+}
+
+/// Marks a byte that is not a hex digit in [`HEX`].
+const NOT_HEX: u8 = 0xff;
+
+/// The value of each byte as a hex digit, or [`NOT_HEX`].
+const HEX: [u8; 256] = {
+    let mut t = [NOT_HEX; 256];
+    let mut b = 0;
+    while b < 256 {
+        t[b] = match b as u8 {
+            c @ b'0'..=b'9' => c - b'0',
+            c @ b'a'..=b'f' => c - b'a' + 10,
+            c @ b'A'..=b'F' => c - b'A' + 10,
+            _ => NOT_HEX,
+        };
+        b += 1;
+    }
+    t
+};
 
 /// The error for a byte of chunk framing that does not fit; only built on the error path.
 #[cold]

@@ -32,8 +32,15 @@
 //! Pure and incremental: frames, entries and timestamps may be cut anywhere between two calls
 //! to [`Decoder::feed`]. It never panics; a corrupt multiplex header is an error.
 
-use super::timestamp::{parse_rfc3339_ns, MAX_TIMESTAMP_LEN};
+#[cfg(test)]
+use super::timestamp::parse_rfc3339_ns;
+use super::timestamp::{Parser, MAX_TIMESTAMP_LEN};
 use super::{Error, LogLine, StreamKind};
+use memchr::{memchr, memchr2};
+
+/// The length of the timestamps Docker writes with all nine digits of their fraction:
+/// `2026-11-25T02:10:05.620164341Z`.
+const DOCKER_TIMESTAMP_LEN: usize = 30;
 
 /// The engine's log copier emits a partial entry when its 16 KiB buffer fills without a `\n`.
 /// A TTY stream has no frames, so this size is how we know where such a fragment ends.
@@ -85,6 +92,8 @@ pub struct Decoder {
     /// The prefix is only maybe a timestamp: a TTY fragment just reached [`PARTIAL_BYTES`].
     tentative: bool,
     prefix: Vec<u8>,
+    /// Parses the entries' timestamps (remembering the last one's minute).
+    timestamps: Parser,
     /// The stream the current entry's content goes to.
     entry_stream: StreamKind,
     /// Content bytes of the current fragment, for the TTY fragment-size rule.
@@ -135,6 +144,7 @@ impl Decoder {
             in_prefix: raw,
             tentative: false,
             prefix: Vec::with_capacity(MAX_TIMESTAMP_LEN + 1),
+            timestamps: Parser::default(),
             entry_stream: StreamKind::Stdout,
             fragment_len: 0,
             last_ts: 0,
@@ -149,6 +159,12 @@ impl Decoder {
             return Ok(());
         }
         while !input.is_empty() {
+            if !self.in_frame && self.header_len == 0 {
+                if let Some(used) = self.whole_frame(input, emit) {
+                    input = &input[used..];
+                    continue;
+                }
+            }
             if !self.in_frame {
                 let n = (8 - self.header_len).min(input.len());
                 self.header[self.header_len..self.header_len + n].copy_from_slice(&input[..n]);
@@ -180,6 +196,44 @@ impl Decoder {
             }
         }
         Ok(())
+    }
+
+    /// The usual frame, whole at the start of `input`: stdout or stderr, one entry with
+    /// Docker's timestamp, its content and the `\n` that ends the frame, for a stream with no
+    /// line pending. Emits the line and leaves the decoder as the general path would (between
+    /// frames); returns the bytes it took, or `None` (nothing changed) for the general path.
+    #[inline]
+    fn whole_frame(&mut self, input: &[u8], emit: &mut impl FnMut(LogLine)) -> Option<usize> {
+        let (header, rest) = input.split_first_chunk::<8>()?;
+        let stream = match header {
+            [1, 0, 0, 0, ..] => StreamKind::Stdout,
+            [2, 0, 0, 0, ..] => StreamKind::Stderr,
+            _ => return None,
+        };
+        let size = u32::from_be_bytes([header[4], header[5], header[6], header[7]]);
+        let payload = rest.get(..usize::try_from(size).ok()?)?;
+        let (b'\n', entry) = payload.split_last()? else {
+            return None;
+        };
+        if self.pending[slot(stream)].active || entry.get(DOCKER_TIMESTAMP_LEN) != Some(&b' ') {
+            return None;
+        }
+        let content = &entry[DOCKER_TIMESTAMP_LEN + 1..];
+        if memchr(b'\n', content).is_some() {
+            return None;
+        }
+        let ts = self.timestamps.parse(&entry[..DOCKER_TIMESTAMP_LEN])?;
+        self.header = *header;
+        self.frame_kind = FrameKind::Log(stream);
+        self.frame_left = 0;
+        self.entry_stream = stream;
+        self.last_ts = ts;
+        self.fragment_len = 0;
+        self.tentative = false;
+        self.in_prefix = false;
+        self.prefix.clear();
+        self.whole_line(stream, content, emit);
+        Some(8 + payload.len())
     }
 
     /// Emits the lines still waiting for their `\n` (used when the stream goes quiet), except
@@ -271,53 +325,86 @@ impl Decoder {
     /// Bytes of log entries: a timestamp prefix, then content up to `\n`, repeated.
     fn entry_bytes(&mut self, mut data: &[u8], emit: &mut impl FnMut(LogLine)) {
         while !data.is_empty() {
-            if self.in_prefix {
-                let room = MAX_TIMESTAMP_LEN - self.prefix.len().min(MAX_TIMESTAMP_LEN);
-                let window = &data[..data.len().min(room + 1)];
-                match window.iter().position(|&b| b == b' ' || b == b'\n') {
-                    Some(i) if window[i] == b' ' => {
-                        self.prefix.extend_from_slice(&window[..i]);
-                        data = &data[i + 1..];
-                        match parse_rfc3339_ns(&self.prefix) {
-                            Ok(ts) => self.begin_entry(ts),
-                            Err(_) => self.prefix_failed(true, emit),
-                        }
-                    }
-                    Some(i) => {
-                        // A `\n` before any space: no timestamp here; the `\n` is content.
-                        self.prefix.extend_from_slice(&window[..i]);
-                        data = &data[i..];
-                        self.prefix_failed(false, emit);
-                    }
-                    None => {
-                        self.prefix.extend_from_slice(window);
-                        data = &data[window.len()..];
-                        if self.prefix.len() > MAX_TIMESTAMP_LEN {
-                            self.prefix_failed(false, emit);
-                        }
-                    }
-                }
-                continue;
-            }
-            let limit = if self.raw && self.fragment_len < PARTIAL_BYTES {
-                PARTIAL_BYTES - self.fragment_len
+            let used = if self.in_prefix {
+                self.prefix_bytes(data, emit)
             } else {
-                usize::MAX
+                self.entry_content(data, emit)
             };
-            let used = self.content(self.entry_stream, data, limit, emit);
-            let newline = data[..used].last() == Some(&b'\n');
             data = &data[used..];
-            if newline {
-                self.in_prefix = true;
-                self.tentative = false;
-                self.prefix.clear();
-                self.fragment_len = 0;
-            } else if self.raw && self.fragment_len == PARTIAL_BYTES {
-                self.in_prefix = true;
-                self.tentative = true;
-                self.prefix.clear();
+        }
+    }
+
+    /// Bytes of a timestamp prefix (at most up to the space that ends it); returns how many
+    /// bytes of `data` it took.
+    fn prefix_bytes(&mut self, data: &[u8], emit: &mut impl FnMut(LogLine)) -> usize {
+        if self.prefix.is_empty() {
+            if let Some(used) = self.whole_prefix(data) {
+                return used;
             }
         }
+        let room = MAX_TIMESTAMP_LEN - self.prefix.len().min(MAX_TIMESTAMP_LEN);
+        let window = &data[..data.len().min(room + 1)];
+        match memchr2(b' ', b'\n', window) {
+            Some(i) if window[i] == b' ' => {
+                self.prefix.extend_from_slice(&window[..i]);
+                match self.timestamps.parse(&self.prefix) {
+                    Some(ts) => self.begin_entry(ts),
+                    None => self.prefix_failed(true, emit),
+                }
+                i + 1
+            }
+            Some(i) => {
+                // A `\n` before any space: no timestamp here; the `\n` is content.
+                self.prefix.extend_from_slice(&window[..i]);
+                self.prefix_failed(false, emit);
+                i
+            }
+            None => {
+                self.prefix.extend_from_slice(window);
+                if self.prefix.len() > MAX_TIMESTAMP_LEN {
+                    self.prefix_failed(false, emit);
+                }
+                window.len()
+            }
+        }
+    }
+
+    /// The usual case: a whole timestamp and its space at the start of `data`, parsed where
+    /// it lies. Returns the bytes it took, or `None` (nothing changed) for the general path.
+    /// Docker's timestamps have 30 bytes unless their fraction ends in zeros; a timestamp that
+    /// parses holds no space and no `\n`, so the space after it is the first of either.
+    #[inline]
+    fn whole_prefix(&mut self, data: &[u8]) -> Option<usize> {
+        let window = &data[..data.len().min(MAX_TIMESTAMP_LEN + 1)];
+        let end = match window.get(DOCKER_TIMESTAMP_LEN) {
+            Some(b' ') => DOCKER_TIMESTAMP_LEN,
+            _ => memchr2(b' ', b'\n', window).filter(|&i| window[i] == b' ')?,
+        };
+        let ts = self.timestamps.parse(&window[..end])?;
+        self.begin_entry(ts);
+        Some(end + 1)
+    }
+
+    /// Content bytes of the current entry, up to its `\n` at most; returns how many bytes of
+    /// `data` it took.
+    fn entry_content(&mut self, data: &[u8], emit: &mut impl FnMut(LogLine)) -> usize {
+        let limit = if self.raw && self.fragment_len < PARTIAL_BYTES {
+            PARTIAL_BYTES - self.fragment_len
+        } else {
+            usize::MAX
+        };
+        let used = self.content(self.entry_stream, data, limit, emit);
+        if data[..used].last() == Some(&b'\n') {
+            self.in_prefix = true;
+            self.tentative = false;
+            self.prefix.clear();
+            self.fragment_len = 0;
+        } else if self.raw && self.fragment_len == PARTIAL_BYTES {
+            self.in_prefix = true;
+            self.tentative = true;
+            self.prefix.clear();
+        }
+        used
     }
 
     fn begin_entry(&mut self, ts: i64) {
@@ -362,11 +449,15 @@ impl Decoder {
         emit: &mut impl FnMut(LogLine),
     ) -> usize {
         let window = &data[..data.len().min(limit)];
-        match window.iter().position(|&b| b == b'\n') {
+        match memchr(b'\n', window) {
             Some(i) => {
-                self.append(stream, &window[..i]);
                 self.fragment_len += i;
-                self.finish_line(stream, emit);
+                if self.pending[slot(stream)].active {
+                    self.append(stream, &window[..i]);
+                    self.finish_line(stream, emit);
+                } else {
+                    self.whole_line(stream, &window[..i], emit);
+                }
                 i + 1
             }
             None => {
@@ -400,6 +491,23 @@ impl Decoder {
             }
             _ => push_capped(p, bytes, max),
         }
+    }
+
+    /// A line that is whole in `bytes` (none of it pending): copied once, straight from the
+    /// input, as [`Decoder::append`] then [`Decoder::finish_line`] would make it.
+    fn whole_line(&mut self, stream: StreamKind, bytes: &[u8], emit: &mut impl FnMut(LogLine)) {
+        let line = match bytes.split_last() {
+            Some((b'\r', body)) if self.tty => body,
+            _ => bytes,
+        };
+        let take = line.len().min(self.max_line_bytes);
+        emit(LogLine {
+            stream,
+            ts_ns: self.last_ts,
+            end_ts_ns: self.last_ts,
+            bytes: line[..take].to_vec(),
+            truncated: take < line.len(),
+        });
     }
 
     fn finish_line(&mut self, stream: StreamKind, emit: &mut impl FnMut(LogLine)) {

@@ -2,7 +2,8 @@
 //! front of every log entry and in `State.StartedAt`) into nanoseconds since the epoch, and
 //! formatting nanoseconds as the `seconds.nanoseconds` form that the `since=` query takes.
 //!
-//! Pure functions only; nothing here reads a clock.
+//! Pure functions only; nothing here reads a clock. `src/reference/timestamp.rs` keeps the
+//! parser as it was before its fast path, which the tests and the fuzz targets check it against.
 
 use super::Error;
 
@@ -14,46 +15,197 @@ pub const MAX_TIMESTAMP_LEN: usize = 35;
 /// The fraction may have 0 to 9 digits because the engine trims trailing zeros. Times outside
 /// what an `i64` of nanoseconds can hold (before 1677 or after 2262) are an error, which is how
 /// the engine's "never" (`0001-01-01T00:00:00Z`) comes out.
+///
+/// The fixed-place fields are read eight bytes at a time ([`digit_word`]) and the engine's own
+/// nine-digit fraction has a path of its own; [`Parser`] is the same for a run of timestamps.
 pub fn parse_rfc3339_ns(s: &[u8]) -> Result<i64, Error> {
-    let bad = || Error::Protocol(format!("bad timestamp {:?}", String::from_utf8_lossy(s)));
-    if s.len() < 20 || s.len() > MAX_TIMESTAMP_LEN {
-        return Err(bad());
-    }
-    let secs = date_time_secs(&s[..19]).ok_or_else(bad)?;
-    let (nanos, zone) = fraction_ns(&s[19..]).ok_or_else(bad)?;
-    let offset_secs = utc_offset_secs(zone).ok_or_else(bad)?;
-    (secs - offset_secs)
-        .checked_mul(1_000_000_000)
-        .and_then(|n| n.checked_add(nanos))
-        .ok_or_else(bad)
+    let (minute, rest) = split(s).ok_or_else(|| bad_timestamp(s))?;
+    minute_secs(minute)
+        .and_then(|secs| after_minute(secs, rest))
+        .ok_or_else(|| bad_timestamp(s))
 }
 
-/// Seconds since the epoch of `YYYY-MM-DDTHH:MM:SS` (taken as UTC), or None if `s` is not
-/// exactly that, with a date that exists.
+/// Parses timestamps one after another as [`parse_rfc3339_ns`] does, remembering the minute
+/// (`YYYY-MM-DDTHH:MM`) of the last one: the entries of a log stream mostly share it, so most
+/// timestamps cost only their seconds, fraction and zone.
+#[derive(Debug, Default)]
+pub struct Parser {
+    /// The last minute parsed, and its seconds since the epoch; `None` before the first.
+    minute: Option<([u8; 16], i64)>,
+}
+
+impl Parser {
+    /// The time of `s` in ns since the epoch, or `None` where [`parse_rfc3339_ns`] gives an
+    /// error (the decoder that calls it only needs to know that it is not a timestamp).
+    #[inline]
+    pub fn parse(&mut self, s: &[u8]) -> Option<i64> {
+        let (minute, rest) = split(s)?;
+        let secs = match self.minute {
+            Some((known, secs)) if known == *minute => secs,
+            _ => {
+                let secs = minute_secs(minute)?;
+                self.minute = Some((*minute, secs));
+                secs
+            }
+        };
+        after_minute(secs, rest)
+    }
+}
+
+#[cold]
+fn bad_timestamp(s: &[u8]) -> Error {
+    Error::Protocol(format!("bad timestamp {:?}", String::from_utf8_lossy(s)))
+}
+
+/// A timestamp's minute (`YYYY-MM-DDTHH:MM`) and what follows it, if its length can be right.
 #[inline]
-fn date_time_secs(s: &[u8]) -> Option<i64> {
-    if s.len() != 19 {
+fn split(s: &[u8]) -> Option<(&[u8; 16], &[u8])> {
+    if s.len() < 20 || s.len() > MAX_TIMESTAMP_LEN {
         return None;
     }
-    let year = digits(s, 0, 4)?;
-    let month = digits(s, 5, 2)?;
-    let day = digits(s, 8, 2)?;
-    let hour = digits(s, 11, 2)?;
-    let min = digits(s, 14, 2)?;
-    let sec = digits(s, 17, 2)?;
-    if s[4] != b'-' || s[7] != b'-' || s[10] != b'T' || s[13] != b':' || s[16] != b':' {
+    s.split_first_chunk::<16>()
+}
+
+/// The time given the seconds since the epoch of its minute, from what follows the minute:
+/// `:SS[.fraction](Z|±hh:mm)`.
+#[inline]
+fn after_minute(minute_secs: i64, rest: &[u8]) -> Option<i64> {
+    if let Ok(docker) = <&[u8; 14]>::try_from(rest) {
+        if let Some(secs_ns) = docker_seconds(docker) {
+            return (minute_secs + secs_ns.0)
+                .checked_mul(1_000_000_000)?
+                .checked_add(secs_ns.1);
+        }
+    }
+    after_minute_any(minute_secs, rest)
+}
+
+/// [`after_minute`] for every form but Docker's own.
+fn after_minute_any(minute_secs: i64, rest: &[u8]) -> Option<i64> {
+    let [b':', s1, s2, rest @ ..] = rest else {
+        return None;
+    };
+    let (s1, s2) = (s1.wrapping_sub(b'0'), s2.wrapping_sub(b'0'));
+    if s1 > 5 || s2 > 9 {
         return None;
     }
+    let secs = minute_secs + i64::from(s1 * 10 + s2);
+    let (nanos, zone) = fraction_ns(rest)?;
+    let offset_secs = utc_offset_secs(zone)?;
+    (secs - offset_secs)
+        .checked_mul(1_000_000_000)?
+        .checked_add(nanos)
+}
+
+/// The seconds and nanoseconds of Docker's own form, `:SS.nnnnnnnnnZ`; `None` for anything
+/// else, which the general path reads (or refuses).
+#[inline]
+fn docker_seconds(rest: &[u8; 14]) -> Option<(i64, i64)> {
+    if rest[13] != b'Z' {
+        return None;
+    }
+    // `:SS.nnnn` and the last eight digits `nnnnnnnn` (one digit in both).
+    let head = digit_word(word(rest, 0), &SECONDS)?;
+    let sec = pair(head, 1);
+    let first = (head >> 32) & 0xff;
+    let rest_eight = eight_digits(word(rest, 5))?;
+    (sec <= 59).then(|| (i64::from(sec), (first * 100_000_000 + rest_eight) as i64))
+}
+
+/// Seconds since the epoch of `YYYY-MM-DDTHH:MM` (taken as UTC), or None if `s` is not exactly
+/// that, with a date that exists.
+#[inline]
+fn minute_secs(s: &[u8; 16]) -> Option<i64> {
+    let ymd = digit_word(word(s, 0), &DATE)?;
+    let dhm = digit_word(word(s, 8), &DAY_TIME)?;
+    let year = i64::from(pair(ymd, 0)) * 100 + i64::from(pair(ymd, 2));
+    let month = i64::from(pair(ymd, 5));
+    let day = i64::from(pair(dhm, 0));
+    let hour = i64::from(pair(dhm, 3));
+    let min = i64::from(pair(dhm, 6));
     if !(1..=12).contains(&month)
         || day < 1
         || day > days_in_month(year, month)
         || hour > 23
         || min > 59
-        || sec > 59
     {
         return None;
     }
-    Some(days_from_civil(year, month, day) * 86_400 + hour * 3600 + min * 60 + sec)
+    Some(days_from_civil(year, month, day) * 86_400 + hour * 3600 + min * 60)
+}
+
+/// The eight bytes of `s` from `at`, as a little-endian word (byte `at` lowest).
+#[inline]
+fn word<const N: usize>(s: &[u8; N], at: usize) -> u64 {
+    let mut w = [0u8; 8];
+    w.copy_from_slice(&s[at..at + 8]);
+    u64::from_le_bytes(w)
+}
+
+/// What eight bytes must look like: `0` for any ASCII digit, any other byte for itself; as
+/// the masks [`digit_word`] tests with, made at compile time.
+struct Shape {
+    /// The shape itself, a little-endian word.
+    bytes: u64,
+    /// Per byte: 0xf0 where a digit goes (its high nibble must be that of `0`), 0xff elsewhere.
+    high: u64,
+    /// Per byte: 6 where a digit goes, 0 elsewhere.
+    six: u64,
+}
+
+impl Shape {
+    const fn new(shape: &[u8; 8]) -> Shape {
+        let mut high = [0xffu8; 8];
+        let mut six = [0u8; 8];
+        let mut i = 0;
+        while i < 8 {
+            if shape[i] == b'0' {
+                high[i] = 0xf0;
+                six[i] = 6;
+            }
+            i += 1;
+        }
+        Shape {
+            bytes: u64::from_le_bytes(*shape),
+            high: u64::from_le_bytes(high),
+            six: u64::from_le_bytes(six),
+        }
+    }
+}
+
+const DATE: Shape = Shape::new(b"0000-00-");
+const DAY_TIME: Shape = Shape::new(b"00T00:00");
+const DIGITS: Shape = Shape::new(b"00000000");
+const SECONDS: Shape = Shape::new(b":00.0000");
+
+/// Checks eight bytes against a [`Shape`] and gives the word with each digit's value in its
+/// byte and 0 in the others. No byte carries into the next: after the first test every byte
+/// is at most 15.
+#[inline]
+fn digit_word(w: u64, shape: &Shape) -> Option<u64> {
+    let x = w ^ shape.bytes;
+    // A digit byte is now 0..=15 and must be at most 9: adding 6 must leave its high nibble 0.
+    (x & shape.high == 0 && (x + shape.six) & shape.high == 0).then_some(x)
+}
+
+/// The two-digit number in bytes `at` and `at + 1` of a [`digit_word`].
+#[inline]
+fn pair(x: u64, at: u32) -> u32 {
+    let hi = (x >> (8 * at)) as u32 & 0xff;
+    let lo = (x >> (8 * (at + 1))) as u32 & 0xff;
+    hi * 10 + lo
+}
+
+/// The value of eight ASCII digits, first digit most significant, or None if one is not a
+/// digit (three multiplications instead of eight).
+#[inline]
+fn eight_digits(w: u64) -> Option<u64> {
+    let x = digit_word(w, &DIGITS)?;
+    // Pairs in 16-bit lanes, then groups of four in 32-bit lanes, then all eight: each step
+    // multiplies the more significant (lower) lane into the upper one, which is kept.
+    let x = (x * 10 + (x >> 8)) & 0x00ff_00ff_00ff_00ff;
+    let x = (x.wrapping_mul(1 + (100 << 16)) >> 16) & 0x0000_ffff_0000_ffff;
+    Some(x.wrapping_mul(1 + (10_000 << 32)) >> 32)
 }
 
 /// Reads the optional `.fraction` at the start of `s` (1 to 9 digits after the dot): its value
@@ -63,6 +215,15 @@ fn fraction_ns(s: &[u8]) -> Option<(i64, &[u8])> {
     let Some(after_dot) = s.strip_prefix(b".") else {
         return Some((0, s));
     };
+    // The engine's own form: all nine digits.
+    if let Some((nine, rest)) = after_dot.split_first_chunk::<9>() {
+        let ninth = nine[8].wrapping_sub(b'0');
+        if ninth < 10 && !rest.first().is_some_and(u8::is_ascii_digit) {
+            if let Some(first) = eight_digits(word(nine, 0)) {
+                return Some((first as i64 * 10 + i64::from(ninth), rest));
+            }
+        }
+    }
     let len = after_dot.iter().take_while(|b| b.is_ascii_digit()).count();
     if len == 0 || len > 9 {
         return None;

@@ -69,7 +69,7 @@ fn logfmt_level(t: &str) -> Option<Level> {
     // Only within the first few fields: `ts=… level=warn msg=…`. One pass over the `=` signs
     // (most lines have none), each checked for a key that starts a field.
     let head = &t[..floor_char_boundary(t, 160)];
-    for (eq, _) in head.match_indices('=') {
+    for eq in memchr::memchr_iter(b'=', head.as_bytes()) {
         let key = &head[head[..eq].rfind(' ').map_or(0, |s| s + 1)..eq];
         if matches!(key, "level" | "lvl" | "severity") {
             let v = head[eq + 1..].trim_start_matches('"');
