@@ -7,7 +7,8 @@
 # A second, native run of the same backlog gives Threads and VmHWM of /proc/PID/status at the
 # end (callgrind's own memory would hide the agent's).
 #
-#   bench/instructions.sh BINARY             MQTT_BATCH=false (default) or true, N=30000
+#   bench/instructions.sh BINARY             MQTT_BATCH=false (default) or true, N=30000,
+#                                            MQTT_VERSION=3.1.1 (default) or 5
 #   MQTT_BATCH=true bench/instructions.sh target/release/container-logd
 #
 # Prints `key=value` lines (instructions, instructions_per_line, threads, vmhwm_kib, ...).
@@ -19,6 +20,7 @@ bin=$(realpath "${1:?usage: bench/instructions.sh BINARY}")
 here=$(cd "$(dirname "$0")/.." && pwd)
 N=${N:-30000}
 BATCH=${MQTT_BATCH:-false}
+VERSION=${MQTT_VERSION:-3.1.1}
 TIMEOUT=${TIMEOUT:-900}
 MARK=cld-bench-line
 # 100 bytes: the marker, a space and filler.
@@ -98,7 +100,7 @@ run_once() {
         LOG_DIR="$dir/logs" STATE_DIR="$dir/state" LOG_FILE_PERSISTENCE=true \
         API_LISTEN="127.0.0.1:$(free_port)" LOG_LEVEL=warn \
         MQTT_BROKER="mqtt://127.0.0.1:$port" MQTT_CLIENT_ID="logd-$label-$$" MQTT_QOS=1 \
-        MQTT_BATCH="$BATCH" \
+        MQTT_BATCH="$BATCH" MQTT_VERSION="$VERSION" \
         timeout "$TIMEOUT" "$@" "$bin" run >"$dir/agent.log" 2>&1 &
     local agent=$!
     pids+=($agent)
@@ -123,7 +125,7 @@ vmhwm=$(awk '/^VmHWM:/ {print $2}' "$tmp/native/status")
 delivered=$(grep -o "$MARK" "$tmp/callgrind/sub.out" | wc -l)
 
 echo "binary=$bin"
-echo "mqtt_batch=$BATCH lines=$N delivered_under_callgrind=$delivered"
+echo "mqtt_version=$VERSION mqtt_batch=$BATCH lines=$N delivered_under_callgrind=$delivered"
 echo "instructions=$total"
 echo "instructions_per_line=$((total / N))"
 echo "threads=$threads"

@@ -135,6 +135,29 @@ pub struct MqttConfig {
     pub spool_max_bytes: u64,
     /// The status topic with `{hostname}` already substituted.
     pub status_topic: String,
+    /// The protocol spoken with the broker.
+    pub version: MqttVersion,
+    /// The message expiry interval of every log publish (MQTT 5 only); `None`: no expiry.
+    pub message_expiry: Option<u32>,
+}
+
+/// The MQTT protocol version (`MQTT_VERSION`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MqttVersion {
+    /// MQTT 3.1.1 (protocol level 4).
+    V311,
+    /// MQTT 5.
+    V5,
+}
+
+impl MqttVersion {
+    /// As a user writes it: `3.1.1` or `5`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MqttVersion::V311 => "3.1.1",
+            MqttVersion::V5 => "5",
+        }
+    }
 }
 
 /// The whole validated configuration.
@@ -453,6 +476,19 @@ pub static VARS: &[Var] = &[
         apply: |d, v| set(&mut d.mqtt.status_topic, topic(v, &d.cfg.hostname)),
     },
     Var {
+        name: "MQTT_VERSION",
+        default: "3.1.1",
+        help: "MQTT protocol version: 3.1.1 (also written 4) or 5.",
+        apply: |d, v| set(&mut d.mqtt.version, one_of(v, MQTT_VERSIONS)),
+    },
+    Var {
+        name: "MQTT_MESSAGE_EXPIRY_S",
+        default: "",
+        help: "MQTT 5 only: seconds a broker keeps a log message for a subscriber that is away \
+               (empty: no expiry).",
+        apply: |d, v| set(&mut d.mqtt.message_expiry, expiry(v)),
+    },
+    Var {
         name: "LOG_LEVEL",
         default: "info",
         help: "The agent's own verbosity: error, warn, info or debug.",
@@ -464,6 +500,12 @@ const SINCE_MODES: &[(&str, SinceMode)] = &[
     ("cursor", SinceMode::Cursor),
     ("all", SinceMode::All),
     ("now", SinceMode::Now),
+];
+
+const MQTT_VERSIONS: &[(&str, MqttVersion)] = &[
+    ("3.1.1", MqttVersion::V311),
+    ("4", MqttVersion::V311),
+    ("5", MqttVersion::V5),
 ];
 
 const LOG_LEVELS: &[(&str, log::LevelFilter)] = &[
@@ -586,6 +628,8 @@ impl MqttConfig {
             client_key_file: None,
             spool_max_bytes: 0,
             status_topic: String::new(),
+            version: MqttVersion::V311,
+            message_expiry: None,
         }
     }
 }
@@ -775,6 +819,14 @@ fn broker(v: &str) -> Result<(bool, String, u16), String> {
     Ok((tls, host.to_string(), port))
 }
 
+/// A message expiry interval: none for the empty default, else 1 to 2³²−1 seconds.
+fn expiry(v: &str) -> Result<Option<u32>, String> {
+    if v.is_empty() {
+        return Ok(None);
+    }
+    num(v, 1, u32::MAX).map(Some)
+}
+
 fn client_id(v: &str, hostname: &str) -> Result<String, String> {
     let id = v.replace("{hostname}", hostname);
     if id.len() > 65535 {
@@ -882,6 +934,36 @@ mod tests {
         assert_eq!(err_var(&[("API_LISTEN", "0.0.0.0:7780")]), "API_LISTEN");
         assert_eq!(err_var(&[("MQTT_RETAIN", "maybe")]), "MQTT_RETAIN");
         assert_eq!(err_var(&[("MQTT_BASE_TOPIC", "a/#")]), "MQTT_BASE_TOPIC");
+        assert_eq!(err_var(&[("MQTT_VERSION", "3.1")]), "MQTT_VERSION");
+        assert_eq!(err_var(&[("MQTT_VERSION", "6")]), "MQTT_VERSION");
+        for bad in ["-1", "x", "4294967296", "1.5"] {
+            assert_eq!(
+                err_var(&[("MQTT_MESSAGE_EXPIRY_S", bad)]),
+                "MQTT_MESSAGE_EXPIRY_S"
+            );
+        }
+    }
+
+    #[test]
+    fn mqtt_version_and_message_expiry() {
+        let m = |pairs: &[(&str, &str)]| {
+            Config::from_env(&env(pairs))
+                .expect("valid")
+                .mqtt
+                .expect("on")
+        };
+        let d = m(&[]);
+        assert_eq!((d.version, d.message_expiry), (MqttVersion::V311, None));
+        assert_eq!(m(&[("MQTT_VERSION", "4")]).version, MqttVersion::V311);
+        let v5 = m(&[("MQTT_VERSION", "5"), ("MQTT_MESSAGE_EXPIRY_S", "3600")]);
+        assert_eq!(
+            (v5.version, v5.message_expiry),
+            (MqttVersion::V5, Some(3600))
+        );
+        assert_eq!(
+            m(&[("MQTT_MESSAGE_EXPIRY_S", "4294967295")]).message_expiry,
+            Some(u32::MAX)
+        );
     }
 
     #[test]
@@ -1022,6 +1104,8 @@ mod tests {
             ("MQTT_CLIENT_KEY_FILE", "/nonexistent/key.pem"),
             ("MQTT_SPOOL_MAX_BYTES", "-5"),
             ("MQTT_STATUS_TOPIC", "/status"),
+            ("MQTT_VERSION", "3"),
+            ("MQTT_MESSAGE_EXPIRY_S", "0"),
             ("LOG_LEVEL", "chatty"),
         ];
         let mut out: Vec<(&str, String)> = bad.iter().map(|&(k, v)| (k, v.to_string())).collect();

@@ -628,6 +628,12 @@ fn broker_outage_loses_nothing() {
     outage(&[]);
 }
 
+/// At MQTT 5 the spool is replayed on a new connection, whose topic aliases start afresh.
+#[test]
+fn broker_outage_loses_nothing_at_v5() {
+    outage(&[("MQTT_VERSION", "5")]);
+}
+
 #[test]
 fn broker_outage_loses_nothing_with_batches_at_qos2() {
     outage(&[

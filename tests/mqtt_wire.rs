@@ -27,7 +27,7 @@ mod wire;
 
 /// What `wire.rs` takes from the crate.
 mod config {
-    pub use container_logd::config::Secret;
+    pub use container_logd::config::{MqttVersion, Secret};
 }
 
 use config::Secret;
@@ -78,6 +78,7 @@ fn options(port: u16) -> Options {
     Options {
         host: "127.0.0.1".into(),
         port,
+        version: config::MqttVersion::V311,
         client_id: unique("wire"),
         keep_alive: Duration::from_secs(30),
         clean_session: true,
@@ -152,7 +153,7 @@ fn publish_acked(w: &mut Writer, rx: &Seen, topic: &str, msgs: &[Vec<u8>], windo
         }
         w.flush().expect("flush");
         match seen(rx) {
-            Ok(Incoming::PubAck(id)) => {
+            Ok(Incoming::PubAck(id, 0)) => {
                 assert!(inflight.remove(&id), "PUBACK {id} for nothing in flight")
             }
             other => panic!("{other:?} with {} in flight", inflight.len()),
@@ -236,8 +237,8 @@ fn qos2_goes_through_pubrec_pubrel_pubcomp() {
     w.publish(8, &topic, &msgs[1], 2, true, false)
         .expect("publish");
     w.flush().expect("flush");
-    assert!(matches!(seen(&rx), Ok(Incoming::PubRec(7))));
-    assert!(matches!(seen(&rx), Ok(Incoming::PubRec(8))));
+    assert!(matches!(seen(&rx), Ok(Incoming::PubRec(7, 0))));
+    assert!(matches!(seen(&rx), Ok(Incoming::PubRec(8, 0))));
     w.pubrel(7).expect("pubrel");
     w.pubrel(8).expect("pubrel");
     w.flush().expect("flush");
@@ -269,6 +270,7 @@ fn the_will_is_published_when_the_socket_dies_and_not_after_disconnect() {
         payload: b"offline \x00\xff".to_vec(),
         qos: 1,
         retain: false,
+        props: None,
     });
 
     // A clean DISCONNECT: the broker drops the will and closes; then a probe, which the
@@ -473,7 +475,7 @@ fn publishing_and_reading_acks_allocate_nothing_per_message() {
             w.flush().expect("flush");
             for _ in batch {
                 let got = r.next();
-                assert!(matches!(got, Ok(Incoming::PubAck(_))), "{got:?}");
+                assert!(matches!(got, Ok(Incoming::PubAck(_, 0))), "{got:?}");
             }
         }
     };

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use super::{FAILED, OK, USAGE};
 use crate::backend::mqtt::wire;
-use crate::config::{Config, MqttConfig};
+use crate::config::{Config, MqttConfig, MqttVersion};
 use crate::engine::Engine;
 
 /// How long the broker has to accept us.
@@ -141,34 +141,62 @@ pub fn broker(cfg: Option<&MqttConfig>) -> Outcome {
     let scheme = if cfg.tls { "mqtts" } else { "mqtt" };
     let url = format!("{scheme}://{}:{}", cfg.host, cfg.port);
     match connect_broker(cfg) {
-        Ok(()) => pass(
+        Ok(ack) => pass(
             "broker",
             format!(
-                "{url} accepted us{}{}",
+                "{url} accepted us{}{} at MQTT {}{}",
                 if cfg.tls { " over TLS" } else { "" },
                 if cfg.username.is_some() {
                     " with the configured credentials"
                 } else {
                     ""
-                }
+                },
+                cfg.version.as_str(),
+                limits(cfg.version, &ack)
             ),
         ),
         Err(e) => fail("broker", format!("{url}: {e}")),
     }
 }
 
+/// What an MQTT 5 broker said of its limits in its CONNACK (nothing at 3.1.1, which has none).
+fn limits(version: MqttVersion, ack: &wire::ConnAck) -> String {
+    if version != MqttVersion::V5 {
+        return String::new();
+    }
+    fn or_none<T: std::fmt::Display>(v: &Option<T>, unit: &str) -> String {
+        match v {
+            Some(v) => format!("{v}{unit}"),
+            None => "none".into(),
+        }
+    }
+    format!(
+        "; its limits: receive maximum {}, maximum packet size {}, topic alias maximum {}, \
+         server keep-alive {}, assigned client id {}",
+        or_none(&ack.receive_max, ""),
+        or_none(&ack.max_packet, " bytes"),
+        or_none(&ack.topic_alias_max, ""),
+        or_none(&ack.server_keep_alive, " s"),
+        or_none(
+            &ack.assigned_client_id.as_ref().map(|id| format!("{id:?}")),
+            ""
+        ),
+    )
+}
+
 /// Connects and logs in as the agent would, and ends the session with a DISCONNECT.
-fn connect_broker(cfg: &MqttConfig) -> Result<(), String> {
+fn connect_broker(cfg: &MqttConfig) -> Result<wire::ConnAck, String> {
     let options = broker_options(cfg)?;
-    let (mut writer, _reader, _ack) = wire::connect(&options).map_err(explain)?;
+    let (mut writer, _reader, ack) =
+        wire::connect(&options).map_err(|e| explain(e, cfg.version))?;
     let _ = writer.disconnect();
-    Ok(())
+    Ok(ack)
 }
 
 /// The agent's connection settings, under a client id of the check's own (the broker would
 /// otherwise disconnect the running agent's session) and with no last will.
 fn broker_options(cfg: &MqttConfig) -> Result<wire::Options, String> {
-    let mut options = crate::backend::mqtt::options(cfg, "").map_err(|e| {
+    let mut options = crate::backend::mqtt::options(cfg, "", "").map_err(|e| {
         format!("{e}: check MQTT_CA_FILE, MQTT_CLIENT_CERT_FILE and MQTT_CLIENT_KEY_FILE")
     })?;
     options.client_id = format!("{}-check-{}", cfg.client_id, std::process::id());
@@ -180,31 +208,46 @@ fn broker_options(cfg: &MqttConfig) -> Result<wire::Options, String> {
 }
 
 /// The broker's answer as a user reads it: what went wrong and what to change.
-fn explain(e: wire::Error) -> String {
+fn explain(e: wire::Error, version: MqttVersion) -> String {
     let fix_auth = "set MQTT_USERNAME and MQTT_PASSWORD (or MQTT_PASSWORD_FILE) to what the \
                     broker expects";
     let fix_up = "start the broker, or set MQTT_BROKER to where it runs (off disables MQTT)";
+    let fix_version = "the broker does not take MQTT 5: set MQTT_VERSION=3.1.1";
     match e {
+        // 1 (3.1.1) and 0x84 (MQTT 5): the broker does not speak the version asked for.
+        wire::Error::Refused(1 | 0x84) if version == MqttVersion::V5 => {
+            format!("refused (unsupported protocol version): {fix_version}")
+        }
         wire::Error::Refused(code) => {
-            // 4: bad user name or password; 5: not authorized (mosquitto's answer to both).
-            let fix = if matches!(code, 4 | 5) {
+            // 4 and 0x86: bad user name or password; 5 and 0x87: not authorized (mosquitto's
+            // answer to both).
+            let fix = if matches!(code, 4 | 5 | 0x86 | 0x87) {
                 fix_auth
             } else {
                 "check the broker's log for why"
             };
             format!("refused ({}): {fix}", refusal_name(code))
         }
+        wire::Error::Closed if version == MqttVersion::V5 => format!(
+            "the connection ended without an answer: {fix_up}; or, if the broker runs, {fix_version}"
+        ),
         wire::Error::Tls(e) => format!(
             "TLS failed ({e}): check MQTT_CA_FILE (the broker's certificate must be signed by it \
              and name the host in MQTT_BROKER)"
         ),
         wire::Error::Closed => format!("the connection ended without an answer: {fix_up}"),
         wire::Error::Timeout => format!("no answer within {}s: {fix_up}", BROKER_WAIT.as_secs()),
-        e @ (wire::Error::Io(_) | wire::Error::Protocol(_)) => format!("{e}: {fix_up}"),
+        e @ wire::Error::Protocol(_) if version == MqttVersion::V5 => {
+            format!("{e}: {fix_version}")
+        }
+        e @ (wire::Error::Io(_) | wire::Error::Protocol(_) | wire::Error::Disconnected(_)) => {
+            format!("{e}: {fix_up}")
+        }
     }
 }
 
-/// A CONNACK return code by the name this command always printed (MQTT 3.1.1 §3.2.2.3).
+/// A CONNACK return code by the name this command always printed (MQTT 3.1.1 §3.2.2.3), or
+/// an MQTT 5 reason code by its name and number.
 fn refusal_name(code: u8) -> String {
     match code {
         1 => "RefusedProtocolVersion".into(),
@@ -212,6 +255,7 @@ fn refusal_name(code: u8) -> String {
         3 => "ServiceUnavailable".into(),
         4 => "BadUserNamePassword".into(),
         5 => "NotAuthorized".into(),
+        0x80.. => format!("{}, reason code 0x{code:02x}", wire::reason_name(code)),
         n => format!("return code {n}"),
     }
 }
@@ -368,10 +412,13 @@ mod tests {
             ),
         ];
         for (e, want) in cases {
-            let got = explain(e);
+            let got = explain(e, MqttVersion::V311);
             assert!(got.starts_with(want), "{got}");
         }
-        let tls = explain(wire::Error::Tls(rustls::Error::DecryptError));
+        let tls = explain(
+            wire::Error::Tls(rustls::Error::DecryptError),
+            MqttVersion::V311,
+        );
         assert!(
             tls.starts_with("TLS failed (") && tls.contains("MQTT_CA_FILE"),
             "{tls}"

@@ -7,6 +7,7 @@
 pub mod broker;
 pub mod podman;
 pub mod tls;
+pub mod v5;
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};

@@ -23,6 +23,7 @@ pub mod spool;
 pub mod tls;
 pub mod topic;
 mod tracker;
+mod v5;
 pub(crate) mod wire;
 
 use std::fmt;
@@ -38,7 +39,7 @@ use crossbeam_channel::{bounded, select, Receiver, RecvTimeoutError, Sender, Try
 use self::session::{Ack, Action, Granted, Session};
 use self::wire::Incoming;
 use super::{Backend, Lane, Summary};
-use crate::config::{MqttConfig, Secret};
+use crate::config::{MqttConfig, MqttVersion, Secret};
 use crate::message::LogMessage;
 
 /// Groups of messages (a reader's lines of one read, up to 64) waiting between `log_many()`
@@ -166,12 +167,15 @@ impl MqttBackend {
         host: &str,
         version: &str,
     ) -> Result<Arc<MqttBackend>, Error> {
+        if cfg.message_expiry.is_some() && cfg.version != MqttVersion::V5 {
+            log::warn!("MQTT_MESSAGE_EXPIRY_S has no effect at MQTT 3.1.1 (set MQTT_VERSION=5)");
+        }
         let online = topic::status_payload("online", host, version);
         let offline = topic::status_payload("offline", host, version);
-        let options = options(cfg, &offline)?;
+        let options = options(cfg, host, &offline)?;
         let spool = open_spool(cfg, state_dir)?;
         let (wake_tx, wake_rx) = bounded(1);
-        let session = Session::new(cfg, spool, online, offline, Instant::now());
+        let session = Session::new(cfg, spool, host, online, offline, Instant::now());
         let shared = Arc::new(Shared {
             link: Mutex::new(Link {
                 session,
@@ -227,9 +231,10 @@ fn open_spool(cfg: &MqttConfig, state_dir: &Path) -> Result<spool::Spool, Error>
     Ok(spool)
 }
 
-/// What every connection is made from: clean session, the keep-alive, the offline status as
-/// last will, credentials and TLS. `check` connects with them too.
-pub(crate) fn options(cfg: &MqttConfig, offline: &str) -> Result<wire::Options, Error> {
+/// What every connection is made from: the MQTT version, clean session, the keep-alive, the
+/// offline status as last will (at MQTT 5 with the status's properties), credentials and TLS.
+/// `check` connects with them too.
+pub(crate) fn options(cfg: &MqttConfig, host: &str, offline: &str) -> Result<wire::Options, Error> {
     let tls = if cfg.tls {
         Some(tls::client_config(cfg)?)
     } else {
@@ -245,6 +250,7 @@ pub(crate) fn options(cfg: &MqttConfig, offline: &str) -> Result<wire::Options, 
     Ok(wire::Options {
         host: cfg.host.clone(),
         port: cfg.port,
+        version: cfg.version,
         client_id: cfg.client_id.clone(),
         keep_alive: cfg.keepalive.max(Duration::from_secs(1)),
         clean_session: true,
@@ -254,6 +260,7 @@ pub(crate) fn options(cfg: &MqttConfig, offline: &str) -> Result<wire::Options, 
             payload: offline.as_bytes().to_vec(),
             qos: 1,
             retain: true,
+            props: (cfg.version == MqttVersion::V5).then(|| v5::status_props(host)),
         }),
         tls,
         connect_timeout: CONNECT_TIMEOUT,
@@ -385,9 +392,7 @@ fn shutdown_pub(
     };
     out.write(shared);
     if let (Some(p), Some(w)) = (offline, out.writer.as_mut()) {
-        let said = w
-            .publish(p.pkid, &p.topic, &p.payload, p.qos as u8, p.retain, false)
-            .and_then(|()| w.disconnect());
+        let said = write_publish(w, &p).and_then(|()| w.disconnect());
         if let Err(e) = said {
             log::debug!("mqtt: offline status and DISCONNECT not written: {e}");
         }
@@ -448,9 +453,7 @@ impl Out {
         let mut failed = None;
         for action in todo.drain(..) {
             let written = match &action {
-                Action::Publish(p) => {
-                    w.publish(p.pkid, &p.topic, &p.payload, p.qos as u8, p.retain, false)
-                }
+                Action::Publish(p) => write_publish(w, p),
                 Action::PubRel(pkid) => w.pubrel(*pkid),
                 Action::Ping => w.ping(),
                 Action::Progress(..) | Action::Reconnect => Ok(()),
@@ -504,6 +507,20 @@ impl Out {
             w.closer().close();
         }
     }
+}
+
+/// Writes one of the session's publishes.
+fn write_publish(w: &mut wire::Writer, p: &session::Publish) -> io::Result<()> {
+    w.publish_with(&wire::Publish {
+        pkid: p.pkid,
+        topic: &p.topic,
+        payload: &p.payload,
+        qos: p.qos as u8,
+        retain: p.retain,
+        dup: false,
+        props: p.props.as_deref(),
+        alias: p.alias,
+    })
 }
 
 /// The connection thread: connects, backs off between attempts, and reads each connection
@@ -560,15 +577,36 @@ fn install(
         return None;
     }
     link.conn += 1;
-    link.session
-        .connected(Granted::v311(ack.session_present), Instant::now());
+    link.session.connected(granted(&ack), Instant::now());
     link.writer = Some(writer);
     link.closer = Some(reader.closer());
     let conn = link.conn;
     drop(link);
     log::info!("mqtt connected");
+    if let Some(id) = &ack.assigned_client_id {
+        log::info!("mqtt broker assigned the client id {id:?}");
+    }
     shared.wake();
     Some(conn)
+}
+
+/// What a CONNACK grants the session: at MQTT 3.1.1 nothing beyond our own bounds; at MQTT 5
+/// the broker's limits, each where it set one.
+fn granted(ack: &wire::ConnAck) -> Granted {
+    let mut g = Granted::v311(ack.session_present);
+    if let Some(n) = ack.receive_max {
+        g.receive_max = n.max(1);
+    }
+    if let Some(n) = ack.max_packet {
+        g.max_packet = g.max_packet.min(usize::try_from(n).unwrap_or(usize::MAX));
+    }
+    g.topic_alias_max = ack.topic_alias_max.unwrap_or(0);
+    g.keep_alive = ack
+        .server_keep_alive
+        .map(|s| Duration::from_secs(u64::from(s)));
+    g.max_qos = ack.max_qos.unwrap_or(2);
+    g.retain = ack.retain_available.unwrap_or(true);
+    g
 }
 
 /// Reads connection `conn` until it ends or the session leaves it, and feeds what comes to the
@@ -592,14 +630,20 @@ fn read(shared: &Shared, mut reader: wire::Reader, conn: u64) -> bool {
         }
         let s = &mut link.session;
         match got {
-            Ok(Incoming::PubAck(pkid) | Incoming::PubComp(pkid)) => s.acked(pkid, Ack::Ok, now),
-            Ok(Incoming::PubRec(pkid)) => s.pubrec(pkid, now),
+            Ok(Incoming::PubAck(pkid, code)) => s.acked(pkid, Ack::of(code), now),
+            Ok(Incoming::PubComp(pkid)) => s.acked(pkid, Ack::Ok, now),
+            Ok(Incoming::PubRec(pkid, code)) if code >= 0x80 => s.acked(pkid, Ack::of(code), now),
+            Ok(Incoming::PubRec(pkid, _)) => s.pubrec(pkid, now),
             Ok(Incoming::PingResp) => s.ping_resp(now),
             Ok(Incoming::Other) => continue,
-            Ok(Incoming::Disconnect) => {
+            Ok(Incoming::Disconnect(code)) => {
                 drop(link);
                 closer.close();
-                return lost(shared, conn, &wire::Error::Closed);
+                let e = match code {
+                    0 => wire::Error::Closed,
+                    _ => wire::Error::Disconnected(code),
+                };
+                return lost(shared, conn, &e);
             }
             Err(wire::Error::Timeout) => s.tick(now),
             Err(e) => {
@@ -727,6 +771,7 @@ impl Backend for MqttBackend {
             "droppedLines": c.dropped_lines,
             "droppedAgent": c.dropped_agent,
             "reconnects": c.reconnects,
+            "refused": refused_json(&c),
             "lastError": s.last_error(),
         })
     }
@@ -739,7 +784,7 @@ impl Backend for MqttBackend {
             ("published_total", "counter", "Messages handed to the broker connection.", c.published),
             ("acknowledged_total", "counter", "Messages the broker acknowledged (QoS 1/2) or that were written to the socket (QoS 0).", c.acknowledged),
             ("spooled_total", "counter", "Messages written to the disk spool.", c.spooled),
-            ("dropped_total", "counter", "Messages dropped because the spool was full or failed.", c.dropped),
+            ("dropped_total", "counter", "Messages dropped because the spool was full or failed, or the broker refused them (MQTT 5).", c.dropped),
             ("dropped_lines_total", "counter", "Container lines (and lifecycle messages) dropped.", c.dropped_lines),
             ("dropped_agent_total", "counter", "The agent's own messages dropped.", c.dropped_agent),
             ("reconnects_total", "counter", "Connections to the broker after the first.", c.reconnects),
@@ -748,6 +793,32 @@ impl Backend for MqttBackend {
             ("spool_bytes", "gauge", "Bytes in the disk spool.", s.spool_bytes()),
         ];
         crate::stats::write_metrics(out, "container_logd_mqtt_", &lines);
+        write_refused_metrics(out, &c);
+    }
+}
+
+/// The messages the broker refused for good, by reason (health's `mqtt.refused`).
+fn refused_json(c: &session::Counters) -> serde_json::Value {
+    let mut by = serde_json::Map::new();
+    for (i, (_, name, _)) in session::REFUSALS.iter().enumerate() {
+        by.insert((*name).into(), c.refused[i].into());
+    }
+    by.insert("other".into(), c.refused[session::REFUSALS.len()].into());
+    serde_json::Value::Object(by)
+}
+
+/// `container_logd_mqtt_refused_total{reason="…"}`, one series per reason.
+fn write_refused_metrics(out: &mut String, c: &session::Counters) {
+    use std::fmt::Write as _;
+    let name = "container_logd_mqtt_refused_total";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Messages the broker refused for good (MQTT 5 reason code 0x80 or more), \
+         by reason; also counted in dropped_total.\n# TYPE {name} counter"
+    );
+    let reasons = session::REFUSALS.iter().map(|r| r.2).chain(["other"]);
+    for (reason, n) in reasons.zip(c.refused) {
+        let _ = writeln!(out, "{name}{{reason=\"{reason}\"}} {n}");
     }
 }
 

@@ -16,6 +16,15 @@
 //! most once more per such drop; nothing is dropped; a PUBREL answers only a PUBREC, and no
 //! second ping goes out before the first is answered.
 //!
+//! MQTT 5 is in the schedules too: some worlds speak it, with brokers that grant a small
+//! receive maximum (never more unacknowledged publishes than it), topic aliases (no publish
+//! carries an alias its connection has not set: aliases are forgotten at every reconnect) and a
+//! small maximum packet size (batches split). Their broker may refuse a topic for good (0x87,
+//! not authorized: never delivered, counted once per message, the cursor passes it) and refuse
+//! publishes for now (0x97, quota exceeded: sent again, delivered in the end; a message sent
+//! again may arrive after newer ones that were already in flight behind it, so the order check
+//! leaves those out).
+//!
 //! `MODEL_SEED=n` runs one schedule; `MODEL_SCHEDULES=n` runs more.
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -25,9 +34,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::session::{Ack, Action, Granted, Publish, Session};
+use super::session::{Ack, Action, Granted, Publish, Session, REFUSALS};
 use super::spool::{self, Spool};
-use crate::config::{Config, MqttConfig};
+use super::wire::Alias;
+use crate::config::{Config, MqttConfig, MqttVersion};
 use crate::message::{Draft, LabelValue, Level, LogMessage, Origin, Position, SourceKind};
 
 const SCHEDULES: u64 = 2000;
@@ -75,6 +85,9 @@ struct Handed {
     msgs: Vec<usize>,
     pkid: u16,
     acked: bool,
+    /// Refused for now: it keeps its place, with no packet id, until the session sends it
+    /// again.
+    waiting: bool,
 }
 
 /// The connection as the broker sees it.
@@ -98,12 +111,13 @@ struct World {
     link: Link,
     /// Broker stops acknowledging while set.
     stalled: bool,
-    /// Publishes taken from the session, not yet written.
-    queue: VecDeque<Publish>,
+    /// Publishes taken from the session, not yet written, with their messages.
+    queue: VecDeque<(Publish, Vec<usize>)>,
     /// Written to the socket, not yet read by the broker: (pkid, messages).
     socket: VecDeque<(u16, Vec<usize>)>,
-    /// Received by the broker, acknowledgement (PUBACK, or PUBREC at QoS 2) not yet sent: pkids.
-    unacked: Vec<u16>,
+    /// Received by the broker, acknowledgement (PUBACK, or PUBREC at QoS 2) not yet sent: pkids
+    /// and the reason codes they get.
+    unacked: Vec<(u16, u8)>,
     /// QoS 2: PUBREC sent, PUBREL not yet received.
     recd: HashSet<u16>,
     /// PUBRELs written, not yet read by the broker.
@@ -124,6 +138,19 @@ struct World {
     /// What the spool files held when last read, and when that was (restarts, spooled, bytes).
     spooled: ((u64, u64, u64), SpoolView),
     seen: Coverage,
+    /// MQTT 5: the topic the broker refuses for good, if any; whether it refuses for now at
+    /// random.
+    denied: Option<usize>,
+    flaky: bool,
+    /// What the current connection granted: its receive maximum and topic alias maximum.
+    receive_max: u16,
+    alias_max: u16,
+    /// The aliases publishes set on the current connection: alias → topic.
+    aliases: HashMap<u16, String>,
+    /// Messages whose publish was refused for now (sent again: exempt from the order check).
+    retried: HashSet<usize>,
+    /// What sessions before the last restart counted: refused (not authorized), dropped.
+    refused_before: (u64, u64),
 }
 
 /// How often the interesting paths were taken, over all schedules: a guard against a
@@ -137,6 +164,11 @@ struct Coverage {
     repeats: u64,
     pings: u64,
     pubrels: u64,
+    /// MQTT 5: publishes refused for good, and for now.
+    denied: u64,
+    retried: u64,
+    aliases_set: u64,
+    aliases_used: u64,
 }
 
 macro_rules! check {
@@ -162,6 +194,10 @@ fn config(rng: &mut Rng) -> MqttConfig {
     cfg.batch_interval = Duration::from_millis(50 + rng.below(1500));
     cfg.spool_max_bytes = 64 << 20;
     cfg.keepalive = Duration::from_secs(5 + rng.below(26));
+    if rng.chance(50) {
+        cfg.version = MqttVersion::V5;
+        cfg.message_expiry = rng.chance(50).then_some(60);
+    }
     cfg
 }
 
@@ -225,7 +261,26 @@ impl World {
             restarts: 0,
             spooled: ((u64::MAX, 0, 0), SpoolView::default()),
             seen: Coverage::default(),
-        })
+            denied: None,
+            flaky: false,
+            receive_max: u16::MAX,
+            alias_max: 0,
+            aliases: HashMap::new(),
+            retried: HashSet::new(),
+            refused_before: (0, 0),
+        }
+        .with_broker())
+    }
+
+    /// An MQTT 5 world's broker may refuse one topic for good, and publishes for now.
+    fn with_broker(mut self) -> World {
+        if self.cfg.version == MqttVersion::V5 {
+            if self.rng.chance(30) {
+                self.denied = Some(self.rng.below(2 * CONTAINERS as u64) as usize);
+            }
+            self.flaky = self.rng.chance(30);
+        }
+        self
     }
 
     fn note(&mut self, what: impl FnOnce() -> String) {
@@ -327,21 +382,73 @@ impl World {
     /// The adapter takes a publish to write on the current connection.
     fn hand(&mut self, p: Publish) -> Result<(), String> {
         check!(
-            !self.handed.iter().any(|h| h.pkid == p.pkid),
+            !self.handed.iter().any(|h| h.pkid == p.pkid && !h.acked),
             "packet id {} handed out while in flight",
             p.pkid
         );
+        let owed = self
+            .handed
+            .iter()
+            .filter(|h| !h.acked && !h.waiting)
+            .count();
+        check!(
+            owed < usize::from(self.receive_max),
+            "{} publishes unacknowledged, over the receive maximum {}",
+            owed + 1,
+            self.receive_max
+        );
+        self.check_v5(&p)?;
         let msgs = if &*p.topic == STATUS {
             Vec::new()
         } else {
             message_indices(&p.payload)
         };
-        self.handed.push_back(Handed {
-            msgs,
-            pkid: p.pkid,
-            acked: false,
-        });
-        self.queue.push_back(p);
+        if let Some(h) = self.handed.iter_mut().find(|h| h.waiting && h.msgs == msgs) {
+            // Sent again after a refusal for now, in its place.
+            h.waiting = false;
+            h.pkid = p.pkid;
+        } else {
+            self.handed.push_back(Handed {
+                msgs: msgs.clone(),
+                pkid: p.pkid,
+                acked: false,
+                waiting: false,
+            });
+        }
+        self.queue.push_back((p, msgs));
+        Ok(())
+    }
+
+    /// MQTT 5: properties on every publish; an alias only as the connection allows, and used
+    /// only once set on this connection, for the topic it was set for.
+    fn check_v5(&mut self, p: &Publish) -> Result<(), String> {
+        let v5 = self.cfg.version == MqttVersion::V5;
+        check!(
+            p.props.is_some() == v5,
+            "properties at v5 only: {:?}",
+            p.props
+        );
+        match p.alias {
+            Alias::None => {}
+            Alias::Set(id) => {
+                check!(
+                    id >= 1 && id <= self.alias_max,
+                    "alias {id} set, the connection allows {}",
+                    self.alias_max
+                );
+                self.seen.aliases_set += 1;
+                self.aliases.insert(id, p.topic.to_string());
+            }
+            Alias::Use(id) => {
+                check!(
+                    self.aliases.get(&id).map(String::as_str) == Some(&*p.topic),
+                    "alias {id} used for {} on a connection where it is {:?}",
+                    p.topic,
+                    self.aliases.get(&id)
+                );
+                self.seen.aliases_used += 1;
+            }
+        }
         Ok(())
     }
 
@@ -401,6 +508,9 @@ impl World {
         self.pump()?;
         self.drop_link(true);
         self.restarts += 1;
+        let c = self.session.counters();
+        self.refused_before.0 += c.refused[not_authorized()];
+        self.refused_before.1 += c.dropped;
         self.session = open_session(&self.cfg, &self.dir, self.now, self.mem_msgs, self.window)?;
         Ok(())
     }
@@ -422,15 +532,9 @@ impl World {
     }
 
     fn write(&mut self) {
-        let Some(p) = self.queue.pop_front() else {
+        let Some((p, msgs)) = self.queue.pop_front() else {
             return;
         };
-        let msgs = self
-            .handed
-            .iter()
-            .find(|h| h.pkid == p.pkid)
-            .map(|h| h.msgs.clone())
-            .unwrap_or_default();
         self.socket.push_back((p.pkid, msgs));
     }
 
@@ -452,6 +556,19 @@ impl World {
         let Some((pkid, msgs)) = self.socket.pop_front() else {
             return;
         };
+        // MQTT 5: a topic refused for good, or a publish refused for now; neither is delivered.
+        let code = match msgs.first() {
+            Some(&i) if Some(self.msgs[i].topic) == self.denied => 0x87,
+            Some(_) if self.flaky && self.rng.chance(10) => 0x97,
+            _ => 0,
+        };
+        self.unacked.push((pkid, code));
+        if code != 0 {
+            if code == 0x97 {
+                self.retried.extend(msgs.iter().copied());
+            }
+            return;
+        }
         for i in msgs {
             self.msgs[i].deliveries += 1;
             if self.msgs[i].deliveries > 1 {
@@ -460,13 +577,12 @@ impl World {
             if self.msgs[i].deliveries == 1 {
                 let t = self.msgs[i].topic;
                 let last = self.topic_last.entry(t).or_insert(0);
-                if i < *last {
+                if i < *last && !self.retried.contains(&i) {
                     self.log.push(format!("ORDER m{i} after m{last}"));
                 }
                 *last = (*last).max(i);
             }
         }
-        self.unacked.push(pkid);
     }
 
     fn ack(&mut self) {
@@ -477,12 +593,16 @@ impl World {
         // Out of order: any of the received ones.
         let k = self.rng.below(waiting as u64) as usize;
         let pkid = if k < self.unacked.len() {
-            let pkid = self.unacked.swap_remove(k);
+            let (pkid, code) = self.unacked.swap_remove(k);
+            if code != 0 {
+                self.refuse(pkid, code);
+                return;
+            }
             if self.cfg.qos == 2
                 && self
                     .handed
                     .iter()
-                    .any(|h| h.pkid == pkid && !h.msgs.is_empty())
+                    .any(|h| h.pkid == pkid && !h.acked && !h.msgs.is_empty())
             {
                 // QoS 2: PUBREC now, PUBCOMP once the PUBREL came.
                 self.recd.insert(pkid);
@@ -505,6 +625,32 @@ impl World {
         self.session.acked(pkid, Ack::Ok, self.now);
     }
 
+    /// The broker answers a publish with a failure (a PUBACK, or at QoS 2 a PUBREC): for good,
+    /// its messages are settled undelivered; for now, the session sends it again.
+    fn refuse(&mut self, pkid: u16, code: u8) {
+        if let Some(h) = self.handed.iter_mut().find(|h| h.pkid == pkid && !h.acked) {
+            if code == 0x87 {
+                h.acked = true;
+                for &i in &h.msgs {
+                    self.msgs[i].acked = true;
+                }
+            } else {
+                h.waiting = true;
+                h.pkid = 0;
+            }
+        }
+        while self.handed.front().is_some_and(|h| h.acked) {
+            self.handed.pop_front();
+        }
+        if code == 0x87 {
+            self.seen.denied += 1;
+        } else {
+            self.seen.retried += 1;
+        }
+        self.note(|| format!("publish {pkid} refused: 0x{code:02x}"));
+        self.session.acked(pkid, Ack::of(code), self.now);
+    }
+
     /// The connection ends. Everything handed out and not settled (from the first publish not
     /// acknowledged on) was in flight: each of its messages may arrive once more.
     fn drop_link(&mut self, quiet: bool) {
@@ -521,6 +667,7 @@ impl World {
         self.rels.clear();
         self.released.clear();
         self.pings = 0;
+        self.aliases.clear();
         if self.link == Link::Up && !quiet {
             self.session.disconnected("dropped".into(), self.now);
         }
@@ -536,14 +683,37 @@ impl World {
             self.session.disconnected("refused".into(), self.now);
             return;
         }
-        let session_present = self.rng.chance(30);
-        let mut granted = Granted::v311(session_present);
+        let granted = self.grant();
+        self.note(|| format!("connected: {granted:?}"));
+        self.up(granted);
+    }
+
+    /// What the broker grants a new connection: at MQTT 5 maybe a receive maximum below our
+    /// window, topic aliases, a maximum packet size that splits batches (each message still
+    /// fits whole).
+    fn grant(&mut self) -> Granted {
+        let mut granted = Granted::v311(self.rng.chance(30));
+        if self.cfg.version != MqttVersion::V5 {
+            return granted;
+        }
         if self.rng.chance(30) {
-            // A v5 broker's receive maximum, below our window.
             granted.receive_max = 1 + self.rng.below(4) as u16;
         }
-        self.note(|| format!("connected: {granted:?}"));
+        if self.rng.chance(60) {
+            granted.topic_alias_max = self.rng.below(4) as u16;
+        }
+        if self.rng.chance(20) {
+            granted.max_packet = 1200 + self.rng.below(1500) as usize;
+        }
+        granted
+    }
+
+    /// The connection is up with what `granted` says.
+    fn up(&mut self, granted: Granted) {
         self.link = Link::Up;
+        self.receive_max = granted.receive_max;
+        self.alias_max = granted.topic_alias_max;
+        self.aliases.clear();
         self.session.connected(granted, self.now);
     }
 
@@ -572,8 +742,8 @@ impl World {
         self.stalled = false;
         for round in 0..20_000 {
             if self.link != Link::Up {
-                self.link = Link::Up;
-                self.session.connected(Granted::v311(false), self.now);
+                let granted = self.grant();
+                self.up(granted);
             }
             self.now += Duration::from_millis(100);
             self.session.tick(self.now);
@@ -591,7 +761,9 @@ impl World {
                 self.pong();
                 self.pump()?;
             }
-            if self.msgs.iter().all(|m| m.deliveries > 0) && round > 30 {
+            let denied = self.denied;
+            let done = |m: &Msg| m.deliveries > 0 || (Some(m.topic) == denied && m.acked);
+            if self.msgs.iter().all(done) && round > 30 {
                 return Ok(());
             }
         }
@@ -602,7 +774,13 @@ impl World {
         if let Some(o) = self.log.iter().find(|l| l.starts_with("ORDER")) {
             return Err(format!("first deliveries out of order: {o}"));
         }
+        let mut denied = 0;
         for (i, m) in self.msgs.iter().enumerate() {
+            if Some(m.topic) == self.denied {
+                check!(m.deliveries == 0, "m{i} of a denied topic delivered");
+                denied += 1;
+                continue;
+            }
             check!(m.deliveries > 0, "m{i} never delivered");
             check!(
                 m.deliveries <= 1 + m.allowed_dups,
@@ -624,9 +802,27 @@ impl World {
                 self.cursors.get(&c)
             );
         }
-        check!(self.session.counters().dropped == 0, "messages dropped");
+        let c = self.session.counters();
+        let refused = self.refused_before.0 + c.refused[not_authorized()];
+        check!(
+            refused == denied,
+            "{refused} counted refused, {denied} of the denied topic"
+        );
+        let dropped = self.refused_before.1 + c.dropped;
+        check!(
+            dropped == denied,
+            "{dropped} messages dropped, {denied} refused"
+        );
         Ok(())
     }
+}
+
+/// The place of "not authorized" in the refusal counters.
+fn not_authorized() -> usize {
+    REFUSALS
+        .iter()
+        .position(|r| r.0 == 0x87)
+        .unwrap_or(REFUSALS.len())
 }
 
 fn open_session(
@@ -637,7 +833,7 @@ fn open_session(
     window: usize,
 ) -> Result<Session, String> {
     let spool = Spool::open(dir, cfg.spool_max_bytes).map_err(|e| format!("spool: {e}"))?;
-    let mut s = Session::new(cfg, spool, "online".into(), "offline".into(), now);
+    let mut s = Session::new(cfg, spool, "host", "online".into(), "offline".into(), now);
     s.set_bounds(mem_msgs, window);
     Ok(s)
 }
@@ -740,6 +936,10 @@ fn seeded_schedules_deliver_everything_in_order() {
                 total.repeats += c.repeats;
                 total.pings += c.pings;
                 total.pubrels += c.pubrels;
+                total.denied += c.denied;
+                total.retried += c.retried;
+                total.aliases_set += c.aliases_set;
+                total.aliases_used += c.aliases_used;
             }
             Err(e) => panic!("model schedule failed: rerun with MODEL_SEED={seed}\n{e}"),
         }
@@ -754,7 +954,11 @@ fn seeded_schedules_deliver_everything_in_order() {
                 && t.refused > 0
                 && t.repeats > 0
                 && t.pings > 0
-                && t.pubrels > 0,
+                && t.pubrels > 0
+                && t.denied > 0
+                && t.retried > 0
+                && t.aliases_set > 0
+                && t.aliases_used > 0,
             "the schedules no longer reach every path: {t:?}"
         );
     }

@@ -27,9 +27,18 @@
 //! Keep-alive is the session's too (MQTT 3.1.1 §3.1.2.10): when nothing was handed out for
 //! three quarters of the keep-alive, it asks for a PINGREQ ([`Action::Ping`]); a PINGRESP that
 //! has not come one keep-alive later means the connection is dead ([`Action::Reconnect`]).
+//!
+//! At MQTT 5 (docs/CONTRACT.md §9) the session also obeys what the CONNACK [`Granted`]: the
+//! receive maximum bounds the window, the maximum packet size splits batches and cuts messages
+//! ([`Session::fit`]), the server keep-alive replaces ours, the maximum QoS and retain cap ours.
+//! It reads the reason code of each answer ([`Ack`]): a refusal for now is sent again, first,
+//! after a back-off; a refusal for good settles its messages undelivered, in their place (so the
+//! cursor and the spool move in order), counted by reason and said once per reason and topic.
+//! Each publish carries its topic's properties and alias, from [`Topics`] (`v5.rs`), whose
+//! aliases start afresh at every CONNACK. None of it is touched at 3.1.1.
 
 use std::borrow::Cow;
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -38,7 +47,9 @@ use rumqttc::QoS;
 use super::spool::{Dropped, Spool};
 use super::topic;
 use super::tracker::{Seq, Tracker};
-use crate::config::MqttConfig;
+use super::v5::{Topics, Who};
+use super::wire::{self, Alias, Props};
+use crate::config::{MqttConfig, MqttVersion};
 use crate::message::{Level, LogMessage, Origin, Position, SourceKind};
 
 /// Messages kept in memory (retry, memory queue, open batches) before the spool takes over.
@@ -74,9 +85,17 @@ const ACK_STALL: Duration = Duration::from_secs(10);
 const GRACE: Duration = Duration::from_secs(3);
 /// How long after a dropped message [`Session::healthy`] says so.
 const DROP_UNHEALTHY: Duration = Duration::from_secs(60);
+/// The first wait before a publish the broker refused for now (MQTT 5: quota exceeded, server
+/// busy) is sent again; it doubles while refusals go on, up to [`RETRY_MAX`], well below
+/// [`ACK_STALL`].
+const RETRY_MIN: Duration = Duration::from_millis(250);
+const RETRY_MAX: Duration = Duration::from_secs(5);
+/// Reasons and topics remembered as said (a warning once per reason and topic); past it the
+/// set starts again.
+const MAX_WARNED: usize = 1024;
 
-/// What the broker granted in its CONNACK. MQTT 3.1.1 grants nothing ([`Granted::v311`]); the
-/// v5 properties have their place here.
+/// What the broker granted in its CONNACK. MQTT 3.1.1 grants nothing ([`Granted::v311`]); an
+/// MQTT 5 CONNACK may set each limit.
 #[derive(Debug, Clone, Copy)]
 pub struct Granted {
     /// The broker resumed a session. We ask for a clean one; either way the adapter's client is
@@ -84,10 +103,16 @@ pub struct Granted {
     pub session_present: bool,
     /// Publishes the broker takes unacknowledged at once (v5 receive maximum).
     pub receive_max: u16,
-    /// The largest packet the broker takes (v5 maximum packet size).
+    /// The largest packet the broker takes, whole (v5 maximum packet size).
     pub max_packet: usize,
     /// Topic aliases the broker allows (v5 topic alias maximum).
     pub topic_alias_max: u16,
+    /// The keep-alive the broker asks for instead of ours (v5 server keep alive); `None`: ours.
+    pub keep_alive: Option<Duration>,
+    /// The highest QoS the broker takes (v5 maximum QoS).
+    pub max_qos: u8,
+    /// Whether the broker takes retained messages (v5 retain available).
+    pub retain: bool,
 }
 
 impl Granted {
@@ -98,15 +123,68 @@ impl Granted {
             receive_max: u16::MAX,
             max_packet: MAX_PACKET,
             topic_alias_max: 0,
+            keep_alive: None,
+            max_qos: 2,
+            retain: true,
         }
     }
 }
 
-/// How the broker answered a publish. MQTT 3.1.1 knows success only (PUBACK, PUBCOMP); v5
-/// reason codes belong here.
+/// How the broker answered a publish (PUBACK, or at QoS 2 a PUBREC that failed, or PUBCOMP).
+/// MQTT 3.1.1 knows success only; an MQTT 5 reason code of 0x80 or more is a failure, which is
+/// passing or final ([`Ack::of`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ack {
+    /// Delivered (reason codes below 0x80: success, no matching subscribers).
     Ok,
+    /// Not taken now, for a reason that passes (the code): sent again, in order, after a
+    /// back-off.
+    Retry(u8),
+    /// Refused for good (the code): dropped, counted by reason, said once per reason and topic.
+    Refused(u8),
+}
+
+impl Ack {
+    /// What an MQTT 5 reason code means for the message. Passing: quota exceeded (0x97), server
+    /// busy (0x89) and packet identifier in use (0x91, a matter of the id, not of the message).
+    /// Everything else of 0x80 and above is final, implementation specific error (0x83) and
+    /// unspecified error (0x80) included: a broker that gives no reason it would not give
+    /// again must not hold every later message back for ever.
+    pub fn of(code: u8) -> Ack {
+        match code {
+            0..=0x7f => Ack::Ok,
+            0x89 | 0x91 | 0x97 => Ack::Retry(code),
+            _ => Ack::Refused(code),
+        }
+    }
+}
+
+/// The final refusals counted apart, by MQTT 5 reason code and name in health and metrics; any
+/// other code is counted as `other`.
+pub const REFUSALS: [(u8, &str, &str); 6] = [
+    (0x80, "unspecifiedError", "unspecified_error"),
+    (
+        0x83,
+        "implementationSpecificError",
+        "implementation_specific_error",
+    ),
+    (0x87, "notAuthorized", "not_authorized"),
+    (0x90, "topicNameInvalid", "topic_name_invalid"),
+    (0x95, "packetTooLarge", "packet_too_large"),
+    (0x99, "payloadFormatInvalid", "payload_format_invalid"),
+];
+
+/// MQTT 5 reason codes the session gives itself: a message that cannot fit the broker's
+/// maximum packet size even cut, and one whose topic cannot be a topic name.
+const PACKET_TOO_LARGE: u8 = 0x95;
+const TOPIC_NAME_INVALID: u8 = 0x90;
+
+/// The place of a refusal's code in [`Counters::refused`].
+fn refusal_slot(code: u8) -> usize {
+    REFUSALS
+        .iter()
+        .position(|r| r.0 == code)
+        .unwrap_or(REFUSALS.len())
 }
 
 /// Names one publish request, to give it back with [`Session::refused`].
@@ -124,6 +202,10 @@ pub struct Publish {
     pub payload: Vec<u8>,
     pub qos: QoS,
     pub retain: bool,
+    /// MQTT 5: the properties of its topic (`None` at 3.1.1).
+    pub props: Option<Arc<Props>>,
+    /// MQTT 5: its topic alias on this connection.
+    pub alias: Alias,
 }
 
 /// What the session asks of its adapter.
@@ -156,6 +238,9 @@ pub struct Counters {
     /// The agent's own messages dropped.
     pub dropped_agent: u64,
     pub reconnects: u64,
+    /// Messages the broker refused for good (MQTT 5), by [`REFUSALS`], then any other reason;
+    /// also counted in `dropped`.
+    pub refused: [u64; REFUSALS.len() + 1],
 }
 
 /// A message body: a message, rendered when it is sent or spooled, or JSON text (read back
@@ -222,8 +307,15 @@ struct Sent {
     pkid: u16,
     qos: QoS,
     /// PUBACK or PUBCOMP came; at QoS 0, set when handed out (settled at the next poll, unless
-    /// refused before).
+    /// refused before); or the broker refused it for good (`refused`).
     acked: bool,
+    /// The broker refused it for good with this reason code (MQTT 5); set with `acked`.
+    refused: Option<u8>,
+    /// The broker refused it for now (MQTT 5): it waits here, its packet id free, to be sent
+    /// again.
+    resend: bool,
+    /// It set its topic's alias on this connection (MQTT 5).
+    sets_alias: bool,
 }
 
 /// What the configuration decides.
@@ -238,6 +330,26 @@ struct Settings {
     online: String,
     offline: String,
     keep_alive: Duration,
+    /// MQTT 5: publishes carry properties (and aliases, when the broker allows them).
+    v5: bool,
+}
+
+impl Settings {
+    fn new(cfg: &MqttConfig, online: String, offline: String) -> Settings {
+        Settings {
+            base_topic: cfg.base_topic.clone(),
+            qos: qos(cfg.qos),
+            retain: cfg.retain,
+            batch: cfg.batch,
+            batch_max: cfg.batch_max.max(1),
+            batch_interval: cfg.batch_interval,
+            status_topic: Arc::from(cfg.status_topic.as_str()),
+            online,
+            offline,
+            keep_alive: cfg.keepalive.max(Duration::from_secs(1)),
+            v5: cfg.version == MqttVersion::V5,
+        }
+    }
 }
 
 /// Sizes of the memory queue and the in-flight window; small in tests, to reach the spool and
@@ -248,6 +360,16 @@ struct Bounds {
     mem_bytes: usize,
     window_units: usize,
     window_bytes: usize,
+}
+
+impl Bounds {
+    /// The agent's.
+    const FULL: Bounds = Bounds {
+        mem_msgs: MEM_MAX_MSGS,
+        mem_bytes: MEM_MAX_BYTES,
+        window_units: MAX_INFLIGHT_UNITS,
+        window_bytes: MAX_INFLIGHT_BYTES,
+    };
 }
 
 /// See the module documentation.
@@ -281,6 +403,16 @@ pub struct Session {
     /// Actions not yet polled (progress reports are made when polled).
     out: VecDeque<Action>,
     next_token: u64,
+    /// MQTT 5: each topic's properties and alias.
+    topics: Topics,
+    /// The properties of the status (MQTT 5).
+    status_props: Arc<Props>,
+    /// Publishes in flight that wait to be sent again ([`Sent::resend`]), and when.
+    resending: usize,
+    retry_at: Instant,
+    retry_wait: Duration,
+    /// Reasons and topics of final refusals already said.
+    warned: HashSet<(u8, String)>,
 
     /// What the broker granted; `Some` while connected.
     granted: Option<Granted>,
@@ -310,30 +442,15 @@ impl Session {
     pub fn new(
         cfg: &MqttConfig,
         mut spool: Spool,
+        host: &str,
         online: String,
         offline: String,
         now: Instant,
     ) -> Session {
         spool.set_agent_prefix(format!("{}/manager/", cfg.base_topic));
         Session {
-            set: Settings {
-                base_topic: cfg.base_topic.clone(),
-                qos: qos(cfg.qos),
-                retain: cfg.retain,
-                batch: cfg.batch,
-                batch_max: cfg.batch_max.max(1),
-                batch_interval: cfg.batch_interval,
-                status_topic: Arc::from(cfg.status_topic.as_str()),
-                online,
-                offline,
-                keep_alive: cfg.keepalive.max(Duration::from_secs(1)),
-            },
-            bounds: Bounds {
-                mem_msgs: MEM_MAX_MSGS,
-                mem_bytes: MEM_MAX_BYTES,
-                window_units: MAX_INFLIGHT_UNITS,
-                window_bytes: MAX_INFLIGHT_BYTES,
-            },
+            set: Settings::new(cfg, online, offline),
+            bounds: Bounds::FULL,
             retry: VecDeque::new(),
             replay: VecDeque::new(),
             memory: VecDeque::new(),
@@ -352,6 +469,12 @@ impl Session {
             spare_bytes: 0,
             out: VecDeque::new(),
             next_token: 0,
+            topics: Topics::new(host, cfg.message_expiry),
+            status_props: Arc::new(super::v5::status_props(host)),
+            resending: 0,
+            retry_at: now,
+            retry_wait: RETRY_MIN,
+            warned: HashSet::new(),
             granted: None,
             ever_connected: false,
             stopping: false,
@@ -420,18 +543,16 @@ impl Session {
         !self.overflowing() || self.may_spool(now)
     }
 
-    /// When [`Session::tick`] has something to do next: an open batch is due, or a ping.
+    /// When [`Session::tick`] has something to do next: an open batch is due, a ping, or a
+    /// publish the broker refused for now is to be sent again.
     pub fn next_deadline(&self) -> Option<Instant> {
         let batch = self
             .open
             .iter()
             .map(|o| o.since + self.set.batch_interval)
             .min();
-        let ping = self.ping_due();
-        match (batch, ping) {
-            (Some(b), Some(p)) => Some(b.min(p)),
-            (b, p) => b.or(p),
-        }
+        let retry = (self.resending > 0).then_some(self.retry_at);
+        [batch, self.ping_due(), retry].into_iter().flatten().min()
     }
 
     /// When the next PINGREQ is due, while connected and none is unanswered.
@@ -439,7 +560,16 @@ impl Session {
         if self.granted.is_none() || self.ping_sent.is_some() {
             return None;
         }
-        Some(self.last_write + self.set.keep_alive * 3 / 4)
+        Some(self.last_write + self.keep_alive() * 3 / 4)
+    }
+
+    /// The keep-alive in force: the broker's (MQTT 5 server keep alive) or ours. A server keep
+    /// alive of 0 (the broker needs no pings) keeps ours: pings are how a dead link is noticed.
+    fn keep_alive(&self) -> Duration {
+        match self.granted.and_then(|g| g.keep_alive) {
+            Some(k) if !k.is_zero() => k,
+            _ => self.set.keep_alive,
+        }
     }
 
     /// True when nothing of memory is left to send (the spool may still hold messages).
@@ -456,7 +586,10 @@ impl Session {
 
     /// Whether memory overflow may go to the spool now rather than slow the input down.
     fn may_spool(&self, now: Instant) -> bool {
-        self.granted.is_none() || self.spool.has_unacked() || self.ack_stalled(now, STALL)
+        self.granted.is_none()
+            || self.spool.has_unacked()
+            || self.resending > 0
+            || self.ack_stalled(now, STALL)
     }
 
     /// Connected, publishes in flight, and no acknowledgement for `limit`: the link is stuck.
@@ -592,12 +725,12 @@ impl Session {
             );
         } else if self
             .ping_sent
-            .is_some_and(|t| now.saturating_duration_since(t) >= self.set.keep_alive)
+            .is_some_and(|t| now.saturating_duration_since(t) >= self.keep_alive())
         {
             self.give_up(
                 format!(
                     "no answer to a ping for {} s; reconnecting",
-                    self.set.keep_alive.as_secs()
+                    self.keep_alive().as_secs()
                 ),
                 now,
             );
@@ -628,12 +761,17 @@ impl Session {
         }
         log::debug!(
             "mqtt broker grants: session present {}, receive maximum {}, maximum packet {}, \
-             topic aliases {}",
+             topic aliases {}, keep-alive {:?}, maximum QoS {}, retain {}",
             granted.session_present,
             granted.receive_max,
             granted.max_packet,
-            granted.topic_alias_max
+            granted.topic_alias_max,
+            granted.keep_alive,
+            granted.max_qos,
+            granted.retain
         );
+        self.topics.connected(granted.topic_alias_max);
+        self.retry_wait = RETRY_MIN;
         self.ever_connected = true;
         self.granted = Some(granted);
         self.status_due = true;
@@ -646,19 +784,44 @@ impl Session {
         self.ping_sent = None;
     }
 
-    /// Event: the broker answered packet `pkid` (PUBACK for QoS 1, PUBCOMP for QoS 2).
+    /// Event: the broker answered packet `pkid` (PUBACK for QoS 1, PUBCOMP for QoS 2, or a
+    /// PUBREC with a failure for QoS 2).
     pub fn acked(&mut self, pkid: u16, ack: Ack, now: Instant) {
         self.now = now;
         self.held = false;
+        let Some(s) = self.inflight_mut(pkid) else {
+            return;
+        };
         match ack {
-            Ack::Ok => {
-                if let Some(s) = self.inflight_mut(pkid) {
-                    s.acked = true;
-                    self.last_ack = now;
-                    self.settle();
-                }
+            Ack::Ok => s.acked = true,
+            Ack::Refused(code) => {
+                s.acked = true;
+                s.refused = Some(code);
+            }
+            Ack::Retry(code) => {
+                s.resend = true;
+                s.pkid = 0;
+                self.free_pkid(pkid);
+                self.resending += 1;
+                self.retry_at = now + self.retry_wait;
+                log::debug!(
+                    "mqtt: the broker refused a publish for now ({}); sending it again in {:?}",
+                    wire::reason_name(code),
+                    self.retry_wait
+                );
+                self.retry_wait = (self.retry_wait * 2).min(RETRY_MAX);
+                self.last_error = format!(
+                    "the broker refuses publishes for now: {}",
+                    wire::reason_name(code)
+                );
             }
         }
+        // The broker answered: the link is alive.
+        self.last_ack = now;
+        if ack == Ack::Ok {
+            self.retry_wait = RETRY_MIN;
+        }
+        self.settle();
     }
 
     /// Event: the broker received QoS 2 publish `pkid` (PUBREC); its PUBREL is due.
@@ -700,6 +863,22 @@ impl Session {
         let Some(i) = self.inflight.iter().rposition(|s| s.token == token) else {
             return;
         };
+        let s = &mut self.inflight[i];
+        if s.sets_alias {
+            s.sets_alias = false;
+            if let Some(u) = &s.unit {
+                self.topics.unwritten(&u.topic);
+            }
+        }
+        if i + 1 < self.inflight.len() {
+            // A publish sent again (after a refusal for now) with newer ones in flight behind
+            // it: it waits in its place to be sent again.
+            let pkid = std::mem::take(&mut self.inflight[i].pkid);
+            self.inflight[i].resend = true;
+            self.free_pkid(pkid);
+            self.resending += 1;
+            return;
+        }
         let Some(s) = self.inflight.remove(i) else {
             return;
         };
@@ -730,6 +909,7 @@ impl Session {
         self.granted = None;
         self.ping_sent = None;
         self.last_error = reason;
+        self.resending = 0;
         let back = self.take_back_inflight();
         for u in back.into_iter().rev() {
             self.retry.push_front(u);
@@ -757,14 +937,21 @@ impl Session {
             log::warn!("cannot save the mqtt spool cursor: {e}");
         }
         self.granted?;
+        let (qos, retain) = self.flags(true);
         // Whatever was in flight went to the spool: every id is free.
         Some(Publish {
             token: self.token(),
-            pkid: self.next_pkid(),
+            pkid: if qos == QoS::AtMostOnce {
+                0
+            } else {
+                self.next_pkid()
+            },
             topic: self.set.status_topic.clone(),
             payload: self.set.offline.clone().into_bytes(),
-            qos: QoS::AtLeastOnce,
-            retain: true,
+            qos,
+            retain,
+            props: self.set.v5.then(|| self.status_props.clone()),
+            alias: Alias::None,
         })
     }
 }
@@ -825,6 +1012,14 @@ impl Session {
     }
 
     fn next_publish(&mut self) -> Option<Publish> {
+        if self.resending > 0 {
+            // Refused for now: sent again, oldest first, before anything newer.
+            return if self.now >= self.retry_at {
+                self.rehand()
+            } else {
+                None
+            };
+        }
         if self.status_due && self.window_open() {
             self.status_due = false;
             let payload = self.set.online.clone().into_bytes();
@@ -834,7 +1029,13 @@ impl Session {
             if !self.window_open() {
                 return None;
             }
-            let unit = self.next_unit()?;
+            let mut unit = self.next_unit()?;
+            if self.granted.is_some_and(|g| g.max_packet < MAX_PACKET) {
+                let Some(fitted) = self.fit(unit) else {
+                    continue;
+                };
+                unit = fitted;
+            }
             let Some((topic, payload)) = self.render(&unit) else {
                 // Only a base topic with a wildcard gets here; config validation should stop it.
                 let mut d = Dropped::default();
@@ -877,6 +1078,83 @@ impl Session {
         self.waiting_msgs -= u.parts.len();
         self.waiting_bytes -= u.bytes;
         Some(u)
+    }
+
+    /// Puts a unit taken by [`Session::next_unit`] back at the front of its queue.
+    fn put_back(&mut self, u: Unit) {
+        if u.from_spool {
+            self.replay.push_front(u);
+        } else {
+            self.waiting_msgs += u.parts.len();
+            self.waiting_bytes += u.bytes;
+            self.retry.push_front(u);
+        }
+    }
+
+    /// The payload bytes of a unit of `count` messages of `bytes` bytes (at most, for a batch).
+    fn payload_len(&self, count: usize, bytes: usize) -> usize {
+        if self.set.batch {
+            bytes + topic::batch_overhead(count)
+        } else {
+            bytes
+        }
+    }
+
+    /// Makes a unit fit the broker's maximum packet size (MQTT 5): a batch too big is split
+    /// (what does not fit goes back to the front of its queue), a single message too big is cut
+    /// and marked truncated; one that cannot fit even so is settled as refused, packet too
+    /// large (in its place in the window, so the spool and the cursor move in order).
+    fn fit(&mut self, mut unit: Unit) -> Option<Unit> {
+        let max = self.granted.map_or(MAX_PACKET, |g| g.max_packet);
+        // The topic in full, a packet id, the properties and an alias: the most a header takes.
+        let topic_len = unit.topic.len() + if self.set.batch { 6 } else { 0 };
+        let props = self.set.v5.then(|| self.status_props.clone());
+        let header = wire::publish_size(topic_len, 2, props.as_deref(), true, 0) + 256;
+        let limit = max.saturating_sub(header);
+        if self.payload_len(unit.parts.len(), unit.bytes) <= limit {
+            return Some(unit);
+        }
+        if unit.parts.len() > 1 {
+            let (mut n, mut bytes) = (0, 0);
+            while n < unit.parts.len() {
+                let b = bytes + unit.parts[n].json.len();
+                if n > 0 && self.payload_len(n + 1, b) > limit {
+                    break;
+                }
+                (n, bytes) = (n + 1, b);
+            }
+            let rest = Unit {
+                topic: unit.topic.clone(),
+                parts: unit.parts.split_off(n),
+                bytes: unit.bytes - bytes,
+                from_spool: unit.from_spool,
+            };
+            unit.bytes = bytes;
+            self.put_back(rest);
+            if n > 1 || self.payload_len(1, bytes) <= limit {
+                return Some(unit);
+            }
+        }
+        let room = limit.saturating_sub(self.payload_len(1, 0));
+        let text = cut(&unit.parts[0].json.text(), room);
+        if text.len() <= room {
+            unit.bytes = text.len();
+            unit.parts[0].json = Body::Text(text);
+            return Some(unit);
+        }
+        let token = self.token();
+        self.inflight.push_back(Sent {
+            token,
+            unit: Some(unit),
+            bytes: 0,
+            pkid: 0,
+            qos: QoS::AtMostOnce,
+            acked: true,
+            refused: Some(PACKET_TOO_LARGE),
+            resend: false,
+            sets_alias: false,
+        });
+        None
     }
 
     /// The topic and payload of a unit; `None` when its topic is not a valid topic name.
@@ -928,6 +1206,35 @@ impl Session {
         buf
     }
 
+    /// MQTT 5: the properties and alias of a publish of `unit` (the status when `None`).
+    #[inline]
+    fn meta(&mut self, unit: Option<&Unit>) -> (Option<Arc<Props>>, Alias) {
+        if !self.set.v5 {
+            return (None, Alias::None);
+        }
+        let Some(u) = unit else {
+            return (Some(self.status_props.clone()), Alias::None);
+        };
+        let (props, alias) = self.topics.publish(&u.topic, || who(u));
+        (Some(props), alias)
+    }
+
+    /// The QoS and retain flag of a publish (the status's when `status`), within what the
+    /// broker takes.
+    #[inline]
+    fn flags(&self, status: bool) -> (QoS, bool) {
+        let (q, retain) = if status {
+            (QoS::AtLeastOnce, true)
+        } else {
+            (self.set.qos, self.set.retain)
+        };
+        match self.granted {
+            Some(g) if q as u8 > g.max_qos => (qos(g.max_qos), retain && g.retain),
+            Some(g) => (q, retain && g.retain),
+            None => (q, retain),
+        }
+    }
+
     /// Puts a publish in flight and makes its request.
     fn hand_out(
         &mut self,
@@ -936,11 +1243,8 @@ impl Session {
         payload: Vec<u8>,
         status: bool,
     ) -> Publish {
-        let (qos, retain) = if status {
-            (QoS::AtLeastOnce, true)
-        } else {
-            (self.set.qos, self.set.retain)
-        };
+        let (qos, retain) = self.flags(status);
+        let (props, alias) = self.meta(unit.as_ref());
         if self.inflight.is_empty() {
             // No acknowledgement was owed until now, so the wait for one starts now (not at
             // the last one, maybe long ago).
@@ -959,6 +1263,9 @@ impl Session {
             pkid,
             qos,
             acked: qos0,
+            refused: None,
+            resend: false,
+            sets_alias: matches!(alias, Alias::Set(_)),
         });
         Publish {
             token,
@@ -967,7 +1274,63 @@ impl Session {
             payload,
             qos,
             retain,
+            props,
+            alias,
         }
+    }
+
+    /// Sends again the oldest publish the broker refused for now, in its place in the window,
+    /// under a new packet id.
+    fn rehand(&mut self) -> Option<Publish> {
+        let i = self.inflight.iter().position(|s| s.resend)?;
+        self.resending -= 1;
+        let unit = self.inflight[i].unit.take();
+        let status = unit.is_none();
+        let rendered = match &unit {
+            Some(u) => self.render(u),
+            None => Some((
+                self.set.status_topic.clone(),
+                self.set.online.clone().into_bytes(),
+            )),
+        };
+        let Some((topic, payload)) = rendered else {
+            // Not reached: it was rendered once. Settled as refused rather than kept for ever.
+            let s = &mut self.inflight[i];
+            s.unit = unit;
+            s.resend = false;
+            s.acked = true;
+            s.refused = Some(TOPIC_NAME_INVALID);
+            self.settle();
+            return None;
+        };
+        let (props, alias) = self.meta(unit.as_ref());
+        let (_, retain) = self.flags(status);
+        let qos = self.inflight[i].qos;
+        let pkid = if qos == QoS::AtMostOnce {
+            0
+        } else {
+            self.next_pkid()
+        };
+        let token = self.token();
+        let s = &mut self.inflight[i];
+        s.unit = unit;
+        s.resend = false;
+        s.pkid = pkid;
+        s.token = token;
+        s.sets_alias = matches!(alias, Alias::Set(_));
+        // The wait for its answer starts now.
+        self.last_write = self.now;
+        self.last_ack = self.now;
+        Some(Publish {
+            token,
+            pkid,
+            topic,
+            payload,
+            qos,
+            retain,
+            props,
+            alias,
+        })
     }
 
     /// Pops acknowledged publishes off the front of the window.
@@ -981,10 +1344,55 @@ impl Session {
             }
             self.free_pkid(s.pkid);
             self.inflight_bytes = self.inflight_bytes.saturating_sub(s.bytes);
-            if let Some(u) = s.unit {
-                self.counters.acknowledged += u.parts.len() as u64;
-                self.settle_unit(&u);
+            self.finish(s);
+        }
+    }
+
+    /// A publish answered for good: its messages are delivered, or refused and dropped.
+    #[inline]
+    fn finish(&mut self, s: Sent) {
+        let Some(u) = s.unit else {
+            if let Some(code) = s.refused {
+                let topic = self.set.status_topic.clone();
+                self.warn_refused(code, &topic);
             }
+            return;
+        };
+        match s.refused {
+            None => self.counters.acknowledged += u.parts.len() as u64,
+            Some(code) => self.count_refused(code, &u),
+        }
+        self.settle_unit(&u);
+    }
+
+    /// The broker refused a unit's messages for good: counted by reason and as dropped, and
+    /// said once per reason and topic.
+    fn count_refused(&mut self, code: u8, u: &Unit) {
+        self.counters.refused[refusal_slot(code)] += u.parts.len() as u64;
+        let mut d = Dropped::default();
+        for _ in &u.parts {
+            self.spool.count(&mut d, &u.topic);
+        }
+        self.count_dropped(d);
+        let topic = if self.set.batch {
+            topic::batch_topic(&u.topic)
+        } else {
+            u.topic.to_string()
+        };
+        self.warn_refused(code, &topic);
+    }
+
+    /// A `manager` warning, once per reason and topic.
+    fn warn_refused(&mut self, code: u8, topic: &str) {
+        if self.warned.len() >= MAX_WARNED {
+            self.warned.clear();
+        }
+        if self.warned.insert((code, topic.to_string())) {
+            log::warn!(
+                "mqtt: the broker refuses messages on {topic}: {} (reason code 0x{code:02x}); \
+                 they are dropped",
+                wire::reason_name(code)
+            );
         }
     }
 
@@ -1000,7 +1408,7 @@ impl Session {
         }
     }
 
-    /// Empties the in-flight window: acknowledged units are settled, units read from the spool
+    /// Empties the in-flight window: answered units are settled, units read from the spool
     /// are left to be read from it again (an out-of-order ack must not move its offset), and
     /// the rest come back, in order, counted as waiting again.
     fn take_back_inflight(&mut self) -> Vec<Unit> {
@@ -1008,21 +1416,56 @@ impl Session {
         let inflight: Vec<Sent> = self.inflight.drain(..).collect();
         self.pkid_busy.fill(0);
         for s in inflight {
+            match &s.unit {
+                None => continue,
+                Some(u) if u.from_spool => continue,
+                Some(_) if s.acked => {
+                    self.finish(s);
+                    continue;
+                }
+                Some(_) => {}
+            }
             let Some(u) = s.unit else { continue };
-            if u.from_spool {
-                continue;
-            }
-            if s.acked {
-                self.counters.acknowledged += u.parts.len() as u64;
-                self.settle_unit(&u);
-                continue;
-            }
             self.waiting_msgs += u.parts.len();
             self.waiting_bytes += u.bytes;
             back.push(u);
         }
         self.inflight_bytes = 0;
         back
+    }
+}
+
+/// Whom a unit's messages are about, for its topic's user properties: the first message's
+/// service, for a container topic (a message read back from the spool is asked its JSON).
+fn who(u: &Unit) -> Who {
+    let Some(p) = u.parts.first() else {
+        return Who::Agent;
+    };
+    match &p.json {
+        Body::Msg(m) if m.kind == SourceKind::Container => Who::Service {
+            app: m.origin.app_id.as_str().to_string(),
+            service: m.origin.service_name.clone(),
+        },
+        Body::Msg(_) => Who::Agent,
+        Body::Text(json) => who_in_json(json),
+    }
+}
+
+/// [`who`] for a message's JSON (docs/CONTRACT.md §4).
+fn who_in_json(json: &str) -> Who {
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(json) else {
+        return Who::Agent;
+    };
+    if v["source"]["type"] != "container" {
+        return Who::Agent;
+    }
+    let text = |x: &serde_json::Value| match x {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    Who::Service {
+        app: text(&v["appId"]),
+        service: text(&v["serviceName"]),
     }
 }
 
@@ -1228,12 +1671,12 @@ fn cut(json: &str, max: usize) -> String {
     }
 }
 
-/// The rumqttc QoS of a configured 0, 1 or 2.
+/// The rumqttc QoS of a configured 0, 1 or 2 (what the broker grants at most).
 fn qos(n: u8) -> QoS {
     match n {
         0 => QoS::AtMostOnce,
-        2 => QoS::ExactlyOnce,
-        _ => QoS::AtLeastOnce,
+        1 => QoS::AtLeastOnce,
+        _ => QoS::ExactlyOnce,
     }
 }
 
@@ -1284,7 +1727,7 @@ mod tests {
             Arc::from("host"),
         ));
         Fixture {
-            s: Session::new(&cfg, spool, "online".into(), "offline".into(), t0),
+            s: Session::new(&cfg, spool, "host", "online".into(), "offline".into(), t0),
             t0,
             dir,
             origin,
@@ -1366,7 +1809,20 @@ mod tests {
         fn connect(&mut self, ms: u64) {
             self.s.connected(Granted::v311(false), self.at(ms));
         }
+
+        /// Every publish until there is none, whole.
+        fn publish_actions(&mut self) -> Vec<Publish> {
+            self.actions()
+                .into_iter()
+                .filter_map(|a| match a {
+                    Action::Publish(p) => Some(p),
+                    _ => None,
+                })
+                .collect()
+        }
     }
+
+    const V5: (&str, &str) = ("MQTT_VERSION", "5");
 
     /// The texts of the messages in publishes, in order (the status shows as `status`).
     fn texts(publishes: &[(String, String)]) -> Vec<String> {
@@ -1642,6 +2098,222 @@ mod tests {
             Some(f.at(80_000)),
             "a new connection, a new count"
         );
+    }
+
+    #[test]
+    fn a_final_refusal_is_dropped_counted_and_passed_by_the_cursor() {
+        let mut f = fixture("refused", &[V5]);
+        f.connect(0);
+        let a = f.intake("a", 0);
+        let b = f.intake("b", 0);
+        assert_eq!(f.pkids(), [1, 2, 3], "the status, a and b");
+        f.s.acked(2, Ack::of(0x87), f.at(1));
+        assert!(progress(&f.actions()).is_empty(), "behind the status");
+        f.s.acked(1, Ack::Ok, f.at(1));
+        assert_eq!(progress(&f.actions()), [a], "settled, refused");
+        f.s.acked(3, Ack::of(0x10), f.at(2));
+        assert_eq!(
+            progress(&f.actions()),
+            [b],
+            "the cursor passes the refused a"
+        );
+        let c = f.s.counters();
+        assert_eq!((c.acknowledged, c.dropped, c.dropped_lines), (1, 1, 1));
+        assert_eq!(c.refused[refusal_slot(0x87)], 1);
+        assert!(!f.s.healthy(f.at(3)), "a drop shows in health");
+        // A code no one counts apart is counted as `other`.
+        f.intake("c", 4);
+        assert_eq!(f.pkids(), [4]);
+        f.s.acked(4, Ack::of(0x9a), f.at(5));
+        assert_eq!(f.s.counters().refused[REFUSALS.len()], 1);
+    }
+
+    #[test]
+    fn reason_codes_are_read_as_passing_or_final() {
+        let cases = [
+            (0x00, Ack::Ok),
+            (0x10, Ack::Ok),
+            (0x97, Ack::Retry(0x97)),
+            (0x89, Ack::Retry(0x89)),
+            (0x91, Ack::Retry(0x91)),
+            (0x80, Ack::Refused(0x80)),
+            (0x83, Ack::Refused(0x83)),
+            (0x87, Ack::Refused(0x87)),
+            (0x90, Ack::Refused(0x90)),
+            (0x95, Ack::Refused(0x95)),
+            (0x99, Ack::Refused(0x99)),
+        ];
+        for (code, ack) in cases {
+            assert_eq!(Ack::of(code), ack, "0x{code:02x}");
+        }
+    }
+
+    #[test]
+    fn a_passing_refusal_is_sent_again_first_after_a_back_off() {
+        let mut f = fixture("retry", &[V5]);
+        f.connect(0);
+        f.intake("a", 0);
+        let b = f.intake("b", 0);
+        assert_eq!(f.pkids(), [1, 2, 3]);
+        f.s.acked(1, Ack::Ok, f.at(1));
+        f.s.acked(2, Ack::of(0x97), f.at(1));
+        f.s.acked(3, Ack::Ok, f.at(1));
+        assert!(progress(&f.actions()).is_empty(), "a is not delivered");
+        f.intake("c", 2);
+        assert!(f.publishes().is_empty(), "nothing new before a goes again");
+        assert_eq!(f.s.next_deadline(), Some(f.at(251)));
+        f.s.tick(f.at(260));
+        let again = f.publish_actions();
+        let texts: Vec<String> = again
+            .iter()
+            .map(|p| String::from_utf8_lossy(&p.payload).into_owned())
+            .collect();
+        assert!(
+            texts[0].contains("\"a\"") && texts[1].contains("\"c\""),
+            "{texts:?}"
+        );
+        assert_eq!(again[0].pkid, 4, "a new packet id");
+        f.s.acked(again[0].pkid, Ack::Ok, f.at(270));
+        assert_eq!(progress(&f.actions()), [b]);
+        assert_eq!(f.s.counters().acknowledged, 2);
+    }
+
+    #[test]
+    fn aliases_are_set_then_used_and_forgotten_at_a_reconnect() {
+        let mut f = fixture("alias", &[V5, ("MQTT_STATUS_TOPIC", "logs/status")]);
+        let granted = Granted {
+            topic_alias_max: 4,
+            ..Granted::v311(false)
+        };
+        f.s.connected(granted, f.at(0));
+        f.intake("a", 0);
+        f.intake("b", 0);
+        let got: Vec<Alias> = f.publish_actions().iter().map(|p| p.alias).collect();
+        assert_eq!(
+            got,
+            [Alias::None, Alias::Set(1), Alias::Use(1)],
+            "the status has none"
+        );
+        f.s.disconnected("gone".into(), f.at(1));
+        f.s.connected(granted, f.at(2));
+        let again = f.publish_actions();
+        let got: Vec<Alias> = again.iter().map(|p| p.alias).collect();
+        assert_eq!(
+            got,
+            [Alias::None, Alias::Set(1), Alias::Use(1)],
+            "set again"
+        );
+        assert!(again.iter().all(|p| p.props.is_some()));
+        // A publish that set an alias and was not written: the next one sets it.
+        f.intake("c", 3);
+        let Some(Action::Publish(c)) = f.s.poll() else {
+            panic!("c");
+        };
+        assert_eq!(c.alias, Alias::Use(1));
+        f.s.disconnected("gone".into(), f.at(4));
+        f.s.connected(granted, f.at(5));
+        let Some(Action::Publish(status)) = f.s.poll() else {
+            panic!("the status");
+        };
+        let Some(Action::Publish(first)) = f.s.poll() else {
+            panic!("a");
+        };
+        assert_eq!((status.alias, first.alias), (Alias::None, Alias::Set(1)));
+        f.s.refused(first.token);
+        f.s.tick(f.at(6));
+        let got: Vec<Alias> = f.publish_actions().iter().map(|p| p.alias).collect();
+        assert_eq!(got, [Alias::Set(1), Alias::Use(1), Alias::Use(1)]);
+    }
+
+    #[test]
+    fn at_3_1_1_there_are_no_properties_and_no_aliases() {
+        let mut f = fixture("v311", &[]);
+        f.s.connected(
+            Granted {
+                topic_alias_max: 4,
+                ..Granted::v311(false)
+            },
+            f.at(0),
+        );
+        f.intake("a", 0);
+        for p in f.publish_actions() {
+            assert!(p.props.is_none() && p.alias == Alias::None);
+        }
+    }
+
+    #[test]
+    fn the_brokers_packet_size_splits_batches_and_cuts_a_message() {
+        let vars = [V5, ("MQTT_BATCH", "true"), ("MQTT_BATCH_MAX", "50")];
+        let mut f = fixture("packet", &vars);
+        let granted = Granted {
+            max_packet: 1500,
+            ..Granted::v311(false)
+        };
+        f.s.connected(granted, f.at(0));
+        let big = "y".repeat(5000);
+        for i in 0..20 {
+            f.intake(&format!("line {i} {}", "x".repeat(100)), 0);
+        }
+        let last = f.intake(&big, 0);
+        f.s.tick(f.at(2000));
+        let got = f.publish_actions();
+        let mut texts = Vec::new();
+        for p in &got[1..] {
+            let size =
+                wire::publish_size(p.topic.len(), 1, p.props.as_deref(), true, p.payload.len());
+            assert!(size <= 1500, "a packet of {size} bytes");
+            let v: serde_json::Value = serde_json::from_slice(&p.payload).expect("json");
+            texts.extend(v["logs"].as_array().cloned().unwrap_or_default());
+        }
+        assert!(got.len() > 3, "split into {} publishes", got.len());
+        assert_eq!(texts.len(), 21, "every message, in order");
+        for (i, t) in texts.iter().take(20).enumerate() {
+            assert!(t["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with(&format!("line {i} "))));
+        }
+        assert_eq!(texts[20]["truncated"], true);
+        for p in &got {
+            f.s.acked(p.pkid, Ack::Ok, f.at(2001));
+        }
+        assert_eq!(progress(&f.actions()).last(), Some(&last));
+        assert_eq!(f.s.counters().dropped, 0);
+    }
+
+    #[test]
+    fn a_message_that_cannot_fit_even_cut_is_refused_in_its_place() {
+        let mut f = fixture("tiny", &[V5]);
+        let granted = Granted {
+            max_packet: 200,
+            ..Granted::v311(false)
+        };
+        f.s.connected(granted, f.at(0));
+        let a = f.intake("a", 0);
+        assert_eq!(f.pkids(), [1], "the status only");
+        f.s.acked(1, Ack::Ok, f.at(1));
+        assert_eq!(progress(&f.actions()), [a]);
+        assert_eq!(f.s.counters().refused[refusal_slot(0x95)], 1);
+    }
+
+    #[test]
+    fn the_brokers_keep_alive_replaces_ours() {
+        let mut f = fixture("server-ka", &[V5, ("MQTT_KEEPALIVE_S", "30")]);
+        let granted = Granted {
+            keep_alive: Some(Duration::from_secs(10)),
+            ..Granted::v311(false)
+        };
+        f.s.connected(granted, f.at(0));
+        assert_eq!(f.pkids(), [1]);
+        f.s.acked(1, Ack::Ok, f.at(0));
+        assert_eq!(f.s.next_deadline(), Some(f.at(7_500)));
+        f.s.connected(
+            Granted {
+                keep_alive: Some(Duration::ZERO),
+                ..granted
+            },
+            f.at(0),
+        );
+        assert_eq!(f.s.next_deadline(), Some(f.at(22_500)), "0: ours");
     }
 
     #[test]
