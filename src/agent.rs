@@ -105,6 +105,7 @@ struct Pipeline {
     /// The monitor's state, made before the engine answers (the API shows it).
     shared: Option<Arc<Shared>>,
     local: Option<Arc<LocalBackend>>,
+    mqtt: Option<Arc<MqttBackend>>,
     backends: Vec<Arc<dyn Backend>>,
     monitor: Option<Monitor>,
     api: Option<Api>,
@@ -122,6 +123,7 @@ impl Pipeline {
             cursors: None,
             shared: None,
             local: None,
+            mqtt: None,
             backends: Vec::new(),
             monitor: None,
             api: None,
@@ -184,6 +186,7 @@ impl Pipeline {
                 env!("CARGO_PKG_VERSION"),
             )
             .map_err(|e| Error::Mqtt(e.to_string()))?;
+            self.mqtt = Some(mqtt.clone());
             self.backends.push(mqtt);
         }
         Ok(())
@@ -293,6 +296,8 @@ impl Pipeline {
             local,
             stats: self.stats.clone(),
             monitor: monitor.shared().clone(),
+            mqtt: self.mqtt.clone(),
+            backends: self.backends.clone(),
         };
         let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(0);
         let handle = std::thread::Builder::new()
@@ -386,6 +391,9 @@ struct Housekeeping {
     local: Arc<LocalBackend>,
     stats: Arc<Stats>,
     monitor: Arc<crate::monitor::Shared>,
+    /// Given the health for its retained status at every round.
+    mqtt: Option<Arc<MqttBackend>>,
+    backends: Vec<Arc<dyn Backend>>,
 }
 
 impl Housekeeping {
@@ -393,6 +401,7 @@ impl Housekeeping {
         let watchdog = notify::watchdog_interval();
         let mut schedule = SaveSchedule::new(SAVE_EVERY, SAVE_FIRST, Instant::now());
         let mut pinged = Instant::now();
+        let mut rate = LineRate::default();
         loop {
             let now = Instant::now();
             let ping_in = watchdog.map_or(Duration::MAX, |w| {
@@ -406,6 +415,7 @@ impl Housekeeping {
             let now = Instant::now();
             if schedule.due(now) {
                 self.save_cursors();
+                self.report_health(&mut rate, now);
             }
             if watchdog.is_some_and(|w| now.saturating_duration_since(pinged) >= w) {
                 pinged = now;
@@ -418,6 +428,27 @@ impl Housekeeping {
     fn save_cursors(&self) {
         self.cursors.advance(&self.progress.safe());
         self.stats.cursors_saved(self.cursors.save(false));
+    }
+
+    /// Gives the MQTT backend the health its retained status carries (docs/CONTRACT.md §10).
+    fn report_health(&self, rate: &mut LineRate, now: Instant) {
+        let Some(mqtt) = &self.mqtt else {
+            return;
+        };
+        let (mut dropped, mut spool_bytes) = (0, 0);
+        for b in &self.backends {
+            let sum = b.summary();
+            dropped += sum.dropped;
+            spool_bytes += sum.spool_bytes;
+        }
+        mqtt.set_health(&crate::backend::mqtt::topic::Health {
+            started_at: mqtt.started_at().to_string(),
+            containers: self.monitor.views().len(),
+            spool_bytes,
+            dropped,
+            engine_up: self.stats.docker_up.load(Ordering::Relaxed),
+            lines_per_min: rate.per_minute(Stats::get(&self.stats.lines_read), now),
+        });
     }
 
     fn tell_systemd(&self) {
@@ -435,5 +466,28 @@ impl Housekeeping {
                 "down"
             }
         ));
+    }
+}
+
+/// Lines read in the last minute, from samples of the running count.
+#[derive(Default)]
+struct LineRate {
+    samples: std::collections::VecDeque<(Instant, u64)>,
+}
+
+impl LineRate {
+    /// Takes the count read by `now`; the lines read since the oldest sample of the last minute.
+    fn per_minute(&mut self, read: u64, now: Instant) -> u64 {
+        while self
+            .samples
+            .front()
+            .is_some_and(|(t, _)| now.saturating_duration_since(*t) > Duration::from_secs(60))
+        {
+            self.samples.pop_front();
+        }
+        self.samples.push_back((now, read));
+        self.samples
+            .front()
+            .map_or(0, |(_, first)| read.saturating_sub(*first))
     }
 }

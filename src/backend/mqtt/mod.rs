@@ -155,6 +155,10 @@ pub struct MqttBackend {
     shared: Arc<Shared>,
     broker: String,
     threads: Mutex<Vec<JoinHandle<()>>>,
+    /// The host and version the status names, and when the agent started.
+    host: String,
+    version: String,
+    started_at: String,
 }
 
 impl MqttBackend {
@@ -170,8 +174,12 @@ impl MqttBackend {
         if cfg.message_expiry.is_some() && cfg.version != MqttVersion::V5 {
             log::warn!("MQTT_MESSAGE_EXPIRY_S has no effect at MQTT 3.1.1 (set MQTT_VERSION=5)");
         }
-        let online = topic::status_payload("online", host, version);
-        let offline = topic::status_payload("offline", host, version);
+        let health = topic::Health {
+            started_at: started_at(),
+            ..topic::Health::default()
+        };
+        let online = topic::status_payload("online", host, version, Some(&health));
+        let offline = topic::status_payload("offline", host, version, None);
         let options = options(cfg, host, &offline)?;
         let spool = open_spool(cfg, state_dir)?;
         let (wake_tx, wake_rx) = bounded(1);
@@ -211,7 +219,39 @@ impl MqttBackend {
             shared,
             broker: format!("{}:{}", cfg.host, cfg.port),
             threads: Mutex::new(vec![pub_thread, conn_thread]),
+            host: host.to_string(),
+            version: version.to_string(),
+            started_at: health.started_at,
         }))
+    }
+
+    /// When the agent started, as the status says it: RFC 3339, whole seconds.
+    pub fn started_at(&self) -> &str {
+        &self.started_at
+    }
+
+    /// Gives the session the online status with fresh health; the session decides when it
+    /// goes out (on change, at most every 10 s).
+    pub fn set_health(&self, health: &topic::Health) {
+        let payload = topic::status_payload("online", &self.host, &self.version, Some(health));
+        self.shared.lock().session.status(payload, Instant::now());
+        self.shared.wake();
+    }
+}
+
+/// Now, RFC 3339 in UTC to the second.
+fn started_at() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let ns = i64::try_from(secs)
+        .unwrap_or(0)
+        .saturating_mul(1_000_000_000);
+    let full = crate::engine::timestamp::format_rfc3339_ns(ns);
+    // `…T12:00:00.000000000Z` → `…T12:00:00Z`.
+    match full.split_once('.') {
+        Some((head, _)) => format!("{head}Z"),
+        None => full,
     }
 }
 

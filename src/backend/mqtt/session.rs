@@ -4,7 +4,7 @@
 //!
 //! It is driven by events — [`Session::intake`], [`Session::connected`], [`Session::acked`],
 //! [`Session::pubrec`], [`Session::ping_resp`], [`Session::refused`], [`Session::disconnected`],
-//! [`Session::tick`], and at shutdown [`Session::flush`] and [`Session::stop`] — and answers with
+//! [`Session::tick`], [`Session::status`] (fresh health for the retained status), and at shutdown [`Session::flush`] and [`Session::stop`] — and answers with
 //! [`Action`]s the adapter takes from [`Session::poll`]: publishes (with their packet ids),
 //! PUBRELs, pings, progress reports, and a request to drop a dead connection. It never blocks,
 //! never reads the clock (every event brings `now`), and knows no socket: the adapter in `mod.rs`
@@ -73,6 +73,9 @@ pub const MAX_PACKET: usize = 1 << 20;
 const SPARE_BYTES: usize = 256 << 10;
 /// Packet ids of MQTT: 1..=65535 (0 is not one).
 const PKIDS: usize = 1 << 16;
+/// The online status is published again at most this often when its health changes
+/// (docs/CONTRACT.md §10).
+pub const STATUS_EVERY: Duration = Duration::from_secs(10);
 /// Connected but no acknowledgement for this long: treat the broker as away and spool.
 const STALL: Duration = Duration::from_secs(2);
 /// Connected with publishes in flight and no acknowledgement for this long: the connection is
@@ -421,6 +424,11 @@ pub struct Session {
     /// Set while shutting down: the spool is no longer read for sending.
     draining: bool,
     status_due: bool,
+    /// A newer online status (fresh health) not yet released: it goes out at the next
+    /// connection, or once [`STATUS_EVERY`] has passed since the last status went out.
+    status_pending: Option<String>,
+    /// When the online status was last handed out.
+    status_sent: Option<Instant>,
     /// The adapter refused a publish: hand out no more until the next event.
     held: bool,
     /// The time of the latest event.
@@ -480,6 +488,8 @@ impl Session {
             stopping: false,
             draining: false,
             status_due: false,
+            status_pending: None,
+            status_sent: None,
             held: false,
             now,
             disconnected_since: Some(now),
@@ -552,7 +562,11 @@ impl Session {
             .map(|o| o.since + self.set.batch_interval)
             .min();
         let retry = (self.resending > 0).then_some(self.retry_at);
-        [batch, self.ping_due(), retry].into_iter().flatten().min()
+        let status = self.status_release_at();
+        [batch, self.ping_due(), retry, status]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// When the next PINGREQ is due, while connected and none is unanswered.
@@ -711,6 +725,7 @@ impl Session {
     pub fn tick(&mut self, now: Instant) {
         self.now = now;
         self.held = false;
+        self.release_status(now);
         self.close_batches(now, false);
         if self.overflowing() && self.may_spool(now) {
             self.spool_overflow(now);
@@ -749,6 +764,37 @@ impl Session {
         self.out.push_back(Action::Reconnect);
     }
 
+    /// Event: the online status has a new payload (fresh health, docs/CONTRACT.md §10). An
+    /// unchanged one is nothing; a changed one is published (retained) while connected, at most
+    /// once every [`STATUS_EVERY`]; the newest wins, and a new connection publishes it at once.
+    pub fn status(&mut self, online: String, now: Instant) {
+        self.now = now;
+        if online == self.set.online {
+            self.status_pending = None;
+            return;
+        }
+        self.status_pending = Some(online);
+        self.release_status(now);
+    }
+
+    /// Moves a pending status into place when it may go out.
+    fn release_status(&mut self, now: Instant) {
+        if self.status_release_at().is_some_and(|t| now >= t) {
+            if let Some(online) = self.status_pending.take() {
+                self.set.online = online;
+                self.status_due = true;
+            }
+        }
+    }
+
+    /// When a pending status may go out: while connected, [`STATUS_EVERY`] after the last.
+    fn status_release_at(&self) -> Option<Instant> {
+        if self.status_pending.is_none() || self.granted.is_none() || self.stopping {
+            return None;
+        }
+        Some(self.status_sent.map_or(self.now, |t| t + STATUS_EVERY))
+    }
+
     /// Event: the broker accepted a connection (CONNACK). The status goes out first, then what
     /// was in flight on the last connection, in order.
     pub fn connected(&mut self, granted: Granted, now: Instant) {
@@ -774,6 +820,9 @@ impl Session {
         self.retry_wait = RETRY_MIN;
         self.ever_connected = true;
         self.granted = Some(granted);
+        if let Some(online) = self.status_pending.take() {
+            self.set.online = online;
+        }
         self.status_due = true;
         self.held = false;
         self.disconnected_since = None;
@@ -1022,6 +1071,7 @@ impl Session {
         }
         if self.status_due && self.window_open() {
             self.status_due = false;
+            self.status_sent = Some(self.now);
             let payload = self.set.online.clone().into_bytes();
             return Some(self.hand_out(None, self.set.status_topic.clone(), payload, true));
         }
@@ -2000,6 +2050,39 @@ mod tests {
         assert_eq!(f.publishes().len(), 2, "the status and a");
         f.s.acked(1, Ack::Ok, f.at(1));
         assert_eq!(f.publishes().len(), 1, "b");
+    }
+
+    /// Fresh health is published at once the first time, then at most every 10 s (the newest
+    /// wins); an unchanged payload is nothing; a new connection publishes the newest at once.
+    #[test]
+    fn status_with_health_is_rate_limited() {
+        let mut f = fixture("health", &[("MQTT_STATUS_TOPIC", "logs/status")]);
+        f.s.status("h1".into(), f.at(0));
+        assert!(f.publishes().is_empty(), "nothing before CONNACK");
+        f.connect(0);
+        assert_eq!(f.publishes(), [("logs/status".into(), "h1".into())]);
+        f.s.status("h1".into(), f.at(1_000));
+        f.s.tick(f.at(1_000));
+        assert!(f.publishes().is_empty(), "unchanged");
+        f.s.status("h2".into(), f.at(2_000));
+        f.s.status("h3".into(), f.at(3_000));
+        assert!(f.publishes().is_empty(), "within 10 s of the last");
+        assert_eq!(
+            f.s.next_deadline(),
+            Some(f.at(10_000)),
+            "wakes when it may go"
+        );
+        f.s.tick(f.at(10_000));
+        assert_eq!(f.publishes(), [("logs/status".into(), "h3".into())]);
+        f.s.status("h4".into(), f.at(11_000));
+        f.s.disconnected("gone".into(), f.at(12_000));
+        f.connect(13_000);
+        let p = f.publishes();
+        assert_eq!(
+            p[0],
+            ("logs/status".into(), "h4".into()),
+            "at once on a new connection"
+        );
     }
 
     #[test]

@@ -69,14 +69,44 @@ pub fn batch_payload(
     out
 }
 
-/// The retained status payload of docs/CONTRACT.md §5.
-pub fn status_payload(status: &str, host: &str, version: &str) -> String {
+/// What the retained online status says about the agent's health (docs/CONTRACT.md §10).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Health {
+    /// When the agent started, RFC 3339 (UTC).
+    pub started_at: String,
+    /// Containers followed.
+    pub containers: usize,
+    /// Bytes waiting in the disk spool.
+    pub spool_bytes: u64,
+    /// Messages lost for good, over the backends.
+    pub dropped: u64,
+    /// Whether the engine answers.
+    pub engine_up: bool,
+    /// Container lines read in the last minute.
+    pub lines_per_min: u64,
+}
+
+/// The retained status payload of docs/CONTRACT.md §5, with the health of §10 when given (the
+/// last will has none).
+pub fn status_payload(status: &str, host: &str, version: &str, health: Option<&Health>) -> String {
     let mut out = String::from("{\"status\":");
     crate::message::push_json_str(&mut out, status);
     out.push_str(",\"host\":");
     crate::message::push_json_str(&mut out, host);
     out.push_str(",\"version\":");
     crate::message::push_json_str(&mut out, version);
+    if let Some(h) = health {
+        out.push_str(",\"startedAt\":");
+        crate::message::push_json_str(&mut out, &h.started_at);
+        out.push_str(&format!(
+            ",\"containers\":{},\"spoolBytes\":{},\"dropped\":{},\"engine\":\"{}\",\"linesPerMin\":{}",
+            h.containers,
+            h.spool_bytes,
+            h.dropped,
+            if h.engine_up { "up" } else { "down" },
+            h.lines_per_min
+        ));
+    }
     out.push('}');
     out
 }
@@ -150,8 +180,20 @@ mod tests {
     #[test]
     fn status_shape() {
         assert_eq!(
-            status_payload("online", "pi", "0.1.0"),
-            r#"{"status":"online","host":"pi","version":"0.1.0"}"#
+            status_payload("offline", "pi", "0.1.0", None),
+            r#"{"status":"offline","host":"pi","version":"0.1.0"}"#
+        );
+        let h = Health {
+            started_at: "2026-11-30T00:00:00Z".into(),
+            containers: 3,
+            spool_bytes: 10,
+            dropped: 2,
+            engine_up: true,
+            lines_per_min: 600,
+        };
+        assert_eq!(
+            status_payload("online", "pi", "0.1.0", Some(&h)),
+            r#"{"status":"online","host":"pi","version":"0.1.0","startedAt":"2026-11-30T00:00:00Z","containers":3,"spoolBytes":10,"dropped":2,"engine":"up","linesPerMin":600}"#
         );
     }
 }
