@@ -106,6 +106,8 @@ struct Pipeline {
     shared: Option<Arc<Shared>>,
     local: Option<Arc<LocalBackend>>,
     mqtt: Option<Arc<MqttBackend>>,
+    /// Answers log queries over MQTT (`MQTT_QUERY`).
+    query: Option<crate::fleet::query::QueryService>,
     backends: Vec<Arc<dyn Backend>>,
     monitor: Option<Monitor>,
     api: Option<Api>,
@@ -124,6 +126,7 @@ impl Pipeline {
             shared: None,
             local: None,
             mqtt: None,
+            query: None,
             backends: Vec::new(),
             monitor: None,
             api: None,
@@ -167,7 +170,7 @@ impl Pipeline {
     }
 
     fn start_backends(&mut self) -> Result<(), Error> {
-        let cfg = &self.cfg;
+        let cfg = self.cfg.clone();
         let files = cfg.log_file_persistence.then(|| Settings {
             dir: cfg.log_dir.clone(),
             max_bytes: cfg.log_file_max_bytes,
@@ -176,7 +179,7 @@ impl Pipeline {
         let local = LocalBackend::start(cfg.log_max_memory, files, self.progress.lane())
             .map_err(state_error("LOG_DIR"))?;
         self.local = Some(local.clone());
-        self.backends.push(local);
+        self.backends.push(local.clone());
         if let Some(m) = &cfg.mqtt {
             let mqtt = MqttBackend::start(
                 m,
@@ -187,8 +190,32 @@ impl Pipeline {
             )
             .map_err(|e| Error::Mqtt(e.to_string()))?;
             self.mqtt = Some(mqtt.clone());
-            self.backends.push(mqtt);
+            self.backends.push(mqtt.clone());
+            if m.query {
+                self.start_query(m, &mqtt, &local)?;
+            }
         }
+        Ok(())
+    }
+
+    /// Starts `mqtt-query` (docs/CONTRACT.md §10) over the ring and the files.
+    fn start_query(
+        &mut self,
+        m: &crate::config::MqttConfig,
+        mqtt: &MqttBackend,
+        local: &LocalBackend,
+    ) -> Result<(), Error> {
+        let cfg = &self.cfg;
+        let options = crate::backend::mqtt::options(m, &cfg.hostname, "")
+            .map_err(|e| Error::Mqtt(e.to_string()))?;
+        let sources = crate::fleet::query::Sources {
+            ring: local.ring().clone(),
+            log_dir: cfg.log_file_persistence.then(|| cfg.log_dir.clone()),
+        };
+        let q = crate::fleet::query::QueryService::start(options, m.query_topic.clone(), sources)
+            .map_err(state_error("threads"))?;
+        mqtt.show_query(q.stats.clone());
+        self.query = Some(q);
         Ok(())
     }
 
@@ -337,6 +364,9 @@ impl Pipeline {
         if let Some((stop, handle)) = self.housekeeping.take() {
             drop(stop);
             let _ = handle.join();
+        }
+        if let Some(mut q) = self.query.take() {
+            q.stop();
         }
         for b in self.backends.drain(..) {
             b.shutdown();

@@ -139,6 +139,14 @@ pub struct MqttConfig {
     pub version: MqttVersion,
     /// The message expiry interval of every log publish (MQTT 5 only); `None`: no expiry.
     pub message_expiry: Option<u32>,
+    /// Answer log queries on `query_topic` (docs/CONTRACT.md §10).
+    pub query: bool,
+    pub query_topic: String,
+    /// Publish Home Assistant discovery configs under `ha_prefix`; a service's are removed
+    /// `ha_expiry` after its last line.
+    pub ha_discovery: bool,
+    pub ha_prefix: String,
+    pub ha_expiry: Duration,
 }
 
 /// The MQTT protocol version (`MQTT_VERSION`).
@@ -489,6 +497,38 @@ pub static VARS: &[Var] = &[
         apply: |d, v| set(&mut d.mqtt.message_expiry, expiry(v)),
     },
     Var {
+        name: "MQTT_QUERY",
+        default: "false",
+        help: "Answer log queries sent over MQTT (true/false).",
+        apply: |d, v| set(&mut d.mqtt.query, boolean(v)),
+    },
+    Var {
+        name: "MQTT_QUERY_TOPIC",
+        default: "container-manager/query/{hostname}",
+        help: "Topic the agent takes log queries on; may hold {hostname}.",
+        apply: |d, v| set(&mut d.mqtt.query_topic, topic(v, &d.cfg.hostname)),
+    },
+    Var {
+        name: "HA_DISCOVERY",
+        default: "false",
+        help: "Publish Home Assistant MQTT discovery configs for this host and its services \
+               (true/false).",
+        apply: |d, v| set(&mut d.mqtt.ha_discovery, boolean(v)),
+    },
+    Var {
+        name: "HA_DISCOVERY_PREFIX",
+        default: "homeassistant",
+        help: "Home Assistant's discovery prefix.",
+        apply: |d, v| set(&mut d.mqtt.ha_prefix, topic(v, &d.cfg.hostname)),
+    },
+    Var {
+        name: "HA_DISCOVERY_EXPIRY_S",
+        default: "86400",
+        help: "Seconds after its last line that a service's discovery configs are removed \
+               (shorter only for tests).",
+        apply: |d, v| set(&mut d.mqtt.ha_expiry, secs(v, 1, 10 * 365 * 86_400)),
+    },
+    Var {
         name: "LOG_LEVEL",
         default: "info",
         help: "The agent's own verbosity: error, warn, info or debug.",
@@ -630,6 +670,11 @@ impl MqttConfig {
             status_topic: String::new(),
             version: MqttVersion::V311,
             message_expiry: None,
+            query: false,
+            query_topic: String::new(),
+            ha_discovery: false,
+            ha_prefix: String::new(),
+            ha_expiry: Duration::ZERO,
         }
     }
 }
@@ -1106,6 +1151,11 @@ mod tests {
             ("MQTT_STATUS_TOPIC", "/status"),
             ("MQTT_VERSION", "3"),
             ("MQTT_MESSAGE_EXPIRY_S", "0"),
+            ("MQTT_QUERY", "yes please"),
+            ("MQTT_QUERY_TOPIC", "q/#"),
+            ("HA_DISCOVERY", "2"),
+            ("HA_DISCOVERY_PREFIX", "/ha"),
+            ("HA_DISCOVERY_EXPIRY_S", "0"),
             ("LOG_LEVEL", "chatty"),
         ];
         let mut out: Vec<(&str, String)> = bad.iter().map(|&(k, v)| (k, v.to_string())).collect();

@@ -8,6 +8,7 @@ pub mod backend;
 pub mod cli;
 pub mod config;
 mod engine;
+mod fleet;
 pub mod message;
 mod monitor;
 mod notify;

@@ -159,6 +159,8 @@ pub struct MqttBackend {
     host: String,
     version: String,
     started_at: String,
+    /// The query thread's counters, once it runs (shown in health and metrics).
+    query: std::sync::OnceLock<Arc<crate::fleet::query::QueryStats>>,
 }
 
 impl MqttBackend {
@@ -174,12 +176,7 @@ impl MqttBackend {
         if cfg.message_expiry.is_some() && cfg.version != MqttVersion::V5 {
             log::warn!("MQTT_MESSAGE_EXPIRY_S has no effect at MQTT 3.1.1 (set MQTT_VERSION=5)");
         }
-        let health = topic::Health {
-            started_at: started_at(),
-            ..topic::Health::default()
-        };
-        let online = topic::status_payload("online", host, version, Some(&health));
-        let offline = topic::status_payload("offline", host, version, None);
+        let (health, online, offline) = first_status(host, version);
         let options = options(cfg, host, &offline)?;
         let spool = open_spool(cfg, state_dir)?;
         let (wake_tx, wake_rx) = bounded(1);
@@ -222,12 +219,18 @@ impl MqttBackend {
             host: host.to_string(),
             version: version.to_string(),
             started_at: health.started_at,
+            query: std::sync::OnceLock::new(),
         }))
     }
 
     /// When the agent started, as the status says it: RFC 3339, whole seconds.
     pub fn started_at(&self) -> &str {
         &self.started_at
+    }
+
+    /// Shows the query thread's counters in this backend's health and metrics.
+    pub(crate) fn show_query(&self, stats: Arc<crate::fleet::query::QueryStats>) {
+        let _ = self.query.set(stats);
     }
 
     /// Gives the session the online status with fresh health; the session decides when it
@@ -237,6 +240,17 @@ impl MqttBackend {
         self.shared.lock().session.status(payload, Instant::now());
         self.shared.wake();
     }
+}
+
+/// The health known at start (the start time), and the online and offline statuses.
+fn first_status(host: &str, version: &str) -> (topic::Health, String, String) {
+    let health = topic::Health {
+        started_at: started_at(),
+        ..topic::Health::default()
+    };
+    let online = topic::status_payload("online", host, version, Some(&health));
+    let offline = topic::status_payload("offline", host, version, None);
+    (health, online, offline)
 }
 
 /// Now, RFC 3339 in UTC to the second.
@@ -813,6 +827,7 @@ impl Backend for MqttBackend {
             "reconnects": c.reconnects,
             "refused": refused_json(&c),
             "lastError": s.last_error(),
+            "query": self.query.get().map(|q| q.json()),
         })
     }
 
@@ -834,6 +849,36 @@ impl Backend for MqttBackend {
         ];
         crate::stats::write_metrics(out, "container_logd_mqtt_", &lines);
         write_refused_metrics(out, &c);
+        if let Some(q) = self.query.get() {
+            let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+            let lines: [(&str, &str, &str, u64); 4] = [
+                (
+                    "answered_total",
+                    "counter",
+                    "Log queries over MQTT answered.",
+                    get(&q.answered),
+                ),
+                (
+                    "bad_total",
+                    "counter",
+                    "Log queries over MQTT answered with an error.",
+                    get(&q.bad),
+                ),
+                (
+                    "dropped_total",
+                    "counter",
+                    "Log queries over MQTT dropped: too many waited.",
+                    get(&q.dropped),
+                ),
+                (
+                    "parts_total",
+                    "counter",
+                    "Answer parts published.",
+                    get(&q.parts),
+                ),
+            ];
+            crate::stats::write_metrics(out, "container_logd_mqtt_query_", &lines);
+        }
     }
 }
 

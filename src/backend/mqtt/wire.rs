@@ -64,6 +64,8 @@ const MAX_REMAINING: usize = 268_435_455;
 const PROP_PAYLOAD_FORMAT: u8 = 0x01;
 const PROP_MESSAGE_EXPIRY: u8 = 0x02;
 const PROP_CONTENT_TYPE: u8 = 0x03;
+const PROP_RESPONSE_TOPIC: u8 = 0x08;
+const PROP_CORRELATION: u8 = 0x09;
 const PROP_TOPIC_ALIAS: u8 = 0x23;
 const PROP_USER: u8 = 0x26;
 
@@ -151,6 +153,19 @@ pub enum Incoming {
     Other,
 }
 
+/// A PUBLISH the broker forwards for one of our subscriptions ([`Writer::subscribe`]), read by
+/// [`Reader::next_message`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    pub topic: String,
+    pub payload: Vec<u8>,
+    pub retain: bool,
+    /// MQTT 5: the response topic it names (always `None` at 3.1.1).
+    pub response_topic: Option<String>,
+    /// MQTT 5: its correlation data (always `None` at 3.1.1).
+    pub correlation: Option<Vec<u8>>,
+}
+
 /// The topic alias of one MQTT 5 PUBLISH (MQTT 5 §3.3.2.3.4). Ignored at 3.1.1.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Alias {
@@ -234,6 +249,27 @@ impl Props {
             expiry,
             user,
         })
+    }
+
+    /// These properties plus a response topic and correlation data (MQTT 5 §4.10: a request,
+    /// or its answer), each when given. Not for a will.
+    pub fn with_reply(
+        mut self,
+        response_topic: Option<&str>,
+        correlation: Option<&[u8]>,
+    ) -> io::Result<Props> {
+        if let Some(t) = response_topic {
+            self.tail.push(PROP_RESPONSE_TOPIC);
+            put_string(&mut self.tail, t)?;
+        }
+        if let Some(c) = correlation {
+            let len = u16::try_from(c.len())
+                .map_err(|_| invalid(format!("correlation data of {} bytes", c.len())))?;
+            self.tail.push(PROP_CORRELATION);
+            self.tail.extend_from_slice(&len.to_be_bytes());
+            self.tail.extend_from_slice(c);
+        }
+        Ok(self)
     }
 
     /// Bytes of the block (without its length), with an alias or without.
@@ -642,6 +678,29 @@ impl Writer {
         self.spill()
     }
 
+    /// Adds a SUBSCRIBE of `filters` at QoS 0 with packet id `pkid` (not 0); the broker's SUBACK
+    /// is read as [`Incoming::Other`]. Subscriptions end with the connection: subscribe again
+    /// on every new one.
+    pub fn subscribe(&mut self, pkid: u16, filters: &[&str]) -> io::Result<()> {
+        if self.v5 {
+            let f = filters
+                .iter()
+                .map(|t| mqtt5::Filter::new(*t, rumqttc::v5::mqttbytes::QoS::AtMostOnce));
+            let mut sub = mqtt5::Subscribe::new_many(f, None);
+            sub.pkid = pkid;
+            sub.write(&mut self.buf)
+                .map_err(|e| invalid(e.to_string()))?;
+        } else {
+            let f = filters.iter().map(|t| {
+                mqttbytes::v4::SubscribeFilter::new((*t).to_string(), mqttbytes::QoS::AtMostOnce)
+            });
+            let mut sub = mqttbytes::v4::Subscribe::new_many(f);
+            sub.pkid = pkid;
+            sub.write(&mut self.buf).map_err(encoding)?;
+        }
+        self.spill()
+    }
+
     /// Adds a PINGREQ; the broker answers [`Incoming::PingResp`].
     pub fn ping(&mut self) -> io::Result<()> {
         PingReq.write(&mut self.buf).map_err(encoding)?;
@@ -883,7 +942,16 @@ impl Reader {
     pub fn next(&mut self) -> Result<Incoming, Error> {
         self.frame().map(|f| match f {
             Frame::In(i) => i,
-            Frame::ConnAck(_) | Frame::Other(_) => Incoming::Other,
+            Frame::ConnAck(_) | Frame::Other(_) | Frame::Message(_) => Incoming::Other,
+        })
+    }
+
+    /// Blocks until a whole packet has come, as [`Reader::next`]: a PUBLISH of a subscription
+    /// is `Some`, anything else `None` (acknowledgements, SUBACK, PINGRESP).
+    pub fn next_message(&mut self) -> Result<Option<Message>, Error> {
+        self.frame().map(|f| match f {
+            Frame::Message(m) => Some(m),
+            _ => None,
         })
     }
 
@@ -906,6 +974,7 @@ impl Reader {
             Frame::In(Incoming::PingResp) => 13,
             Frame::In(Incoming::Disconnect(_)) => 14,
             Frame::In(Incoming::Other) => 0,
+            Frame::Message(_) => 3,
             Frame::Other(kind) => kind,
         };
         Err(Error::Protocol(format!(
@@ -1000,6 +1069,8 @@ enum Frame {
     /// A CONNACK that accepted the connection (a refusal is [`Error::Refused`]).
     ConnAck(ConnAck),
     In(Incoming),
+    /// A PUBLISH (of a subscription).
+    Message(Message),
     /// A packet of this type (the first byte's high four bits) that needs no answer.
     Other(u8),
 }
@@ -1086,6 +1157,13 @@ impl Framer {
                 ..ConnAck::default()
             }),
             Packet::ConnAck(a) => return Err(Error::Refused(a.code as u8)),
+            Packet::Publish(p) => Frame::Message(Message {
+                topic: p.topic,
+                payload: p.payload.to_vec(),
+                retain: p.retain,
+                response_topic: None,
+                correlation: None,
+            }),
             p => Frame::Other(kind4(&p)),
         }))
     }
@@ -1100,6 +1178,19 @@ impl Framer {
                 header_len,
                 remaining,
             )?)),
+            3 => {
+                let header = mqtt5::FixedHeader::new(packet[0], header_len - 1, remaining);
+                let p = mqtt5::Publish::read(header, packet.freeze())
+                    .map_err(|e| Error::Protocol(e.to_string()))?;
+                let props = p.properties.unwrap_or_default();
+                Ok(Frame::Message(Message {
+                    topic: String::from_utf8_lossy(&p.topic).into_owned(),
+                    payload: p.payload.to_vec(),
+                    retain: p.retain,
+                    response_topic: props.response_topic,
+                    correlation: props.correlation_data.map(|c| c.to_vec()),
+                }))
+            }
             kind => Ok(Frame::Other(kind)),
         }
     }
@@ -1449,9 +1540,50 @@ mod tests {
         while let Some(frame) = f.frame().expect("valid packets") {
             into.push(match frame {
                 Frame::In(i) => i,
-                Frame::ConnAck(_) | Frame::Other(_) => Incoming::Other,
+                Frame::ConnAck(_) | Frame::Other(_) | Frame::Message(_) => Incoming::Other,
             });
         }
+    }
+
+    /// A PUBLISH of a subscription is read whole, with its MQTT 5 response topic and
+    /// correlation data; a 3.1.1 one has neither.
+    #[test]
+    fn publishes_of_a_subscription_are_read() {
+        let mut b = BytesMut::new();
+        let props = mqtt5::PublishProperties {
+            response_topic: Some("reply/1".into()),
+            correlation_data: Some(bytes::Bytes::from_static(b"c-7")),
+            ..Default::default()
+        };
+        let mut p = mqtt5::Publish::new(
+            "q/pi",
+            rumqttc::v5::mqttbytes::QoS::AtMostOnce,
+            &b"{}"[..],
+            Some(props),
+        );
+        p.retain = true;
+        p.write(&mut b).expect("encodes");
+        let mut f = Framer::new(1 << 16, MqttVersion::V5);
+        f.push(&b);
+        let Ok(Some(Frame::Message(m))) = f.frame() else {
+            panic!("a message");
+        };
+        assert_eq!(
+            (m.topic.as_str(), &m.payload[..], m.retain),
+            ("q/pi", &b"{}"[..], true)
+        );
+        assert_eq!(m.response_topic.as_deref(), Some("reply/1"));
+        assert_eq!(m.correlation.as_deref(), Some(&b"c-7"[..]));
+        let mut b = BytesMut::new();
+        mqttbytes::v4::Publish::new("q/pi", mqttbytes::QoS::AtMostOnce, &b"{}"[..])
+            .write(&mut b)
+            .expect("encodes");
+        let mut f = Framer::new(1 << 16, MqttVersion::V311);
+        f.push(&b);
+        let Ok(Some(Frame::Message(m))) = f.frame() else {
+            panic!("a message");
+        };
+        assert_eq!((m.topic.as_str(), m.response_topic), ("q/pi", None));
     }
 
     /// What an MQTT 5 broker sends a publishing client, as rumqttc encodes it (and the reason
@@ -1559,7 +1691,7 @@ mod tests {
             f.push(&b[..50]);
             assert!(matches!(f.frame(), Ok(None)));
             f.push(&b[50..]);
-            assert!(matches!(f.frame(), Ok(Some(Frame::Other(3)))));
+            assert!(matches!(f.frame(), Ok(Some(Frame::Message(_)))));
         }
     }
 
