@@ -431,7 +431,7 @@ impl Housekeeping {
         let watchdog = notify::watchdog_interval();
         let mut schedule = SaveSchedule::new(SAVE_EVERY, SAVE_FIRST, Instant::now());
         let mut pinged = Instant::now();
-        let mut rate = LineRate::default();
+        let mut rate = LineRate::since(self.stats.started);
         loop {
             let now = Instant::now();
             let ping_in = watchdog.map_or(Duration::MAX, |w| {
@@ -500,12 +500,18 @@ impl Housekeeping {
 }
 
 /// Lines read in the last minute, from samples of the running count.
-#[derive(Default)]
 struct LineRate {
     samples: std::collections::VecDeque<(Instant, u64)>,
 }
 
 impl LineRate {
+    /// Counting from `start`, when none had been read.
+    fn since(start: Instant) -> LineRate {
+        LineRate {
+            samples: [(start, 0)].into(),
+        }
+    }
+
     /// Takes the count read by `now`; the lines read since the oldest sample of the last minute.
     fn per_minute(&mut self, read: u64, now: Instant) -> u64 {
         while self

@@ -1,0 +1,357 @@
+//! The fleet over MQTT (docs/CONTRACT.md §10) end to end: the real agent, the private engine and
+//! real mosquitto brokers. The retained status with health; log queries over MQTT answered from
+//! the ring and rotated files, in parts, at 3.1.1 and 5; bad queries; a burst of queries while a
+//! container logs; `container-logd logs --broker` with its `-f` seam and `--hosts`.
+
+mod util;
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use serde_json::Value;
+use util::broker::{Broker, BrokerOpts, Subscriber};
+use util::v5::Sub5;
+use util::*;
+
+/// An agent following only `{prefix}-*`, publishing to `broker`, answering queries on
+/// `container-manager/query/{name}` with its status on `container-manager/status/{name}`.
+fn agent_for(prefix: &str, name: &str, broker: &Broker, env: &[(&str, &str)]) -> Agent {
+    let include = format!("{prefix}-*");
+    let client_id = unique("logd");
+    let status = format!("container-manager/status/{name}");
+    let query = format!("container-manager/query/{name}");
+    let base = format!("container-manager/logs/{name}");
+    let url = broker.url();
+    let mut all = vec![
+        ("CONTAINERS_INCLUDE", include.as_str()),
+        ("MQTT_BROKER", url.as_str()),
+        ("MQTT_CLIENT_ID", client_id.as_str()),
+        ("MQTT_STATUS_TOPIC", status.as_str()),
+        ("MQTT_QUERY_TOPIC", query.as_str()),
+        ("MQTT_BASE_TOPIC", base.as_str()),
+        ("MQTT_QUERY", "true"),
+    ];
+    all.extend_from_slice(env);
+    Agent::start(&all)
+}
+
+fn run(name: &str, app: &str, service: &str, script: &str) -> Container {
+    Container::run_app(name, app, service, &[], script)
+}
+
+/// A line of about 100 bytes, numbered.
+fn line(i: usize) -> String {
+    format!("line {i} {}", "x".repeat(90))
+}
+
+/// A shell loop that prints `line(1)` … `line(n)`.
+fn print_lines(n: usize) -> String {
+    format!(
+        "i=1; while [ $i -le {n} ]; do echo \"line $i {}\"; i=$((i+1)); done",
+        "x".repeat(90)
+    )
+}
+
+/// Publishes `body` to `topic` with `mosquitto_pub` (extra arguments after).
+fn publish(port: u16, topic: &str, body: &str, extra: &[&str]) {
+    let ok = Command::new("mosquitto_pub")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q", "1"])
+        .args(["-t", topic, "-m", body])
+        .args(extra)
+        .status()
+        .expect("mosquitto_pub");
+    assert!(ok.success(), "mosquitto_pub to {topic}");
+}
+
+/// Sends a 3.1.1 query (`body` plus `replyTo` and `correlationId`) and returns the answer's
+/// parts, in the order they came, once the last came.
+fn ask(broker: &Broker, host: &str, body: Value) -> Vec<Value> {
+    let reply = format!("replies/{}", unique("r"));
+    let sub = Subscriber::start(broker.port, &[&reply]);
+    let mut body = body;
+    body["replyTo"] = reply.clone().into();
+    body["correlationId"] = "c-1".into();
+    publish(
+        broker.port,
+        &format!("container-manager/query/{host}"),
+        &body.to_string(),
+        &[],
+    );
+    let done = |m: &[util::broker::Msg]| {
+        m.iter()
+            .any(|m| m.json()["last"] == true || m.json().get("error").is_some())
+    };
+    assert!(sub.wait(PATIENCE, done), "no last part for {body}");
+    sub.all().iter().map(|m| m.json()).collect()
+}
+
+/// The `message` fields of an answer's parts, in order; checks the parts' numbering.
+fn answer_lines(parts: &[Value]) -> Vec<String> {
+    let mut out = Vec::new();
+    for (i, p) in parts.iter().enumerate() {
+        assert_eq!(p["correlationId"], "c-1");
+        assert_eq!(p["part"], i + 1, "parts in order");
+        assert_eq!(p["last"], i + 1 == parts.len());
+        for l in p["logs"].as_array().expect("logs") {
+            out.push(l["message"].as_str().unwrap_or_default().to_string());
+        }
+    }
+    out
+}
+
+/// Waits until the service's current file holds `text`.
+fn wait_for_file(agent: &Agent, app: &str, service: &str, text: &str) {
+    let path = agent.log_dir().join(app).join(format!("{service}.log"));
+    let ok = wait_until(PATIENCE, || {
+        std::fs::read_to_string(&path).is_ok_and(|t| t.contains(text))
+    });
+    assert!(ok, "{} never held {text:?}", path.display());
+}
+
+/// The retained online status carries the health, updated when it changes; a subscriber that
+/// comes later gets the current one; the last will has none.
+#[test]
+fn the_retained_status_carries_health() {
+    let broker = Broker::start();
+    let name = unique("fleet-h");
+    let agent = agent_for(&name, &name, &broker, &[]);
+    let _c = run(
+        &format!("{name}-web"),
+        "1001",
+        "web",
+        &format!("{}; sleep 600", print_lines(50)),
+    );
+    let topic = format!("container-manager/status/{name}");
+    let sub = Subscriber::start(broker.port, &[&topic]);
+    let healthy = |m: &[util::broker::Msg]| {
+        m.iter().any(|m| {
+            let v = m.json();
+            v["containers"] == 1 && v["engine"] == "up" && v["linesPerMin"].as_u64() >= Some(50)
+        })
+    };
+    assert!(sub.wait(PATIENCE, healthy), "status: {:?}", sub.all());
+    let later = Subscriber::start(broker.port, &[&topic]);
+    assert!(later.wait(PATIENCE, |m| !m.is_empty()));
+    let first = &later.all()[0];
+    assert!(first.retained);
+    let v = first.json();
+    assert_eq!(v["status"], "online");
+    assert_eq!(v["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(v["containers"], 1);
+    assert_eq!(v["engine"], "up");
+    assert_eq!(v["spoolBytes"], 0);
+    assert_eq!(v["dropped"], 0);
+    let started = v["startedAt"].as_str().unwrap_or_default();
+    assert!(
+        started.len() == 20 && started.ends_with('Z'),
+        "startedAt {started}"
+    );
+    drop(agent);
+}
+
+/// A query whose answer spans the ring (100 messages), the current file and two rotated ones
+/// comes back whole and in order, in several parts.
+#[test]
+fn a_query_spans_the_ring_and_rotated_files() {
+    let broker = Broker::start();
+    let name = unique("fleet-q");
+    let agent = agent_for(
+        &name,
+        &name,
+        &broker,
+        &[
+            ("LOG_MAX_MEMORY", "100"),
+            ("LOG_FILE_MAX_BYTES", "262144"),
+            ("LOG_FILE_KEEP", "5"),
+        ],
+    );
+    let n = 2500;
+    let _c = run(
+        &format!("{name}-web"),
+        "1001",
+        "web",
+        &format!("{}; sleep 600", print_lines(n)),
+    );
+    wait_for_file(&agent, "1001", "web", &line(n));
+    let dir = agent.log_dir().join("1001");
+    assert!(dir.join("web.log.2").exists(), "two rotated files");
+    let t0 = Instant::now();
+    let parts = ask(
+        &broker,
+        &name,
+        serde_json::json!({"appId": "1001", "service": "web", "limit": 10000}),
+    );
+    let took = t0.elapsed();
+    assert!(parts.len() >= 3, "{} parts", parts.len());
+    let want: Vec<String> = (1..=n).map(line).collect();
+    assert_eq!(answer_lines(&parts), want);
+    // `limit` keeps the newest; `since` and `q` filter the files as the ring.
+    let parts = ask(
+        &broker,
+        &name,
+        serde_json::json!({"appId": 1001, "limit": 5}),
+    );
+    assert_eq!(answer_lines(&parts), want[n - 5..]);
+    let parts = ask(
+        &broker,
+        &name,
+        serde_json::json!({"q": "line 7 ", "service": "web"}),
+    );
+    assert_eq!(answer_lines(&parts), [line(7)]);
+    eprintln!("answer of {n} lines (ring and files) in {took:?}");
+}
+
+/// A bad request is answered with the error naming its parameter, and the agent goes on.
+#[test]
+fn a_bad_query_names_its_parameter() {
+    let broker = Broker::start();
+    let name = unique("fleet-b");
+    let agent = agent_for(&name, &name, &broker, &[]);
+    let parts = ask(&broker, &name, serde_json::json!({"level": "loud"}));
+    assert_eq!(parts.len(), 1);
+    assert_eq!(parts[0]["correlationId"], "c-1");
+    let e = parts[0]["error"].as_str().unwrap_or_default();
+    assert!(e.starts_with("bad parameter 'level': "), "{e}");
+    let parts = ask(&broker, &name, serde_json::json!({"limit": 10001}));
+    assert!(parts[0]["error"]
+        .as_str()
+        .is_some_and(|e| e.contains("'limit'")));
+    let parts = ask(&broker, &name, serde_json::json!({"limit": 3}));
+    assert_eq!(parts[0]["last"], true);
+    let (_, h) = agent.get("/api/v1/health");
+    assert_eq!(json(&h)["mqtt"]["query"]["bad"], 2);
+}
+
+/// At MQTT 5 the request's response topic and correlation data are used, and the answer
+/// carries the correlation data; parts fit the broker's maximum packet size.
+#[test]
+fn a_v5_query_uses_response_topic_and_correlation_data() {
+    let broker = Broker::start_opts(BrokerOpts {
+        extra: "max_packet_size 16384".into(),
+        ..Default::default()
+    });
+    let name = unique("fleet-5");
+    let agent = agent_for(
+        &name,
+        &name,
+        &broker,
+        &[("MQTT_VERSION", "5"), ("LOG_MAX_MEMORY", "50")],
+    );
+    let n = 400;
+    let _c = run(
+        &format!("{name}-web"),
+        "1001",
+        "web",
+        &format!("{}; sleep 600", print_lines(n)),
+    );
+    wait_for_file(&agent, "1001", "web", &line(n));
+    let reply = format!("replies/{}", unique("r5"));
+    let sub = Sub5::start(broker.port, &[&reply]);
+    publish(
+        broker.port,
+        &format!("container-manager/query/{name}"),
+        r#"{"service":"web","limit":1000}"#,
+        &[
+            "-V",
+            "mqttv5",
+            "-D",
+            "publish",
+            "response-topic",
+            &reply,
+            "-D",
+            "publish",
+            "correlation-data",
+            "corr-5",
+        ],
+    );
+    let last = |m: &[util::v5::Msg5]| m.iter().any(|m| m.json()["last"] == true);
+    assert!(sub.wait(PATIENCE, last), "no last part");
+    let got = sub.all();
+    assert!(got.len() > 2, "{} parts within 16 KiB", got.len());
+    let mut lines = Vec::new();
+    for (i, m) in got.iter().enumerate() {
+        assert!(m.payload.len() < 16384);
+        let corr = m.props.as_ref().and_then(|p| p.correlation_data.clone());
+        assert_eq!(corr.as_deref(), Some(&b"corr-5"[..]));
+        let v = m.json();
+        assert_eq!(v["correlationId"], "corr-5");
+        assert_eq!(v["part"], i + 1);
+        for l in v["logs"].as_array().expect("logs") {
+            lines.push(l["message"].as_str().unwrap_or_default().to_string());
+        }
+    }
+    let want: Vec<String> = (1..=n).map(line).collect();
+    assert_eq!(lines, want);
+}
+
+/// VmHWM of a process, in KiB.
+fn vm_hwm(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// 1 000 queries in a burst while a container logs 1 000 lines a second: every line still
+/// reaches the files, queries beyond the small queue are dropped and counted, memory stays
+/// bounded.
+#[test]
+fn a_burst_of_queries_neither_loses_lines_nor_grows_memory() {
+    let broker = Broker::start();
+    let name = unique("fleet-f");
+    let agent = agent_for(&name, &name, &broker, &[]);
+    // 5 000 lines at about 1 000 a second.
+    let script = format!(
+        "i=1; while [ $i -le 5000 ]; do j=0; while [ $j -lt 100 ]; do echo \"line $i {}\"; \
+         i=$((i+1)); j=$((j+1)); done; sleep 0.1; done; sleep 600",
+        "x".repeat(90)
+    );
+    let _c = run(&format!("{name}-web"), "1001", "web", &script);
+    wait_for_file(&agent, "1001", "web", "line 1000 ");
+    let before = vm_hwm(agent.pid());
+    let reply = format!("replies/{}", unique("burst"));
+    let sub = Subscriber::start(broker.port, &[&format!("{reply}/#")]);
+    let mut child = Command::new("mosquitto_pub")
+        .args(["-h", "127.0.0.1", "-p", &broker.port.to_string(), "-l"])
+        .args(["-t", &format!("container-manager/query/{name}")])
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("mosquitto_pub -l");
+    let mut stdin = child.stdin.take().expect("stdin");
+    for i in 0..1000 {
+        let body = format!(r#"{{"replyTo":"{reply}/{i}","correlationId":"{i}","limit":1000}}"#);
+        let _ = writeln!(stdin, "{body}");
+    }
+    drop(stdin);
+    let _ = child.wait();
+    wait_for_file(&agent, "1001", "web", &line(5000));
+    let mut text = String::new();
+    for f in ["web.log.1", "web.log"] {
+        text.push_str(
+            &std::fs::read_to_string(agent.log_dir().join("1001").join(f)).unwrap_or_default(),
+        );
+    }
+    for i in 1..=5000 {
+        assert!(text.contains(&format!("\"line {i} ")), "line {i} lost");
+    }
+    let after = vm_hwm(agent.pid());
+    let (_, h) = agent.get("/api/v1/health");
+    let q = json(&h)["mqtt"]["query"].clone();
+    let answered = q["answered"].as_u64().unwrap_or(0);
+    let dropped = q["dropped"].as_u64().unwrap_or(0);
+    let finals = sub
+        .all()
+        .iter()
+        .filter(|m| m.json()["last"] == true)
+        .count();
+    eprintln!(
+        "burst: VmHWM {before} -> {after} KiB; answered {answered}, dropped {dropped}, \
+         last parts seen {finals}"
+    );
+    assert!(dropped > 0, "a burst overflows the queue: {q}");
+    assert!(answered + dropped <= 1000);
+    assert!(after < before + 32 * 1024, "VmHWM {before} -> {after} KiB");
+}
