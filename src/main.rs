@@ -14,6 +14,8 @@ usage:
   container-logd check      check the configuration, the engine and the broker
   container-logd logs [--app ID] [--service NAME] [--level LEVEL] [--since TIME] [--limit N] [-f|--follow] [--json]
                             read logs from a running agent's API
+  container-logd logs --broker URL --host NAME [filters] [-f] | --hosts
+                            the same over MQTT, from any agent with MQTT_QUERY=true
   container-logd --help | --version
 
 Configuration comes from environment variables (the service reads /etc/default/container-logd);

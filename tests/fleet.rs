@@ -100,6 +100,14 @@ fn answer_lines(parts: &[Value]) -> Vec<String> {
     out
 }
 
+/// Panics at the first line where `got` and `want` part (the whole lists are long).
+fn same_lines(got: &[String], want: &[String]) {
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert_eq!(g, w, "line {i} of {}", got.len());
+    }
+    assert_eq!(got.len(), want.len(), "as many lines");
+}
+
 /// Waits until the service's current file holds `text`.
 fn wait_for_file(agent: &Agent, app: &str, service: &str, text: &str) {
     let path = agent.log_dir().join(app).join(format!("{service}.log"));
@@ -185,7 +193,7 @@ fn a_query_spans_the_ring_and_rotated_files() {
     let took = t0.elapsed();
     assert!(parts.len() >= 3, "{} parts", parts.len());
     let want: Vec<String> = (1..=n).map(line).collect();
-    assert_eq!(answer_lines(&parts), want);
+    same_lines(&answer_lines(&parts), &want);
     // `limit` keeps the newest; `since` and `q` filter the files as the ring.
     let parts = ask(
         &broker,
@@ -282,7 +290,7 @@ fn a_v5_query_uses_response_topic_and_correlation_data() {
         }
     }
     let want: Vec<String> = (1..=n).map(line).collect();
-    assert_eq!(lines, want);
+    same_lines(&lines, &want);
 }
 
 /// VmHWM of a process, in KiB.
@@ -354,4 +362,122 @@ fn a_burst_of_queries_neither_loses_lines_nor_grows_memory() {
     assert!(dropped > 0, "a burst overflows the queue: {q}");
     assert!(answered + dropped <= 1000);
     assert!(after < before + 32 * 1024, "VmHWM {before} -> {after} KiB");
+}
+
+/// `container-logd logs` with `args`, run to its end; its stdout.
+fn cli(args: &[&str], env: &[(&str, &str)]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_container-logd"))
+        .arg("logs")
+        .args(args)
+        .envs(env.iter().copied())
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("container-logd logs");
+    assert!(
+        out.status.success(),
+        "logs {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `logs --broker --host` prints what `logs` prints over the API; with `-f` it goes on with the
+/// live topics, with no gap and no duplicate where the answer ends.
+#[test]
+fn logs_over_the_broker_and_the_follow_seam() {
+    let broker = Broker::start();
+    let name = unique("fleet-c");
+    let agent = agent_for(&name, &name, &broker, &[]);
+    let base = ("MQTT_BASE_TOPIC", "container-manager/logs/{hostname}");
+    let n = 600;
+    let script = format!(
+        "i=1; while [ $i -le {n} ]; do echo \"line $i {}\"; i=$((i+1)); sleep 0.01; done; \
+         sleep 600",
+        "x".repeat(90)
+    );
+    let _c = run(&format!("{name}-web"), "1001", "web", &script);
+    wait_for_file(&agent, "1001", "web", &line(100));
+    // Follow from mid-stream: the answer holds what was logged so far, the rest comes live.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_container-logd"))
+        .args(["logs", "--broker", &broker.url(), "--host", &name])
+        .args(["--service", "web", "--json", "--limit", "10000", "-f"])
+        .env(base.0, base.1)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("logs -f");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for l in std::io::BufReader::new(stdout).lines() {
+            let Ok(l) = l else { break };
+            if tx.send(l).is_err() {
+                break;
+            }
+        }
+    });
+    let mut got = Vec::new();
+    let until = Instant::now() + PATIENCE;
+    while got.len() < n && Instant::now() < until {
+        if let Ok(l) = rx.recv_timeout(until.saturating_duration_since(Instant::now())) {
+            let v = json(&l);
+            if v["source"]["type"] == "container" {
+                got.push(v["message"].as_str().unwrap_or_default().to_string());
+            }
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let want: Vec<String> = (1..=n).map(line).collect();
+    same_lines(&got, &want);
+    // Without -f: the same text as `logs` over the API.
+    let port = agent.port.to_string();
+    let over_api = cli(
+        &["--service", "web"],
+        &[("API_LISTEN", &format!("127.0.0.1:{port}"))],
+    );
+    let over_mqtt = cli(
+        &[
+            "--broker",
+            &broker.url(),
+            "--host",
+            &name,
+            "--service",
+            "web",
+        ],
+        &[base],
+    );
+    assert!(over_mqtt.lines().count() > n, "lines and the start");
+    let (m, a): (Vec<String>, Vec<String>) = (
+        over_mqtt.lines().map(str::to_string).collect(),
+        over_api.lines().map(str::to_string).collect(),
+    );
+    same_lines(&m, &a);
+}
+
+/// `logs --hosts` lists every host whose retained status the broker holds, with its health.
+#[test]
+fn hosts_lists_two_agents() {
+    let broker = Broker::start();
+    let a = unique("fleet-ha");
+    let b = unique("fleet-hb");
+    let _agent_a = agent_for(&a, &a, &broker, &[]);
+    let _agent_b = agent_for(&b, &b, &broker, &[]);
+    let _c = run(&format!("{a}-web"), "1001", "web", "echo hi; sleep 600");
+    let mut text = String::new();
+    let ok = wait_until(PATIENCE, || {
+        text = cli(&["--broker", &broker.url(), "--hosts"], &[]);
+        text.lines()
+            .any(|l| l.starts_with(&format!("{a}  online  containers=1 engine=up")))
+            && text
+                .lines()
+                .any(|l| l.starts_with(&format!("{b}  online  containers=0 engine=up")))
+    });
+    assert!(ok, "--hosts printed:\n{text}");
+    assert_eq!(text.lines().count(), 2, "{text}");
+    let json_lines = cli(&["--broker", &broker.url(), "--hosts", "--json"], &[]);
+    for l in json_lines.lines() {
+        assert_eq!(json(l)["status"], "online");
+    }
 }

@@ -16,7 +16,8 @@ use crate::config::{Config, Secret};
 use crate::message::Level;
 
 const HELP: &str = "\
-usage: container-logd logs [--app ID] [--service NAME] [--level LEVEL] [--since TIME] [--limit N] [-f|--follow] [--json]
+usage: container-logd logs [--broker URL --host NAME] [--app ID] [--service NAME] [--level LEVEL] [--since TIME] [--limit N] [-f|--follow] [--json]
+       container-logd logs --broker URL --hosts [--json]
 
   --app ID         only this app (appId)
   --service NAME   only this service
@@ -25,8 +26,12 @@ usage: container-logd logs [--app ID] [--service NAME] [--level LEVEL] [--since 
   --limit N        at most the newest N lines (default 1000)
   -f, --follow     keep printing new lines as they come
   --json           print the messages as JSON lines, as the agent sends them
+  --broker URL     read over MQTT through this broker (default: MQTT_BROKER) …
+  --host NAME      … from the agent whose {hostname} is NAME (it needs MQTT_QUERY=true)
+  --hosts          list the hosts whose status the broker holds, with their health
 
-The agent is reached at API_LISTEN (default 127.0.0.1:7780), with API_TOKEN when set.";
+The agent is reached at API_LISTEN (default 127.0.0.1:7780), with API_TOKEN when set; over MQTT
+with the MQTT_* variables (credentials, TLS, version, topics with {hostname} as NAME).";
 
 /// How long a follow waits without a byte (heartbeats come every 15 s) before it reconnects.
 const STALL: Duration = Duration::from_secs(45);
@@ -46,6 +51,12 @@ pub struct Args {
     pub follow: bool,
     pub json: bool,
     pub help: bool,
+    /// Read over MQTT through this broker (`MQTT_BROKER` when only `--host`/`--hosts`).
+    pub broker: Option<String>,
+    /// Read over MQTT from this host.
+    pub host: Option<String>,
+    /// List the hosts over MQTT.
+    pub hosts: bool,
 }
 
 /// Why `logs` failed; each says what to do about it.
@@ -171,13 +182,27 @@ pub fn parse_args(args: &[String]) -> Result<Args, String> {
                         })?,
                 );
             }
+            "--broker" => a.broker = Some(value("a broker URL")?),
+            "--host" => a.host = Some(value("a host name")?),
+            "--hosts" if inline.is_none() => a.hosts = true,
             "-f" | "--follow" if inline.is_none() => a.follow = true,
             "--json" if inline.is_none() => a.json = true,
             "-h" | "--help" if inline.is_none() => a.help = true,
             other => return Err(format!("unknown argument '{other}'")),
         }
     }
+    check_mqtt_args(&a)?;
     Ok(a)
+}
+
+/// What goes together for a read over MQTT.
+fn check_mqtt_args(a: &Args) -> Result<(), String> {
+    match (&a.host, a.hosts, &a.broker) {
+        (Some(_), true, _) => Err("--host and --hosts do not go together".into()),
+        (None, false, Some(_)) => Err("--broker needs --host NAME or --hosts".into()),
+        _ if a.hosts && a.follow => Err("--hosts does not follow".into()),
+        _ => Ok(()),
+    }
 }
 
 /// Appends `name=value` to a query string, percent-encoding the value.
@@ -429,6 +454,11 @@ fn run(args: &[String]) -> Result<(), Error> {
         println!("{HELP}");
         return Ok(());
     }
+    let colour =
+        !a.json && std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    if a.host.is_some() || a.hosts {
+        return super::fleet::run(&a, colour, &mut std::io::stdout().lock());
+    }
     let cfg = Config::from_process_env().map_err(Error::Config)?;
     let listen = cfg.api_listen.ok_or(Error::ApiOff)?;
     let addr = target(listen);
@@ -444,8 +474,6 @@ fn run(args: &[String]) -> Result<(), Error> {
         addr: addr.to_string(),
         token: cfg.api_token.clone(),
     };
-    let colour =
-        !a.json && std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     if a.follow {

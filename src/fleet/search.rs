@@ -111,6 +111,12 @@ fn written_before(path: &Path, since_ms: Option<i64>) -> bool {
     ms.is_some_and(|ms| ms < since)
 }
 
+/// Whether a message's JSON (a file line, a published message) passes `f`, and its id.
+pub fn json_matches(json: &str, f: &Filter) -> Option<(bool, String)> {
+    let line = serde_json::from_str::<Line>(json).ok()?;
+    Some((line.matches(f), line.id))
+}
+
 /// The fields of a file line a filter looks at.
 #[derive(Deserialize)]
 struct Line {
