@@ -106,8 +106,9 @@ struct Pipeline {
     shared: Option<Arc<Shared>>,
     local: Option<Arc<LocalBackend>>,
     mqtt: Option<Arc<MqttBackend>>,
-    /// Answers log queries over MQTT (`MQTT_QUERY`).
-    query: Option<crate::fleet::query::QueryService>,
+    /// The fleet's broker connection: queries (`MQTT_QUERY`), Home Assistant (`HA_DISCOVERY`).
+    fleet: Option<crate::fleet::link::FleetLink>,
+    discovery: Option<crate::fleet::discovery::Shared>,
     backends: Vec<Arc<dyn Backend>>,
     monitor: Option<Monitor>,
     api: Option<Api>,
@@ -126,7 +127,8 @@ impl Pipeline {
             shared: None,
             local: None,
             mqtt: None,
-            query: None,
+            fleet: None,
+            discovery: None,
             backends: Vec::new(),
             monitor: None,
             api: None,
@@ -191,31 +193,52 @@ impl Pipeline {
             .map_err(|e| Error::Mqtt(e.to_string()))?;
             self.mqtt = Some(mqtt.clone());
             self.backends.push(mqtt.clone());
-            if m.query {
-                self.start_query(m, &mqtt, &local)?;
+            if m.query || m.ha_discovery {
+                self.start_fleet(m, &mqtt, &local)?;
             }
         }
         Ok(())
     }
 
-    /// Starts `mqtt-query` (docs/CONTRACT.md §10) over the ring and the files.
-    fn start_query(
+    /// Starts `mqtt-fleet` (docs/CONTRACT.md §10): queries over the ring and the files, and
+    /// Home Assistant discovery fed by a tap among the backends.
+    fn start_fleet(
         &mut self,
         m: &crate::config::MqttConfig,
         mqtt: &MqttBackend,
         local: &LocalBackend,
     ) -> Result<(), Error> {
+        use crate::fleet::{discovery, link, query};
         let cfg = &self.cfg;
         let options = crate::backend::mqtt::options(m, &cfg.hostname, "")
             .map_err(|e| Error::Mqtt(e.to_string()))?;
-        let sources = crate::fleet::query::Sources {
-            ring: local.ring().clone(),
-            log_dir: cfg.log_file_persistence.then(|| cfg.log_dir.clone()),
-        };
-        let q = crate::fleet::query::QueryService::start(options, m.query_topic.clone(), sources)
-            .map_err(state_error("threads"))?;
-        mqtt.show_query(q.stats.clone());
-        self.query = Some(q);
+        let query = m.query.then(|| {
+            let sources = query::Sources {
+                ring: local.ring().clone(),
+                log_dir: cfg.log_file_persistence.then(|| cfg.log_dir.clone()),
+            };
+            (m.query_topic.clone(), sources)
+        });
+        let discovery = m.ha_discovery.then(|| {
+            Arc::new(std::sync::Mutex::new(discovery::Discovery::new(
+                &m.ha_prefix,
+                &cfg.hostname,
+                env!("CARGO_PKG_VERSION"),
+                &m.status_topic,
+                m.ha_expiry,
+                Instant::now(),
+            )))
+        });
+        if let Some(d) = &discovery {
+            self.backends.push(Arc::new(discovery::Tap(d.clone())));
+        }
+        self.discovery = discovery.clone();
+        let duties = link::Duties { query, discovery };
+        let fleet = link::FleetLink::start(options, duties).map_err(state_error("threads"))?;
+        if m.query {
+            mqtt.show_query(fleet.stats.clone());
+        }
+        self.fleet = Some(fleet);
         Ok(())
     }
 
@@ -325,6 +348,7 @@ impl Pipeline {
             monitor: monitor.shared().clone(),
             mqtt: self.mqtt.clone(),
             backends: self.backends.clone(),
+            discovery: self.discovery.clone(),
         };
         let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(0);
         let handle = std::thread::Builder::new()
@@ -365,8 +389,8 @@ impl Pipeline {
             drop(stop);
             let _ = handle.join();
         }
-        if let Some(mut q) = self.query.take() {
-            q.stop();
+        if let Some(mut fleet) = self.fleet.take() {
+            fleet.stop();
         }
         for b in self.backends.drain(..) {
             b.shutdown();
@@ -424,6 +448,8 @@ struct Housekeeping {
     /// Given the health for its retained status at every round.
     mqtt: Option<Arc<MqttBackend>>,
     backends: Vec<Arc<dyn Backend>>,
+    /// Told which services are followed, for Home Assistant discovery.
+    discovery: Option<crate::fleet::discovery::Shared>,
 }
 
 impl Housekeeping {
@@ -465,6 +491,13 @@ impl Housekeeping {
         let Some(mqtt) = &self.mqtt else {
             return;
         };
+        let views = self.monitor.views();
+        if let Some(d) = &self.discovery {
+            let followed = views
+                .iter()
+                .map(|v| (v.app_id.as_str(), v.service_name.as_str()));
+            crate::fleet::discovery::lock(d).followed(followed, now);
+        }
         let (mut dropped, mut spool_bytes) = (0, 0);
         for b in &self.backends {
             let sum = b.summary();
@@ -473,7 +506,7 @@ impl Housekeeping {
         }
         mqtt.set_health(&crate::backend::mqtt::topic::Health {
             started_at: mqtt.started_at().to_string(),
-            containers: self.monitor.views().len(),
+            containers: views.len(),
             spool_bytes,
             dropped,
             engine_up: self.stats.docker_up.load(Ordering::Relaxed),

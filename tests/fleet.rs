@@ -481,3 +481,119 @@ fn hosts_lists_two_agents() {
         assert_eq!(json(l)["status"], "online");
     }
 }
+
+/// The host name as the agent reads it, as an object id.
+fn node() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .unwrap_or_default()
+        .trim()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// Home Assistant discovery: the host's device and sensors, a service's `last error` and
+/// `errors/min`, checked field by field; the service's configs removed once it is gone for the
+/// (shortened) expiry.
+#[test]
+fn home_assistant_discovery() {
+    let broker = Broker::start();
+    let name = unique("fleet-ha");
+    let status = format!("container-manager/status/{name}");
+    let _agent = agent_for(
+        &name,
+        &name,
+        &broker,
+        &[("HA_DISCOVERY", "true"), ("HA_DISCOVERY_EXPIRY_S", "3")],
+    );
+    let sub = Subscriber::start(broker.port, &["homeassistant/#", &format!("{status}/#")]);
+    let c = run(
+        &format!("{name}-web"),
+        "1001",
+        "web",
+        "echo 'ERROR disk full'; sleep 600",
+    );
+    let node = node();
+    let cfg =
+        |component: &str, object: &str| format!("homeassistant/{component}/{node}/{object}/config");
+    let state_topic = format!("{status}/service/1001_web");
+    let latest = |topic: &str| {
+        sub.all()
+            .iter()
+            .rev()
+            .find(|m| m.topic == topic)
+            .map(|m| m.payload.clone())
+    };
+    let has_error = || {
+        latest(&state_topic).is_some_and(|p| p.contains("ERROR disk full"))
+            && latest(&cfg("sensor", "1001_web_last_error")).is_some()
+    };
+    assert!(wait_until(PATIENCE, has_error), "{:?}", sub.all());
+    let conn = json(&latest(&cfg("binary_sensor", "connectivity")).unwrap_or_default());
+    assert_eq!(conn["device_class"], "connectivity");
+    assert_eq!(conn["state_topic"], status.as_str());
+    assert_eq!(conn["value_template"], "{{ value_json.status }}");
+    assert_eq!(conn["payload_on"], "online");
+    assert_eq!(conn["payload_off"], "offline");
+    assert_eq!(
+        conn["unique_id"],
+        format!("container_logd_{node}_connectivity")
+    );
+    assert_eq!(
+        conn["device"]["identifiers"][0],
+        format!("container_logd_{node}")
+    );
+    assert_eq!(conn["device"]["sw_version"], env!("CARGO_PKG_VERSION"));
+    for (object, field) in [
+        ("containers", "containers"),
+        ("lines_per_min", "linesPerMin"),
+        ("spool_bytes", "spoolBytes"),
+        ("dropped", "dropped"),
+    ] {
+        let s = json(&latest(&cfg("sensor", object)).unwrap_or_default());
+        assert_eq!(s["state_topic"], status.as_str(), "{object}");
+        assert_eq!(s["value_template"], format!("{{{{ value_json.{field} }}}}"));
+        assert_eq!(s["availability_topic"], status.as_str());
+        assert_eq!(s["availability_template"], "{{ value_json.status }}");
+        assert_eq!(s["payload_available"], "online");
+        assert_eq!(s["payload_not_available"], "offline");
+        assert_eq!(s["unique_id"], format!("container_logd_{node}_{object}"));
+        assert_eq!(s["device"], conn["device"]);
+    }
+    let e = json(&latest(&cfg("sensor", "errors_per_min")).unwrap_or_default());
+    assert_eq!(e["state_topic"], format!("{status}/errors"));
+    let last = json(&latest(&cfg("sensor", "1001_web_last_error")).unwrap_or_default());
+    assert_eq!(last["state_topic"], state_topic.as_str());
+    assert_eq!(last["value_template"], "{{ value_json.lastError }}");
+    assert_eq!(last["json_attributes_topic"], state_topic.as_str());
+    assert_eq!(last["availability_topic"], status.as_str());
+    let rate = json(&latest(&cfg("sensor", "1001_web_errors_per_min")).unwrap_or_default());
+    assert_eq!(rate["value_template"], "{{ value_json.errorsPerMin }}");
+    let state = json(&latest(&state_topic).unwrap_or_default());
+    assert_eq!(state["lastError"], "ERROR disk full");
+    assert_eq!(state["errorsPerMin"], 1);
+    assert_eq!(state["container"], c.name.as_str());
+    assert!(state["lastErrorAt"]
+        .as_str()
+        .is_some_and(|t| t.ends_with('Z')));
+    // Gone: its configs are emptied once the expiry has passed.
+    drop(c);
+    let removed = || {
+        latest(&cfg("sensor", "1001_web_last_error")).is_some_and(|p| p.is_empty())
+            && latest(&cfg("sensor", "1001_web_errors_per_min")).is_some_and(|p| p.is_empty())
+            && latest(&state_topic).is_some_and(|p| p.is_empty())
+    };
+    assert!(wait_until(PATIENCE, removed), "not removed");
+    let later = Subscriber::start(broker.port, &["homeassistant/#"]);
+    assert!(
+        later.wait(PATIENCE, |m| m.len() >= 6),
+        "the host's configs stay"
+    );
+    assert!(later.all().iter().all(|m| !m.topic.contains("1001_web")));
+}
