@@ -285,11 +285,69 @@ struct Part {
     spool: Option<(u64, u64)>,
 }
 
+/// A unit's messages: one, held in place (an unbatched publish allocates nothing for it), or a
+/// batch.
+enum Parts {
+    One([Part; 1]),
+    Many(Vec<Part>),
+}
+
+impl Parts {
+    fn push(&mut self, part: Part) {
+        match self {
+            Parts::Many(v) => v.push(part),
+            Parts::One(_) => {
+                if let Parts::One([first]) = std::mem::replace(self, Parts::Many(Vec::new())) {
+                    *self = Parts::Many(vec![first, part]);
+                }
+            }
+        }
+    }
+
+    /// The parts from `n` on, leaving those before.
+    fn split_off(&mut self, n: usize) -> Parts {
+        match self {
+            Parts::Many(v) => Parts::Many(v.split_off(n)),
+            Parts::One(_) if n == 0 => std::mem::replace(self, Parts::Many(Vec::new())),
+            Parts::One(_) => Parts::Many(Vec::new()),
+        }
+    }
+}
+
+impl<'a> IntoIterator for &'a Parts {
+    type Item = &'a Part;
+    type IntoIter = std::slice::Iter<'a, Part>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.iter()
+    }
+}
+
+impl std::ops::Deref for Parts {
+    type Target = [Part];
+
+    fn deref(&self) -> &[Part] {
+        match self {
+            Parts::One(p) => p,
+            Parts::Many(v) => v,
+        }
+    }
+}
+
+impl std::ops::DerefMut for Parts {
+    fn deref_mut(&mut self) -> &mut [Part] {
+        match self {
+            Parts::One(p) => p,
+            Parts::Many(v) => v,
+        }
+    }
+}
+
 /// One MQTT publish: a single message or a batch, all on one topic.
 struct Unit {
     /// The message topic, without `/batch`; shared by the units of one topic.
     topic: Arc<str>,
-    parts: Vec<Part>,
+    parts: Parts,
     bytes: usize,
     from_spool: bool,
 }
@@ -645,7 +703,7 @@ impl Session {
         } else {
             self.memory.push_back(Unit {
                 topic,
-                parts: vec![part],
+                parts: Parts::One([part]),
                 bytes: len,
                 from_spool: false,
             });
@@ -681,7 +739,7 @@ impl Session {
                 self.open.push(Open {
                     unit: Unit {
                         topic,
-                        parts: Vec::new(),
+                        parts: Parts::Many(Vec::new()),
                         bytes: 0,
                         from_spool: false,
                     },
@@ -1683,7 +1741,7 @@ impl Session {
             }
             self.replay.push_back(Unit {
                 topic: Arc::from(r.topic),
-                parts: vec![part],
+                parts: Parts::One([part]),
                 bytes: len,
                 from_spool: true,
             });
