@@ -65,32 +65,48 @@ fn publish(port: u16, topic: &str, body: &str, extra: &[&str]) {
 }
 
 /// Sends a 3.1.1 query (`body` plus `replyTo` and `correlationId`) and returns the answer's
-/// parts, in the order they came, once the last came.
+/// parts, in the order they came, once the last came. The query is sent again (with another
+/// correlation id) while none is answered: the agent's query connection may still be on its
+/// way.
 fn ask(broker: &Broker, host: &str, body: Value) -> Vec<Value> {
     let reply = format!("replies/{}", unique("r"));
     let sub = Subscriber::start(broker.port, &[&reply]);
     let mut body = body;
     body["replyTo"] = reply.clone().into();
-    body["correlationId"] = "c-1".into();
-    publish(
-        broker.port,
-        &format!("container-manager/query/{host}"),
-        &body.to_string(),
-        &[],
-    );
-    let done = |m: &[util::broker::Msg]| {
-        m.iter()
-            .any(|m| m.json()["last"] == true || m.json().get("error").is_some())
-    };
-    assert!(sub.wait(PATIENCE, done), "no last part for {body}");
-    sub.all().iter().map(|m| m.json()).collect()
+    let until = Instant::now() + PATIENCE;
+    for attempt in 0u32.. {
+        let id = format!("c-{attempt}");
+        body["correlationId"] = id.clone().into();
+        publish(
+            broker.port,
+            &format!("container-manager/query/{host}"),
+            &body.to_string(),
+            &[],
+        );
+        let ours = |m: &util::broker::Msg| m.json()["correlationId"] == id.as_str();
+        let done = |m: &[util::broker::Msg]| {
+            m.iter()
+                .filter(|m| ours(m))
+                .any(|m| m.json()["last"] == true || m.json().get("error").is_some())
+        };
+        if sub.wait(std::time::Duration::from_secs(3), done) {
+            return sub
+                .all()
+                .iter()
+                .filter(|m| ours(m))
+                .map(|m| m.json())
+                .collect();
+        }
+        assert!(Instant::now() < until, "no answer to {body}");
+    }
+    unreachable!("the loop returns or panics")
 }
 
 /// The `message` fields of an answer's parts, in order; checks the parts' numbering.
 fn answer_lines(parts: &[Value]) -> Vec<String> {
     let mut out = Vec::new();
     for (i, p) in parts.iter().enumerate() {
-        assert_eq!(p["correlationId"], "c-1");
+        assert_eq!(p["correlationId"], parts[0]["correlationId"]);
         assert_eq!(p["part"], i + 1, "parts in order");
         assert_eq!(p["last"], i + 1 == parts.len());
         for l in p["logs"].as_array().expect("logs") {
@@ -218,7 +234,9 @@ fn a_bad_query_names_its_parameter() {
     let agent = agent_for(&name, &name, &broker, &[]);
     let parts = ask(&broker, &name, serde_json::json!({"level": "loud"}));
     assert_eq!(parts.len(), 1);
-    assert_eq!(parts[0]["correlationId"], "c-1");
+    assert!(parts[0]["correlationId"]
+        .as_str()
+        .is_some_and(|c| c.starts_with("c-")));
     let e = parts[0]["error"].as_str().unwrap_or_default();
     assert!(e.starts_with("bad parameter 'level': "), "{e}");
     let parts = ask(&broker, &name, serde_json::json!({"limit": 10001}));
@@ -381,6 +399,86 @@ fn cli(args: &[&str], env: &[(&str, &str)]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// `logs --broker --host NAME --service web --json --limit 10000 -f`, its lines read on a
+/// thread; killed when dropped.
+struct Follower {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Follower {
+    fn start(broker: &Broker, name: &str, base: (&str, &str)) -> Follower {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_container-logd"))
+            .args(["logs", "--broker", &broker.url(), "--host", name])
+            .args(["--service", "web", "--json", "--limit", "10000", "-f"])
+            .env(base.0, base.1)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("logs -f");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for l in std::io::BufReader::new(stdout).lines() {
+                let Ok(l) = l else { break };
+                if tx.send(l).is_err() {
+                    break;
+                }
+            }
+        });
+        Follower { child, lines }
+    }
+
+    /// The messages of the next `n` container lines printed (fewer if they do not come).
+    fn container_lines(&self, n: usize) -> Vec<String> {
+        let mut got = Vec::new();
+        let until = Instant::now() + PATIENCE;
+        while got.len() < n && Instant::now() < until {
+            let left = until.saturating_duration_since(Instant::now());
+            if let Ok(l) = self.lines.recv_timeout(left) {
+                let v = json(&l);
+                if v["source"]["type"] == "container" {
+                    got.push(v["message"].as_str().unwrap_or_default().to_string());
+                }
+            }
+        }
+        got
+    }
+}
+
+impl Drop for Follower {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `logs --broker --host -f` goes on after the broker restarts: it connects again and asks for
+/// what it missed, with no gap and no duplicate.
+#[test]
+fn logs_follow_survives_a_broker_restart() {
+    let mut broker = Broker::start();
+    let name = unique("fleet-r");
+    let agent = agent_for(&name, &name, &broker, &[]);
+    let base = ("MQTT_BASE_TOPIC", "container-manager/logs/{hostname}");
+    let n = 600;
+    let script = format!(
+        "i=1; while [ $i -le {n} ]; do echo \"line $i {}\"; i=$((i+1)); sleep 0.01; done; \
+         sleep 600",
+        "x".repeat(90)
+    );
+    let _c = run(&format!("{name}-web"), "1001", "web", &script);
+    wait_for_file(&agent, "1001", "web", &line(50));
+    let follower = Follower::start(&broker, &name, base);
+    let mut got = follower.container_lines(150);
+    broker.stop();
+    broker.start_again();
+    got.extend(follower.container_lines(n - got.len()));
+    let want: Vec<String> = (1..=n).map(line).collect();
+    same_lines(&got, &want);
+}
+
 /// `logs --broker --host` prints what `logs` prints over the API; with `-f` it goes on with the
 /// live topics, with no gap and no duplicate where the answer ends.
 #[test]
@@ -398,37 +496,8 @@ fn logs_over_the_broker_and_the_follow_seam() {
     let _c = run(&format!("{name}-web"), "1001", "web", &script);
     wait_for_file(&agent, "1001", "web", &line(100));
     // Follow from mid-stream: the answer holds what was logged so far, the rest comes live.
-    let mut child = Command::new(env!("CARGO_BIN_EXE_container-logd"))
-        .args(["logs", "--broker", &broker.url(), "--host", &name])
-        .args(["--service", "web", "--json", "--limit", "10000", "-f"])
-        .env(base.0, base.1)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("logs -f");
-    let stdout = child.stdout.take().expect("stdout");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        for l in std::io::BufReader::new(stdout).lines() {
-            let Ok(l) = l else { break };
-            if tx.send(l).is_err() {
-                break;
-            }
-        }
-    });
-    let mut got = Vec::new();
-    let until = Instant::now() + PATIENCE;
-    while got.len() < n && Instant::now() < until {
-        if let Ok(l) = rx.recv_timeout(until.saturating_duration_since(Instant::now())) {
-            let v = json(&l);
-            if v["source"]["type"] == "container" {
-                got.push(v["message"].as_str().unwrap_or_default().to_string());
-            }
-        }
-    }
-    let _ = child.kill();
-    let _ = child.wait();
+    let follower = Follower::start(&broker, &name, base);
+    let got = follower.container_lines(n);
     let want: Vec<String> = (1..=n).map(line).collect();
     same_lines(&got, &want);
     // Without -f: the same text as `logs` over the API.

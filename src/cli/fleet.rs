@@ -20,8 +20,10 @@ use crate::backend::mqtt::wire::{self, Message};
 use crate::config::{Config, MqttConfig, VARS};
 use crate::fleet::search::json_matches;
 
-/// How long a query waits for its answer's next part.
-const ANSWER_WAIT: Duration = Duration::from_secs(15);
+/// How long a query waits for its answer's next part before it is sent again, and how many
+/// times it is sent.
+const ASK_WAIT: Duration = Duration::from_secs(3);
+const ASKS: u32 = 5;
 /// How long `--hosts` waits for retained statuses after its subscription is confirmed.
 const RETAINED_WAIT: Duration = Duration::from_millis(700);
 /// The read wait while following (keep-alive is looked at in between).
@@ -33,16 +35,28 @@ const HOLD_MAX: usize = 100_000;
 /// Runs `logs` over MQTT.
 pub fn run(a: &Args, colour: bool, out: &mut impl Write) -> Result<(), Error> {
     let (cfg, options) = broker(a)?;
-    let (mut w, mut r, _) = wire::connect(&options).map_err(|e| Error::Unreachable {
-        addr: format!("{}:{}", cfg.host, cfg.port),
-        detail: e.to_string(),
-    })?;
-    let result = match &a.host {
-        None => hosts(&mut w, &mut r, a, out),
-        Some(host) => read(&mut w, &mut r, &options, host, a, colour, out),
-    };
-    let _ = w.disconnect();
-    result
+    let broker = format!("{}:{}", cfg.host, cfg.port);
+    let (mut w, mut r, _) = wire::connect(&options)
+        .map_err(|e| Error::Broker(format!("cannot connect to {broker}: {e}")))?;
+    match &a.host {
+        None => {
+            let listed = hosts(&mut w, &mut r, a, out);
+            let _ = w.disconnect();
+            listed
+        }
+        Some(host) => {
+            let mut reading = Reading {
+                a,
+                host,
+                options: &options,
+                colour,
+                out,
+                printed: Printed::default(),
+                asked: 0,
+            };
+            reading.run(w, r)
+        }
+    }
 }
 
 /// The MQTT settings (with `--broker` as `MQTT_BROKER`), and connection options of the
@@ -86,12 +100,12 @@ fn template(var: &str, name: &str) -> String {
 }
 
 fn lost(e: impl std::fmt::Display) -> Error {
-    Error::Read(format!("broker connection: {e}"))
+    Error::Broker(format!("connection lost: {e}"))
 }
 
-/// The query's JSON: the filters, and where to answer.
-fn request(a: &Args, reply: &str, correlation: &str) -> String {
-    let mut q = serde_json::json!({"replyTo": reply, "correlationId": correlation});
+/// The query's JSON: the filters (`since` given apart), and where to answer.
+fn request(a: &Args, since_ms: Option<i64>, limit: Option<usize>, reply: &str, id: &str) -> String {
+    let mut q = serde_json::json!({"replyTo": reply, "correlationId": id});
     if let Some(v) = &a.app {
         q["appId"] = v.clone().into();
     }
@@ -101,10 +115,10 @@ fn request(a: &Args, reply: &str, correlation: &str) -> String {
     if let Some(v) = a.level {
         q["level"] = v.as_str().into();
     }
-    if let Some(v) = a.since_ms {
+    if let Some(v) = since_ms {
         q["since"] = v.into();
     }
-    if let Some(v) = a.limit {
+    if let Some(v) = limit {
         q["limit"] = v.into();
     }
     q.to_string()
@@ -131,227 +145,314 @@ fn logs_of(payload: &str) -> Result<Vec<&str>, String> {
     split_array(&payload[start..=end])
 }
 
-/// Reads the host's logs: one query, then (with `-f`) its live topics.
-#[allow(clippy::too_many_arguments)]
-fn read(
-    w: &mut wire::Writer,
-    r: &mut wire::Reader,
-    options: &wire::Options,
-    host: &str,
-    a: &Args,
-    colour: bool,
-    out: &mut impl Write,
-) -> Result<(), Error> {
-    let reply = format!("container-logd/reply/{}", options.client_id);
-    let live = format!("{}/#", template("MQTT_BASE_TOPIC", host));
-    let mut filters = vec![reply.as_str()];
-    if a.follow {
-        filters.push(&live);
-    }
-    w.subscribe(1, &filters).map_err(lost)?;
-    w.flush().map_err(lost)?;
-    // The SUBACK comes before anything of the subscriptions.
-    r.set_read_timeout(Some(ANSWER_WAIT)).map_err(lost)?;
-    while r.next_message().map_err(lost)?.is_some() {}
-    let correlation = format!("cli-{}", std::process::id());
-    let query = template("MQTT_QUERY_TOPIC", host);
-    let body = request(a, &reply, &correlation);
-    w.publish(0, &query, body.as_bytes(), 0, false, false)
-        .and_then(|()| w.flush())
-        .map_err(lost)?;
-    let mut seam = Seam::new(a.follow);
-    answer(r, &reply, &correlation, host, &mut seam, a, colour, out)?;
-    if !a.follow {
-        return Ok(());
-    }
-    let f = live_filter(a);
-    let ids = std::mem::take(&mut seam.ids);
-    for m in std::mem::take(&mut seam.held) {
-        print_live(&m, &f, Some(&ids), a, colour, out)?;
-    }
-    follow(w, r, options, &reply, &f, a, colour, out)
-}
-
-/// The answer's ids and the live messages held until it is whole.
-struct Seam {
-    follow: bool,
+/// The ids printed lately (the newest [`RECENT`]), and the time of the newest line printed:
+/// a line is printed once across the seam between an answer and the live topics, and across
+/// a reconnect (whose catch-up query starts at that time).
+#[derive(Default)]
+struct Printed {
     ids: HashSet<String>,
-    held: VecDeque<Message>,
+    order: VecDeque<String>,
+    last_ms: Option<i64>,
 }
 
-impl Seam {
-    fn new(follow: bool) -> Seam {
-        Seam {
-            follow,
-            ids: HashSet::new(),
-            held: VecDeque::new(),
+/// Ids remembered; far more than one millisecond's lines.
+const RECENT: usize = 20_000;
+
+impl Printed {
+    /// Whether `id` was printed lately; if not, it is now remembered.
+    fn first_time(&mut self, id: &str, ms: i64) -> bool {
+        if self.ids.contains(id) {
+            return false;
         }
+        if self.order.len() == RECENT {
+            if let Some(old) = self.order.pop_front() {
+                self.ids.remove(&old);
+            }
+        }
+        self.ids.insert(id.to_string());
+        self.order.push_back(id.to_string());
+        self.last_ms = Some(self.last_ms.map_or(ms, |l| l.max(ms)));
+        true
     }
 }
 
-/// Prints the answer's parts in order until the last; holds live messages meanwhile.
-#[allow(clippy::too_many_arguments)]
-fn answer(
-    r: &mut wire::Reader,
-    reply: &str,
-    correlation: &str,
-    host: &str,
-    seam: &mut Seam,
-    a: &Args,
-    colour: bool,
-    out: &mut impl Write,
-) -> Result<(), Error> {
-    let mut next = 1u64;
-    loop {
-        let m = match r.next_message() {
-            Ok(Some(m)) => m,
-            Ok(None) => continue,
-            Err(wire::Error::Timeout) => {
-                return Err(Error::Read(format!(
-                    "no answer from {host} within {} s: is the agent there, with \
-                     MQTT_QUERY=true and the same MQTT_QUERY_TOPIC?",
-                    ANSWER_WAIT.as_secs()
-                )))
-            }
-            Err(e) => return Err(lost(e)),
-        };
-        if m.topic != reply {
-            if seam.follow {
-                if seam.held.len() >= HOLD_MAX {
-                    return Err(Error::Read("the live topics outran the answer".into()));
-                }
-                seam.held.push_back(m);
-            }
-            continue;
-        }
-        match part(&m, correlation, next, seam, a, colour, out)? {
-            Part::Other => {}
-            Part::More => next += 1,
-            Part::Last => return Ok(()),
-        }
-    }
+/// Why a read stopped.
+enum Stop {
+    /// Done (no `-f`), or stdout closed.
+    Done,
+    /// The broker connection broke: `-f` connects again.
+    Lost(Error),
 }
 
 /// What a message on the reply topic was.
 enum Part {
     /// Another query's, or not ours.
     Other,
-    /// Part `next`, printed; more follow.
+    /// The next part, printed; more follow.
     More,
     /// The last part, printed (or stdout closed).
     Last,
 }
 
-/// Prints part `next` of the answer to `correlation`.
-#[allow(clippy::too_many_arguments)]
-fn part(
-    m: &Message,
-    correlation: &str,
-    next: u64,
-    seam: &mut Seam,
-    a: &Args,
+/// `logs --broker --host`: the query and its answer, then with `-f` the live topics, again
+/// after every reconnect.
+struct Reading<'a, W: Write> {
+    a: &'a Args,
+    host: &'a str,
+    options: &'a wire::Options,
     colour: bool,
-    out: &mut impl Write,
-) -> Result<Part, Error> {
-    let text = String::from_utf8_lossy(&m.payload);
-    let v: serde_json::Value = serde_json::from_str(&text).map_err(lost)?;
-    if v["correlationId"] != correlation {
-        return Ok(Part::Other);
-    }
-    if let Some(e) = v["error"].as_str() {
-        return Err(Error::Status {
-            status: 400,
-            body: e.to_string(),
-        });
-    }
-    if v["part"].as_u64() != Some(next) {
-        return Err(Error::Read(format!(
-            "part {} of the answer came where part {next} was due (a part was lost)",
-            v["part"]
-        )));
-    }
-    for item in logs_of(&text).map_err(Error::Read)? {
-        if seam.follow {
-            if let Some((_, id)) = json_matches(item, &Filter::default()) {
-                seam.ids.insert(id);
+    out: &'a mut W,
+    printed: Printed,
+    /// Queries sent so far (each has a correlation id of its own).
+    asked: u64,
+}
+
+impl<W: Write> Reading<'_, W> {
+    fn run(&mut self, mut w: wire::Writer, mut r: wire::Reader) -> Result<(), Error> {
+        let mut first = true;
+        let mut backoff = Duration::from_millis(500);
+        loop {
+            let stop = self.session(&mut w, &mut r, first);
+            let _ = w.disconnect();
+            let e = match stop {
+                Ok(Stop::Done) => return Ok(()),
+                Err(e) => return Err(e),
+                Ok(Stop::Lost(e)) if !self.a.follow => return Err(e),
+                Ok(Stop::Lost(e)) => e,
+            };
+            first = false;
+            loop {
+                eprintln!("container-logd logs: {e}; reconnecting in {backoff:?}");
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                match wire::connect(self.options) {
+                    Ok((w2, r2, _)) => {
+                        (w, r) = (w2, r2);
+                        eprintln!("container-logd logs: reconnected");
+                        backoff = Duration::from_millis(500);
+                        break;
+                    }
+                    Err(err) => eprintln!("container-logd logs: {}", lost(err)),
+                }
             }
         }
-        if !print(item, a, colour, out) {
-            return Ok(Part::Last);
-        }
     }
-    Ok(if v["last"] == true {
-        Part::Last
-    } else {
-        Part::More
-    })
-}
 
-/// Prints one message's JSON as `logs` does; false when stdout is closed.
-fn print(item: &str, a: &Args, colour: bool, out: &mut impl Write) -> bool {
-    let line = if a.json {
-        item.to_string()
-    } else {
-        format_line(item, colour)
-    };
-    writeln!(out, "{line}").and_then(|()| out.flush()).is_ok()
-}
+    /// One connection: subscribes, queries (after a reconnect: from the newest line printed,
+    /// as many as a query gives), prints the answer and then, with `-f`, the live topics.
+    fn session(
+        &mut self,
+        w: &mut wire::Writer,
+        r: &mut wire::Reader,
+        first: bool,
+    ) -> Result<Stop, Error> {
+        let reply = format!("container-logd/reply/{}", self.options.client_id);
+        let live = format!("{}/#", template("MQTT_BASE_TOPIC", self.host));
+        let mut filters = vec![reply.as_str()];
+        if self.a.follow {
+            filters.push(&live);
+        }
+        let subscribed = w
+            .subscribe(1, &filters)
+            .and_then(|()| w.flush())
+            .map_err(wire::Error::from)
+            .and_then(|()| {
+                // The SUBACK comes before anything of the subscriptions.
+                r.set_read_timeout(Some(ASK_WAIT))?;
+                while r.next_message()?.is_some() {}
+                r.set_read_timeout(Some(TICK)).map_err(wire::Error::from)
+            });
+        if let Err(e) = subscribed {
+            return Ok(Stop::Lost(lost(e)));
+        }
+        let mut held = VecDeque::new();
+        match self.ask(w, r, &reply, first, &mut held)? {
+            Stop::Done if self.a.follow => {}
+            stop => return Ok(stop),
+        }
+        let f = live_filter(self.a);
+        for m in held {
+            if !self.print_live(&m, &f) {
+                return Ok(Stop::Done);
+            }
+        }
+        Ok(self.follow(w, r, &reply, &f))
+    }
 
-/// Prints the messages of a live publish (one, or a batch) that pass `f` and are not in `skip`.
-fn print_live(
-    m: &Message,
-    f: &Filter,
-    skip: Option<&HashSet<String>>,
-    a: &Args,
-    colour: bool,
-    out: &mut impl Write,
-) -> Result<(), Error> {
-    let text = String::from_utf8_lossy(&m.payload);
-    let items = if m.topic.ends_with("/batch") {
-        logs_of(&text).unwrap_or_default()
-    } else {
-        vec![text.as_ref()]
-    };
-    for item in items {
-        let Some((true, id)) = json_matches(item, f) else {
-            continue;
+    /// Sends the query and prints its answer; sends it again (under a new correlation id)
+    /// when no part came for [`ASK_WAIT`]: the agent may be reconnecting itself.
+    fn ask(
+        &mut self,
+        w: &mut wire::Writer,
+        r: &mut wire::Reader,
+        reply: &str,
+        first: bool,
+        held: &mut VecDeque<Message>,
+    ) -> Result<Stop, Error> {
+        let (since, limit) = match (first, self.printed.last_ms) {
+            (false, Some(ms)) => (Some(ms), Some(crate::fleet::request::MAX_LIMIT)),
+            _ => (self.a.since_ms, self.a.limit),
         };
-        if skip.is_some_and(|s| s.contains(&id)) {
-            continue;
+        let query = template("MQTT_QUERY_TOPIC", self.host);
+        for attempt in 0..ASKS {
+            self.asked += 1;
+            let correlation = format!("cli-{}-{}", std::process::id(), self.asked);
+            let body = request(self.a, since, limit, reply, &correlation);
+            let sent = w
+                .publish(0, &query, body.as_bytes(), 0, false, false)
+                .and_then(|()| w.flush());
+            if let Err(e) = sent {
+                return Ok(Stop::Lost(lost(e)));
+            }
+            match self.answer(r, reply, &correlation, held)? {
+                Some(stop) => return Ok(stop),
+                None if attempt + 1 < ASKS => {
+                    log::debug!("no answer yet from {}; asking again", self.host);
+                }
+                None => {}
+            }
         }
-        if !print(item, a, colour, out) {
-            return Err(Error::Read("stdout closed".into()));
+        Err(Error::Read(format!(
+            "no answer from {} within {} s: is the agent there, with MQTT_QUERY=true and the \
+             same MQTT_QUERY_TOPIC?",
+            self.host,
+            (ASK_WAIT * ASKS).as_secs()
+        )))
+    }
+
+    /// Prints the answer's parts in order until the last; holds live messages meanwhile.
+    /// `None` when no part came for [`ASK_WAIT`].
+    fn answer(
+        &mut self,
+        r: &mut wire::Reader,
+        reply: &str,
+        correlation: &str,
+        held: &mut VecDeque<Message>,
+    ) -> Result<Option<Stop>, Error> {
+        let mut next = 1u64;
+        let mut deadline = Instant::now() + ASK_WAIT;
+        loop {
+            if Instant::now() >= deadline {
+                return Ok(None);
+            }
+            let m = match r.next_message() {
+                Ok(Some(m)) => m,
+                Ok(None) | Err(wire::Error::Timeout) => continue,
+                Err(e) => return Ok(Some(Stop::Lost(lost(e)))),
+            };
+            if m.topic != reply {
+                if self.a.follow {
+                    if held.len() >= HOLD_MAX {
+                        return Err(Error::Read("the live topics outran the answer".into()));
+                    }
+                    held.push_back(m);
+                }
+                continue;
+            }
+            match self.part(&m, correlation, next)? {
+                Part::Other => {}
+                Part::More => {
+                    next += 1;
+                    deadline = Instant::now() + ASK_WAIT;
+                }
+                Part::Last => return Ok(Some(Stop::Done)),
+            }
         }
     }
-    Ok(())
-}
 
-/// Prints the live messages as they come, pinging the broker to keep the connection.
-#[allow(clippy::too_many_arguments)]
-fn follow(
-    w: &mut wire::Writer,
-    r: &mut wire::Reader,
-    options: &wire::Options,
-    reply: &str,
-    f: &Filter,
-    a: &Args,
-    colour: bool,
-    out: &mut impl Write,
-) -> Result<(), Error> {
-    r.set_read_timeout(Some(TICK)).map_err(lost)?;
-    let mut last_write = Instant::now();
-    loop {
-        match r.next_message() {
-            Ok(Some(m)) if m.topic != reply => match print_live(&m, f, None, a, colour, out) {
-                Err(Error::Read(e)) if e == "stdout closed" => return Ok(()),
-                other => other?,
-            },
-            Ok(_) | Err(wire::Error::Timeout) => {}
-            Err(e) => return Err(lost(e)),
+    /// Prints part `next` of the answer to `correlation`.
+    fn part(&mut self, m: &Message, correlation: &str, next: u64) -> Result<Part, Error> {
+        let text = String::from_utf8_lossy(&m.payload);
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else {
+            return Ok(Part::Other);
+        };
+        if v["correlationId"] != correlation {
+            return Ok(Part::Other);
         }
-        if last_write.elapsed() >= options.keep_alive / 2 {
-            w.ping().and_then(|()| w.flush()).map_err(lost)?;
-            last_write = Instant::now();
+        if let Some(e) = v["error"].as_str() {
+            return Err(Error::Status {
+                status: 400,
+                body: e.to_string(),
+            });
+        }
+        if v["part"].as_u64() != Some(next) {
+            return Err(Error::Read(format!(
+                "part {} of the answer came where part {next} was due (a part was lost)",
+                v["part"]
+            )));
+        }
+        for item in logs_of(&text).map_err(Error::Read)? {
+            if !self.print(item, None) {
+                return Ok(Part::Last);
+            }
+        }
+        Ok(if v["last"] == true {
+            Part::Last
+        } else {
+            Part::More
+        })
+    }
+
+    /// Prints one message's JSON as `logs` does, unless `f` refuses it or it was printed
+    /// already; false when stdout is closed.
+    fn print(&mut self, item: &str, f: Option<&Filter>) -> bool {
+        let all = Filter::default();
+        let Some((ok, id, ms)) = json_matches(item, f.unwrap_or(&all)) else {
+            return true;
+        };
+        if !ok || !self.printed.first_time(&id, ms) {
+            return true;
+        }
+        let line = if self.a.json {
+            item.to_string()
+        } else {
+            format_line(item, self.colour)
+        };
+        writeln!(self.out, "{line}")
+            .and_then(|()| self.out.flush())
+            .is_ok()
+    }
+
+    /// Prints the messages of a live publish (one, or a batch) that pass `f`; false when
+    /// stdout is closed.
+    fn print_live(&mut self, m: &Message, f: &Filter) -> bool {
+        let text = String::from_utf8_lossy(&m.payload);
+        let items = if m.topic.ends_with("/batch") {
+            logs_of(&text).unwrap_or_default()
+        } else {
+            vec![text.as_ref()]
+        };
+        items.into_iter().all(|item| self.print(item, Some(f)))
+    }
+
+    /// Prints the live messages as they come, pinging the broker to keep the connection.
+    fn follow(
+        &mut self,
+        w: &mut wire::Writer,
+        r: &mut wire::Reader,
+        reply: &str,
+        f: &Filter,
+    ) -> Stop {
+        if let Err(e) = r.set_read_timeout(Some(TICK)) {
+            return Stop::Lost(lost(e));
+        }
+        let mut last_write = Instant::now();
+        loop {
+            match r.next_message() {
+                Ok(Some(m)) if m.topic != reply => {
+                    if !self.print_live(&m, f) {
+                        return Stop::Done;
+                    }
+                }
+                Ok(_) | Err(wire::Error::Timeout) => {}
+                Err(e) => return Stop::Lost(lost(e)),
+            }
+            if last_write.elapsed() >= self.options.keep_alive / 2 {
+                if let Err(e) = w.ping().and_then(|()| w.flush()) {
+                    return Stop::Lost(lost(e));
+                }
+                last_write = Instant::now();
+            }
         }
     }
 }
@@ -366,7 +467,7 @@ fn hosts(
     let filter = template("MQTT_STATUS_TOPIC", "+");
     w.subscribe(1, &[filter.as_str()]).map_err(lost)?;
     w.flush().map_err(lost)?;
-    r.set_read_timeout(Some(ANSWER_WAIT)).map_err(lost)?;
+    r.set_read_timeout(Some(ASK_WAIT * ASKS)).map_err(lost)?;
     // The SUBACK, then the retained statuses at once.
     while r.next_message().map_err(lost)?.is_some() {}
     r.set_read_timeout(Some(RETAINED_WAIT)).map_err(lost)?;
@@ -455,11 +556,26 @@ mod tests {
             limit: Some(5),
             ..Args::default()
         };
-        let v: serde_json::Value = serde_json::from_str(&request(&a, "r/1", "c")).expect("json");
+        let v: serde_json::Value =
+            serde_json::from_str(&request(&a, Some(7), a.limit, "r/1", "c")).expect("json");
         assert_eq!(v["appId"], "1001");
         assert_eq!(v["level"], "warn");
         assert_eq!(v["limit"], 5);
         assert_eq!(v["replyTo"], "r/1");
         assert_eq!(v["correlationId"], "c");
+        assert_eq!(v["since"], 7);
+    }
+
+    #[test]
+    fn a_line_is_printed_once() {
+        let mut p = Printed::default();
+        assert!(p.first_time("a", 5));
+        assert!(!p.first_time("a", 5));
+        assert!(p.first_time("b", 3));
+        assert_eq!(p.last_ms, Some(5));
+        for i in 0..RECENT {
+            p.first_time(&i.to_string(), 6);
+        }
+        assert!(p.first_time("a", 7), "forgotten beyond RECENT");
     }
 }

@@ -74,6 +74,8 @@ pub enum Error {
     Status { status: u16, body: String },
     /// The agent's answer could not be read.
     Read(String),
+    /// The broker could not be reached, or its connection broke (`--broker`).
+    Broker(String),
 }
 
 impl std::fmt::Display for Error {
@@ -96,6 +98,11 @@ impl std::fmt::Display for Error {
             ),
             Error::Status { status, body } => write!(f, "the agent answered {status}: {body}"),
             Error::Read(m) => write!(f, "cannot read the agent's answer: {m}"),
+            Error::Broker(m) => write!(
+                f,
+                "broker: {m} (check --broker or MQTT_BROKER, and MQTT_USERNAME, MQTT_PASSWORD, \
+                 MQTT_CA_FILE, MQTT_VERSION as the agents have them)"
+            ),
         }
     }
 }

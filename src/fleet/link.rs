@@ -38,6 +38,8 @@ const BUSY_READ: Duration = Duration::from_millis(1);
 const BACKOFF_MIN: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 const STACK: usize = 256 << 10;
+/// How long a stop waits for the thread.
+const STOP_WAIT: Duration = Duration::from_millis(500);
 
 /// What the fleet connection does.
 pub struct Duties {
@@ -83,14 +85,22 @@ impl FleetLink {
         })
     }
 
-    /// Ends the thread: its connection is closed, its wait cut short.
+    /// Ends the thread: its connection is closed, its wait cut short. A thread still in a
+    /// connection attempt after [`STOP_WAIT`] is left to end with the process (the agent's
+    /// stop has its own deadline).
     pub fn stop(&mut self) {
         let _ = self.stop.try_send(());
         if let Some(c) = self.closer.lock().unwrap_or_else(|p| p.into_inner()).take() {
             c.close();
         }
         if let Some(t) = self.thread.take() {
-            let _ = t.join();
+            let deadline = Instant::now() + STOP_WAIT;
+            while !t.is_finished() && Instant::now() < deadline {
+                thread::sleep(Duration::from_millis(5));
+            }
+            if t.is_finished() {
+                let _ = t.join();
+            }
         }
     }
 }

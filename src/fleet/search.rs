@@ -111,10 +111,11 @@ fn written_before(path: &Path, since_ms: Option<i64>) -> bool {
     ms.is_some_and(|ms| ms < since)
 }
 
-/// Whether a message's JSON (a file line, a published message) passes `f`, and its id.
-pub fn json_matches(json: &str, f: &Filter) -> Option<(bool, String)> {
+/// Whether a message's JSON (a file line, a published message) passes `f`, its id and its
+/// `timestamp`.
+pub fn json_matches(json: &str, f: &Filter) -> Option<(bool, String, i64)> {
     let line = serde_json::from_str::<Line>(json).ok()?;
-    Some((line.matches(f), line.id))
+    Some((line.matches(f), line.id, line.timestamp))
 }
 
 /// The fields of a file line a filter looks at.
