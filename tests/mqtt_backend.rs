@@ -394,10 +394,17 @@ fn retained_status_and_clean_offline() {
     // A subscriber arriving later gets the retained online status.
     let sub = Subscriber::start(port, &[&status]);
     let got = sub.take(1, PATIENCE);
+    // Online, with the health known so far (no one has given the backend any yet).
+    let v = got[0].json();
     assert_eq!(
-        String::from_utf8_lossy(&got[0].raw),
-        r#"{"status":"online","host":"pi-test","version":"0.1.0"}"#
+        (&v["status"], &v["host"], &v["version"]),
+        (&"online".into(), &"pi-test".into(), &"0.1.0".into())
     );
+    assert_eq!(
+        (&v["containers"], &v["engine"]),
+        (&0.into(), &"down".into())
+    );
+    assert!(v["startedAt"].as_str().is_some_and(|t| t.ends_with('Z')));
     assert!(got[0].retained);
     stop(&b);
     let got = sub.take(1, PATIENCE);
