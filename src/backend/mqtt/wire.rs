@@ -6,7 +6,11 @@
 //! `String`, a payload `Bytes` and a second copy into the buffer, per message), and the
 //! acknowledgements are decoded here too, straight from the read buffer: rumqttc's v5 `PubAck`
 //! refuses reason codes it does not list (server busy, packet too large), which a broker may
-//! still send, and its v4 one costs a buffer split per acknowledgement.
+//! still send, and its v4 one costs a buffer split per acknowledgement. For the clients that
+//! subscribe (the fleet connection, `logs --broker`), SUBSCRIBE is rumqttc's too, and a PUBLISH
+//! the broker forwards is decoded by rumqttc's readers into a [`Message`] (with, at MQTT 5,
+//! its response topic and correlation data); the agent's own log connection subscribes to
+//! nothing and reads such a packet, should one come, as [`Incoming::Other`].
 //!
 //! The two versions differ here only in CONNECT and CONNACK (v5 carries properties and the
 //! broker's limits), in PUBLISH (v5 carries a property block, [`Props`], encoded once and
@@ -629,7 +633,6 @@ pub struct Writer {
 
 impl Writer {
     /// Adds a PUBLISH with no properties and no topic alias; see [`Writer::publish_with`].
-    #[allow(dead_code)] // called by tests/mqtt_wire.rs; the agent's publishes carry properties
     pub fn publish(
         &mut self,
         pkid: u16,
