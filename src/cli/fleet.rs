@@ -69,6 +69,7 @@ fn broker(a: &Args) -> Result<(MqttConfig, wire::Options), Error> {
         vars.insert("MQTT_BROKER".into(), url.clone());
     }
     let cfg = Config::from_env(&vars).map_err(Error::Config)?;
+    let hostname = cfg.hostname.clone();
     let Some(m) = cfg.mqtt else {
         return Err(Error::Usage(
             "--broker URL (or MQTT_BROKER) is needed".into(),
@@ -76,7 +77,7 @@ fn broker(a: &Args) -> Result<(MqttConfig, wire::Options), Error> {
     };
     let mut options = crate::backend::mqtt::options(&m, "", "")
         .map_err(|e| Error::Read(format!("tls settings: {e}")))?;
-    options.client_id = format!("container-logd-cli-{}", std::process::id());
+    options.client_id = format!("container-logd-cli-{hostname}-{}", std::process::id());
     options.will = None;
     options.max_incoming_packet = 16 << 20;
     Ok((m, options))
