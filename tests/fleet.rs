@@ -523,6 +523,21 @@ fn logs_over_the_broker_and_the_follow_seam() {
         over_api.lines().map(str::to_string).collect(),
     );
     same_lines(&m, &a);
+    // And with --json, the same bytes.
+    let api = format!("127.0.0.1:{port}");
+    let over_api = cli(&["--service", "web", "--json"], &[("API_LISTEN", &api)]);
+    let url = broker.url();
+    let args = [
+        "--broker",
+        &url,
+        "--host",
+        &name,
+        "--service",
+        "web",
+        "--json",
+    ];
+    let over_mqtt = cli(&args, &[base]);
+    assert!(over_mqtt == over_api, "--json differs");
 }
 
 /// `logs --hosts` lists every host whose retained status the broker holds, with its health.
