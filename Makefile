@@ -6,6 +6,8 @@
 #   make demo           tests/demo.sh
 #   make test           installs missing test tools (as root), fmt + clippy + every test
 #   make bench          bench/run.sh
+#   make fuzz           every fuzz target FUZZ_SECS (30) seconds from its seed corpus (fuzz/run.sh)
+#   make fuzz-corpus    rewrites the seed corpus fuzz/corpus from tests/data
 #   make deb            container-logd_<version>_<arch>.deb for this machine
 #   make armv7 armv6 aarch64   static Pi binaries (packaging/cross.sh)
 #   make arm-check      runs the Pi binaries under qemu (and a real ARMv7 session)
@@ -25,6 +27,7 @@ UNITDIR ?= /lib/systemd/system
 INSTALL ?= install
 
 CARGO_DEB_VERSION ?= 3.8.0
+CARGO_FUZZ_VERSION ?= 0.13.2
 TARGET_DIR ?= $(if $(CARGO_TARGET_DIR),$(CARGO_TARGET_DIR),target)
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
 HOST_ARCH := $(shell dpkg --print-architecture 2>/dev/null || echo amd64)
@@ -38,12 +41,16 @@ RUN_DATA ?= ./data
 ARGS ?=
 # Extra arguments for `cargo test`, e.g. make test TEST_ARGS='packaging'
 TEST_ARGS ?=
+# `make fuzz`: seconds per target, targets run at once, which targets (empty: all).
+FUZZ_SECS ?= 30
+FUZZ_JOBS ?= 1
+FUZZ_TARGETS ?=
 
 ARMV7 := armv7-unknown-linux-gnueabihf
 ARMV6 := arm-unknown-linux-gnueabi
 AARCH64 := aarch64-unknown-linux-gnu
 
-.PHONY: all build run demo test lint bench deb deb-armhf deb-arm64 cargo-deb \
+.PHONY: all build run demo test lint bench fuzz fuzz-corpus cargo-fuzz deb deb-armhf deb-arm64 cargo-deb \
 	armv7 armv6 aarch64 arm arm-check unit-check systemd-check systemd-check-armhf \
 	install uninstall clean
 
@@ -72,6 +79,7 @@ test:
 		echo "make test: not root on Debian, skipping tests/env.sh deps"; \
 	fi
 	$(CARGO) fmt --check
+	$(CARGO) fmt --check --manifest-path fuzz/Cargo.toml
 	$(CARGO) clippy --all-targets --locked -- -D warnings
 	$(MAKE) deb
 	status=0; \
@@ -81,7 +89,21 @@ test:
 
 lint:
 	$(CARGO) fmt --check
+	$(CARGO) fmt --check --manifest-path fuzz/Cargo.toml
 	$(CARGO) clippy --all-targets --locked -- -D warnings
+
+# cargo-fuzz, pinned, installed only when missing (about 70 s to build here).
+cargo-fuzz:
+	@$(CARGO) fuzz --version >/dev/null 2>&1 || \
+		$(CARGO) install --locked cargo-fuzz@$(CARGO_FUZZ_VERSION)
+
+# The fuzz targets (fuzz/README.md), on stable Rust; fails on a crash, a mismatch with a
+# reference copy or a hang. Never grows fuzz/corpus.
+fuzz: cargo-fuzz
+	CARGO="$(CARGO)" FUZZ_SECS=$(FUZZ_SECS) FUZZ_JOBS=$(FUZZ_JOBS) fuzz/run.sh $(FUZZ_TARGETS)
+
+fuzz-corpus:
+	python3 fuzz/seed_corpus.py
 
 # cargo-deb, pinned, installed only when missing.
 cargo-deb:

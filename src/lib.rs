@@ -21,7 +21,9 @@ mod stats;
 #[cfg(feature = "internals")]
 #[doc(hidden)]
 pub mod internals {
-    pub use crate::engine::{chunked, events, frames, http, timestamp, Error, LogLine, StreamKind};
+    pub use crate::engine::{
+        chunked, events, frames, http, timestamp, Error, Event, LogLine, StreamKind,
+    };
 
     /// The API's request head parser and query parser.
     pub mod api {

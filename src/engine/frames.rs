@@ -31,6 +31,12 @@
 //!
 //! Pure and incremental: frames, entries and timestamps may be cut anywhere between two calls
 //! to [`Decoder::feed`]. It never panics; a corrupt multiplex header is an error.
+//!
+//! It runs once per log line, so the usual cases have paths of their own: a whole Docker frame
+//! (`whole_frame`), a whole timestamp (`whole_prefix`), a whole line copied once from the input
+//! (`whole_line`); line ends are found with `memchr`. `src/reference/frames.rs` keeps the
+//! decoder as it was before them; the tests and the fuzz targets require the same lines and
+//! errors from both.
 
 #[cfg(test)]
 use super::timestamp::parse_rfc3339_ns;
@@ -495,7 +501,7 @@ impl Decoder {
 
     /// A line that is whole in `bytes` (none of it pending): copied once, straight from the
     /// input, as [`Decoder::append`] then [`Decoder::finish_line`] would make it.
-    fn whole_line(&mut self, stream: StreamKind, bytes: &[u8], emit: &mut impl FnMut(LogLine)) {
+    fn whole_line(&self, stream: StreamKind, bytes: &[u8], emit: &mut impl FnMut(LogLine)) {
         let line = match bytes.split_last() {
             Some((b'\r', body)) if self.tty => body,
             _ => bytes,
