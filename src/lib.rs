@@ -18,5 +18,9 @@ mod stats;
 #[cfg(feature = "internals")]
 #[doc(hidden)]
 pub mod internals {
-    pub use crate::engine::{chunked, events, frames, http, timestamp};
+    pub use crate::engine::{chunked, events, frames, http, timestamp, LogLine};
+    /// The socket and its buffered reader, as the agent's log readers use them.
+    pub mod transport {
+        pub use crate::engine::transport::{Addr, Conn, Reader, BUF_BYTES};
+    }
 }

@@ -20,7 +20,7 @@ pub mod events;
 pub mod frames;
 pub mod http;
 pub mod timestamp;
-mod transport;
+pub(crate) mod transport;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
