@@ -17,10 +17,14 @@ use super::Error;
 /// The read buffer of a busy connection; reused for every read. One per followed container, so
 /// it is small: 16 KiB is 160 lines of 100 bytes per read.
 pub const BUF_BYTES: usize = 16 * 1024;
-/// What a connection starts with: a quiet container's reader never needs more. The first read
-/// that fills it grows it to [`BUF_BYTES`]; a response head larger than that grows it further
-/// (up to `MAX_HEAD_BYTES`).
-const START_BYTES: usize = 2 * 1024;
+/// What a connection starts with: a quiet container's reader never needs more (a log stream's
+/// response head is about 200 bytes). The first read that fills it grows it to [`BUF_BYTES`]; a
+/// response head larger than that grows it further (up to `MAX_HEAD_BYTES`).
+const START_BYTES: usize = 1024;
+/// A grown buffer goes back to [`START_BYTES`] after this many reads in a row that would have
+/// fitted in half of it: a container that printed a backlog or a burst and then went quiet
+/// keeps no more than one that was always quiet.
+const SHRINK_AFTER: u8 = 8;
 
 /// Where the engine listens.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -207,6 +211,8 @@ pub struct Reader {
     leftover: usize,
     /// The read timeout currently set on the socket, so it is only changed when it changes.
     timeout: Option<Duration>,
+    /// Small reads in a row while the buffer is grown ([`SHRINK_AFTER`]).
+    small_reads: u8,
 }
 
 impl Reader {
@@ -229,6 +235,7 @@ impl Reader {
             buf: vec![0; START_BYTES],
             leftover: 0,
             timeout: Some(timeout),
+            small_reads: 0,
         };
         let mut end = 0;
         loop {
@@ -287,6 +294,18 @@ impl Reader {
         if n == self.buf.len() && n < BUF_BYTES {
             // A busy stream: the rest of its bytes are already waiting.
             self.buf.resize(BUF_BYTES, 0);
+        } else if self.buf.len() > START_BYTES {
+            self.small_reads = if n <= START_BYTES / 2 {
+                self.small_reads + 1
+            } else {
+                0
+            };
+            if self.small_reads == SHRINK_AFTER {
+                // The bytes just read are within what is kept.
+                self.buf.truncate(START_BYTES);
+                self.buf.shrink_to_fit();
+                self.small_reads = 0;
+            }
         }
         Ok(&self.buf[..n])
     }
@@ -303,6 +322,31 @@ pub fn is_timeout(e: &io::Error) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A busy stream's buffer grows to `BUF_BYTES`; once the stream has gone quiet for
+    /// `SHRINK_AFTER` reads it is back to `START_BYTES`, and it grows again with the next burst.
+    #[test]
+    fn the_read_buffer_grows_with_a_burst_and_shrinks_when_quiet() {
+        let (ours, mut theirs) = UnixStream::pair().unwrap();
+        theirs.write_all(b"HTTP/1.1 200 OK\r\n\r\n").unwrap();
+        let (mut reader, _) = Reader::send(Conn::Unix(ours), b"", Duration::from_secs(5)).unwrap();
+        assert_eq!(reader.buf.len(), START_BYTES);
+        let burst = vec![b'x'; 3 * BUF_BYTES];
+        let mut read = |theirs: &mut UnixStream, bytes: &[u8]| {
+            theirs.write_all(bytes).unwrap();
+            let mut got = 0;
+            while got < bytes.len() {
+                got += reader.read().unwrap().len();
+            }
+            reader.buf.len()
+        };
+        assert_eq!(read(&mut theirs, &burst), BUF_BYTES);
+        for i in 1..SHRINK_AFTER {
+            assert_eq!(read(&mut theirs, b"a line\n"), BUF_BYTES, "read {i}");
+        }
+        assert_eq!(read(&mut theirs, b"a line\n"), START_BYTES);
+        assert_eq!(read(&mut theirs, &burst), BUF_BYTES);
+    }
 
     #[test]
     fn parses_docker_host() {
