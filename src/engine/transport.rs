@@ -18,12 +18,15 @@ use super::Error;
 /// it is small: 16 KiB is 160 lines of 100 bytes per read.
 pub const BUF_BYTES: usize = 16 * 1024;
 /// What a connection starts with: a quiet container's reader never needs more (a log stream's
-/// response head is about 200 bytes). The first read that fills it grows it to [`BUF_BYTES`]; a
-/// response head larger than that grows it further (up to `MAX_HEAD_BYTES`).
+/// response head is about 200 bytes). A read that fills the buffer doubles it, up to
+/// [`BUF_BYTES`], so a stream whose reads hover about one size settles there (the events stream:
+/// an event is about 1 KiB); a response head larger than that grows it further (up to
+/// `MAX_HEAD_BYTES`).
 const START_BYTES: usize = 1024;
 /// A grown buffer goes back to [`START_BYTES`] after this many reads in a row that would have
-/// fitted in half of it: a container that printed a backlog or a burst and then went quiet
-/// keeps no more than one that was always quiet.
+/// fitted in half of that: a container that printed a backlog or a burst and then only a line
+/// now and then keeps no more than one that was always quiet. (One that falls silent right
+/// after its burst keeps its buffer until it prints again.)
 const SHRINK_AFTER: u8 = 8;
 
 /// Where the engine listens.
@@ -292,8 +295,9 @@ impl Reader {
             }
         };
         if n == self.buf.len() && n < BUF_BYTES {
-            // A busy stream: the rest of its bytes are already waiting.
-            self.buf.resize(BUF_BYTES, 0);
+            // A busy stream: more of its bytes are likely waiting.
+            self.buf.resize((2 * n).min(BUF_BYTES), 0);
+            self.small_reads = 0;
         } else if self.buf.len() > START_BYTES {
             self.small_reads = if n <= START_BYTES / 2 {
                 self.small_reads + 1
@@ -323,8 +327,9 @@ pub fn is_timeout(e: &io::Error) -> bool {
 mod tests {
     use super::*;
 
-    /// A busy stream's buffer grows to `BUF_BYTES`; once the stream has gone quiet for
+    /// A busy stream's buffer doubles up to `BUF_BYTES`; once the stream has gone quiet for
     /// `SHRINK_AFTER` reads it is back to `START_BYTES`, and it grows again with the next burst.
+    /// Reads of about one size keep the buffer at the size that holds them.
     #[test]
     fn the_read_buffer_grows_with_a_burst_and_shrinks_when_quiet() {
         let (ours, mut theirs) = UnixStream::pair().unwrap();
@@ -346,6 +351,15 @@ mod tests {
         }
         assert_eq!(read(&mut theirs, b"a line\n"), START_BYTES);
         assert_eq!(read(&mut theirs, &burst), BUF_BYTES);
+        for _ in 0..SHRINK_AFTER {
+            read(&mut theirs, b"a line\n");
+        }
+        // Reads of 1.5 KiB: the buffer doubles once and stays there.
+        let event = vec![b'e'; START_BYTES * 3 / 2];
+        for _ in 0..3 * SHRINK_AFTER {
+            assert!(read(&mut theirs, &event) <= 2 * START_BYTES);
+        }
+        assert_eq!(reader.buf.len(), 2 * START_BYTES);
     }
 
     #[test]
