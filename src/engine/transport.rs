@@ -23,10 +23,11 @@ pub const BUF_BYTES: usize = 16 * 1024;
 /// an event is about 1 KiB); a response head larger than that grows it further (up to
 /// `MAX_HEAD_BYTES`).
 const START_BYTES: usize = 1024;
-/// A grown buffer goes back to [`START_BYTES`] after this many reads in a row that would have
-/// fitted in half of that: a container that printed a backlog or a burst and then only a line
-/// now and then keeps no more than one that was always quiet. (One that falls silent right
-/// after its burst keeps its buffer until it prints again.)
+/// A grown buffer is halved after this many reads in a row that would have fitted in a quarter
+/// of it: a container that printed a backlog or a burst and then only a line now and then is
+/// back at [`START_BYTES`] after 32 reads, and keeps no more than one that was always quiet; a
+/// busy stream that now and then catches up with the engine stays between 8 and 16 KiB. (One
+/// that falls silent right after its burst keeps its buffer until it prints again.)
 const SHRINK_AFTER: u8 = 8;
 
 /// Where the engine listens.
@@ -299,14 +300,14 @@ impl Reader {
             self.buf.resize((2 * n).min(BUF_BYTES), 0);
             self.small_reads = 0;
         } else if self.buf.len() > START_BYTES {
-            self.small_reads = if n <= START_BYTES / 2 {
+            self.small_reads = if n <= self.buf.len() / 4 {
                 self.small_reads + 1
             } else {
                 0
             };
             if self.small_reads == SHRINK_AFTER {
                 // The bytes just read are within what is kept.
-                self.buf.truncate(START_BYTES);
+                self.buf.truncate((self.buf.len() / 2).max(START_BYTES));
                 self.buf.shrink_to_fit();
                 self.small_reads = 0;
             }
@@ -327,16 +328,17 @@ pub fn is_timeout(e: &io::Error) -> bool {
 mod tests {
     use super::*;
 
-    /// A busy stream's buffer doubles up to `BUF_BYTES`; once the stream has gone quiet for
-    /// `SHRINK_AFTER` reads it is back to `START_BYTES`, and it grows again with the next burst.
-    /// Reads of about one size keep the buffer at the size that holds them.
+    /// A busy stream's buffer doubles up to `BUF_BYTES`; once the stream has gone quiet it is
+    /// halved every `SHRINK_AFTER` reads, back to `START_BYTES`, and it grows again with the
+    /// next burst. Reads of about one size keep the buffer at the size that holds them.
     #[test]
     fn the_read_buffer_grows_with_a_burst_and_shrinks_when_quiet() {
         let (ours, mut theirs) = UnixStream::pair().unwrap();
         theirs.write_all(b"HTTP/1.1 200 OK\r\n\r\n").unwrap();
         let (mut reader, _) = Reader::send(Conn::Unix(ours), b"", Duration::from_secs(5)).unwrap();
         assert_eq!(reader.buf.len(), START_BYTES);
-        let burst = vec![b'x'; 3 * BUF_BYTES];
+        // Reads of 1, 2, 4, 8, 16 and 16 KiB, the last one full.
+        let burst = vec![b'x'; 47 * START_BYTES];
         let mut read = |theirs: &mut UnixStream, bytes: &[u8]| {
             theirs.write_all(bytes).unwrap();
             let mut got = 0;
@@ -346,12 +348,18 @@ mod tests {
             reader.buf.len()
         };
         assert_eq!(read(&mut theirs, &burst), BUF_BYTES);
-        for i in 1..SHRINK_AFTER {
-            assert_eq!(read(&mut theirs, b"a line\n"), BUF_BYTES, "read {i}");
+        let mut sizes = Vec::new();
+        for _ in 0..4 * SHRINK_AFTER {
+            sizes.push(read(&mut theirs, b"a line\n"));
         }
-        assert_eq!(read(&mut theirs, b"a line\n"), START_BYTES);
+        let step = usize::from(SHRINK_AFTER);
+        assert_eq!(sizes[step - 2], BUF_BYTES);
+        assert_eq!(
+            [step - 1, 2 * step - 1, 3 * step - 1, 4 * step - 1].map(|i| sizes[i]),
+            [BUF_BYTES / 2, BUF_BYTES / 4, BUF_BYTES / 8, START_BYTES]
+        );
         assert_eq!(read(&mut theirs, &burst), BUF_BYTES);
-        for _ in 0..SHRINK_AFTER {
+        for _ in 0..4 * SHRINK_AFTER {
             read(&mut theirs, b"a line\n");
         }
         // Reads of 1.5 KiB: the buffer doubles once and stays there.
