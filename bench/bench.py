@@ -679,25 +679,18 @@ WRAPPERS = re.compile(r"\(below main\)|__libc_start|start_thread|thread_start|cl
                       r"^0x[0-9a-f]+$|^_start$")
 
 
-def backlog_container(n):
-    """A container that prints n lines of 100 bytes and then sleeps; returns its name once the
-    engine has all n (read by the floor reader, natively)."""
-    name = "ins-%d-%d" % (os.getpid(), int(time.time()))
-    docker("run", "-d", "--network", "none", "--label", LABEL, "--name", name,
-           "--log-driver", "json-file", "--log-opt", "max-size=64m", "cld-busybox", "sh", "-c",
-           'yes "$1" | head -n "$2"; exec sleep 100000', "bench", LINE, str(n))
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        got = floor_read(name)
-        if got == n:
-            return name
-        time.sleep(0.5)
-    raise RuntimeError("the backlog container holds %s lines, not %d" % (got, n))
+def lines_container(name, n):
+    """A container that prints n lines of 100 bytes once its gate opens, then sleeps: (id, name,
+    gate)."""
+    ids, flag = start_containers(name, 1, 'yes "$1" | head -n "$2"; exec sleep 100000',
+                                 [LINE, str(n)])
+    return ids[0], "%s-0" % name, flag
 
 
-def floor_read(name, wrap=()):
+def floor_read(container, wrap=()):
     """Runs the floor reader on the container's log; the lines it decoded."""
-    r = subprocess.run([*wrap, args.floor, name], env=dict(os.environ, DOCKER_HOST=args.docker_host),
+    r = subprocess.run([*wrap, args.floor, container],
+                       env=dict(os.environ, DOCKER_HOST=args.docker_host),
                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=600)
     m = re.search(r"lines=(\d+)", r.stdout)
     if r.returncode != 0 or not m:
@@ -745,94 +738,155 @@ def dhat_totals(path):
     return (sum(p["tb"] for p in pps), sum(p["tbk"] for p in pps), sum(p["gb"] for p in pps))
 
 
-def agent_backlog_run(container, name, batch, wrap=()):
-    """The agent (SINCE=all, files on, QoS 1, only `container`) reads the container's backlog
-    under `wrap` until the subscriber has every line, then is stopped (SIGTERM) and waited for.
-    Returns the lines delivered, the agent's Threads and VmHWM when they were all delivered
-    (valgrind's own memory counts there too: only meaningful without `wrap`) and its directory."""
+def following(agent, name, timeout):
+    """Waits until the agent's API says it follows the container."""
+    import urllib.request
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen("http://%s/api/v1/containers" % agent.api, timeout=10) as r:
+                if any(c["name"] == name and c["state"] == "following" for c in json.load(r)):
+                    return
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.2)
+    raise RuntimeError("the agent did not follow %s; see %s" % (name, agent.dir))
+
+
+def settled(pid, timeout=120):
+    """Waits until the process has used (almost) no CPU for a second: the agent has looked at
+    every running container and has nothing left to do."""
+    deadline = time.time() + timeout
+    c0 = cpu_s(pid)
+    while time.time() < deadline:
+        time.sleep(1)
+        c1 = cpu_s(pid)
+        if c1 - c0 < 0.05:
+            return
+        c0 = c1
+    raise RuntimeError("the agent did not settle within %d s" % timeout)
+
+
+def callgrind_dump(pid):
+    """Makes callgrind write what it counted so far to the next numbered file and start again."""
+    r = subprocess.run(["callgrind_control", "--dump", str(pid)], stdout=subprocess.PIPE,
+                       stderr=subprocess.STDOUT, text=True, timeout=300)
+    if r.returncode != 0:
+        raise RuntimeError("callgrind_control: %s" % r.stdout.strip()[-300:])
+
+
+def agent_lines_run(name, batch, n, tool=None):
+    """One agent (SINCE=all, files on, QoS 1, only its own container) and a container of its own
+    that prints n lines once the agent follows it; stopped with SIGTERM once the subscriber has
+    them all. `tool`: None (native), "callgrind" (what it counted before the lines, while they
+    went through, and after, in FILE.1, FILE.2 and FILE) or "dhat". Returns the lines delivered,
+    Threads and VmHWM when they had all arrived (valgrind's own memory counts in them too), and
+    the tool's output file."""
+    cid, cname, flag = lines_container("ins-" + name, n)
+    out = os.path.join(work, "%s-%s.out" % (tool, name)) if tool else None
+    wrap = ("valgrind", "--tool=" + tool, "--%s-out-file=%s" % (tool, out)) if tool else ()
     broker = Broker(name)
     sub = Subscriber(broker, name)
     agent = None
     try:
         agent = start_agent(broker, sub, name, 1, batch, wrap=wrap,
-                            env_extra={"CONTAINERS_INCLUDE": container},
-                            online_s=120 if wrap else 15)
-        complete = sub.wait_for(args.instr_lines, idle=60.0, timeout=600)
+                            env_extra={"CONTAINERS_INCLUDE": cname}, online_s=120 if tool else 15)
+        following(agent, cname, 120)
+        if tool == "callgrind":
+            settled(agent.pid)
+            callgrind_dump(agent.pid)
+        open(flag, "w").close()
+        complete = sub.wait_for(n, idle=60.0, timeout=600) if n else True
         st = status(agent.pid)
+        if tool == "callgrind":
+            callgrind_dump(agent.pid)
         stop(agent, wait=300)
         if agent.returncode != 0:
             raise RuntimeError("the agent did not stop cleanly on SIGTERM (exit %s); see %s"
                                % (agent.returncode, agent.dir))
         if not complete:
-            raise RuntimeError("%d of %d lines delivered" % (sub.poll(), args.instr_lines))
+            raise RuntimeError("%d of %d lines delivered" % (sub.poll(), n))
     finally:
         stop(agent)
         sub.close()
         broker.close()
-    return {"delivered": sub.lines, "threads": st["Threads"], "vm_hwm": st["VmHWM"],
-            "dir": agent.dir}
+        docker("rm", "-f", cid, check=False)
+    return {"delivered": sub.lines, "threads": st["Threads"], "vm_hwm": st["VmHWM"], "out": out}
 
 
-def instructions_mode(container, key, batch, runs):
-    """Callgrind runs and one dhat run of the agent on the backlog, and a native run."""
+def instructions_mode(key, batch, runs):
+    """Callgrind runs of the agent (instructions while the lines went through, per line), dhat
+    runs with n lines and with none (bytes allocated per line: the difference), a native run."""
     n = args.instr_lines
     out = {"runs": []}
     for i in range(runs):
-        cg = os.path.join(work, "cg-%s-%d.out" % (key, i + 1))
-        agent_backlog_run(container, "ins-%s-%d" % (key, i + 1), batch,
-                          wrap=("valgrind", "--tool=callgrind", "--callgrind-out-file=" + cg))
-        total = callgrind_total(cg)
-        out["runs"].append({"instructions": total, "per_line": total / n})
+        cg = agent_lines_run("%s-%d" % (key, i + 1), batch, n, "callgrind")["out"]
+        start, lines, end = (callgrind_total(cg + ".1"), callgrind_total(cg + ".2"),
+                             callgrind_total(cg))
+        out["runs"].append({"per_line": lines / n, "start_up": start, "lines": lines,
+                            "shutdown": end, "whole_run_per_line": (start + lines + end) / n})
         if i == 0:
-            out["costliest"] = costliest(cg, total, n)
+            out["costliest"] = costliest(cg + ".2", lines, n)
     per = [x["per_line"] for x in out["runs"]]
     out["instructions_per_line"] = sum(per) / len(per)
     out["spread_pct"] = 100.0 * (max(per) - min(per)) / min(per)
-    dh = os.path.join(work, "dhat-%s.json" % key)
-    agent_backlog_run(container, "ins-%s-dhat" % key, batch,
-                      wrap=("valgrind", "--tool=dhat", "--dhat-out-file=" + dh))
-    b, blocks, peak = dhat_totals(dh)
-    out.update({"bytes_allocated": b, "blocks_allocated": blocks, "heap_peak_bytes": peak,
-                "bytes_per_line": b / n, "allocations_per_line": blocks / n})
-    native = agent_backlog_run(container, "ins-%s-native" % key, batch)
+    out["whole_run_per_line"] = out["runs"][0]["whole_run_per_line"]
+    with_lines = dhat_totals(agent_lines_run(key + "-dhat", batch, n, "dhat")["out"])
+    without = dhat_totals(agent_lines_run(key + "-dhat0", batch, 0, "dhat")["out"])
+    out.update({"bytes_allocated": with_lines[0], "bytes_allocated_no_lines": without[0],
+                "bytes_per_line": (with_lines[0] - without[0]) / n,
+                "allocations_per_line": (with_lines[1] - without[1]) / n,
+                "heap_peak_bytes": with_lines[2]})
+    native = agent_lines_run(key + "-native", batch, n)
     out.update({"vm_hwm": native["vm_hwm"], "threads": native["threads"]})
     return out
 
 
 def instructions_run():
-    """The instructions phase: the floor reader and the agent on one container's backlog of
+    """The instructions phase: the floor reader and the agent on one container's
     `--instr-lines` lines of 100 bytes, under callgrind and dhat."""
-    for tool in ("valgrind", "callgrind_annotate"):
+    for tool in ("valgrind", "callgrind_annotate", "callgrind_control"):
         if not shutil.which(tool):
             raise RuntimeError("%s is missing" % tool)
     if not args.floor or not args.agent_symbols:
         raise RuntimeError("--floor and --agent-symbols are needed")
     n = args.instr_lines
-    container = backlog_container(n)
+    # The agent looks at every running container when it starts, followed or not, and the
+    # events of all of them reach it: the bench's own engine runs none but the bench's.
+    others = len(docker("ps", "-q").split())
+    if others:
+        log("instructions: %d other containers run on the engine; start-up figures count them"
+            % others)
+    cid, _, flag = lines_container("ins-floor", n)
+    open(flag, "w").close()
+    deadline = time.time() + 60
+    while floor_read(cid) < n:
+        if time.time() > deadline:
+            raise RuntimeError("the floor's container did not print its %d lines" % n)
+        time.sleep(0.5)
+    cg = os.path.join(work, "callgrind-floor.out")
+    got = floor_read(cid, ("valgrind", "--tool=callgrind", "--callgrind-out-file=" + cg))
+    if got != n:
+        raise RuntimeError("the floor read %d of %d lines" % (got, n))
+    total = callgrind_total(cg)
+    dh = os.path.join(work, "dhat-floor.out")
+    floor_read(cid, ("valgrind", "--tool=dhat", "--dhat-out-file=" + dh))
+    docker("rm", "-f", cid, check=False)
+    b, blocks, peak = dhat_totals(dh)
+    out = {"lines": n, "line_bytes": len(LINE) + 1, "binary": args.agent_symbols,
+           "other_containers": others,
+           "floor": {"instructions": total, "instructions_per_line": total / n,
+                     "costliest": costliest(cg, total, n), "bytes_allocated": b,
+                     "bytes_per_line": b / n, "allocations_per_line": blocks / n,
+                     "heap_peak_bytes": peak}}
+    saved, args.agent = args.agent, args.agent_symbols
     try:
-        cg = os.path.join(work, "cg-floor.out")
-        got = floor_read(container, ("valgrind", "--tool=callgrind", "--callgrind-out-file=" + cg))
-        if got != n:
-            raise RuntimeError("the floor read %d of %d lines" % (got, n))
-        total = callgrind_total(cg)
-        dh = os.path.join(work, "dhat-floor.json")
-        floor_read(container, ("valgrind", "--tool=dhat", "--dhat-out-file=" + dh))
-        b, blocks, peak = dhat_totals(dh)
-        out = {"lines": n, "line_bytes": len(LINE) + 1, "binary": args.agent_symbols,
-               "floor": {"instructions": total, "instructions_per_line": total / n,
-                         "costliest": costliest(cg, total, n), "bytes_allocated": b,
-                         "bytes_per_line": b / n, "allocations_per_line": blocks / n,
-                         "heap_peak_bytes": peak}}
-        saved, args.agent = args.agent, args.agent_symbols
-        try:
-            for key, batch in (("unbatched", False), ("batched", True)):
-                log("instructions: agent QoS 1 %s, %d callgrind runs" % (key, args.instr_runs))
-                out[key] = instructions_mode(container, key, batch, args.instr_runs)
-        finally:
-            args.agent = saved
-        return out
+        for key, batch in (("unbatched", False), ("batched", True)):
+            log("instructions: agent QoS 1 %s, %d callgrind runs" % (key, args.instr_runs))
+            out[key] = instructions_mode(key, batch, args.instr_runs)
     finally:
-        rm_containers()
+        args.agent = saved
+    return out
 
 
 # ---- report -----------------------------------------------------------------------------------
@@ -977,6 +1031,9 @@ def report(r):
                 continue
             row("agent %s [instructions/line]" % label, a["instructions_per_line"], "",
                 "floor reader (decode only)", fl["instructions_per_line"])
+            row("agent %s, start-up and stop included [instructions/line]" % label,
+                a["whole_run_per_line"], "", "floor reader (decode only)",
+                fl["instructions_per_line"])
             row("agent %s: spread of %d callgrind runs [%%]" % (label, len(a["runs"])),
                 a["spread_pct"], "%", "-", None, "<= 1 %", a["spread_pct"] <= 1.0)
             row("agent %s [bytes allocated/line]" % label, a["bytes_per_line"], "B",
