@@ -415,12 +415,17 @@ def agent_health(agent):
             return {"error": str(e)}
 
 
-def start_agent(broker, sub, name, qos, batch, binary=None):
+def start_agent(broker, sub, name, qos, batch, binary=None, wrap=(), env_extra=None,
+                online_s=15):
+    """The agent (run under `wrap`, e.g. valgrind, when given), once its retained status says
+    it is online."""
     env, d = agent_env(broker, name, qos, batch)
+    env.update(env_extra or {})
     log_file = open(os.path.join(d, "agent.log"), "wb")
-    p = spawn([binary or args.agent], env=env, stdout=log_file, stderr=subprocess.STDOUT)
+    p = spawn([*wrap, binary or args.agent], env=env, stdout=log_file, stderr=subprocess.STDOUT)
     p.api = env["API_LISTEN"]
-    deadline = time.time() + 15
+    p.dir = d
+    deadline = time.time() + online_s
     while time.time() < deadline:
         sub.poll()
         if b"online" in sub.status:
@@ -598,23 +603,29 @@ def mosq_baseline(name, qos, n, clients=1):
 
 
 def idle_run(n):
-    """Agent and n naive pipelines following n quiet containers, side by side."""
+    """Agent and naive pipelines following n quiet containers, side by side (one pipeline per
+    container, for at most --idle-naive of them: 200 `docker logs` processes would take
+    gigabytes)."""
     broker = Broker("idle")
     sub = Subscriber(broker, "idle")
     agent, static, pipes = None, None, []
+    # Only the bench's containers, should the engine run others.
+    only = {"CONTAINERS_INCLUDE": "i-idle-*"}
     try:
-        agent = start_agent(broker, sub, "idle", 1, False)
+        agent = start_agent(broker, sub, "idle", 1, False, env_extra=only)
         if args.agent_static:
             # The same code linked as the ARM builds are (static glibc), following the same
             # containers at the same time.
-            static = start_agent(broker, sub, "idle-static", 1, False, binary=args.agent_static)
+            static = start_agent(broker, sub, "idle-static", 1, False, binary=args.agent_static,
+                                 env_extra=only)
         time.sleep(2)
         st0 = status(agent.pid)
         st0_static = status(static.pid) if static else None
         ids, flag = start_containers("i-idle", n, "echo ready; exec sleep 100000", [])
         open(flag, "w").close()
         env = dict(os.environ, DOCKER_HOST=args.docker_host)
-        for cid in ids:
+        naive = ids[:max(0, min(n, args.idle_naive))]
+        for cid in naive:
             dl = spawn(["docker", "logs", "-f", cid], env=env, stdout=subprocess.PIPE,
                        stderr=subprocess.DEVNULL)
             mp = spawn(["mosquitto_pub", "-h", "127.0.0.1", "-p", str(broker.port), "-q", "1",
@@ -631,6 +642,7 @@ def idle_run(n):
         st_static = status(static.pid) if static else None
         naive_rss = sum(status(p.pid)["VmRSS"] for p in pipes)
         naive_threads = sum(status(p.pid)["Threads"] for p in pipes)
+        followed = agent_health(agent)
         stop(agent)
         stop(static)
     finally:
@@ -641,7 +653,12 @@ def idle_run(n):
         sub.close()
         broker.close()
         rm_containers()
+    per = lambda rss, rss0: (rss - rss0) / n if n else None
     return {"containers": n, "idle_s": args.idle_secs, "cpu_window_s": t1 - t0,
+            "naive_pipelines": len(naive), "agent_health": followed,
+            "agent_rss_per_container": per(st["VmRSS"], st0["VmRSS"]),
+            "static_rss_per_container": per(st_static["VmRSS"], st0_static["VmRSS"])
+            if st_static else None,
             "agent_rss": st["VmRSS"], "agent_threads": st["Threads"],
             "agent_rss_anon": st["RssAnon"], "agent_rss_file": st["RssFile"],
             "agent_rss_no_containers": st0["VmRSS"], "agent_threads_no_containers": st0["Threads"],
@@ -651,6 +668,225 @@ def idle_run(n):
             "static_rss": st_static["VmRSS"] if st_static else None,
             "static_rss_file": st_static["RssFile"] if st_static else None,
             "static_rss_no_containers": st0_static["VmRSS"] if st0_static else None}
+
+
+# ---- instructions, allocations ----------------------------------------------------------------
+
+# callgrind_annotate rows that only start threads or the program (every thread's cost passes
+# through them): left out of the costliest functions.
+WRAPPERS = re.compile(r"\(below main\)|__libc_start|start_thread|thread_start|clone3?$|"
+                      r"__rust_begin_short_backtrace|FnOnce::call_once|lang_start|^main$|"
+                      r"^0x[0-9a-f]+$|^_start$")
+
+
+def lines_container(name, n):
+    """A container that prints n lines of 100 bytes once its gate opens, then sleeps: (id, name,
+    gate)."""
+    ids, flag = start_containers(name, 1, 'yes "$1" | head -n "$2"; exec sleep 100000',
+                                 [LINE, str(n)])
+    return ids[0], "%s-0" % name, flag
+
+
+def floor_read(container, wrap=()):
+    """Runs the floor reader on the container's log; the lines it decoded."""
+    r = subprocess.run([*wrap, args.floor, container],
+                       env=dict(os.environ, DOCKER_HOST=args.docker_host),
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=600)
+    m = re.search(r"lines=(\d+)", r.stdout)
+    if r.returncode != 0 or not m:
+        raise RuntimeError("floor reader: %s" % r.stderr.strip()[-300:])
+    return int(m.group(1))
+
+
+def callgrind_total(path):
+    """Instructions of a callgrind output file (its `summary:` or `totals:` line)."""
+    with open(path) as f:
+        for line in f:
+            if line.startswith(("summary:", "totals:")):
+                return int(line.split()[1])
+    raise RuntimeError("no total in %s" % path)
+
+
+def costliest(path, n, lines, top=10):
+    """The `top` functions with the highest inclusive cost (callgrind_annotate), thread and
+    program start-up wrappers left out: [(instructions per line, % of all, function)]."""
+    r = subprocess.run(["callgrind_annotate", "--inclusive=yes", "--threshold=100", path],
+                       stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, timeout=300)
+    out = []
+    for line in r.stdout.splitlines():
+        # `  12,345 (12.34%)  file:function [object]`: rows with an object are whole functions;
+        # those without are the lines of one function that were inlined from another file.
+        m = re.match(r"\s*([\d,]+) \(\s*[\d.]+%\)\s+(.*?):(.*) \[(.*)\]$", line)
+        if not m:
+            continue
+        fn = m.group(3)
+        if WRAPPERS.search(fn):
+            continue
+        ir = int(m.group(1).replace(",", ""))
+        out.append({"ir_per_line": round(ir / lines), "pct": round(100.0 * ir / n, 1),
+                    "function": fn, "object": os.path.basename(m.group(4))})
+        if len(out) == top:
+            break
+    return out
+
+
+def dhat_totals(path):
+    """(bytes allocated, blocks allocated, bytes live at the heap's peak) from a dhat file."""
+    with open(path) as f:
+        d = json.load(f)
+    pps = d["pps"]
+    return (sum(p["tb"] for p in pps), sum(p["tbk"] for p in pps), sum(p["gb"] for p in pps))
+
+
+def following(agent, name, timeout):
+    """Waits until the agent's API says it follows the container."""
+    import urllib.request
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen("http://%s/api/v1/containers" % agent.api, timeout=10) as r:
+                if any(c["name"] == name and c["state"] == "following" for c in json.load(r)):
+                    return
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.2)
+    raise RuntimeError("the agent did not follow %s; see %s" % (name, agent.dir))
+
+
+def settled(pid, timeout=120):
+    """Waits until the process has used (almost) no CPU for a second: the agent has looked at
+    every running container and has nothing left to do."""
+    deadline = time.time() + timeout
+    c0 = cpu_s(pid)
+    while time.time() < deadline:
+        time.sleep(1)
+        c1 = cpu_s(pid)
+        if c1 - c0 < 0.05:
+            return
+        c0 = c1
+    raise RuntimeError("the agent did not settle within %d s" % timeout)
+
+
+def callgrind_dump(pid):
+    """Makes callgrind write what it counted so far to the next numbered file and start again."""
+    r = subprocess.run(["callgrind_control", "--dump", str(pid)], stdout=subprocess.PIPE,
+                       stderr=subprocess.STDOUT, text=True, timeout=300)
+    if r.returncode != 0:
+        raise RuntimeError("callgrind_control: %s" % r.stdout.strip()[-300:])
+
+
+def agent_lines_run(name, batch, n, tool=None):
+    """One agent (SINCE=all, files on, QoS 1, only its own container) and a container of its own
+    that prints n lines once the agent follows it; stopped with SIGTERM once the subscriber has
+    them all. `tool`: None (native), "callgrind" (what it counted before the lines, while they
+    went through, and after, in FILE.1, FILE.2 and FILE) or "dhat". Returns the lines delivered,
+    Threads and VmHWM when they had all arrived (valgrind's own memory counts in them too), and
+    the tool's output file."""
+    cid, cname, flag = lines_container("ins-" + name, n)
+    out = os.path.join(work, "%s-%s.out" % (tool, name)) if tool else None
+    wrap = ("valgrind", "--tool=" + tool, "--%s-out-file=%s" % (tool, out)) if tool else ()
+    broker = Broker(name)
+    sub = Subscriber(broker, name)
+    agent = None
+    try:
+        agent = start_agent(broker, sub, name, 1, batch, wrap=wrap,
+                            env_extra={"CONTAINERS_INCLUDE": cname}, online_s=120 if tool else 15)
+        following(agent, cname, 120)
+        if tool == "callgrind":
+            settled(agent.pid)
+            callgrind_dump(agent.pid)
+        open(flag, "w").close()
+        complete = sub.wait_for(n, idle=60.0, timeout=600) if n else True
+        st = status(agent.pid)
+        if tool == "callgrind":
+            callgrind_dump(agent.pid)
+        stop(agent, wait=300)
+        if agent.returncode != 0:
+            raise RuntimeError("the agent did not stop cleanly on SIGTERM (exit %s); see %s"
+                               % (agent.returncode, agent.dir))
+        if not complete:
+            raise RuntimeError("%d of %d lines delivered" % (sub.poll(), n))
+    finally:
+        stop(agent)
+        sub.close()
+        broker.close()
+        docker("rm", "-f", cid, check=False)
+    return {"delivered": sub.lines, "threads": st["Threads"], "vm_hwm": st["VmHWM"], "out": out}
+
+
+def instructions_mode(key, batch, runs):
+    """Callgrind runs of the agent (instructions while the lines went through, per line), dhat
+    runs with n lines and with none (bytes allocated per line: the difference), a native run."""
+    n = args.instr_lines
+    out = {"runs": []}
+    for i in range(runs):
+        cg = agent_lines_run("%s-%d" % (key, i + 1), batch, n, "callgrind")["out"]
+        start, lines, end = (callgrind_total(cg + ".1"), callgrind_total(cg + ".2"),
+                             callgrind_total(cg))
+        out["runs"].append({"per_line": lines / n, "start_up": start, "lines": lines,
+                            "shutdown": end, "whole_run_per_line": (start + lines + end) / n})
+        if i == 0:
+            out["costliest"] = costliest(cg + ".2", lines, n)
+    per = [x["per_line"] for x in out["runs"]]
+    out["instructions_per_line"] = sum(per) / len(per)
+    out["spread_pct"] = 100.0 * (max(per) - min(per)) / min(per)
+    out["whole_run_per_line"] = out["runs"][0]["whole_run_per_line"]
+    with_lines = dhat_totals(agent_lines_run(key + "-dhat", batch, n, "dhat")["out"])
+    without = dhat_totals(agent_lines_run(key + "-dhat0", batch, 0, "dhat")["out"])
+    out.update({"bytes_allocated": with_lines[0], "bytes_allocated_no_lines": without[0],
+                "bytes_per_line": (with_lines[0] - without[0]) / n,
+                "allocations_per_line": (with_lines[1] - without[1]) / n,
+                "heap_peak_bytes": with_lines[2]})
+    native = agent_lines_run(key + "-native", batch, n)
+    out.update({"vm_hwm": native["vm_hwm"], "threads": native["threads"]})
+    return out
+
+
+def instructions_run():
+    """The instructions phase: the floor reader and the agent on one container's
+    `--instr-lines` lines of 100 bytes, under callgrind and dhat."""
+    for tool in ("valgrind", "callgrind_annotate", "callgrind_control"):
+        if not shutil.which(tool):
+            raise RuntimeError("%s is missing" % tool)
+    if not args.floor or not args.agent_symbols:
+        raise RuntimeError("--floor and --agent-symbols are needed")
+    n = args.instr_lines
+    # The agent looks at every running container when it starts, followed or not, and the
+    # events of all of them reach it: the bench's own engine runs none but the bench's.
+    others = len(docker("ps", "-q").split())
+    if others:
+        log("instructions: %d other containers run on the engine; start-up figures count them"
+            % others)
+    cid, _, flag = lines_container("ins-floor", n)
+    open(flag, "w").close()
+    deadline = time.time() + 60
+    while floor_read(cid) < n:
+        if time.time() > deadline:
+            raise RuntimeError("the floor's container did not print its %d lines" % n)
+        time.sleep(0.5)
+    cg = os.path.join(work, "callgrind-floor.out")
+    got = floor_read(cid, ("valgrind", "--tool=callgrind", "--callgrind-out-file=" + cg))
+    if got != n:
+        raise RuntimeError("the floor read %d of %d lines" % (got, n))
+    total = callgrind_total(cg)
+    dh = os.path.join(work, "dhat-floor.out")
+    floor_read(cid, ("valgrind", "--tool=dhat", "--dhat-out-file=" + dh))
+    docker("rm", "-f", cid, check=False)
+    b, blocks, peak = dhat_totals(dh)
+    out = {"lines": n, "line_bytes": len(LINE) + 1, "binary": args.agent_symbols,
+           "other_containers": others,
+           "floor": {"instructions": total, "instructions_per_line": total / n,
+                     "costliest": costliest(cg, total, n), "bytes_allocated": b,
+                     "bytes_per_line": b / n, "allocations_per_line": blocks / n,
+                     "heap_peak_bytes": peak}}
+    saved, args.agent = args.agent, args.agent_symbols
+    try:
+        for key, batch in (("unbatched", False), ("batched", True)):
+            log("instructions: agent QoS 1 %s, %d callgrind runs" % (key, args.instr_runs))
+            out[key] = instructions_mode(key, batch, args.instr_runs)
+    finally:
+        args.agent = saved
+    return out
 
 
 # ---- report -----------------------------------------------------------------------------------
@@ -732,27 +968,43 @@ def report(r):
                         "naive pipeline %s" % p[:-3], r["naive"]["lat"][p])
 
     def s_peak():
+        naive = r["naive"].get("flat") or {}
+        base = naive["vm_hwm"] / 2**20 if naive.get("vm_hwm") else None
+        one = [a["vm_hwm"] for k, a in r["agent"].items() if a and k.endswith("-1")]
+        if one:
+            row("agent peak RSS at full rate, 1 container [MiB]", max(one) / 2**20, "MiB",
+                "naive pipeline peak RSS, 1 container", base, "<= 6 MiB",
+                max(one) <= 6 * 2**20)
         peak = max(a["vm_hwm"] for a in r["agent"].values() if a)
         row("agent peak RSS at full rate [MiB]", peak / 2**20, "MiB",
-            "naive pipeline peak RSS, 1 container", r["naive"]["flat"]["vm_hwm"] / 2**20,
-            "<= 8 MiB", peak <= 8 * 2**20)
+            "naive pipeline peak RSS, 1 container", base, "<= 8 MiB", peak <= 8 * 2**20)
 
     def s_idle():
         idle = r["idle"]
+        n, k = idle["containers"], idle.get("naive_pipelines", idle["containers"])
+        # The naive pipelines' sums, scaled from the k measured to the n containers.
+        scale = n / k if k else None
+        naive = "%d naive pipelines" % n + ("" if k == n else " (%d measured, scaled)" % k)
+        goal = n <= 20  # the 4 MiB goal is for the default 20 containers
         row("agent RSS, idle, no containers [MiB]", idle["agent_rss_no_containers"] / 2**20, "MiB",
-            "1 naive pipeline (1/%d of the sum)" % idle["containers"],
-            idle["naive_rss"] / idle["containers"] / 2**20)
-        row("agent RSS after %gs idle, %d containers [MiB]" % (idle["idle_s"], idle["containers"]),
-            idle["agent_rss"] / 2**20, "MiB", "%d naive pipelines RSS" % idle["containers"],
-            idle["naive_rss"] / 2**20, "<= 4 MiB", idle["agent_rss"] <= 4 * 2**20)
+            "1 naive pipeline (1/%d of the sum)" % k, idle["naive_rss"] / k / 2**20)
+        row("agent RSS after %gs idle, %d containers [MiB]" % (idle["idle_s"], n),
+            idle["agent_rss"] / 2**20, "MiB", naive, idle["naive_rss"] * scale / 2**20,
+            "<= 4 MiB" if goal else None, idle["agent_rss"] <= 4 * 2**20 if goal else None)
+        row("agent idle cost per followed container, %d containers [KiB]" % n,
+            idle["agent_rss_per_container"] / 1024, "KiB", "1 naive pipeline",
+            idle["naive_rss"] / k / 1024, "<= 16 KiB", idle["agent_rss_per_container"] <= 16 * 1024)
         if idle.get("static_rss"):
             row("agent RSS after %gs idle, %d containers, static build [MiB]"
-                % (idle["idle_s"], idle["containers"]),
-                idle["static_rss"] / 2**20, "MiB", "%d naive pipelines RSS" % idle["containers"],
-                idle["naive_rss"] / 2**20, "<= 4 MiB", idle["static_rss"] <= 4 * 2**20)
-        row("agent idle CPU, %d containers [%%]" % idle["containers"], idle["agent_cpu_pct"], "%",
-            "%d naive pipelines" % idle["containers"], idle["naive_cpu_pct"], "<= 0.1 %",
-            idle["agent_cpu_pct"] <= 0.1)
+                % (idle["idle_s"], n), idle["static_rss"] / 2**20, "MiB", naive,
+                idle["naive_rss"] * scale / 2**20, "<= 4 MiB" if goal else None,
+                idle["static_rss"] <= 4 * 2**20 if goal else None)
+            row("agent idle cost per followed container, %d containers, static [KiB]" % n,
+                idle["static_rss_per_container"] / 1024, "KiB", "1 naive pipeline",
+                idle["naive_rss"] / k / 1024, "<= 16 KiB",
+                idle["static_rss_per_container"] <= 16 * 1024)
+        row("agent idle CPU, %d containers [%%]" % n, idle["agent_cpu_pct"], "%",
+            naive, idle["naive_cpu_pct"] * scale, "<= 0.1 %", idle["agent_cpu_pct"] <= 0.1)
 
     def s_cpu():
         a = r["agent"].get("q1-1")
@@ -769,15 +1021,40 @@ def report(r):
             row("agent CPU per million lines, QoS 1 batched vs engine [s]", a["cpu_s_per_mline"],
                 "s", "dockerd serving them (raw reader run)", e["engine_cpu_s_per_mline"])
         idle = r["idle"]
-        row("agent threads, %d containers idle" % idle["containers"], idle["agent_threads"], "",
-            "%d naive pipelines" % idle["containers"], idle["naive_threads"])
+        n, k = idle["containers"], idle.get("naive_pipelines", idle["containers"])
+        row("agent threads, %d containers idle" % n, idle["agent_threads"], "",
+            "%d naive pipelines" % n + ("" if k == n else " (%d measured, scaled)" % k),
+            idle["naive_threads"] * n / k)
+
+    def s_instructions():
+        ins = r["instructions"]
+        fl = ins["floor"]
+        row("floor reader, decode only [instructions/line]", fl["instructions_per_line"], "",
+            "-", None)
+        for key, label in (("unbatched", "QoS 1 unbatched"), ("batched", "QoS 1 batched 50/1s")):
+            a = ins.get(key)
+            if not a:
+                continue
+            row("agent %s [instructions/line]" % label, a["instructions_per_line"], "",
+                "floor reader (decode only)", fl["instructions_per_line"])
+            row("agent %s, start-up and stop included [instructions/line]" % label,
+                a["whole_run_per_line"], "", "floor reader (decode only)",
+                fl["instructions_per_line"])
+            row("agent %s: spread of %d callgrind runs [%%]" % (label, len(a["runs"])),
+                a["spread_pct"], "%", "-", None, "<= 1 %", a["spread_pct"] <= 1.0)
+            row("agent %s [bytes allocated/line]" % label, a["bytes_per_line"], "B",
+                "floor reader (decode only)", fl["bytes_per_line"])
+            row("agent %s [allocations/line]" % label, a["allocations_per_line"], "",
+                "floor reader (decode only)", fl["allocations_per_line"])
+            row("agent %s: peak RSS reading the lines [MiB]" % label, a["vm_hwm"] / 2**20,
+                "MiB", "-", None, "<= 6 MiB", a["vm_hwm"] <= 6 * 2**20)
 
     def s_size():
         row("agent binary size, stripped [MiB]", r["binary_bytes"] / 2**20, "MiB",
             "docker CLI + mosquitto_pub + libmosquitto", r["naive_binary_bytes"] / 2**20)
 
     # A phase that failed or was skipped leaves its rows out; the others still print.
-    for section in (s_throughput, s_latency, s_peak, s_idle, s_cpu, s_size):
+    for section in (s_throughput, s_latency, s_peak, s_idle, s_cpu, s_instructions, s_size):
         try:
             section()
         except (KeyError, TypeError, ValueError, ZeroDivisionError) as e:
@@ -801,8 +1078,22 @@ def fmt(v):
     return str(v)
 
 
+def print_costliest(ins):
+    """The instructions phase's ten costliest functions (inclusive), per mode."""
+    if not ins:
+        return
+    for key in ("floor", "unbatched", "batched"):
+        a = ins.get(key)
+        if not a or not a.get("costliest"):
+            continue
+        print("\ncostliest functions, %s (inclusive, instructions/line of %d lines, %% of all):"
+              % ("floor reader" if key == "floor" else "agent QoS 1 " + key, ins["lines"]))
+        for c in a["costliest"]:
+            print("  %7d  %5.1f %%  %s" % (c["ir_per_line"], c["pct"], c["function"][:110]))
+
+
 def print_table(rows):
-    cols = [("figure", 56), ("value", 9), ("baseline", 42), ("baseline_value", 9),
+    cols = [("figure", 72), ("value", 9), ("baseline", 42), ("baseline_value", 9),
             ("ratio", 7), ("target", 24), ("met", 4)]
     head = ["figure", "value", "baseline", "base", "ratio", "target", "met"]
     print("  ".join(h.ljust(w) for h, (_, w) in zip(head, cols)))
@@ -826,7 +1117,18 @@ def main():
                     help="lines per throughput run, split over the containers")
     ap.add_argument("--containers", default=os.environ.get("BENCH_CONTAINERS", "1,4,20"))
     ap.add_argument("--idle-secs", type=float, default=float(os.environ.get("BENCH_IDLE_SECS", 60)))
-    ap.add_argument("--idle-containers", type=int, default=20)
+    ap.add_argument("--idle-containers", type=int,
+                    default=int(os.environ.get("BENCH_IDLE_CONTAINERS", 20)))
+    ap.add_argument("--idle-naive", type=int, default=int(os.environ.get("BENCH_IDLE_NAIVE", 20)),
+                    help="naive pipelines beside the idle agent (at most one per container)")
+    ap.add_argument("--agent-symbols", default="",
+                    help="the agent's release build with symbols, for the instructions phase")
+    ap.add_argument("--floor", default="", help="the floor reader (examples/floor.rs)")
+    ap.add_argument("--instr-lines", type=int,
+                    default=int(os.environ.get("BENCH_INSTR_LINES", 30000)),
+                    help="lines of the instructions phase's backlog")
+    ap.add_argument("--instr-runs", type=int, default=int(os.environ.get("BENCH_INSTR_RUNS", 2)),
+                    help="callgrind runs of each agent measurement (their spread is reported)")
     ap.add_argument("--latency-lines", type=int, default=5000)
     ap.add_argument("--run-timeout", type=float, default=60)
     ap.add_argument("--repeat", type=int, default=int(os.environ.get("BENCH_REPEAT", 3)),
@@ -834,7 +1136,8 @@ def main():
     ap.add_argument("--agent-runs", default=os.environ.get("BENCH_AGENT_RUNS", ""),
                     help="comma list of agent throughput runs, e.g. q1-1,q1b-20 (default all)")
     ap.add_argument("--only", default=os.environ.get("BENCH_ONLY", ""),
-                    help="comma list of phases: engine,mosquitto,naive,agent,latency,idle")
+                    help="comma list of phases: "
+                    "engine,mosquitto,naive,agent,latency,idle,instructions")
     args = ap.parse_args()
     args.containers = [int(x) for x in args.containers.split(",")]
     only = set(filter(None, args.only.split(",")))
@@ -933,6 +1236,9 @@ def main():
             log("latency: agent batched")
             r["agent"]["latb"] = attempt("latency agent batched", agent_run, "latb", 1, True, 1,
                                           0, paced_lines=ll)
+        if want("instructions"):
+            log("instructions: floor and agent, %d lines" % args.instr_lines)
+            r["instructions"] = attempt("instructions", instructions_run)
         if want("idle"):
             log("idle: %d quiet containers for %gs" % (args.idle_containers, args.idle_secs))
             r["idle"] = attempt("idle", idle_run, args.idle_containers)
@@ -951,6 +1257,7 @@ def main():
             json.dump(r, f, indent=1)
         if r["table"]:
             print_table(r["table"])
+            print_costliest(r.get("instructions"))
             print("host: %d CPUs, %.0f %% busy during the run (all processes); engine API %s; "
                   "agent and naive lines/s: median of %d runs"
                   % (r["cpus"], r["host_cpu_busy_pct"], r["engine_api"], args.repeat))

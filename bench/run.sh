@@ -5,7 +5,9 @@
 # and target/bench/results.json. Knobs (environment): BENCH_IDLE_SECS (60), BENCH_LINES (100000),
 # BENCH_CONTAINERS (1,4,20), BENCH_ONLY (phases), BENCH_AGENT (skip the build, use this binary),
 # BENCH_AGENT_STATIC (with BENCH_AGENT: the static one), BENCH_STATIC=0 (no static build),
-# BENCH_REPEAT (3 runs per throughput figure),
+# BENCH_REPEAT (3 runs per throughput figure), BENCH_AGENT_SYMBOLS and BENCH_FLOOR (the
+# instructions phase's binaries), BENCH_INSTR_LINES (30000), BENCH_INSTR_RUNS (2),
+# BENCH_IDLE_CONTAINERS (20), BENCH_IDLE_NAIVE (20),
 # BENCH_KEEP_TMP (keep the work directory), CLD_ENGINE_DIR (/tmp/cld-bench-engine).
 set -euo pipefail
 
@@ -42,7 +44,7 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-  tests/env.sh deps
+  tests/env.sh deps valgrind
 else
   echo "bench: not root on Debian, skipping tests/env.sh deps" >&2
 fi
@@ -65,7 +67,10 @@ fi
 # The Pi gets static binaries (packaging/cross.sh): build this host's one the same way, for the
 # idle RSS beside the dynamically linked one (libc's pages count in RSS). BENCH_STATIC=0 skips it.
 STATIC=${BENCH_AGENT_STATIC:-}
-if [ -z "${BENCH_AGENT:-}" ] && [ "${BENCH_STATIC:-1}" != 0 ] && [ "$(uname -m)" = x86_64 ]; then
+# Only the idle phase uses it.
+case ",${BENCH_ONLY:-idle}," in *,idle,*) want_static=1 ;; *) want_static=0 ;; esac
+if [ -z "${BENCH_AGENT:-}" ] && [ "${BENCH_STATIC:-1}" != 0 ] && [ "$want_static" = 1 ] \
+  && [ "$(uname -m)" = x86_64 ]; then
   if CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS="-C target-feature=+crt-static" \
     "$CARGO" build --release --locked --target x86_64-unknown-linux-gnu; then
     STATIC=$TARGET_DIR/x86_64-unknown-linux-gnu/release/container-logd
@@ -74,9 +79,33 @@ if [ -z "${BENCH_AGENT:-}" ] && [ "${BENCH_STATIC:-1}" != 0 ] && [ "$(uname -m)"
   fi
 fi
 
+# The instructions phase: the same release profile with line tables and symbols (for
+# callgrind_annotate's function names), and the floor reader (examples/floor.rs), in a target
+# directory of their own so that the shipped build stays as it is. BENCH_AGENT_SYMBOLS and
+# BENCH_FLOOR name ready binaries instead.
+SYMBOLS=${BENCH_AGENT_SYMBOLS:-}
+FLOOR=${BENCH_FLOOR:-}
+case ",${BENCH_ONLY:-instructions}," in
+*,instructions,*)
+  SYM_DIR=$TARGET_DIR/bench-symbols
+  sym_build() {
+    CARGO_PROFILE_RELEASE_DEBUG=line-tables-only CARGO_PROFILE_RELEASE_STRIP=none \
+      "$CARGO" build --release --locked --target-dir "$SYM_DIR" "$@"
+  }
+  if [ -z "$SYMBOLS" ]; then
+    if sym_build; then SYMBOLS=$SYM_DIR/release/container-logd
+    else echo "bench: the build with symbols failed; no instructions phase" >&2; fi
+  fi
+  if [ -z "$FLOOR" ]; then
+    if sym_build --features internals --example floor; then FLOOR=$SYM_DIR/release/examples/floor
+    else echo "bench: the floor reader's build failed; no instructions phase" >&2; fi
+  fi
+  ;;
+esac
+
 # In the background and waited for, so that a signal reaches the traps at once.
 ENGINE_PID=$(cat "$CLD_ENGINE_DIR/dockerd.pid" 2>/dev/null || echo 0)
 python3 bench/bench.py --agent "$AGENT" --agent-static "$STATIC" --docker-host "$HOST" \
-  --out "$OUT" --engine-pid "$ENGINE_PID" &
+  --agent-symbols "$SYMBOLS" --floor "$FLOOR" --out "$OUT" --engine-pid "$ENGINE_PID" &
 bench_pid=$!
 wait "$bench_pid"

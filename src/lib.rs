@@ -34,4 +34,9 @@ pub mod internals {
     pub mod reference {
         pub use crate::reference::{chunked, diff, frames, message, timestamp};
     }
+
+    /// The socket and its buffered reader, as the agent's log readers use them.
+    pub mod transport {
+        pub use crate::engine::transport::{Addr, Conn, Reader, BUF_BYTES};
+    }
 }

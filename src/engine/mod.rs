@@ -20,7 +20,7 @@ pub mod events;
 pub mod frames;
 pub mod http;
 pub mod timestamp;
-mod transport;
+pub(crate) mod transport;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
@@ -241,17 +241,17 @@ impl Engine {
         tty: bool,
         since: Since,
         max_line_bytes: usize,
-    ) -> (String, Decoder) {
+    ) -> (String, Box<Decoder>) {
         let query = "follow=1&stdout=1&stderr=1&timestamps=1";
         let id = encode_id(id);
         let (mut path, frames) = match self.libpod.get() {
             None => (
                 self.path(&format!("/containers/{id}/logs?{query}")),
-                Decoder::new(tty, max_line_bytes),
+                Box::new(Decoder::new(tty, max_line_bytes)),
             ),
             Some(v) => (
                 format!("/v{v}/libpod/containers/{id}/logs?{query}"),
-                Decoder::framed(tty, max_line_bytes),
+                Box::new(Decoder::framed(tty, max_line_bytes)),
             ),
         };
         if let Since::At(ns) = since {
@@ -385,14 +385,16 @@ pub enum Next {
 pub struct LogStream {
     reader: Reader,
     body: BodyDecoder,
-    frames: Decoder,
+    /// On the heap: moved through the frames that open a stream, it made every reader's
+    /// stack a page deeper (monitor/reader.rs says why that counts).
+    frames: Box<Decoder>,
     /// Lines decoded but not yet handed out.
     ready: VecDeque<LogLine>,
     ended: bool,
 }
 
 impl LogStream {
-    fn new(reader: Reader, body: BodyDecoder, frames: Decoder) -> LogStream {
+    fn new(reader: Reader, body: BodyDecoder, frames: Box<Decoder>) -> LogStream {
         LogStream {
             reader,
             body,
@@ -581,7 +583,7 @@ mod tests {
     fn log_stream(pieces: Vec<(u64, Vec<u8>)>, tty: bool) -> LogStream {
         let (conn, _) = fake_engine(pieces);
         let (reader, body) = open_on(conn, "/v1.41/containers/x/logs").unwrap();
-        LogStream::new(reader, body, Decoder::new(tty, 1000))
+        LogStream::new(reader, body, Box::new(Decoder::new(tty, 1000)))
     }
 
     fn line_text(n: Next) -> String {

@@ -17,10 +17,18 @@ use super::Error;
 /// The read buffer of a busy connection; reused for every read. One per followed container, so
 /// it is small: 16 KiB is 160 lines of 100 bytes per read.
 pub const BUF_BYTES: usize = 16 * 1024;
-/// What a connection starts with: a quiet container's reader never needs more. The first read
-/// that fills it grows it to [`BUF_BYTES`]; a response head larger than that grows it further
-/// (up to `MAX_HEAD_BYTES`).
-const START_BYTES: usize = 2 * 1024;
+/// What a connection starts with: a quiet container's reader never needs more (a log stream's
+/// response head is about 200 bytes). A read that fills the buffer doubles it, up to
+/// [`BUF_BYTES`], so a stream whose reads hover about one size settles there (the events stream:
+/// an event is about 1 KiB); a response head larger than that grows it further (up to
+/// `MAX_HEAD_BYTES`).
+const START_BYTES: usize = 1024;
+/// A grown buffer is halved after this many reads in a row that would have fitted in a quarter
+/// of it: a container that printed a backlog or a burst and then only a line now and then is
+/// back at [`START_BYTES`] after 32 reads, and keeps no more than one that was always quiet; a
+/// busy stream that now and then catches up with the engine stays between 8 and 16 KiB. (One
+/// that falls silent right after its burst keeps its buffer until it prints again.)
+const SHRINK_AFTER: u8 = 8;
 
 /// Where the engine listens.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -207,6 +215,8 @@ pub struct Reader {
     leftover: usize,
     /// The read timeout currently set on the socket, so it is only changed when it changes.
     timeout: Option<Duration>,
+    /// Small reads in a row while the buffer is grown ([`SHRINK_AFTER`]).
+    small_reads: u8,
 }
 
 impl Reader {
@@ -229,6 +239,7 @@ impl Reader {
             buf: vec![0; START_BYTES],
             leftover: 0,
             timeout: Some(timeout),
+            small_reads: 0,
         };
         let mut end = 0;
         loop {
@@ -285,8 +296,21 @@ impl Reader {
             }
         };
         if n == self.buf.len() && n < BUF_BYTES {
-            // A busy stream: the rest of its bytes are already waiting.
-            self.buf.resize(BUF_BYTES, 0);
+            // A busy stream: more of its bytes are likely waiting.
+            self.buf.resize((2 * n).min(BUF_BYTES), 0);
+            self.small_reads = 0;
+        } else if self.buf.len() > START_BYTES {
+            self.small_reads = if n <= self.buf.len() / 4 {
+                self.small_reads + 1
+            } else {
+                0
+            };
+            if self.small_reads == SHRINK_AFTER {
+                // The bytes just read are within what is kept.
+                self.buf.truncate((self.buf.len() / 2).max(START_BYTES));
+                self.buf.shrink_to_fit();
+                self.small_reads = 0;
+            }
         }
         Ok(&self.buf[..n])
     }
@@ -303,6 +327,48 @@ pub fn is_timeout(e: &io::Error) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A busy stream's buffer doubles up to `BUF_BYTES`; once the stream has gone quiet it is
+    /// halved every `SHRINK_AFTER` reads, back to `START_BYTES`, and it grows again with the
+    /// next burst. Reads of about one size keep the buffer at the size that holds them.
+    #[test]
+    fn the_read_buffer_grows_with_a_burst_and_shrinks_when_quiet() {
+        let (ours, mut theirs) = UnixStream::pair().unwrap();
+        theirs.write_all(b"HTTP/1.1 200 OK\r\n\r\n").unwrap();
+        let (mut reader, _) = Reader::send(Conn::Unix(ours), b"", Duration::from_secs(5)).unwrap();
+        assert_eq!(reader.buf.len(), START_BYTES);
+        // Reads of 1, 2, 4, 8, 16 and 16 KiB, the last one full.
+        let burst = vec![b'x'; 47 * START_BYTES];
+        let mut read = |theirs: &mut UnixStream, bytes: &[u8]| {
+            theirs.write_all(bytes).unwrap();
+            let mut got = 0;
+            while got < bytes.len() {
+                got += reader.read().unwrap().len();
+            }
+            reader.buf.len()
+        };
+        assert_eq!(read(&mut theirs, &burst), BUF_BYTES);
+        let mut sizes = Vec::new();
+        for _ in 0..4 * SHRINK_AFTER {
+            sizes.push(read(&mut theirs, b"a line\n"));
+        }
+        let step = usize::from(SHRINK_AFTER);
+        assert_eq!(sizes[step - 2], BUF_BYTES);
+        assert_eq!(
+            [step - 1, 2 * step - 1, 3 * step - 1, 4 * step - 1].map(|i| sizes[i]),
+            [BUF_BYTES / 2, BUF_BYTES / 4, BUF_BYTES / 8, START_BYTES]
+        );
+        assert_eq!(read(&mut theirs, &burst), BUF_BYTES);
+        for _ in 0..4 * SHRINK_AFTER {
+            read(&mut theirs, b"a line\n");
+        }
+        // Reads of 1.5 KiB: the buffer doubles once and stays there.
+        let event = vec![b'e'; START_BYTES * 3 / 2];
+        for _ in 0..3 * SHRINK_AFTER {
+            assert!(read(&mut theirs, &event) <= 2 * START_BYTES);
+        }
+        assert_eq!(reader.buf.len(), 2 * START_BYTES);
+    }
 
     #[test]
     fn parses_docker_host() {

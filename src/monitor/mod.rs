@@ -222,10 +222,11 @@ impl Shared {
         let slot = Arc::new(Slot::new(&info.id, &info.name, from_event));
         let shared = self.clone();
         let s = slot.clone();
+        let looked = info.clone();
         let spawned = std::thread::Builder::new()
             .name(thread_name(&info.name))
             .stack_size(192 * 1024)
-            .spawn(move || reader::follow(shared, s));
+            .spawn(move || reader::follow(shared, s, looked));
         match spawned {
             Ok(h) => {
                 *slot.handle.lock().unwrap_or_else(|p| p.into_inner()) = Some(h);
@@ -235,6 +236,14 @@ impl Shared {
             }
             Err(e) => Err(format!("cannot start a reader for {}: {e}", info.name)),
         }
+    }
+
+    /// How many containers are followed.
+    pub fn followed(&self) -> usize {
+        self.registry
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
     }
 
     /// Whether a reader follows the container with this full id.

@@ -8,6 +8,14 @@
 //! line is no longer there (see `lines.rs`). This loop owns the socket, the clock and the waits
 //! (on the slot's wake channel and the agent's stop); every decision about lines is the
 //! `LineCore`'s, and every decision about opening, waiting and ending is the [`Retry`]'s.
+//!
+//! Stack: a page of a thread's stack, once touched, stays resident for the thread's life, so
+//! every followed container costs all the pages its reader's deepest path ever reached (glibc
+//! puts its thread block and static TLS, about 4.3 KiB, at the top). The stream, its decoder and
+//! the core live on the heap, and the functions that open, read, inspect and wait have frames
+//! of their own (never inlined), so their locals do not add up on the path that opens and
+//! follows a running container: it stays within two pages (`make bench`'s idle cost per
+//! followed container; an inspect after a stream ended can take a third).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,13 +29,15 @@ use crate::monitor::{cursor, meta, Shared, Slot};
 use crate::stats::Stats;
 
 /// The body of a `logs-<name>` thread: follows `slot`'s container until it is gone or the agent
-/// stops.
-pub fn follow(shared: Arc<Shared>, slot: Arc<Slot>) {
+/// stops. `info` is the container as the attach inspected it a moment ago: the first turn goes
+/// by it rather than ask the engine again.
+pub fn follow(shared: Arc<Shared>, slot: Arc<Slot>, info: ContainerInfo) {
     let mut reader = Reader {
         shared: &shared,
         slot: &slot,
         last: None,
         retry: Retry::new(),
+        looked: Some(info),
         created: None,
         started: None,
     };
@@ -36,7 +46,8 @@ pub fn follow(shared: Arc<Shared>, slot: Arc<Slot>) {
 
 /// An opened log stream and what it was opened for.
 struct Run {
-    stream: LogStream,
+    /// On the heap (stack pages: see the module documentation).
+    stream: Box<LogStream>,
     origin: Arc<Origin>,
     resume: Option<Position>,
     info: ContainerInfo,
@@ -50,6 +61,8 @@ struct Reader<'a> {
     last: Option<Position>,
     /// When to open, wait or end: the decisions, made by a pure core.
     retry: Retry,
+    /// The container as inspected just before the reader started, for its first turn.
+    looked: Option<ContainerInfo>,
     /// The container as inspected while it was created and not started.
     created: Option<ContainerInfo>,
     /// Set when a created container's event woke the reader: its stream is opened at once.
@@ -60,9 +73,10 @@ impl Reader<'_> {
     /// One look at the container and what follows it (a stream read, a wait, the end); false
     /// when the reader ends.
     fn turn(&mut self) -> bool {
-        let (found, info) = match self.started.take() {
-            Some(info) => (Found::Started, Some(info)),
-            None => self.look(),
+        let (found, info) = match (self.started.take(), self.looked.take()) {
+            (Some(info), _) => (Found::Started, Some(info)),
+            (None, Some(info)) => (self.found(&info), Some(info)),
+            (None, None) => self.look(),
         };
         if found == Found::Created {
             self.created = info.clone();
@@ -88,16 +102,11 @@ impl Reader<'_> {
         }
     }
 
-    /// Inspects the container.
+    /// Inspects the container. Never inlined (stack pages: see the module documentation).
+    #[inline(never)]
     fn look(&self) -> (Found, Option<ContainerInfo>) {
         match self.shared.engine.inspect(&self.slot.id) {
-            Ok(info) => {
-                let found = Found::of(&info);
-                if found == Found::Restarting {
-                    set_state(self.slot, "reconnecting");
-                }
-                (found, Some(info))
-            }
+            Ok(info) => (self.found(&info), Some(info)),
             Err(e) if e.is_not_found() => (Found::Gone, None),
             Err(e) => {
                 set_state(self.slot, "reconnecting");
@@ -107,8 +116,18 @@ impl Reader<'_> {
         }
     }
 
+    /// What the container's state says, shown in its view too.
+    fn found(&self, info: &ContainerInfo) -> Found {
+        let found = Found::of(info);
+        if found == Found::Restarting {
+            set_state(self.slot, "reconnecting");
+        }
+        found
+    }
+
     /// Waits `d`, or until the container's next event wakes the reader; false when the agent
-    /// stops first.
+    /// stops first. Never inlined (stack pages).
+    #[inline(never)]
     fn wait(&mut self, d: Duration) -> bool {
         crossbeam_channel::select! {
             // Never sent on: it disconnects when the agent stops.
@@ -127,8 +146,12 @@ impl Reader<'_> {
     }
 
     /// Opens the container's log stream from its resume point; on failure, the step to take.
-    fn open(&mut self, info: ContainerInfo) -> Result<Run, Step> {
+    /// Never inlined (stack pages).
+    #[inline(never)]
+    fn open(&mut self, mut info: ContainerInfo) -> Result<Run, Step> {
         let origin = self.origin(&info);
+        // The origin holds what the labels say; the stream's run needs only the state.
+        info.labels.clear();
         let shared = self.shared;
         let resume = self.last.or_else(|| shared.cursors.get(&self.slot.id));
         let since = match resume {
@@ -137,7 +160,7 @@ impl Reader<'_> {
         };
         let max = shared.cfg.max_line_bytes;
         let stream = match shared.engine.logs(&self.slot.id, info.tty, since, max) {
-            Ok(s) => s,
+            Ok(s) => Box::new(s),
             Err(e) if e.is_not_found() => {
                 // A `--rm` container is removed, its log with it, right after it exits.
                 log::debug!("log of {} gone before it was opened: {e}", origin.name);
@@ -177,11 +200,13 @@ impl Reader<'_> {
         origin
     }
 
-    /// Reads the stream to its end and tells the retry core how it went.
+    /// Reads the stream to its end and tells the retry core how it went. Never inlined (stack
+    /// pages).
+    #[inline(never)]
     fn read(&mut self, mut run: Run) {
         let opened = Instant::now();
         let settings = Settings::of(&self.shared.cfg);
-        let mut core = LineCore::new(settings, run.origin.clone(), run.resume, opened);
+        let mut core = new_core(settings, run.origin.clone(), run.resume, opened);
         // A stop that came while the stream opened closed no socket yet: do not block on it.
         if !self.shared.stopping() {
             self.pump(&mut run.stream, &mut core, &run.origin);
@@ -255,6 +280,17 @@ impl Reader<'_> {
             v.last_line_ms = c.last_line_ms;
         }
     }
+}
+
+/// A core on the heap, made in a frame of its own (stack pages: see the module documentation).
+#[inline(never)]
+fn new_core(
+    settings: Settings,
+    origin: Arc<Origin>,
+    resume: Option<Position>,
+    now: Instant,
+) -> Box<LineCore> {
+    Box::new(LineCore::new(settings, origin, resume, now))
 }
 
 fn set_state(slot: &Slot, state: &'static str) {
