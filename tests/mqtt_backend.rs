@@ -15,14 +15,14 @@ use std::time::{Duration, Instant};
 use container_logd::backend::mqtt::MqttBackend;
 use container_logd::backend::{Backend, Progress};
 use container_logd::config::{Config, MqttConfig};
-use container_logd::message::{Draft, LabelValue, Level, LogMessage, Origin, Position, SourceKind};
+use container_logd::message::{Level, LogMessage, SourceKind};
 
 mod util;
 
+use util::msgs::{event, line, origin, pos};
+
 use util::broker::{password_opts, Broker, BrokerOpts, Msg, SubOpts, Subscriber};
 use util::{free_port, unique, TempDir, PATIENCE};
-
-const TS0: i64 = 1_700_000_000_000_000_000;
 
 /// A child process killed on drop (the agent of the last-will test).
 struct Kill(Child);
@@ -46,56 +46,6 @@ fn cfg(port: u16, vars: &[(&str, &str)]) -> MqttConfig {
         .expect("config")
         .mqtt
         .expect("mqtt on")
-}
-
-fn origin(app: &str, service: &str, cid: &str) -> Arc<Origin> {
-    Arc::new(Origin::new(
-        Arc::from(cid),
-        service.into(),
-        LabelValue::from_label(app),
-        service.into(),
-        Some(LabelValue::from_label(app)),
-        Arc::from("pi-test"),
-    ))
-}
-
-fn pos(n: i64) -> Position {
-    Position {
-        ts_ns: TS0 + n,
-        seen: 1,
-    }
-}
-
-fn line(o: &Arc<Origin>, n: i64, level: Level, text: &str) -> Arc<LogMessage> {
-    Arc::new(LogMessage::new(Draft {
-        text: text.into(),
-        ts_ns: TS0 + n,
-        level,
-        kind: SourceKind::Container,
-        origin: o.clone(),
-        is_stderr: level == Level::Error,
-        truncated: false,
-        position: Some(pos(n)),
-        id: container_logd::message::Id::Line(pos(n)),
-    }))
-}
-
-fn event(kind: SourceKind, level: Level, text: &str) -> Arc<LogMessage> {
-    let o = match kind {
-        SourceKind::Manager => Arc::new(Origin::manager(Arc::from("pi-test"))),
-        _ => origin("1001", "web", "c-web"),
-    };
-    Arc::new(LogMessage::new(Draft {
-        text: text.into(),
-        ts_ns: TS0,
-        level,
-        kind,
-        origin: o,
-        is_stderr: false,
-        truncated: false,
-        position: None,
-        id: container_logd::message::Id::Given(format!("ev-{TS0}-{text}")),
-    }))
 }
 
 fn start(c: &MqttConfig, state: &Path) -> (Arc<MqttBackend>, Arc<Progress>) {

@@ -16,17 +16,17 @@ use std::time::{Duration, Instant};
 use container_logd::backend::mqtt::MqttBackend;
 use container_logd::backend::{Backend, Progress};
 use container_logd::config::{Config, MqttConfig};
-use container_logd::message::{Draft, LabelValue, Level, LogMessage, Origin, Position, SourceKind};
+use container_logd::message::{Level, SourceKind};
 
 mod util;
+
+use util::msgs::{event, line, origin, pos, HOST};
 
 use util::broker::{Broker, BrokerOpts, Subscriber};
 use util::v5::{Msg5, Sub5};
 use util::{unique, wait_until, TempDir, PATIENCE};
 
-const TS0: i64 = 1_700_000_000_000_000_000;
 const BASE: &str = "container-manager/logs";
-const HOST: &str = "pi-test";
 
 fn cfg(port: u16, vars: &[(&str, &str)]) -> MqttConfig {
     let mut env: HashMap<String, String> = HashMap::new();
@@ -42,56 +42,6 @@ fn cfg(port: u16, vars: &[(&str, &str)]) -> MqttConfig {
         .expect("config")
         .mqtt
         .expect("mqtt on")
-}
-
-fn origin(app: &str, service: &str, cid: &str) -> Arc<Origin> {
-    Arc::new(Origin::new(
-        Arc::from(cid),
-        service.into(),
-        LabelValue::from_label(app),
-        service.into(),
-        Some(LabelValue::from_label(app)),
-        Arc::from(HOST),
-    ))
-}
-
-fn pos(n: i64) -> Position {
-    Position {
-        ts_ns: TS0 + n,
-        seen: 1,
-    }
-}
-
-fn line(o: &Arc<Origin>, n: i64, level: Level, text: &str) -> Arc<LogMessage> {
-    Arc::new(LogMessage::new(Draft {
-        text: text.into(),
-        ts_ns: TS0 + n,
-        level,
-        kind: SourceKind::Container,
-        origin: o.clone(),
-        is_stderr: level == Level::Error,
-        truncated: false,
-        position: Some(pos(n)),
-        id: container_logd::message::Id::Line(pos(n)),
-    }))
-}
-
-fn event(kind: SourceKind, text: &str) -> Arc<LogMessage> {
-    let o = match kind {
-        SourceKind::Manager => Arc::new(Origin::manager(Arc::from(HOST))),
-        _ => origin("1001", "web", "c-web"),
-    };
-    Arc::new(LogMessage::new(Draft {
-        text: text.into(),
-        ts_ns: TS0,
-        level: Level::Warn,
-        kind,
-        origin: o,
-        is_stderr: false,
-        truncated: false,
-        position: None,
-        id: container_logd::message::Id::Given(format!("ev-{TS0}-{text}")),
-    }))
 }
 
 fn start(c: &MqttConfig, state: &Path) -> (Arc<MqttBackend>, Arc<Progress>) {
@@ -162,8 +112,8 @@ fn every_publish_carries_its_properties() {
         line(&w, 1, Level::Info, "Server started on port 8080"),
         line(&w, 2, Level::Error, "boom é"),
         line(&w, 3, Level::Info, "again, under its alias"),
-        event(SourceKind::System, "container web died"),
-        event(SourceKind::Manager, "agent trouble"),
+        event(SourceKind::System, Level::Warn, "container web died"),
+        event(SourceKind::Manager, Level::Warn, "agent trouble"),
     ];
     b.log_many(&msgs);
     wait_for("five messages and the status", || sub.all().len() >= 6);

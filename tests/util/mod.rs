@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod broker;
+pub mod msgs;
 pub mod podman;
 pub mod tls;
 pub mod v5;
