@@ -98,11 +98,12 @@ podman_up() {
   flock 8
   if ! ping_podman; then
     rm -f "$PODMAN_SOCK"
-    # The service must outlive this script: setsid detaches it from our session.
-    setsid podman --root "$PODMAN_DIR/root" --runroot "$PODMAN_DIR/runroot" \
+    # The service must outlive this script: setsid detaches it from our session, and it runs in
+    # / (conmon needs the service's working directory; a clone that started it may be gone).
+    (cd / && exec setsid podman --root "$PODMAN_DIR/root" --runroot "$PODMAN_DIR/runroot" \
       --tmpdir "$PODMAN_DIR/tmp" --cgroup-manager=cgroupfs --events-backend=file \
       --log-level=warn system service --time=0 "unix://$PODMAN_SOCK" \
-      >"$PODMAN_DIR/podman.log" 2>&1 </dev/null 8>&- &
+      >"$PODMAN_DIR/podman.log" 2>&1 </dev/null 8>&-) &
     echo $! >"$PODMAN_DIR/podman.pid"
     for _ in $(seq 1 150); do
       ping_podman && break
