@@ -14,12 +14,11 @@ use std::time::{Duration, Instant};
 
 use container_logd::backend::mqtt::MqttBackend;
 use container_logd::backend::{Backend, Progress};
-use container_logd::config::{Config, MqttConfig};
 use container_logd::message::{Level, LogMessage, SourceKind};
 
 mod util;
 
-use util::msgs::{event, line, origin, pos};
+use util::msgs::{cfg, event, line, origin, pos, start, stop};
 
 use util::broker::{password_opts, Broker, BrokerOpts, Msg, SubOpts, Subscriber};
 use util::{free_port, unique, TempDir, PATIENCE};
@@ -32,37 +31,6 @@ impl Drop for Kill {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn cfg(port: u16, vars: &[(&str, &str)]) -> MqttConfig {
-    let mut env: HashMap<String, String> = HashMap::new();
-    env.insert("MQTT_BROKER".into(), format!("mqtt://127.0.0.1:{port}"));
-    env.insert("MQTT_CLIENT_ID".into(), unique("agent"));
-    env.insert("MQTT_KEEPALIVE_S".into(), "5".into());
-    for (k, v) in vars {
-        env.insert(k.to_string(), v.to_string());
-    }
-    Config::from_env(&env)
-        .expect("config")
-        .mqtt
-        .expect("mqtt on")
-}
-
-fn start(c: &MqttConfig, state: &Path) -> (Arc<MqttBackend>, Arc<Progress>) {
-    let progress = Arc::new(Progress::new());
-    let b = MqttBackend::start(c, state, progress.lane(), "pi-test", "0.1.0").expect("start");
-    (b, progress)
-}
-
-/// Shuts the backend down and checks the contract's 5 s deadline (docs/CONTRACT.md §2).
-fn stop(b: &MqttBackend) {
-    let t = Instant::now();
-    b.shutdown();
-    assert!(
-        t.elapsed() < Duration::from_millis(3200),
-        "shutdown took {:?}",
-        t.elapsed()
-    );
 }
 
 fn wait_for(what: &str, within: Duration, mut f: impl FnMut() -> bool) {

@@ -4,60 +4,36 @@
 //! codecs) and a 3.1.1 one (`mosquitto_sub`) receive: topics and payloads byte for byte, the
 //! properties value for value. Each test is bounded by `PATIENCE` and cleans up after itself.
 
-use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
-use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use container_logd::backend::mqtt::MqttBackend;
-use container_logd::backend::{Backend, Progress};
-use container_logd::config::{Config, MqttConfig};
+use container_logd::backend::Backend;
+use container_logd::config::MqttConfig;
 use container_logd::message::{Level, SourceKind};
 
 mod util;
 
-use util::msgs::{event, line, origin, pos, HOST};
+use util::msgs::{self, event, line, origin, pos, start, stop, HOST};
 
 use util::broker::{Broker, BrokerOpts, Subscriber};
 use util::v5::{Msg5, Sub5};
-use util::{unique, wait_until, TempDir, PATIENCE};
+use util::{wait_until, TempDir, PATIENCE};
 
 const BASE: &str = "container-manager/logs";
 
+/// The backend's settings at MQTT 5, with its status under `status/{HOST}`, and `vars` on top.
 fn cfg(port: u16, vars: &[(&str, &str)]) -> MqttConfig {
-    let mut env: HashMap<String, String> = HashMap::new();
-    env.insert("MQTT_BROKER".into(), format!("mqtt://127.0.0.1:{port}"));
-    env.insert("MQTT_CLIENT_ID".into(), unique("agent"));
-    env.insert("MQTT_KEEPALIVE_S".into(), "5".into());
-    env.insert("MQTT_VERSION".into(), "5".into());
-    env.insert("MQTT_STATUS_TOPIC".into(), format!("status/{HOST}"));
-    for (k, v) in vars {
-        env.insert(k.to_string(), v.to_string());
-    }
-    Config::from_env(&env)
-        .expect("config")
-        .mqtt
-        .expect("mqtt on")
-}
-
-fn start(c: &MqttConfig, state: &Path) -> (Arc<MqttBackend>, Arc<Progress>) {
-    let progress = Arc::new(Progress::new());
-    let b = MqttBackend::start(c, state, progress.lane(), HOST, "0.1.0").expect("start");
-    (b, progress)
-}
-
-fn stop(b: &MqttBackend) {
-    let t = Instant::now();
-    b.shutdown();
-    assert!(
-        t.elapsed() < Duration::from_millis(3200),
-        "shutdown took {:?}",
-        t.elapsed()
-    );
+    let status = format!("status/{HOST}");
+    let mut all = vec![
+        ("MQTT_VERSION", "5"),
+        ("MQTT_STATUS_TOPIC", status.as_str()),
+    ];
+    all.extend_from_slice(vars);
+    msgs::cfg(port, &all)
 }
 
 fn wait_for(what: &str, f: impl FnMut() -> bool) {

@@ -1,11 +1,20 @@
-//! Messages made by hand for the tests that drive a backend directly (`mqtt_backend`,
-//! `mqtt_v5`): container lines at known positions, lifecycle and agent messages.
+//! For the tests that drive the MQTT backend directly (`mqtt_backend`, `mqtt_v5`): its
+//! configuration, start and stop, and messages made by hand (container lines at known
+//! positions, lifecycle and agent messages).
 
+use std::collections::HashMap;
+use std::path::Path;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use container_logd::backend::mqtt::MqttBackend;
+use container_logd::backend::{Backend, Progress};
+use container_logd::config::{Config, MqttConfig};
 use container_logd::message::{
     Draft, Id, LabelValue, Level, LogMessage, Origin, Position, SourceKind,
 };
+
+use super::unique;
 
 /// The engine time of line 0.
 pub const TS0: i64 = 1_700_000_000_000_000_000;
@@ -63,4 +72,36 @@ pub fn event(kind: SourceKind, level: Level, text: &str) -> Arc<LogMessage> {
         position: None,
         id: Id::Given(format!("ev-{TS0}-{text}")),
     }))
+}
+
+/// The backend's settings for a broker on `port`, with `vars` on top.
+pub fn cfg(port: u16, vars: &[(&str, &str)]) -> MqttConfig {
+    let mut env: HashMap<String, String> = HashMap::new();
+    env.insert("MQTT_BROKER".into(), format!("mqtt://127.0.0.1:{port}"));
+    env.insert("MQTT_CLIENT_ID".into(), unique("agent"));
+    env.insert("MQTT_KEEPALIVE_S".into(), "5".into());
+    for (k, v) in vars {
+        env.insert(k.to_string(), v.to_string());
+    }
+    Config::from_env(&env)
+        .expect("config")
+        .mqtt
+        .expect("mqtt on")
+}
+
+pub fn start(c: &MqttConfig, state: &Path) -> (Arc<MqttBackend>, Arc<Progress>) {
+    let progress = Arc::new(Progress::new());
+    let b = MqttBackend::start(c, state, progress.lane(), HOST, "0.1.0").expect("start");
+    (b, progress)
+}
+
+/// Shuts the backend down and checks the contract's 5 s deadline (docs/CONTRACT.md §2).
+pub fn stop(b: &MqttBackend) {
+    let t = Instant::now();
+    b.shutdown();
+    assert!(
+        t.elapsed() < Duration::from_millis(3200),
+        "shutdown took {:?}",
+        t.elapsed()
+    );
 }
