@@ -454,6 +454,15 @@ impl Drop for Follower {
     }
 }
 
+/// A container script: lines `line(1)` to `line(n)`, about 100 a second, then quiet.
+fn numbered_lines(n: usize) -> String {
+    format!(
+        "i=1; while [ $i -le {n} ]; do echo \"line $i {}\"; i=$((i+1)); sleep 0.01; done; \
+         sleep 600",
+        "x".repeat(90)
+    )
+}
+
 /// `logs --broker --host -f` goes on after the broker restarts: it connects again and asks for
 /// what it missed, with no gap and no duplicate.
 #[test]
@@ -463,11 +472,7 @@ fn logs_follow_survives_a_broker_restart() {
     let agent = agent_for(&name, &name, &broker, &[]);
     let base = ("MQTT_BASE_TOPIC", "container-manager/logs/{hostname}");
     let n = 600;
-    let script = format!(
-        "i=1; while [ $i -le {n} ]; do echo \"line $i {}\"; i=$((i+1)); sleep 0.01; done; \
-         sleep 600",
-        "x".repeat(90)
-    );
+    let script = numbered_lines(n);
     let _c = run(&format!("{name}-web"), "1001", "web", &script);
     wait_for_file(&agent, "1001", "web", &line(50));
     let follower = Follower::start(&broker, &name, base);
@@ -488,11 +493,7 @@ fn logs_over_the_broker_and_the_follow_seam() {
     let agent = agent_for(&name, &name, &broker, &[]);
     let base = ("MQTT_BASE_TOPIC", "container-manager/logs/{hostname}");
     let n = 600;
-    let script = format!(
-        "i=1; while [ $i -le {n} ]; do echo \"line $i {}\"; i=$((i+1)); sleep 0.01; done; \
-         sleep 600",
-        "x".repeat(90)
-    );
+    let script = numbered_lines(n);
     let _c = run(&format!("{name}-web"), "1001", "web", &script);
     wait_for_file(&agent, "1001", "web", &line(100));
     // Follow from mid-stream: the answer holds what was logged so far, the rest comes live.
