@@ -25,36 +25,71 @@ use crate::message::{line_position, Level, LogMessage};
 /// left out.
 pub const MAX_ANSWER_BYTES: usize = 8 << 20;
 
-/// The lines of an answer, oldest first: those only the files still hold, then the ring's.
+/// One line of an answer.
+pub enum Item {
+    /// A line only the files still hold, as JSON.
+    File(String),
+    Ring(Arc<LogMessage>),
+}
+
+/// The lines of an answer, oldest first.
 #[derive(Default)]
 pub struct Found {
-    /// JSON lines, as the files hold them.
-    pub from_files: Vec<String>,
-    pub from_ring: Vec<Arc<LogMessage>>,
+    pub items: Vec<Item>,
     /// Matching lines of the files left out for [`MAX_ANSWER_BYTES`].
     pub left_out: usize,
 }
 
 /// The newest `f.limit` messages that match `f`, from the ring and then from the files under
-/// `log_dir` (when files are kept).
+/// `log_dir` (when files are kept), oldest first.
+///
+/// The ring is read before the files, so the files may hold lines newer than what the ring
+/// gave; the answer is therefore put in the order of the lines' keys (the engine's time and
+/// index), not ring after files.
 pub fn search(ring: &Ring, log_dir: Option<&Path>, f: &Filter) -> Found {
     let from_ring = ring.query(f.limit, |m| f.matches(m));
     let need = f.limit - from_ring.len().min(f.limit);
-    let mut found = Found {
-        from_ring,
-        ..Found::default()
-    };
     let Some(dir) = log_dir.filter(|_| need > 0) else {
-        return found;
+        return Found {
+            items: from_ring.into_iter().map(Item::Ring).collect(),
+            left_out: 0,
+        };
     };
-    let in_ring: HashSet<&str> = found.from_ring.iter().map(|m| m.id()).collect();
+    let in_ring: HashSet<&str> = from_ring.iter().map(|m| m.id()).collect();
     let mut newest = Newest::new(need);
     for path in candidate_files(dir, f) {
         scan(&path, f, &in_ring, &mut newest);
     }
-    found.left_out = newest.left_out;
-    found.from_files = newest.into_sorted();
-    found
+    drop(in_ring);
+    let left_out = newest.left_out;
+    let mut keyed: Vec<((i64, u32), Item)> = newest
+        .into_keyed()
+        .into_iter()
+        .map(|(k, s)| (k, Item::File(s)))
+        .collect();
+    keyed.extend(
+        from_ring
+            .into_iter()
+            .map(|m| (key(m.id(), m.timestamp_ms()), Item::Ring(m))),
+    );
+    keyed.sort_by_key(|e| e.0);
+    let extra = keyed.len().saturating_sub(f.limit);
+    Found {
+        items: keyed
+            .into_iter()
+            .skip(extra)
+            .map(|(_, item)| item)
+            .collect(),
+        left_out,
+    }
+}
+
+/// Where a line sorts: the engine's time and index from its id, else its milliseconds.
+fn key(id: &str, ms: i64) -> (i64, u32) {
+    match line_position(id) {
+        Some(p) => (p.ts_ns, p.seen),
+        None => (ms.saturating_mul(1_000_000), 0),
+    }
 }
 
 /// The files that may hold matching lines: with `appId` and `service` one service's, else all;
@@ -162,12 +197,8 @@ impl Line {
             .is_none_or(|q| self.message.contains(q.as_str()))
     }
 
-    /// Where the line sorts: the engine's time and index from its id, else its milliseconds.
     fn key(&self) -> (i64, u32) {
-        match line_position(&self.id) {
-            Some(p) => (p.ts_ns, p.seen),
-            None => (self.timestamp.saturating_mul(1_000_000), 0),
-        }
+        key(&self.id, self.timestamp)
     }
 }
 
@@ -233,11 +264,9 @@ impl Newest {
         }
     }
 
-    /// Oldest first.
-    fn into_sorted(self) -> Vec<String> {
-        let mut v: Vec<((i64, u32), String)> = self.heap.into_iter().map(|r| r.0).collect();
-        v.sort_by_key(|e| e.0);
-        v.into_iter().map(|(_, s)| s).collect()
+    /// With their keys, in no particular order.
+    fn into_keyed(self) -> Vec<((i64, u32), String)> {
+        self.heap.into_iter().map(|r| r.0).collect()
     }
 }
 
@@ -262,7 +291,66 @@ mod tests {
         for (i, k) in [5, 1, 9, 3, 7].iter().enumerate() {
             n.add((*k, 0), &format!("{k}-{i}"));
         }
-        assert_eq!(n.into_sorted(), ["5-0", "7-4", "9-2"]);
+        let mut kept = n.into_keyed();
+        kept.sort();
+        let kept: Vec<&str> = kept.iter().map(|(_, s)| s.as_str()).collect();
+        assert_eq!(kept, ["5-0", "7-4", "9-2"]);
+    }
+
+    fn msg(text: &str, ts_ns: i64) -> Arc<LogMessage> {
+        use crate::message::{Draft, Id, LabelValue, Origin, Position, SourceKind};
+        let origin = Arc::new(Origin::new(
+            Arc::from("c0ffee"),
+            "web".into(),
+            LabelValue::from_label("1001"),
+            "web".into(),
+            None,
+            Arc::from("h"),
+        ));
+        let pos = Position { ts_ns, seen: 1 };
+        Arc::new(LogMessage::new(Draft {
+            text: text.into(),
+            ts_ns,
+            level: Level::Info,
+            kind: SourceKind::Container,
+            is_stderr: false,
+            truncated: false,
+            position: Some(pos),
+            id: Id::Line(pos),
+            origin,
+        }))
+    }
+
+    fn texts(found: &Found) -> Vec<String> {
+        found
+            .items
+            .iter()
+            .map(|i| match i {
+                Item::Ring(m) => m.text().into_owned(),
+                Item::File(json) => serde_json::from_str::<Line>(json).expect("line").message,
+            })
+            .collect()
+    }
+
+    /// The file writer appends to the files after the ring was read: a line newer than the
+    /// ring's newest comes after them, and an evicted one before.
+    #[test]
+    fn the_answer_is_in_line_order_when_the_files_are_ahead_of_the_ring() {
+        let dir = std::env::temp_dir().join(format!("cld-search-{}", std::process::id()));
+        let all: Vec<Arc<LogMessage>> = (1..=5).map(|i| msg(&i.to_string(), i * 1000)).collect();
+        fs::create_dir_all(dir.join("1001")).expect("dir");
+        let file: String = all.iter().map(|m| m.json() + "\n").collect();
+        fs::write(dir.join("1001/web.log"), file).expect("file");
+        let ring = Ring::new(100);
+        ring.push_many(&all[1..4]);
+        let limit = |n: &str| Filter::parse(&[("limit".into(), n.into())], &[]).expect("filter");
+        let found = search(&ring, Some(&dir), &limit("100"));
+        assert_eq!(texts(&found), ["1", "2", "3", "4", "5"]);
+        let found = search(&ring, Some(&dir), &limit("4"));
+        assert_eq!(texts(&found), ["2", "3", "4", "5"]);
+        let found = search(&ring, Some(&dir), &limit("3"));
+        assert_eq!(texts(&found), ["2", "3", "4"], "the ring alone answers");
+        let _ = fs::remove_dir_all(&dir);
     }
 
     #[test]
