@@ -43,9 +43,9 @@ pub struct Found {
 /// The newest `f.limit` messages that match `f`, from the ring and then from the files under
 /// `log_dir` (when files are kept), oldest first.
 ///
-/// The ring is read before the files, so the files may hold lines newer than what the ring
-/// gave; the answer is therefore put in the order of the lines' keys (the engine's time and
-/// index), not ring after files.
+/// The ring's messages keep their order (the order `/api/v1/logs` gives); the files' lines go
+/// between them by their keys (the engine's time and index). The ring is read before the
+/// files, so the files may also hold lines newer than all the ring gave: they come last.
 pub fn search(ring: &Ring, log_dir: Option<&Path>, f: &Filter) -> Found {
     let from_ring = ring.query(f.limit, |m| f.matches(m));
     let need = f.limit - from_ring.len().min(f.limit);
@@ -62,26 +62,21 @@ pub fn search(ring: &Ring, log_dir: Option<&Path>, f: &Filter) -> Found {
     }
     drop(in_ring);
     let left_out = newest.left_out;
-    let mut keyed: Vec<((i64, u32), Item)> = newest
-        .into_keyed()
-        .into_iter()
-        .map(|(k, s)| (k, Item::File(s)))
-        .collect();
-    keyed.extend(
-        from_ring
-            .into_iter()
-            .map(|m| (key(m.id(), m.timestamp_ms()), Item::Ring(m))),
-    );
-    keyed.sort_by_key(|e| e.0);
-    let extra = keyed.len().saturating_sub(f.limit);
-    Found {
-        items: keyed
-            .into_iter()
-            .skip(extra)
-            .map(|(_, item)| item)
-            .collect(),
-        left_out,
+    let mut files = newest.into_keyed();
+    files.sort_by_key(|e| e.0);
+    let mut files = files.into_iter().peekable();
+    let mut items = Vec::with_capacity(files.len() + from_ring.len());
+    for m in from_ring {
+        let k = key(m.id(), m.timestamp_ms());
+        while let Some((_, line)) = files.next_if(|(fk, _)| *fk < k) {
+            items.push(Item::File(line));
+        }
+        items.push(Item::Ring(m));
     }
+    items.extend(files.map(|(_, line)| Item::File(line)));
+    let extra = items.len().saturating_sub(f.limit);
+    items.drain(..extra);
+    Found { items, left_out }
 }
 
 /// Where a line sorts: the engine's time and index from its id, else its milliseconds.
@@ -350,6 +345,12 @@ mod tests {
         assert_eq!(texts(&found), ["2", "3", "4", "5"]);
         let found = search(&ring, Some(&dir), &limit("3"));
         assert_eq!(texts(&found), ["2", "3", "4"], "the ring alone answers");
+        // The ring's order stands where it differs from the keys' (an event timed late).
+        let ring = Ring::new(100);
+        ring.push_many(&[msg("started", 2500)]);
+        ring.push_many(&all[1..4]);
+        let found = search(&ring, Some(&dir), &limit("100"));
+        assert_eq!(texts(&found), ["1", "started", "2", "3", "4", "5"]);
         let _ = fs::remove_dir_all(&dir);
     }
 
