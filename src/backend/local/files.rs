@@ -74,6 +74,15 @@ impl Open {
     }
 }
 
+/// The file last written to, and the origin and kind of its messages. Holding the origin keeps
+/// its address from being reused by another container's.
+struct Hot {
+    origin: Arc<Origin>,
+    kind: SourceKind,
+    rel: PathBuf,
+    file: Open,
+}
+
 pub struct Writer {
     settings: Settings,
     /// Keyed by the path relative to `LOG_DIR` as bytes: `Path`'s own hash walks its components.
@@ -87,10 +96,10 @@ pub struct Writer {
     /// resumes from a cursor that may lag the files by a few seconds; lines up to here are
     /// already written and are skipped, so the files hold every line once.
     written_before: HashMap<String, Position>,
-    /// The file of the last message, by its origin: lines come in runs from one container, and
-    /// the path need not be built and hashed anew for each.
-    /// Holding the origin keeps its address from being reused by another container's.
-    last_path: Option<(Arc<Origin>, SourceKind, PathBuf)>,
+    /// The file of the last message, out of `files`: lines come in runs from one container, and
+    /// the run's file needs no path built nor looked up for each line. Put back in `files`
+    /// before anything else looks there (another file, a rotation, the limit of open files).
+    hot: Option<Hot>,
     /// The line being written, kept between lines so its capacity is reused.
     line: Vec<u8>,
     /// The container of the last line taken and its position, not yet in `unflushed`: lines
@@ -138,7 +147,7 @@ impl Writer {
             unflushed: HashMap::new(),
             lane,
             written_before: HashMap::new(),
-            last_path: None,
+            hot: None,
             line: Vec::new(),
             run: None,
             written: (0, 0),
@@ -196,6 +205,7 @@ impl Writer {
             }
             Cmd::Reopen => {
                 self.flush();
+                self.hot = None;
                 self.files.clear();
             }
             Cmd::Sync(done) => {
@@ -229,15 +239,21 @@ impl Writer {
             self.taken(msg);
             return;
         }
-        let rel = match self.last_path.take() {
-            Some((o, kind, p)) if Arc::ptr_eq(&o, &msg.origin) && kind == msg.kind => p,
-            _ => relative_path(msg),
-        };
         let mut line = std::mem::take(&mut self.line);
         line.clear();
         msg.write_json(&mut line);
         let len = line.len() as u64 + 1;
-        let result = self.write_line(&rel, &line, len);
+        let max = self.settings.max_bytes;
+        let result = match &mut self.hot {
+            Some(h)
+                if Arc::ptr_eq(&h.origin, &msg.origin)
+                    && h.kind == msg.kind
+                    && h.file.fits(len, max) =>
+            {
+                h.file.append(&line, len).map_err(|e| (h.rel.clone(), e))
+            }
+            _ => self.write_cold(msg, &line, len),
+        };
         if line.capacity() <= 64 << 10 {
             self.line = line;
         }
@@ -247,15 +263,48 @@ impl Writer {
                 self.written.1 += len;
                 self.last_write_ok = true;
             }
-            Err(e) => {
+            Err((rel, e)) => {
                 self.last_write_ok = false;
                 self.failed(&rel, e);
             }
         }
-        self.last_path = Some((msg.origin.clone(), msg.kind, rel));
         // A line we could not write is still reported taken: it lives on in the ring and in
         // MQTT, and holding the cursor back would only duplicate it everywhere else later.
         self.taken(msg);
+    }
+
+    /// Writes a line through the table of open files (another file than the last, or the last
+    /// one full); its file becomes the hot one when the line is written.
+    fn write_cold(
+        &mut self,
+        msg: &LogMessage,
+        json: &[u8],
+        len: u64,
+    ) -> Result<(), (PathBuf, io::Error)> {
+        let rel = match self.hot.take() {
+            Some(h) => {
+                let same = Arc::ptr_eq(&h.origin, &msg.origin) && h.kind == msg.kind;
+                self.files.insert(h.rel.as_os_str().to_owned(), h.file);
+                if same {
+                    h.rel
+                } else {
+                    relative_path(msg)
+                }
+            }
+            None => relative_path(msg),
+        };
+        if let Err(e) = self.write_line(&rel, json, len) {
+            return Err((rel, e));
+        }
+        if let Some(file) = self.files.remove(rel.as_os_str()) {
+            self.hot = Some(Hot {
+                origin: msg.origin.clone(),
+                kind: msg.kind,
+                rel,
+                file,
+            });
+        }
+        Ok(())
     }
 
     /// Notes a container line as taken; reported to `Progress` at the next flush.
@@ -359,6 +408,11 @@ impl Writer {
 
     fn flush(&mut self) {
         let mut failed: Vec<(PathBuf, io::Error)> = Vec::new();
+        if let Some(Err(e)) = self.hot.as_mut().map(|h| h.file.out.flush()) {
+            if let Some(h) = self.hot.take() {
+                failed.push((h.rel, e));
+            }
+        }
         for (rel, f) in self.files.iter_mut() {
             if let Err(e) = f.out.flush() {
                 failed.push((PathBuf::from(rel), e));
@@ -455,15 +509,23 @@ mod tests {
     use crate::backend::Progress;
     use crate::message::{Draft, Id, LabelValue, Level, Origin};
 
-    fn msg(app: &str, service: &str, text: &str, ts: i64) -> Arc<LogMessage> {
-        let origin = Arc::new(Origin::new(
+    fn origin(app: &str, service: &str) -> Arc<Origin> {
+        Arc::new(Origin::new(
             Arc::from("c0ffee"),
             service.into(),
             LabelValue::from_label(app),
             service.into(),
             None,
             Arc::from("h"),
-        ));
+        ))
+    }
+
+    fn msg(app: &str, service: &str, text: &str, ts: i64) -> Arc<LogMessage> {
+        line(&origin(app, service), text, ts)
+    }
+
+    fn line(origin: &Arc<Origin>, text: &str, ts: i64) -> Arc<LogMessage> {
+        let origin = origin.clone();
         let pos = Position { ts_ns: ts, seen: 1 };
         Arc::new(LogMessage::new(Draft {
             text: text.into(),
@@ -615,6 +677,73 @@ mod tests {
         let _ = fs::remove_dir_all(&dir);
     }
 
+    /// Lines of two services taking turns, in runs and one by one, across rotations and a
+    /// reopen: each file holds its service's lines, in order.
+    #[test]
+    fn services_taking_turns_keep_their_files_through_rotations_and_reopens() {
+        let dir = tempdir("turns");
+        let (tx, rx) = crossbeam_channel::bounded(64);
+        let w = Writer::new(
+            Settings {
+                dir: dir.clone(),
+                max_bytes: 2048,
+                keep: 100,
+            },
+            Progress::new().lane(),
+            Arc::new(FileStats::default()),
+        );
+        let t = std::thread::spawn(move || w.run(rx));
+        let origins: HashMap<&str, Arc<Origin>> = ["web", "db"]
+            .into_iter()
+            .map(|s| (s, origin("1001", s)))
+            .collect();
+        let mut want: HashMap<&str, Vec<String>> = HashMap::new();
+        let mut n = 0;
+        for round in 0..30 {
+            let mut cmd = Vec::new();
+            for k in 0..(round % 4 + 1) * 3 {
+                n += 1;
+                let service = if (k / (round % 3 + 1)) % 2 == 0 {
+                    "web"
+                } else {
+                    "db"
+                };
+                let text = format!("{service} {n:04} {}", "x".repeat(60));
+                cmd.push(line(&origins[service], &text, n));
+                want.entry(service).or_default().push(text);
+            }
+            tx.send(Cmd::WriteMany(cmd)).expect("send");
+            if round == 17 {
+                tx.send(Cmd::Reopen).expect("send");
+            }
+        }
+        drop(tx);
+        t.join().expect("writer");
+        for service in ["web", "db"] {
+            let mut text = String::new();
+            for k in (1..=100).rev() {
+                text += &fs::read_to_string(dir.join(format!("1001/{service}.log.{k}")))
+                    .unwrap_or_default();
+            }
+            text += &fs::read_to_string(dir.join(format!("1001/{service}.log"))).expect("file");
+            let got: Vec<String> = text
+                .lines()
+                .map(|l| {
+                    serde_json::from_str::<serde_json::Value>(l).expect("json")["message"]
+                        .as_str()
+                        .unwrap_or("")
+                        .to_string()
+                })
+                .collect();
+            assert_eq!(got, want[service], "{service}");
+            assert!(
+                dir.join(format!("1001/{service}.log.2")).exists(),
+                "rotated"
+            );
+        }
+        let _ = fs::remove_dir_all(&dir);
+    }
+
     #[test]
     fn lines_already_in_the_files_are_not_written_again() {
         let dir = tempdir("dedup");
@@ -660,5 +789,98 @@ mod tests {
         let want: Vec<String> = (1..=80).map(|i| format!("n{i}")).collect();
         assert_eq!(got, want);
         let _ = fs::remove_dir_all(&dir);
+    }
+}
+
+/// A run of lines shaped like `make bench`'s (one container, 100-byte lines, handed over 64 at a
+/// time) through the writer. It is also the harness for measuring the writer's cost per line:
+/// `CLD_COST_LINES=30000` and callgrind with `--toggle-collect='*cost_tests*drive*'` count the
+/// writer's work alone.
+#[cfg(test)]
+mod cost_tests {
+    use super::*;
+    use crate::backend::Progress;
+    use crate::message::{Draft, Id, LabelValue, Level};
+
+    fn lines(n: usize) -> Vec<Arc<LogMessage>> {
+        let origin = Arc::new(Origin::new(
+            Arc::from("0123456789abcdef".repeat(4)),
+            "bench-lines".into(),
+            LabelValue::from_label("bench-lines"),
+            "bench-lines".into(),
+            None,
+            Arc::from("host"),
+        ));
+        (0..n)
+            .map(|i| {
+                let pos = Position {
+                    ts_ns: 1_700_000_000_000_000_000 + i as i64 * 1000,
+                    seen: 1,
+                };
+                let text = format!("bench line {i:08} {}", "0123456789".repeat(9));
+                Arc::new(LogMessage::new(Draft {
+                    text: text[..99].to_string(),
+                    ts_ns: pos.ts_ns,
+                    level: Level::Info,
+                    kind: SourceKind::Container,
+                    origin: origin.clone(),
+                    is_stderr: false,
+                    truncated: false,
+                    position: Some(pos),
+                    id: Id::Line(pos),
+                }))
+            })
+            .collect()
+    }
+
+    /// What the writer thread does with the lines: a command of 64, then a flush (its queue
+    /// ran dry).
+    #[inline(never)]
+    fn drive(w: &mut Writer, msgs: &[Arc<LogMessage>]) {
+        for chunk in msgs.chunks(64) {
+            w.handle(Cmd::WriteMany(chunk.to_vec()));
+            w.flush();
+        }
+    }
+
+    #[test]
+    fn a_run_of_lines_is_written_whole_and_reported() {
+        let n: usize = std::env::var("CLD_COST_LINES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(3000);
+        let dir = std::env::temp_dir().join(format!("cld-files-cost-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let progress = Progress::new();
+        let stats = Arc::new(FileStats::default());
+        let mut w = Writer::new(
+            Settings {
+                dir: dir.clone(),
+                max_bytes: 10 << 20,
+                keep: 3,
+            },
+            progress.lane(),
+            stats.clone(),
+        );
+        let msgs = lines(n);
+        drive(&mut w, &msgs);
+        drop(w);
+        let mut want = Vec::new();
+        for m in &msgs {
+            want.extend_from_slice(m.json().as_bytes());
+            want.push(b'\n');
+        }
+        let mut got = Vec::new();
+        for name in ["bench-lines.log.1", "bench-lines.log"] {
+            got.extend(fs::read(dir.join("bench-lines").join(name)).unwrap_or_default());
+        }
+        let _ = fs::remove_dir_all(&dir);
+        assert!(got == want, "the files hold every line once, in order");
+        assert_eq!(stats.written.load(Ordering::Relaxed), n as u64);
+        let last = msgs.last().and_then(|m| m.position);
+        assert_eq!(
+            progress.safe().get("0123456789abcdef".repeat(4).as_str()),
+            last.as_ref()
+        );
     }
 }

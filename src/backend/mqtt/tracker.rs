@@ -17,15 +17,21 @@ use crate::message::Position;
 const IDLE_LANES: usize = 64;
 
 pub(super) struct Tracker {
-    lanes: FxHashMap<Arc<str>, Lane>,
-    /// Lanes whose front may have been taken since the last report.
-    dirty: Vec<Arc<str>>,
+    /// The lanes, found by container through `index`.
+    lanes: Vec<Lane>,
+    index: FxHashMap<Arc<str>, usize>,
+    /// The lane of the last message pushed: messages come in runs from one container, and the
+    /// container need not be hashed and compared for each (its `Arc` is the same).
+    last: usize,
+    /// Lanes whose front may have been taken since the last report, by their place in `lanes`
+    /// (which changes only when empty lanes are dropped, after the report drained this).
+    dirty: Vec<usize>,
     /// Empty lanes are dropped when there are more lanes than this.
     prune_at: usize,
 }
 
-#[derive(Default)]
 struct Lane {
+    container: Arc<str>,
     /// The seq of the first slot.
     base: u64,
     /// Positions in intake order, and whether each is taken.
@@ -35,14 +41,21 @@ struct Lane {
 /// A container message's place in the tracker.
 #[derive(Clone)]
 pub(super) struct Seq {
+    /// The lane's container; its lane holds this `Arc` too, so no other container's id can
+    /// take its address while the lane lives.
     container: Arc<str>,
+    /// Where its lane was in `lanes` when pushed: still there unless empty lanes were dropped
+    /// since, which `Arc::ptr_eq` on the container tells.
+    lane: usize,
     n: u64,
 }
 
 impl Default for Tracker {
     fn default() -> Tracker {
         Tracker {
-            lanes: FxHashMap::default(),
+            lanes: Vec::new(),
+            index: FxHashMap::default(),
+            last: 0,
             dirty: Vec::new(),
             prune_at: IDLE_LANES,
         }
@@ -51,25 +64,51 @@ impl Default for Tracker {
 
 impl Tracker {
     pub(super) fn push(&mut self, container: Arc<str>, pos: Position) -> Seq {
-        let lane = self.lanes.entry(container.clone()).or_default();
+        let i = match self.lanes.get(self.last) {
+            Some(l) if Arc::ptr_eq(&l.container, &container) => self.last,
+            _ => self.find_or_add(&container),
+        };
+        self.last = i;
+        let lane = &mut self.lanes[i];
         lane.slots.push_back((pos, false));
         Seq {
-            container,
             n: lane.base + lane.slots.len() as u64 - 1,
+            container,
+            lane: i,
         }
     }
 
+    /// The place of `container`'s lane, made if there is none.
+    fn find_or_add(&mut self, container: &Arc<str>) -> usize {
+        if let Some(&i) = self.index.get(container) {
+            return i;
+        }
+        self.lanes.push(Lane {
+            container: container.clone(),
+            base: 0,
+            slots: VecDeque::new(),
+        });
+        let i = self.lanes.len() - 1;
+        self.index.insert(container.clone(), i);
+        i
+    }
+
     pub(super) fn take(&mut self, seq: &Seq) {
-        let Some(lane) = self.lanes.get_mut(&seq.container) else {
+        let i = match self.lanes.get(seq.lane) {
+            Some(l) if Arc::ptr_eq(&l.container, &seq.container) => seq.lane,
+            _ => match self.index.get(&seq.container) {
+                Some(&i) => i,
+                None => return,
+            },
+        };
+        let lane = &mut self.lanes[i];
+        let Some(k) = seq.n.checked_sub(lane.base) else {
             return;
         };
-        let Some(i) = seq.n.checked_sub(lane.base) else {
-            return;
-        };
-        if let Some(s) = lane.slots.get_mut(i as usize) {
+        if let Some(s) = lane.slots.get_mut(k as usize) {
             s.1 = true;
-            if i == 0 && self.dirty.last() != Some(&seq.container) {
-                self.dirty.push(seq.container.clone());
+            if k == 0 && self.dirty.last() != Some(&i) {
+                self.dirty.push(i);
             }
         }
     }
@@ -77,14 +116,14 @@ impl Tracker {
     /// Messages tracked, over all containers.
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.lanes.values().map(|l| l.slots.len()).sum()
+        self.lanes.iter().map(|l| l.slots.len()).sum()
     }
 
     /// Hands `out` the furthest position of every container whose front moved since the last
     /// report.
     pub(super) fn report(&mut self, mut out: impl FnMut(Arc<str>, Position)) {
-        for c in self.dirty.drain(..) {
-            let Some(lane) = self.lanes.get_mut(&c) else {
+        for i in self.dirty.drain(..) {
+            let Some(lane) = self.lanes.get_mut(i) else {
                 continue;
             };
             let mut last = None;
@@ -93,7 +132,7 @@ impl Tracker {
                 lane.base += 1;
             }
             if let Some(p) = last {
-                out(c, p);
+                out(lane.container.clone(), p);
             }
             // After a burst, give back what it grew to.
             if lane.slots.capacity() > 1024 && lane.slots.len() < lane.slots.capacity() / 4 {
@@ -102,7 +141,11 @@ impl Tracker {
         }
         if self.lanes.len() > self.prune_at {
             // No seq of an empty lane is outstanding, so a new lane may start again at 0.
-            self.lanes.retain(|_, l| !l.slots.is_empty());
+            self.lanes.retain(|l| !l.slots.is_empty());
+            self.index.clear();
+            for (i, l) in self.lanes.iter().enumerate() {
+                self.index.insert(l.container.clone(), i);
+            }
             self.prune_at = IDLE_LANES.max(2 * self.lanes.len());
         }
     }
@@ -143,6 +186,29 @@ mod tests {
         t.take(&a);
         report(&mut t, &lane);
         assert_eq!(p.safe().get(&c), Some(&pos(2)));
+        assert_eq!(t.len(), 0);
+    }
+
+    /// A container's lane is found by its id, whichever `Arc` of it comes, and across
+    /// containers taking turns.
+    #[test]
+    fn one_lane_per_container_id() {
+        let p = Progress::new();
+        let lane = p.lane();
+        let mut t = Tracker::default();
+        let pos = |n| Position { ts_ns: n, seen: 1 };
+        let a = t.push(Arc::from("c"), pos(1));
+        let b = t.push(Arc::from("d"), pos(2));
+        let c = t.push(Arc::from("c"), pos(3));
+        assert_eq!(t.lanes.len(), 2);
+        t.take(&c);
+        t.take(&b);
+        report(&mut t, &lane);
+        assert_eq!(p.safe().get("c"), None, "1 is not taken");
+        assert_eq!(p.safe().get("d"), Some(&pos(2)));
+        t.take(&a);
+        report(&mut t, &lane);
+        assert_eq!(p.safe().get("c"), Some(&pos(3)));
         assert_eq!(t.len(), 0);
     }
 
