@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufWriter, Write};
+use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -55,8 +55,15 @@ const MAX_OPEN: usize = 64;
 /// Write errors are logged at most this often.
 const ERROR_LOG_EVERY: Duration = Duration::from_secs(60);
 
+/// What a file's buffer holds before it is written out (and the most it keeps between writes).
+const BUFFER: usize = 32 * 1024;
+
+/// An open log file and the lines not yet written to it. Lines are rendered straight into the
+/// buffer: no copy of each line on its way to the file. It is written out as `BufWriter` does
+/// (what was written leaves the buffer, the rest stays after an error), and only whole lines.
 struct Open {
-    out: BufWriter<File>,
+    file: File,
+    buf: Vec<u8>,
     size: u64,
 }
 
@@ -66,11 +73,47 @@ impl Open {
         self.size == 0 || self.size + len <= max
     }
 
-    fn append(&mut self, json: &[u8], len: u64) -> io::Result<()> {
-        self.out.write_all(json)?;
-        self.out.write_all(b"\n")?;
+    /// Appends a message's line, `len` bytes with its newline.
+    fn append(&mut self, msg: &LogMessage, len: u64) -> io::Result<()> {
+        if !self.buf.is_empty() && self.buf.len() as u64 + len > BUFFER as u64 {
+            self.flush()?;
+        }
+        msg.write_json(&mut self.buf);
+        self.buf.push(b'\n');
         self.size += len;
+        if self.buf.len() >= BUFFER {
+            self.flush()?;
+        }
         Ok(())
+    }
+
+    /// Writes the buffer out.
+    fn flush(&mut self) -> io::Result<()> {
+        let mut written = 0;
+        let result = loop {
+            if written == self.buf.len() {
+                break Ok(());
+            }
+            match self.file.write(&self.buf[written..]) {
+                Ok(0) => break Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => written += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => break Err(e),
+            }
+        };
+        self.buf.drain(..written);
+        if self.buf.capacity() > 2 * BUFFER && self.buf.len() <= BUFFER {
+            // After a line longer than the buffer: give that memory back.
+            self.buf.shrink_to(BUFFER);
+        }
+        result
+    }
+}
+
+impl Drop for Open {
+    /// One last try for what is buffered, as `BufWriter` makes.
+    fn drop(&mut self) {
+        let _ = self.flush();
     }
 }
 
@@ -100,8 +143,6 @@ pub struct Writer {
     /// the run's file needs no path built nor looked up for each line. Put back in `files`
     /// before anything else looks there (another file, a rotation, the limit of open files).
     hot: Option<Hot>,
-    /// The line being written, kept between lines so its capacity is reused.
-    line: Vec<u8>,
     /// The container of the last line taken and its position, not yet in `unflushed`: lines
     /// come in runs from one container, so the table is updated once per run.
     run: Option<(Arc<Origin>, Position)>,
@@ -148,7 +189,6 @@ impl Writer {
             lane,
             written_before: HashMap::new(),
             hot: None,
-            line: Vec::new(),
             run: None,
             written: (0, 0),
             last_write_ok: true,
@@ -239,10 +279,7 @@ impl Writer {
             self.taken(msg);
             return;
         }
-        let mut line = std::mem::take(&mut self.line);
-        line.clear();
-        msg.write_json(&mut line);
-        let len = line.len() as u64 + 1;
+        let len = msg.json_len() as u64 + 1;
         let max = self.settings.max_bytes;
         let result = match &mut self.hot {
             Some(h)
@@ -250,13 +287,10 @@ impl Writer {
                     && h.kind == msg.kind
                     && h.file.fits(len, max) =>
             {
-                h.file.append(&line, len).map_err(|e| (h.rel.clone(), e))
+                h.file.append(msg, len).map_err(|e| (h.rel.clone(), e))
             }
-            _ => self.write_cold(msg, &line, len),
+            _ => self.write_cold(msg, len),
         };
-        if line.capacity() <= 64 << 10 {
-            self.line = line;
-        }
         match result {
             Ok(()) => {
                 self.written.0 += 1;
@@ -275,12 +309,7 @@ impl Writer {
 
     /// Writes a line through the table of open files (another file than the last, or the last
     /// one full); its file becomes the hot one when the line is written.
-    fn write_cold(
-        &mut self,
-        msg: &LogMessage,
-        json: &[u8],
-        len: u64,
-    ) -> Result<(), (PathBuf, io::Error)> {
+    fn write_cold(&mut self, msg: &LogMessage, len: u64) -> Result<(), (PathBuf, io::Error)> {
         let rel = match self.hot.take() {
             Some(h) => {
                 let same = Arc::ptr_eq(&h.origin, &msg.origin) && h.kind == msg.kind;
@@ -293,18 +322,20 @@ impl Writer {
             }
             None => relative_path(msg),
         };
-        if let Err(e) = self.write_line(&rel, json, len) {
+        if let Err(e) = self.make_room(&rel, len) {
             return Err((rel, e));
         }
-        if let Some(file) = self.files.remove(rel.as_os_str()) {
-            self.hot = Some(Hot {
-                origin: msg.origin.clone(),
-                kind: msg.kind,
-                rel,
-                file,
-            });
-        }
-        Ok(())
+        let Some(mut file) = self.files.remove(rel.as_os_str()) else {
+            return Err((rel, io::Error::other("file vanished from the table")));
+        };
+        let result = file.append(msg, len);
+        self.hot = Some(Hot {
+            origin: msg.origin.clone(),
+            kind: msg.kind,
+            rel: rel.clone(),
+            file,
+        });
+        result.map_err(|e| (rel, e))
     }
 
     /// Notes a container line as taken; reported to `Progress` at the next flush.
@@ -330,11 +361,12 @@ impl Writer {
         }
     }
 
-    fn write_line(&mut self, rel: &Path, json: &[u8], len: u64) -> io::Result<()> {
+    /// Makes the file at `rel` open, in the table, with room for a line of `len` bytes
+    /// (opened or rotated as needed).
+    fn make_room(&mut self, rel: &Path, len: u64) -> io::Result<()> {
         let max = self.settings.max_bytes;
-        // The common case, one lookup: the file is open and the line fits.
         match self.files.get_mut(rel.as_os_str()) {
-            Some(f) if f.fits(len, max) => return f.append(json, len),
+            Some(f) if f.fits(len, max) => return Ok(()),
             Some(_) => self.rotate(rel)?,
             None => {}
         }
@@ -352,10 +384,7 @@ impl Writer {
             }
             self.files.insert(rel.as_os_str().to_owned(), open);
         }
-        let Some(f) = self.files.get_mut(rel.as_os_str()) else {
-            return Err(io::Error::other("file vanished from the table"));
-        };
-        f.append(json, len)
+        Ok(())
     }
 
     fn open(&self, rel: &Path) -> io::Result<Open> {
@@ -373,7 +402,8 @@ impl Writer {
             .open(&path)?;
         let size = file.metadata()?.len();
         Ok(Open {
-            out: BufWriter::with_capacity(32 * 1024, file),
+            file,
+            buf: Vec::with_capacity(BUFFER),
             size,
         })
     }
@@ -381,7 +411,7 @@ impl Writer {
     /// `x.log` → `x.log.1` → … → `x.log.N`; the oldest beyond `keep` is removed.
     fn rotate(&mut self, rel: &Path) -> io::Result<()> {
         if let Some(mut f) = self.files.remove(rel.as_os_str()) {
-            f.out.flush()?;
+            f.flush()?;
         }
         let base = self.settings.dir.join(rel);
         let numbered = |n: u32| {
@@ -408,13 +438,13 @@ impl Writer {
 
     fn flush(&mut self) {
         let mut failed: Vec<(PathBuf, io::Error)> = Vec::new();
-        if let Some(Err(e)) = self.hot.as_mut().map(|h| h.file.out.flush()) {
+        if let Some(Err(e)) = self.hot.as_mut().map(|h| h.file.flush()) {
             if let Some(h) = self.hot.take() {
                 failed.push((h.rel, e));
             }
         }
         for (rel, f) in self.files.iter_mut() {
-            if let Err(e) = f.out.flush() {
+            if let Err(e) = f.flush() {
                 failed.push((PathBuf::from(rel), e));
             }
         }
@@ -677,6 +707,52 @@ mod tests {
         let _ = fs::remove_dir_all(&dir);
     }
 
+    /// The messages of a log file and its rotated ones (up to `.keep`), oldest first.
+    fn messages(dir: &Path, file: &str, keep: u32) -> Vec<String> {
+        let mut text = String::new();
+        for k in (1..=keep).rev() {
+            text += &fs::read_to_string(dir.join(format!("{file}.{k}"))).unwrap_or_default();
+        }
+        text += &fs::read_to_string(dir.join(file)).unwrap_or_default();
+        text.lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).expect("json")["message"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string()
+            })
+            .collect()
+    }
+
+    /// Lines longer than the writer's buffer go out whole and in their place.
+    #[test]
+    fn a_line_longer_than_the_buffer_is_written_in_its_place() {
+        let dir = tempdir("long");
+        let (tx, rx) = crossbeam_channel::bounded(4);
+        let w = Writer::new(
+            Settings {
+                dir: dir.clone(),
+                max_bytes: 1 << 20,
+                keep: 1,
+            },
+            Progress::new().lane(),
+            Arc::new(FileStats::default()),
+        );
+        let t = std::thread::spawn(move || w.run(rx));
+        let o = origin("1001", "web");
+        let texts: Vec<String> = (0..40)
+            .map(|i| "y".repeat(if i % 7 == 3 { 3 * BUFFER } else { 100 + i }))
+            .collect();
+        let msgs: Vec<_> = (0..40).map(|i| line(&o, &texts[i], i as i64 + 1)).collect();
+        tx.send(Cmd::WriteMany(msgs.clone())).expect("send");
+        drop(tx);
+        t.join().expect("writer");
+        let want: String = msgs.iter().map(|m| m.json() + "\n").collect();
+        let got = fs::read_to_string(dir.join("1001/web.log")).expect("file");
+        assert!(got == want, "every line whole, in order");
+        let _ = fs::remove_dir_all(&dir);
+    }
+
     /// Lines of two services taking turns, in runs and one by one, across rotations and a
     /// reopen: each file holds its service's lines, in order.
     #[test]
@@ -720,21 +796,7 @@ mod tests {
         drop(tx);
         t.join().expect("writer");
         for service in ["web", "db"] {
-            let mut text = String::new();
-            for k in (1..=100).rev() {
-                text += &fs::read_to_string(dir.join(format!("1001/{service}.log.{k}")))
-                    .unwrap_or_default();
-            }
-            text += &fs::read_to_string(dir.join(format!("1001/{service}.log"))).expect("file");
-            let got: Vec<String> = text
-                .lines()
-                .map(|l| {
-                    serde_json::from_str::<serde_json::Value>(l).expect("json")["message"]
-                        .as_str()
-                        .unwrap_or("")
-                        .to_string()
-                })
-                .collect();
+            let got = messages(&dir, &format!("1001/{service}.log"), 100);
             assert_eq!(got, want[service], "{service}");
             assert!(
                 dir.join(format!("1001/{service}.log.2")).exists(),
