@@ -98,3 +98,69 @@ fn newest(inner: &Inner, limit: usize, keep: impl Fn(&LogMessage) -> bool) -> Ve
     out.reverse();
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::{Draft, Id, LabelValue, Level, Origin, Position, SourceKind};
+
+    fn line(origin: &Arc<Origin>, i: usize) -> Arc<LogMessage> {
+        let pos = Position {
+            ts_ns: 1_700_000_000_000_000_000 + i as i64 * 1000,
+            seen: 1,
+        };
+        let text = format!("bench line {i:08} {}", "0123456789".repeat(9));
+        Arc::new(LogMessage::new(Draft {
+            text: text[..99].to_string(),
+            ts_ns: pos.ts_ns,
+            level: Level::Info,
+            kind: SourceKind::Container,
+            origin: origin.clone(),
+            is_stderr: false,
+            truncated: false,
+            position: Some(pos),
+            id: Id::Line(pos),
+        }))
+    }
+
+    /// What a reader does with a run of lines, as `make bench` makes them: 64 messages made,
+    /// handed to the ring, let go of. It is also the harness for measuring the ring's cost per
+    /// line with the making and freeing of messages (`CLD_COST_LINES=30000`, callgrind with
+    /// `--toggle-collect='*ring*tests*drive*'`).
+    #[inline(never)]
+    fn drive(ring: &Ring, origin: &Arc<Origin>, n: usize) {
+        let mut batch = Vec::with_capacity(64);
+        for start in (0..n).step_by(64) {
+            batch.extend((start..n.min(start + 64)).map(|i| line(origin, i)));
+            ring.push_many(&batch);
+            batch.clear();
+        }
+    }
+
+    #[test]
+    fn the_ring_keeps_the_newest_messages_in_order() {
+        let n: usize = std::env::var("CLD_COST_LINES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(3000);
+        let origin = Arc::new(Origin::new(
+            Arc::from("0123456789abcdef".repeat(4)),
+            "bench-lines".into(),
+            LabelValue::from_label("bench-lines"),
+            "bench-lines".into(),
+            None,
+            Arc::from("host"),
+        ));
+        // A third of the lines, as the bench's LOG_MAX_MEMORY of its 30,000.
+        let cap = n / 3;
+        let ring = Ring::new(cap);
+        drive(&ring, &origin, n);
+        let held = ring.query(usize::MAX, |_| true);
+        assert_eq!(held.len(), cap);
+        let want: Vec<i64> = (n - cap..n)
+            .map(|i| 1_700_000_000_000_000_000 + i as i64 * 1000)
+            .collect();
+        let got: Vec<i64> = held.iter().map(|m| m.ts_ns).collect();
+        assert_eq!(got, want);
+    }
+}
