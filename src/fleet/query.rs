@@ -89,33 +89,45 @@ pub fn answer(
         }
         Ok(filter) => {
             let found = search::search(&sources.ring, sources.log_dir.as_deref(), &filter);
-            if found.left_out > 0 {
-                log::info!(
-                    "mqtt query: {} older lines of the files left out (more than {} MiB)",
-                    found.left_out,
-                    search::MAX_ANSWER_BYTES >> 20
-                );
-            }
             // The topic, the properties and the headers take their share of the packet.
             let extra = reply.correlation_data.as_ref().map_or(0, Vec::len);
             let budget = budget.saturating_sub(reply.topic.len() + extra + 96);
-            let mut parts = Parts::new(&reply.correlation_json, budget);
-            let mut json = String::new();
-            for item in &found.items {
-                let bytes = match item {
-                    search::Item::File(line) => line.as_bytes(),
-                    search::Item::Ring(msg) => {
-                        json.clear();
-                        msg.write_json(&mut json);
-                        json.as_bytes()
-                    }
-                };
-                parts.push(bytes, &mut emit)?;
-            }
-            parts.finish(&mut emit)?;
+            send_found(
+                &found,
+                Parts::new(&reply.correlation_json, budget),
+                &mut emit,
+            )?;
             stats.answered.fetch_add(1, Ordering::Relaxed);
         }
     }
     w.flush()?;
     Ok(())
+}
+
+/// Publishes what a search found, in parts, through `emit`.
+fn send_found(
+    found: &search::Found,
+    mut parts: Parts,
+    emit: &mut impl FnMut(&[u8]) -> std::io::Result<()>,
+) -> std::io::Result<()> {
+    if found.left_out > 0 {
+        log::info!(
+            "mqtt query: {} older lines of the files left out (more than {} MiB)",
+            found.left_out,
+            search::MAX_ANSWER_BYTES >> 20
+        );
+    }
+    let mut json = String::new();
+    for item in &found.items {
+        let bytes = match item {
+            search::Item::File(line) => line.as_bytes(),
+            search::Item::Ring(msg) => {
+                json.clear();
+                msg.write_json(&mut json);
+                json.as_bytes()
+            }
+        };
+        parts.push(bytes, emit)?;
+    }
+    parts.finish(emit).map(drop)
 }
