@@ -22,8 +22,15 @@ mod stats;
 #[doc(hidden)]
 pub mod internals {
     pub use crate::engine::{
-        chunked, events, frames, http, timestamp, Error, Event, LogLine, StreamKind,
+        chunked, events, frames, http, timestamp, Engine, Error, Event, LogLine, LogStream, Next,
+        Since, StreamKind,
     };
+
+    /// The reading core of a container's log, for the bench's line reader
+    /// (`examples/lines.rs`).
+    pub mod lines {
+        pub use crate::monitor::lines::{LineCore, Out, Settings};
+    }
 
     /// The API's request head parser and query parser.
     pub mod api {
