@@ -131,14 +131,21 @@ fn pump(
 ) -> Result<(), Box<dyn std::error::Error>> {
     use container_logd::internals::Next;
     loop {
-        match stream.next(core.idle())? {
-            Next::Line(l) if l.stream == StreamKind::EngineError => {}
-            Next::Line(l) => core.line(l, Instant::now),
+        let idle = core.idle();
+        let mut each = |l: container_logd::internals::LineRef<'_>| {
+            if l.stream == StreamKind::EngineError {
+                return;
+            }
+            core.line(l, Instant::now);
+            if core.is_full() {
+                hand_over(core);
+            }
+        };
+        match stream.next(idle, &mut each)? {
+            Next::Lines => {}
             Next::Idle => core.tick(Instant::now()),
             Next::End => return Ok(()),
         }
-        if !stream.has_buffered() || core.is_full() {
-            hand_over(core);
-        }
+        hand_over(core);
     }
 }

@@ -22,8 +22,8 @@ mod stats;
 #[doc(hidden)]
 pub mod internals {
     pub use crate::engine::{
-        chunked, events, frames, http, timestamp, Engine, Error, Event, LogLine, LogStream, Next,
-        Since, StreamKind,
+        chunked, events, frames, http, timestamp, Engine, Error, Event, LineRef, LogLine,
+        LogStream, Next, Since, StreamKind,
     };
 
     /// The reading core of a container's log, for the bench's line reader
