@@ -2,7 +2,9 @@
 //! socket of its own sends a backlog of `LINES` lines of 100 bytes (`make bench`'s line, one
 //! chunk per frame, as Docker sends them), and the agent's own log stream (`Engine::logs`:
 //! HTTP head, chunked body, frames) feeds them to a `LineCore` as a reader does, handing over
-//! what it made after each read. The messages are counted and dropped: no backend.
+//! what it made after each read. The messages are counted and dropped: no backend, so their
+//! memory is freed on this thread, which in the agent the backends' threads do. Measure the
+//! reader's part alone with `--toggle-collect='lines::pump*'`.
 //!
 //!   cargo build --release --features internals --example lines
 //!   valgrind --tool=callgrind target/release/examples/lines [LINES]

@@ -16,8 +16,8 @@ mod notify;
 mod reference;
 mod stats;
 
-/// Parsers and renderers for the fuzz targets and the bench's floor reader: not an API, only with
-/// the `internals` feature.
+/// Parsers and renderers for the fuzz targets, the bench's floor reader and its line reader: not
+/// an API, only with the `internals` feature.
 #[cfg(feature = "internals")]
 #[doc(hidden)]
 pub mod internals {
