@@ -15,7 +15,7 @@ use std::time::Duration;
 use container_logd::internals::chunked::BodyDecoder;
 use container_logd::internals::frames::Decoder;
 use container_logd::internals::transport::{Addr, Conn, Reader};
-use container_logd::internals::{http, LogLine};
+use container_logd::internals::{http, LineRef};
 
 /// The agent's default `MAX_LINE_BYTES`.
 const MAX_LINE_BYTES: usize = 64 * 1024;
@@ -55,7 +55,7 @@ fn read_all(host: &str, container: &str) -> Result<(u64, u64), Box<dyn std::erro
     let mut body = BodyDecoder::new(head.framing);
     let mut frames = Decoder::new(false, MAX_LINE_BYTES);
     let (mut lines, mut bytes) = (0u64, 0u64);
-    let mut count = |l: LogLine| {
+    let mut count = |l: LineRef<'_>| {
         lines += 1;
         bytes += l.bytes.len() as u64;
     };

@@ -16,14 +16,21 @@ mod notify;
 mod reference;
 mod stats;
 
-/// Parsers and renderers for the fuzz targets and the bench's floor reader: not an API, only with
-/// the `internals` feature.
+/// Parsers and renderers for the fuzz targets, the bench's floor reader and its line reader: not
+/// an API, only with the `internals` feature.
 #[cfg(feature = "internals")]
 #[doc(hidden)]
 pub mod internals {
     pub use crate::engine::{
-        chunked, events, frames, http, timestamp, Error, Event, LogLine, StreamKind,
+        chunked, events, frames, http, timestamp, Engine, Error, Event, LineRef, LogLine,
+        LogStream, Next, Since, StreamKind,
     };
+
+    /// The reading core of a container's log, for the bench's line reader
+    /// (`examples/lines.rs`).
+    pub mod lines {
+        pub use crate::monitor::lines::{LineCore, Out, Settings};
+    }
 
     /// The API's request head parser and query parser.
     pub mod api {

@@ -1,5 +1,5 @@
 //! The log stream decoder: turns the body of `/containers/{id}/logs?timestamps=1` (after chunk
-//! decoding) into [`LogLine`]s.
+//! decoding) into lines ([`LineRef`], owned: [`LogLine`](super::LogLine)).
 //!
 //! Without a TTY the body is multiplexed in frames with an 8-byte header
 //! `[type, 0, 0, 0, size u32 BE]`: type 1 is stdout, 2 stderr, 0 stdin (ignored) and 3 an error
@@ -17,7 +17,7 @@
 //! stamped a second apart, possibly with the other stream's entries in between. Seen from
 //! here, a frame that ends its entry without a `\n` before [`PARTIAL_BYTES`] is such a cut
 //! ("cut short"). What follows from it:
-//! - A line is counted where the entry that ends it is ([`LogLine::end_ts_ns`]): a stream
+//! - A line is counted where the entry that ends it is ([`LineRef::end_ts_ns`]): a stream
 //!   resumed with `since` at that second may start after the line's first entries, but it
 //!   always holds the final one, so the count at every second is the same on every read.
 //! - A line cut short is never emitted while the stream is merely quiet (the engine sends its
@@ -33,15 +33,16 @@
 //! to [`Decoder::feed`]. It never panics; a corrupt multiplex header is an error.
 //!
 //! It runs once per log line, so the usual cases have paths of their own: a whole Docker frame
-//! (`whole_frame`), a whole timestamp (`whole_prefix`), a whole line copied once from the input
-//! (`whole_line`); line ends are found with `memchr`. `src/reference/frames.rs` keeps the
+//! (`whole_frame`), a whole timestamp (`whole_prefix`), a whole line handed out where it lies in
+//! the input (`whole_line`: [`LineRef`] borrows it; only a line cut between reads is assembled,
+//! in a buffer kept from line to line); line ends are found with `memchr`. `src/reference/frames.rs` keeps the
 //! decoder as it was before them; the tests and the fuzz targets require the same lines and
 //! errors from both.
 
 #[cfg(test)]
 use super::timestamp::parse_rfc3339_ns;
 use super::timestamp::{Parser, MAX_TIMESTAMP_LEN};
-use super::{Error, LogLine, StreamKind};
+use super::{Error, LineRef, StreamKind};
 use memchr::{memchr, memchr2};
 
 /// The length of the timestamps Docker writes with all nine digits of their fraction:
@@ -159,7 +160,11 @@ impl Decoder {
     }
 
     /// Decodes the next bytes of the body, calling `emit` for every complete line.
-    pub fn feed(&mut self, mut input: &[u8], emit: &mut impl FnMut(LogLine)) -> Result<(), Error> {
+    pub fn feed(
+        &mut self,
+        mut input: &[u8],
+        emit: &mut impl FnMut(LineRef<'_>),
+    ) -> Result<(), Error> {
         if self.raw {
             self.entry_bytes(input, emit);
             return Ok(());
@@ -209,7 +214,7 @@ impl Decoder {
     /// line pending. Emits the line and leaves the decoder as the general path would (between
     /// frames); returns the bytes it took, or `None` (nothing changed) for the general path.
     #[inline]
-    fn whole_frame(&mut self, input: &[u8], emit: &mut impl FnMut(LogLine)) -> Option<usize> {
+    fn whole_frame(&mut self, input: &[u8], emit: &mut impl FnMut(LineRef<'_>)) -> Option<usize> {
         let (header, rest) = input.split_first_chunk::<8>()?;
         let stream = match header {
             [1, 0, 0, 0, ..] => StreamKind::Stdout,
@@ -245,7 +250,7 @@ impl Decoder {
     /// Emits the lines still waiting for their `\n` (used when the stream goes quiet), except
     /// those cut short (see the module documentation), whose rest the engine sends. Bytes that
     /// arrive later for the emitted lines start new lines.
-    pub fn flush_partial(&mut self, emit: &mut impl FnMut(LogLine)) {
+    pub fn flush_partial(&mut self, emit: &mut impl FnMut(LineRef<'_>)) {
         for stream in STREAMS {
             let p = &self.pending[slot(stream)];
             if p.active && !p.cut_short {
@@ -255,7 +260,7 @@ impl Decoder {
     }
 
     /// The engine ended the body: everything still held, even half a timestamp, becomes a line.
-    pub fn finish(&mut self, emit: &mut impl FnMut(LogLine)) {
+    pub fn finish(&mut self, emit: &mut impl FnMut(LineRef<'_>)) {
         if self.in_prefix && !self.prefix.is_empty() {
             self.prefix_failed(false, emit);
         }
@@ -268,7 +273,7 @@ impl Decoder {
 
     /// The stream broke before its body ended: as [`Decoder::finish`], but the lines cut short
     /// are dropped, since the stream resumed after the last line emitted reads them whole.
-    pub fn cut(&mut self, emit: &mut impl FnMut(LogLine)) {
+    pub fn cut(&mut self, emit: &mut impl FnMut(LineRef<'_>)) {
         if self.in_prefix && !self.prefix.is_empty() {
             self.prefix_failed(false, emit);
         }
@@ -280,7 +285,7 @@ impl Decoder {
         self.finish(emit);
     }
 
-    fn start_frame(&mut self, emit: &mut impl FnMut(LogLine)) -> Result<(), Error> {
+    fn start_frame(&mut self, emit: &mut impl FnMut(LineRef<'_>)) -> Result<(), Error> {
         let h = self.header;
         if h[1] != 0 || h[2] != 0 || h[3] != 0 {
             return Err(Error::Protocol(format!(
@@ -314,7 +319,7 @@ impl Decoder {
 
     /// A frame ends its last entry; a timestamp cut short by the frame end is content. A log
     /// entry that ends here without its `\n`, short of [`PARTIAL_BYTES`], is cut short.
-    fn end_frame(&mut self, emit: &mut impl FnMut(LogLine)) {
+    fn end_frame(&mut self, emit: &mut impl FnMut(LineRef<'_>)) {
         if self.in_prefix && !self.prefix.is_empty() {
             self.prefix_failed(false, emit);
         }
@@ -329,7 +334,7 @@ impl Decoder {
     }
 
     /// Bytes of log entries: a timestamp prefix, then content up to `\n`, repeated.
-    fn entry_bytes(&mut self, mut data: &[u8], emit: &mut impl FnMut(LogLine)) {
+    fn entry_bytes(&mut self, mut data: &[u8], emit: &mut impl FnMut(LineRef<'_>)) {
         while !data.is_empty() {
             let used = if self.in_prefix {
                 self.prefix_bytes(data, emit)
@@ -342,7 +347,7 @@ impl Decoder {
 
     /// Bytes of a timestamp prefix (at most up to the space that ends it); returns how many
     /// bytes of `data` it took.
-    fn prefix_bytes(&mut self, data: &[u8], emit: &mut impl FnMut(LogLine)) -> usize {
+    fn prefix_bytes(&mut self, data: &[u8], emit: &mut impl FnMut(LineRef<'_>)) -> usize {
         if self.prefix.is_empty() {
             if let Some(used) = self.whole_prefix(data) {
                 return used;
@@ -393,7 +398,7 @@ impl Decoder {
 
     /// Content bytes of the current entry, up to its `\n` at most; returns how many bytes of
     /// `data` it took.
-    fn entry_content(&mut self, data: &[u8], emit: &mut impl FnMut(LogLine)) -> usize {
+    fn entry_content(&mut self, data: &[u8], emit: &mut impl FnMut(LineRef<'_>)) -> usize {
         let limit = if self.raw && self.fragment_len < PARTIAL_BYTES {
             PARTIAL_BYTES - self.fragment_len
         } else {
@@ -428,7 +433,7 @@ impl Decoder {
     /// entry without a timestamp can only come from the engine itself (container output always
     /// gets one), so it becomes an engine error line; after a 16 KiB fragment it simply
     /// continues the line.
-    fn prefix_failed(&mut self, with_space: bool, emit: &mut impl FnMut(LogLine)) {
+    fn prefix_failed(&mut self, with_space: bool, emit: &mut impl FnMut(LineRef<'_>)) {
         self.in_prefix = false;
         if self.raw && !self.tentative {
             self.entry_stream = StreamKind::EngineError;
@@ -452,7 +457,7 @@ impl Decoder {
         stream: StreamKind,
         data: &[u8],
         limit: usize,
-        emit: &mut impl FnMut(LogLine),
+        emit: &mut impl FnMut(LineRef<'_>),
     ) -> usize {
         let window = &data[..data.len().min(limit)];
         match memchr(b'\n', window) {
@@ -499,36 +504,36 @@ impl Decoder {
         }
     }
 
-    /// A line that is whole in `bytes` (none of it pending): copied once, straight from the
+    /// A line that is whole in `bytes` (none of it pending): handed out where it lies in the
     /// input, as [`Decoder::append`] then [`Decoder::finish_line`] would make it.
-    fn whole_line(&self, stream: StreamKind, bytes: &[u8], emit: &mut impl FnMut(LogLine)) {
+    fn whole_line(&self, stream: StreamKind, bytes: &[u8], emit: &mut impl FnMut(LineRef<'_>)) {
         let line = match bytes.split_last() {
             Some((b'\r', body)) if self.tty => body,
             _ => bytes,
         };
         let take = line.len().min(self.max_line_bytes);
-        emit(LogLine {
+        emit(LineRef {
             stream,
             ts_ns: self.last_ts,
             end_ts_ns: self.last_ts,
-            bytes: line[..take].to_vec(),
+            bytes: &line[..take],
             truncated: take < line.len(),
         });
     }
 
-    fn finish_line(&mut self, stream: StreamKind, emit: &mut impl FnMut(LogLine)) {
+    /// Hands out the line assembled for `stream` from its buffer, which is kept for the next
+    /// line.
+    fn finish_line(&mut self, stream: StreamKind, emit: &mut impl FnMut(LineRef<'_>)) {
         let last_ts = self.last_ts;
         let p = &mut self.pending[slot(stream)];
-        let line = LogLine {
+        emit(LineRef {
             stream,
             ts_ns: if p.active { p.ts } else { last_ts },
             end_ts_ns: if p.active { p.end_ts } else { last_ts },
-            // A copy of exactly the line's length; the buffer is kept for the next line.
-            bytes: p.bytes.clone(),
+            bytes: &p.bytes,
             truncated: p.truncated,
-        };
+        });
         p.reset();
-        emit(line);
     }
 }
 
@@ -555,6 +560,7 @@ fn push_capped(p: &mut Pending, bytes: &[u8], max: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::LogLine;
 
     const SMALL: &[u8] = include_bytes!("../../tests/data/logs-small.http");
     const SMALL_TTY: &[u8] = include_bytes!("../../tests/data/logs-smalltty.http");
@@ -580,9 +586,9 @@ mod tests {
         let mut d = Decoder::new(tty, max);
         let mut out = Vec::new();
         for p in pieces {
-            d.feed(p, &mut |l| out.push(l)).unwrap();
+            d.feed(p, &mut |l| out.push(LogLine::from(l))).unwrap();
         }
-        d.finish(&mut |l| out.push(l));
+        d.finish(&mut |l| out.push(LogLine::from(l)));
         out
     }
 
@@ -863,9 +869,9 @@ mod tests {
         let mut d = Decoder::framed(tty, 1 << 20);
         let mut out = Vec::new();
         for p in pieces {
-            d.feed(p, &mut |l| out.push(l)).unwrap();
+            d.feed(p, &mut |l| out.push(LogLine::from(l))).unwrap();
         }
-        d.finish(&mut |l| out.push(l));
+        d.finish(&mut |l| out.push(LogLine::from(l)));
         out
     }
 
@@ -929,16 +935,17 @@ mod tests {
         let at = b.windows(6).position(|w| w == b"P line").unwrap() + 7;
         let mut d = Decoder::framed(false, 100);
         let mut out = Vec::new();
-        d.feed(&b[..at], &mut |l| out.push(l)).unwrap();
+        d.feed(&b[..at], &mut |l| out.push(LogLine::from(l)))
+            .unwrap();
         assert_eq!(text(&out), vec![(OUT, "hello".into())]);
-        d.flush_partial(&mut |l| out.push(l));
+        d.flush_partial(&mut |l| out.push(LogLine::from(l)));
         assert_eq!(out.len(), 1, "not flushed while quiet");
         let mut broken = Vec::new();
         let mut copy = Decoder::framed(false, 100);
         copy.feed(&b[..at], &mut |_| {}).unwrap();
-        copy.cut(&mut |l| broken.push(l));
+        copy.cut(&mut |l| broken.push(LogLine::from(l)));
         assert!(broken.is_empty(), "dropped when the stream breaks");
-        d.finish(&mut |l| out.push(l));
+        d.finish(&mut |l| out.push(LogLine::from(l)));
         assert_eq!(text(&out[1..]), vec![(OUT, "P line ".into())]);
         // A partial that is not cut short (a Docker 16 KiB fragment) is flushed when quiet,
         // and kept when the stream breaks, as before.
@@ -947,8 +954,8 @@ mod tests {
         let s = frame(1, &payload);
         let mut d = Decoder::new(false, 1 << 20);
         let mut out = Vec::new();
-        d.feed(&s, &mut |l| out.push(l)).unwrap();
-        d.cut(&mut |l| out.push(l));
+        d.feed(&s, &mut |l| out.push(LogLine::from(l))).unwrap();
+        d.cut(&mut |l| out.push(LogLine::from(l)));
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].bytes.len(), PARTIAL_BYTES);
     }
@@ -958,22 +965,28 @@ mod tests {
         let mut d = Decoder::new(false, 100);
         let mut out = Vec::new();
         let f = frame(1, b"2026-11-25T02:10:05Z half");
-        d.feed(&f[..f.len() - 2], &mut |l| out.push(l)).unwrap();
-        assert!(out.is_empty());
-        d.flush_partial(&mut |l| out.push(l));
-        assert_eq!(text(&out), vec![(OUT, "ha".into())]);
-        d.feed(&f[f.len() - 2..], &mut |l| out.push(l)).unwrap();
-        d.feed(&frame(1, b"2026-11-25T02:10:06Z !\n"), &mut |l| out.push(l))
+        d.feed(&f[..f.len() - 2], &mut |l| out.push(LogLine::from(l)))
             .unwrap();
+        assert!(out.is_empty());
+        d.flush_partial(&mut |l| out.push(LogLine::from(l)));
+        assert_eq!(text(&out), vec![(OUT, "ha".into())]);
+        d.feed(&f[f.len() - 2..], &mut |l| out.push(LogLine::from(l)))
+            .unwrap();
+        d.feed(&frame(1, b"2026-11-25T02:10:06Z !\n"), &mut |l| {
+            out.push(LogLine::from(l))
+        })
+        .unwrap();
         assert_eq!(out[1].bytes, b"lf!");
         assert_eq!(out[1].ts_ns, ts("2026-11-25T02:10:05Z"));
-        d.flush_partial(&mut |l| out.push(l));
+        d.flush_partial(&mut |l| out.push(LogLine::from(l)));
         assert_eq!(out.len(), 2);
         // A TTY `\r` waiting for its `\n` is not part of the line.
         let mut d = Decoder::new(true, 100);
-        d.feed(b"2026-11-25T02:10:05Z x\r", &mut |l| out.push(l))
-            .unwrap();
-        d.flush_partial(&mut |l| out.push(l));
+        d.feed(b"2026-11-25T02:10:05Z x\r", &mut |l| {
+            out.push(LogLine::from(l))
+        })
+        .unwrap();
+        d.flush_partial(&mut |l| out.push(LogLine::from(l)));
         assert_eq!(out[2].bytes, b"x");
         // A `\r` inside a line is kept.
         let lines = decode(true, 100, &[b"2026-11-25T02:10:05Z a\r", b"b\r\n"]);

@@ -109,9 +109,39 @@ pub enum StreamKind {
     EngineError,
 }
 
-/// One log line as the engine gave it, partial frames already rejoined.
+/// One log line as the engine gave it, partial frames already rejoined, owning its bytes: what
+/// the reference decoder (`src/reference/`) makes and the tests keep; its fields are those of
+/// [`LineRef`]. The agent itself only ever sees [`LineRef`]s.
+#[cfg(any(test, feature = "internals"))]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogLine {
+    pub stream: StreamKind,
+    pub ts_ns: i64,
+    pub end_ts_ns: i64,
+    pub bytes: Vec<u8>,
+    pub truncated: bool,
+}
+
+#[cfg(any(test, feature = "internals"))]
+impl LogLine {
+    /// The line as the decoder hands it out.
+    pub fn borrowed(&self) -> LineRef<'_> {
+        LineRef {
+            stream: self.stream,
+            ts_ns: self.ts_ns,
+            end_ts_ns: self.end_ts_ns,
+            bytes: &self.bytes,
+            truncated: self.truncated,
+        }
+    }
+}
+
+/// One log line as the decoder hands it out, partial frames already rejoined, its bytes
+/// borrowed for the call that takes it: from the socket's read buffer when the line lies whole
+/// in one read (the usual case), else from the decoder's own buffer, where a line cut between
+/// reads is assembled. No line costs an allocation of its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LineRef<'a> {
     pub stream: StreamKind,
     /// The engine's timestamp of the line (of its first entry), ns since the epoch.
     pub ts_ns: i64,
@@ -121,9 +151,22 @@ pub struct LogLine {
     pub end_ts_ns: i64,
     /// The line's bytes without the timestamp prefix and without the trailing `\n`/`\r\n`;
     /// at most `max_line_bytes` of them.
-    pub bytes: Vec<u8>,
+    pub bytes: &'a [u8],
     /// Bytes beyond `max_line_bytes` were dropped.
     pub truncated: bool,
+}
+
+#[cfg(any(test, feature = "internals"))]
+impl From<LineRef<'_>> for LogLine {
+    fn from(l: LineRef<'_>) -> LogLine {
+        LogLine {
+            stream: l.stream,
+            ts_ns: l.ts_ns,
+            end_ts_ns: l.end_ts_ns,
+            bytes: l.bytes.to_vec(),
+            truncated: l.truncated,
+        }
+    }
 }
 
 /// Where a log stream starts.
@@ -371,10 +414,11 @@ fn encode_id(id: &str) -> String {
     out
 }
 
-/// What [`LogStream::next`] found.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What [`LogStream::next`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Next {
-    Line(LogLine),
+    /// It gave one line or more.
+    Lines,
     /// Nothing arrived within the idle time and no partial line was waiting.
     Idle,
     /// The engine ended the stream (the container stopped, or the stream was closed).
@@ -388,8 +432,6 @@ pub struct LogStream {
     /// On the heap: moved through the frames that open a stream, it made every reader's
     /// stack a page deeper (monitor/reader.rs says why that counts).
     frames: Box<Decoder>,
-    /// Lines decoded but not yet handed out.
-    ready: VecDeque<LogLine>,
     ended: bool,
 }
 
@@ -399,34 +441,35 @@ impl LogStream {
             reader,
             body,
             frames,
-            ready: VecDeque::new(),
             ended: false,
         }
     }
 
-    /// Blocks for the next whole line. With `idle = Some(d)`: if no complete line arrives
-    /// within about `d`, a pending partial line (no newline yet) is emitted as a line, else
-    /// [`Next::Idle`] is returned.
-    pub fn next(&mut self, idle: Option<Duration>) -> Result<Next, Error> {
+    /// Blocks for the next read that completes a line, and gives `each` every line that read
+    /// completed, in order, borrowed from the read buffer (the lines are not kept). With
+    /// `idle = Some(d)`: if no complete line arrives within about `d`, a pending partial line
+    /// (no newline yet) is given as a line, else [`Next::Idle`] is returned. Lines completed
+    /// before an error are given before it is returned.
+    pub fn next(
+        &mut self,
+        idle: Option<Duration>,
+        each: &mut impl FnMut(LineRef<'_>),
+    ) -> Result<Next, Error> {
         let started = Instant::now();
-        loop {
-            if let Some(line) = self.ready.pop_front() {
-                return Ok(Next::Line(line));
-            }
-            if self.ended {
-                return Ok(Next::End);
-            }
+        let given = std::cell::Cell::new(false);
+        let mut emit = |l: LineRef<'_>| {
+            given.set(true);
+            each(l);
+        };
+        let or = |none: Next| if given.get() { Next::Lines } else { none };
+        let frames = &mut self.frames;
+        while !self.ended {
             self.reader.set_timeout(idle)?;
-            let ready = &mut self.ready;
-            let frames = &mut self.frames;
             let bytes = match self.reader.read() {
                 Ok(b) => b,
                 Err(e) if is_timeout(&e) && idle.is_some() => {
-                    frames.flush_partial(&mut |l| ready.push_back(l));
-                    if ready.is_empty() {
-                        return Ok(Next::Idle);
-                    }
-                    continue;
+                    frames.flush_partial(&mut emit);
+                    return Ok(or(Next::Idle));
                 }
                 Err(e) => return Err(e.into()),
             };
@@ -435,38 +478,35 @@ impl LogStream {
                 // for the lines the engine cut short: the caller re-opens it from the last
                 // line emitted, and those come again whole.
                 match self.body.on_eof() {
-                    Ok(()) => frames.finish(&mut |l| ready.push_back(l)),
+                    Ok(()) => frames.finish(&mut emit),
                     Err(e) => {
                         log::debug!("log stream: {e}");
-                        frames.cut(&mut |l| ready.push_back(l));
+                        frames.cut(&mut emit);
                     }
                 }
                 self.ended = true;
-                continue;
+                break;
             }
             self.body
-                .decode(bytes, &mut |b| frames.feed(b, &mut |l| ready.push_back(l)))?;
+                .decode(bytes, &mut |b| frames.feed(b, &mut emit))?;
             if self.body.is_done() {
-                frames.finish(&mut |l| ready.push_back(l));
+                frames.finish(&mut emit);
                 self.ended = true;
-            } else if ready.is_empty() && idle.is_some_and(|d| started.elapsed() >= d) {
+            } else if !given.get() && idle.is_some_and(|d| started.elapsed() >= d) {
                 // Bytes trickled in without completing a line; the idle time still counts.
-                frames.flush_partial(&mut |l| ready.push_back(l));
-                if ready.is_empty() {
-                    return Ok(Next::Idle);
-                }
+                frames.flush_partial(&mut emit);
+                return Ok(or(Next::Idle));
+            }
+            if given.get() {
+                return Ok(Next::Lines);
             }
         }
+        Ok(or(Next::End))
     }
 
     /// A handle another thread can use to end this stream at once.
     pub fn closer(&self) -> Closer {
         self.reader.closer()
-    }
-
-    /// Whether [`LogStream::next`] has lines decoded already and will not block for the next.
-    pub fn has_buffered(&self) -> bool {
-        !self.ready.is_empty()
     }
 }
 
@@ -586,11 +626,15 @@ mod tests {
         LogStream::new(reader, body, Box::new(Decoder::new(tty, 1000)))
     }
 
-    fn line_text(n: Next) -> String {
-        match n {
-            Next::Line(l) => String::from_utf8(l.bytes).unwrap(),
-            other => panic!("{other:?}"),
-        }
+    /// One call of [`LogStream::next`]: what it returned and the lines it gave.
+    fn next_lines(s: &mut LogStream, idle: Option<Duration>) -> (Next, Vec<String>) {
+        let mut lines = Vec::new();
+        let next = s
+            .next(idle, &mut |l| {
+                lines.push(String::from_utf8(l.bytes.to_vec()).unwrap())
+            })
+            .unwrap();
+        (next, lines)
     }
 
     #[test]
@@ -602,17 +646,23 @@ mod tests {
         );
         let mut lines = Vec::new();
         loop {
-            match s.next(None).unwrap() {
-                Next::Line(l) => lines.push(String::from_utf8(l.bytes).unwrap()),
-                Next::End => break,
-                Next::Idle => panic!("no idle without a timeout"),
+            match next_lines(&mut s, None) {
+                (Next::Lines, got) => {
+                    assert!(!got.is_empty());
+                    lines.extend(got);
+                }
+                (Next::End, got) => {
+                    assert!(got.is_empty());
+                    break;
+                }
+                (Next::Idle, _) => panic!("no idle without a timeout"),
             }
         }
         assert_eq!(
             lines,
             ["two", "one", "three", "1", "2", "3", "4", "5", "tail"]
         );
-        assert_eq!(s.next(None).unwrap(), Next::End);
+        assert_eq!(next_lines(&mut s, None), (Next::End, vec![]));
     }
 
     #[test]
@@ -637,12 +687,13 @@ mod tests {
             true,
         );
         let idle = Some(Duration::from_millis(60));
-        assert_eq!(line_text(s.next(idle).unwrap()), "whole");
-        assert_eq!(line_text(s.next(idle).unwrap()), "hal");
-        assert_eq!(s.next(idle).unwrap(), Next::Idle);
+        let lines = |want: &[&str]| (Next::Lines, want.iter().map(|l| l.to_string()).collect());
+        assert_eq!(next_lines(&mut s, idle), lines(&["whole"]));
+        assert_eq!(next_lines(&mut s, idle), lines(&["hal"]));
+        assert_eq!(next_lines(&mut s, idle), (Next::Idle, vec![]));
         // The rest of the line arrives later as a line of its own; without a timeout we wait.
-        assert_eq!(line_text(s.next(None).unwrap()), "f");
-        assert_eq!(s.next(idle).unwrap(), Next::End);
+        assert_eq!(next_lines(&mut s, None), lines(&["f"]));
+        assert_eq!(next_lines(&mut s, idle), (Next::End, vec![]));
     }
 
     #[test]
@@ -655,7 +706,7 @@ mod tests {
             closer.close();
         });
         let started = Instant::now();
-        let r = s.next(None);
+        let r = s.next(None, &mut |l| panic!("{l:?}"));
         assert!(matches!(r, Ok(Next::End) | Err(Error::Io(_))), "{r:?}");
         assert!(started.elapsed() < Duration::from_secs(2));
         t.join().unwrap();
@@ -765,8 +816,8 @@ mod tests {
         // A TTY container's stream is framed there.
         let mut out = Vec::new();
         let b = b"\x01\0\0\0\0\0\0\x1b2026-11-29T21:00:18Z done\r\n";
-        frames.feed(b, &mut |l| out.push(l)).unwrap();
-        assert_eq!(out[0].bytes, b"done");
+        frames.feed(b, &mut |l| out.push(l.bytes.to_vec())).unwrap();
+        assert_eq!(out, [b"done"]);
     }
 
     #[test]

@@ -7,7 +7,11 @@ use crate::message::Level;
 
 /// The level the line names, if it names one.
 pub fn detect(line: &str) -> Option<Level> {
-    let t = line.trim_start();
+    // Most lines start with a printable ASCII byte, which is no white space.
+    let t = match line.as_bytes().first() {
+        Some(&b) if b > b' ' && b.is_ascii() => line,
+        _ => line.trim_start(),
+    };
     if t.starts_with('{') {
         if let Some(l) = json_level(t) {
             return Some(l);
@@ -53,7 +57,8 @@ fn json_level(t: &str) -> Option<Level> {
 fn syslog_prefix(t: &str) -> Option<Level> {
     let b = t.as_bytes();
     if b.len() >= 3 && b[0] == b'<' && b[1].is_ascii_digit() {
-        let close = t[..t.len().min(5)].find('>')?;
+        // Bytes, not text: the fifth byte may be inside a character.
+        let close = memchr::memchr(b'>', &b[..b.len().min(5)])?;
         let n: u32 = t[1..close].parse().ok()?;
         return Some(match n % 8 {
             0..=3 => Level::Error,
@@ -83,23 +88,11 @@ fn logfmt_level(t: &str) -> Option<Level> {
 fn leading_word(t: &str) -> Option<Level> {
     // Skip a leading timestamp-ish token (digits, `-`, `:`, `.`, `T`, `Z`, `+`) once.
     let mut s = t;
-    let first_end = s.find(' ').unwrap_or(s.len());
-    let first = &s[..first_end];
-    if first.len() >= 6
-        && first.bytes().next().is_some_and(|c| c.is_ascii_digit())
-        && first
-            .bytes()
-            .all(|c| c.is_ascii_digit() || b"-:.TZ+,/".contains(&c))
-    {
+    if let Some(first_end) = token(s, b"-:.TZ+,/").filter(|&end| end >= 6) {
         s = s[first_end..].trim_start();
         // `2024-01-01 12:00:00,123 WARN …`: a second time token.
-        let e = s.find(' ').unwrap_or(s.len());
-        if s[..e].bytes().next().is_some_and(|c| c.is_ascii_digit())
-            && s[..e]
-                .bytes()
-                .all(|c| c.is_ascii_digit() || b":.,".contains(&c))
-        {
-            s = s[e..].trim_start();
+        if let Some(end) = token(s, b":.,") {
+            s = s[end..].trim_start();
         }
     }
     // Android-style `W/Tag: …`.
@@ -107,27 +100,47 @@ fn leading_word(t: &str) -> Option<Level> {
     if b.len() >= 2 && b[1] == b'/' && b"EWIDV".contains(&b[0]) {
         return Level::parse_name(&s[..1]);
     }
-    let s = s.trim_start_matches(['[', '(', '<']);
+    // The bytes looked at are ASCII, so every index here is a char boundary.
+    let open = b
+        .iter()
+        .position(|c| !matches!(c, b'[' | b'(' | b'<'))
+        .unwrap_or(b.len());
+    let s = &s[open..];
     let end = s
-        .find(|c: char| !c.is_ascii_alphabetic())
+        .bytes()
+        .position(|c| !c.is_ascii_alphabetic())
         .unwrap_or(s.len());
     let word = &s[..end];
+    let closed = matches!(s.as_bytes().get(end), Some(b']' | b':' | b')'));
     // A single letter only counts with brackets or a colon (`[W]`, `E:`), not as a word.
     if word.len() < 3 {
-        let after = s[end..].chars().next();
-        if word.len() == 1 && matches!(after, Some(']' | ':' | ')')) {
+        if word.len() == 1 && closed {
             return Level::parse_name(word);
         }
         return None;
     }
     let uppercase = word.bytes().all(|c| c.is_ascii_uppercase());
-    let bracketed = t.len() != s.len() || matches!(s[end..].chars().next(), Some(']' | ':' | ')'));
+    let bracketed = t.len() != s.len() || closed;
     // `Error: …` and `ERROR …` name a level; a sentence starting with "Information" does not.
     if uppercase || bracketed {
         Level::parse_name(word)
     } else {
         None
     }
+}
+
+/// The end of the token `s` starts with when it is a digit, then digits and `extra` bytes up to
+/// a space or the end of the line; `None` for any other token. Reads no further than that.
+fn token(s: &str, extra: &[u8]) -> Option<usize> {
+    let b = s.as_bytes();
+    if !b.first().is_some_and(u8::is_ascii_digit) {
+        return None;
+    }
+    let end = b
+        .iter()
+        .position(|c| !(c.is_ascii_digit() || extra.contains(c)))
+        .unwrap_or(b.len());
+    matches!(b.get(end), None | Some(b' ')).then_some(end)
 }
 
 fn floor_char_boundary(s: &str, mut i: usize) -> usize {
@@ -175,6 +188,19 @@ mod tests {
             ("msg=a=b severity=error", Some(Level::Error)),
             ("ts=1 app.level=warn msg=x", None),
             ("msg=\"level=warn\" x", None),
+            (" \u{a0}WARN x", Some(Level::Warn)),
+            ("\u{b}ERROR x", Some(Level::Error)),
+            ("[[WARN]] x", Some(Level::Warn)),
+            ("2024-01-01T12:00:00Z", None),
+            ("2024-01-01T12:00:00Z  12:00:01 ERROR x", Some(Level::Error)),
+            ("2024-01-01T12:00:00Zé ERROR x", None),
+            ("12345 ERROR x", None),
+            ("123456 error x", Some(Level::Error)),
+            ("123456 Error: x", Some(Level::Error)),
+            ("2024-01-01 12:00x ERROR x", None),
+            ("(E) x", Some(Level::Error)),
+            ("Eé x", None),
+            ("WARNé x", Some(Level::Warn)),
         ];
         for (line, want) in cases {
             assert_eq!(detect(line), *want, "{line:?}");
@@ -191,6 +217,8 @@ mod tests {
             "[",
             "W/",
             "€€€ level=€",
+            "<123é>",
+            "<12é",
         ] {
             let _ = detect(s);
         }

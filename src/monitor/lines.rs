@@ -29,7 +29,7 @@
 //!
 //! # Lines in several entries stamped apart (Podman)
 //!
-//! A line is placed at the timestamp of the entry that ended it (`LogLine::end_ts_ns`), and
+//! A line is placed at the timestamp of the entry that ended it (`LineRef::end_ts_ns`), and
 //! its message keeps the time of its first entry. Podman stamps the parts of a line written in
 //! several writes apart (`engine::frames` says more), and a stream resumed with `since` at the
 //! second of a line's last part no longer holds its first part: counted at its first part, the
@@ -44,11 +44,12 @@
 //! after taking that other line: the resumed stream starts at that second and gives the line
 //! without its first part. Docker stamps all parts of a line alike, so none of this applies.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::config::Config;
-use crate::engine::{LogLine, StreamKind};
+use crate::engine::{LineRef, StreamKind};
 use crate::message::{Draft, Id, Level, LogMessage, Origin, Position, SourceKind};
 use crate::monitor::level;
 
@@ -208,8 +209,8 @@ impl LineCore {
 
     /// Takes one line. `now` is called at most once, and only when [`LineCore::needs_time`].
     /// Engine errors (frame type 3) are not log lines: the caller reports them; fed here, they
-    /// are ignored.
-    pub fn line(&mut self, line: LogLine, now: impl FnOnce() -> Instant) {
+    /// are ignored. A line made a message alone is not copied before its message is made.
+    pub fn line(&mut self, line: LineRef<'_>, now: impl FnOnce() -> Instant) {
         if line.stream == StreamKind::EngineError {
             return;
         }
@@ -229,12 +230,10 @@ impl LineCore {
         c.last_line_ms = Some(line.ts_ns.div_euclid(1_000_000));
         self.last = Some(pos.max(self.last.unwrap_or_default()));
         let is_stderr = line.stream == StreamKind::Stderr;
-        let truncated = line.truncated;
-        let ts_ns = line.ts_ns;
         let (text, replaced) = text_of(line.bytes);
         c.invalid_utf8 += u64::from(replaced);
         if self.settings.multiline {
-            if self.join(&text, is_stderr, truncated, pos, now) {
+            if self.join(&text, is_stderr, line.truncated, pos, now) {
                 return;
             }
             self.flush_pending(now);
@@ -245,20 +244,23 @@ impl LineCore {
         } else {
             s.level_stdout
         });
-        let p = Pending {
-            text,
-            ts_ns,
+        let head = Head {
+            ts_ns: line.ts_ns,
             first: pos,
             last: pos,
             level,
             is_stderr,
-            truncated,
-            at: now,
+            truncated: line.truncated,
         };
         if self.settings.multiline {
-            self.pending = Some(p);
+            let text = text.into_owned();
+            self.pending = Some(Pending {
+                text,
+                head,
+                at: now,
+            });
         } else {
-            self.emit(p, now);
+            self.emit(text, head, now);
         }
     }
 
@@ -361,29 +363,30 @@ impl LineCore {
         let Some(p) = self.pending.as_mut() else {
             return false;
         };
-        if p.is_stderr != is_stderr || !is_continuation(text) {
+        if p.head.is_stderr != is_stderr || !is_continuation(text) {
             return false;
         }
         if p.text.len() + 1 + text.len() <= max {
             p.text.push('\n');
             p.text.push_str(text);
         } else {
-            p.truncated = true;
+            p.head.truncated = true;
         }
-        p.truncated |= truncated;
-        p.last = pos;
+        p.head.truncated |= truncated;
+        p.head.last = pos;
         p.at = now;
         true
     }
 
     fn flush_pending(&mut self, now: Instant) {
         if let Some(p) = self.pending.take() {
-            self.emit(p, now);
+            self.emit(Cow::Owned(p.text), p.head, now);
         }
     }
 
-    /// Makes the message, unless the rate limit holds it back (`error` lines never are).
-    fn emit(&mut self, p: Pending, now: Instant) {
+    /// Makes the message, unless the rate limit holds it back (`error` lines never are). The
+    /// text is a line's own bytes (borrowed) or a message joined from several (owned).
+    fn emit(&mut self, text: Cow<'_, str>, p: Head, now: Instant) {
         if let Some(b) = self.bucket.as_mut() {
             let kept = p.level == Level::Error || b.allow(now);
             if !kept {
@@ -398,9 +401,11 @@ impl LineCore {
                 return;
             }
         }
+        // The message keeps its text in a buffer of its own: a line's borrowed text is copied
+        // here only because a `Draft` owns its text.
         let msg = LogMessage::new(Draft {
             id: Id::Line(p.first),
-            text: p.text,
+            text: text.into_owned(),
             ts_ns: p.ts_ns,
             level: p.level,
             kind: SourceKind::Container,
@@ -462,9 +467,17 @@ impl Recent {
     }
 }
 
-/// A message being assembled (`MULTILINE=auto`), or about to be emitted.
+/// A message being assembled (`MULTILINE=auto`).
 struct Pending {
     text: String,
+    head: Head,
+    /// When the last line joined it.
+    at: Instant,
+}
+
+/// What a message is made of besides its text.
+#[derive(Clone, Copy)]
+struct Head {
     /// The engine's time of the first line (of its first entry).
     ts_ns: i64,
     /// Where the first line is counted (its id).
@@ -473,8 +486,6 @@ struct Pending {
     level: Level,
     is_stderr: bool,
     truncated: bool,
-    /// When the last line joined it.
-    at: Instant,
 }
 
 /// Token bucket for `RATE_LIMIT_LINES`/`RATE_LIMIT_BURST`.
@@ -509,11 +520,11 @@ impl Bucket {
 }
 
 /// The line's text, with invalid UTF-8 replaced (U+FFFD) rather than dropped; true when
-/// something was replaced. Valid lines are taken over without a copy.
-pub fn text_of(bytes: Vec<u8>) -> (String, bool) {
-    match String::from_utf8(bytes) {
-        Ok(s) => (s, false),
-        Err(e) => (String::from_utf8_lossy(e.as_bytes()).into_owned(), true),
+/// something was replaced. Valid lines are borrowed, checked once and not copied.
+pub fn text_of(bytes: &[u8]) -> (Cow<'_, str>, bool) {
+    match std::str::from_utf8(bytes) {
+        Ok(s) => (Cow::Borrowed(s), false),
+        Err(_) => (String::from_utf8_lossy(bytes), true),
     }
 }
 
@@ -530,6 +541,7 @@ pub fn is_continuation(line: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::LogLine;
     use crate::message::LabelValue;
     use std::cell::Cell;
 
@@ -592,12 +604,12 @@ mod tests {
         ))
     }
 
-    fn line(stream: StreamKind, ts_ns: i64, text: &str) -> LogLine {
-        LogLine {
+    fn line(stream: StreamKind, ts_ns: i64, text: &'static str) -> LineRef<'static> {
+        LineRef {
             stream,
             ts_ns,
             end_ts_ns: ts_ns,
-            bytes: text.as_bytes().to_vec(),
+            bytes: text.as_bytes(),
             truncated: false,
         }
     }
@@ -736,8 +748,8 @@ mod tests {
         assert!(done);
         let mut d = crate::engine::frames::Decoder::framed(false, 1 << 20);
         let mut out = Vec::new();
-        d.feed(&body, &mut |l| out.push(l)).unwrap();
-        d.finish(&mut |l| out.push(l));
+        d.feed(&body, &mut |l| out.push(LogLine::from(l))).unwrap();
+        d.finish(&mut |l| out.push(LogLine::from(l)));
         out
     }
 
@@ -747,7 +759,7 @@ mod tests {
         let mut core = LineCore::new(PLAIN, origin(), resume, t);
         let mut got = Vec::new();
         for l in lines {
-            core.line(l.clone(), || t);
+            core.line(l.borrowed(), || t);
         }
         core.finish(t);
         core.drain(|o| {
@@ -1067,11 +1079,11 @@ mod tests {
         }
         assert!(core.is_full());
         core.line(
-            LogLine {
+            LineRef {
                 stream: StreamKind::Stderr,
                 ts_ns: 2_000_000_000,
                 end_ts_ns: 2_000_000_000,
-                bytes: b"bad \xff".to_vec(),
+                bytes: b"bad \xff",
                 truncated: true,
             },
             Instant::now,
@@ -1123,15 +1135,13 @@ mod tests {
 
     #[test]
     fn invalid_utf8_is_replaced_and_the_rest_kept() {
-        assert_eq!(text_of(b"plain".to_vec()), ("plain".to_string(), false));
+        assert_eq!(text_of(b"plain"), (Cow::Borrowed("plain"), false));
         assert_eq!(
-            text_of(b"bad \xff\xfe bytes \xc3".to_vec()),
-            ("bad \u{fffd}\u{fffd} bytes \u{fffd}".to_string(), true)
+            text_of(b"bad \xff\xfe bytes \xc3"),
+            (Cow::Borrowed("bad \u{fffd}\u{fffd} bytes \u{fffd}"), true)
         );
-        assert_eq!(
-            text_of("é ok".as_bytes().to_vec()),
-            ("é ok".to_string(), false)
-        );
+        assert_eq!(text_of("é ok".as_bytes()), (Cow::Borrowed("é ok"), false));
+        assert!(matches!(text_of("é ok".as_bytes()).0, Cow::Borrowed(_)));
     }
 
     #[test]

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::config::SinceMode;
-use crate::engine::{ContainerInfo, LogStream, Next, Since, StreamKind};
+use crate::engine::{ContainerInfo, LineRef, LogStream, Next, Since, StreamKind};
 use crate::message::{Origin, Position};
 use crate::monitor::lines::{LineCore, Out, Settings};
 use crate::monitor::retry::{Found, Retry, Step};
@@ -219,20 +219,29 @@ impl Reader<'_> {
             .stream_ended(info.started_at_ns, info.running, opened.elapsed());
     }
 
-    /// Feeds every line to the core and hands over what it made, one read at a time.
+    /// Feeds every line to the core and hands over what it made, one read at a time (a batch
+    /// at most). The lines are borrowed from the stream's buffers for the time of the call.
     fn pump(&self, stream: &mut LogStream, core: &mut LineCore, origin: &Arc<Origin>) {
         let stats = &self.shared.stats;
         loop {
-            match stream.next(core.idle()) {
-                Ok(Next::Line(l)) if l.stream == StreamKind::EngineError => {
+            let idle = core.idle();
+            let mut each = |l: LineRef<'_>| {
+                if l.stream == StreamKind::EngineError {
                     Stats::add(&stats.engine_errors, 1);
                     log::warn!(
                         "engine error in the log stream of {}: {}",
                         origin.name,
-                        String::from_utf8_lossy(&l.bytes)
+                        String::from_utf8_lossy(l.bytes)
                     );
+                    return;
                 }
-                Ok(Next::Line(l)) => core.line(l, Instant::now),
+                core.line(l, Instant::now);
+                if core.is_full() {
+                    self.hand_over(core, origin);
+                }
+            };
+            match stream.next(idle, &mut each) {
+                Ok(Next::Lines) => {}
                 Ok(Next::Idle) => core.tick(Instant::now()),
                 Ok(Next::End) => break,
                 Err(e) => {
@@ -244,9 +253,7 @@ impl Reader<'_> {
                 }
             }
             // Lines decoded from one read go to the backends together.
-            if !stream.has_buffered() || core.is_full() {
-                self.hand_over(core, origin);
-            }
+            self.hand_over(core, origin);
         }
         core.finish(Instant::now());
         self.hand_over(core, origin);

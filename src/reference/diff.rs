@@ -183,11 +183,11 @@ pub fn frames(stream: Stream, ops: &[Op], end: End) -> Result<(), String> {
     for op in ops {
         let (n, o) = match op {
             Op::Feed(b) => (
-                new.feed(b, &mut |l| new_events.push(Event::Line(l))),
+                new.feed(b, &mut |l| new_events.push(Event::Line(l.into()))),
                 old.feed(b, &mut |l| old_events.push(Event::Line(l))),
             ),
             Op::FlushPartial => {
-                new.flush_partial(&mut |l| new_events.push(Event::Line(l)));
+                new.flush_partial(&mut |l| new_events.push(Event::Line(l.into())));
                 old.flush_partial(&mut |l| old_events.push(Event::Line(l)));
                 (Ok(()), Ok(()))
             }
@@ -201,11 +201,11 @@ pub fn frames(stream: Stream, ops: &[Op], end: End) -> Result<(), String> {
     }
     match end {
         End::Finish => {
-            new.finish(&mut |l| new_events.push(Event::Line(l)));
+            new.finish(&mut |l| new_events.push(Event::Line(l.into())));
             old.finish(&mut |l| old_events.push(Event::Line(l)));
         }
         End::Cut => {
-            new.cut(&mut |l| new_events.push(Event::Line(l)));
+            new.cut(&mut |l| new_events.push(Event::Line(l.into())));
             old.cut(&mut |l| old_events.push(Event::Line(l)));
         }
     }
