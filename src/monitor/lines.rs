@@ -400,7 +400,7 @@ impl LineCore {
         }
         let msg = LogMessage::new(Draft {
             id: Id::Line(p.first),
-            text: p.text,
+            text: &p.text,
             ts_ns: p.ts_ns,
             level: p.level,
             kind: SourceKind::Container,

@@ -466,7 +466,7 @@ mod tests {
         ));
         let pos = Position { ts_ns: ts, seen: 1 };
         Arc::new(LogMessage::new(Draft {
-            text: text.into(),
+            text,
             ts_ns: ts,
             level: Level::Info,
             kind: SourceKind::Container,

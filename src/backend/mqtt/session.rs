@@ -1856,7 +1856,7 @@ mod tests {
             };
             self.next += 1;
             let msg = LogMessage::new(Draft {
-                text: text.into(),
+                text,
                 ts_ns: pos.ts_ns,
                 level: Level::Info,
                 kind: SourceKind::Container,
