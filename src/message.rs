@@ -251,6 +251,10 @@ const OPEN: &str = "{\"id\":\"";
 const TO_MESSAGE: &str = "\",\"message\":";
 /// Between the text's literal and the timestamp.
 const TO_TIMESTAMP: &str = ",\"timestamp\":";
+/// The end of a message's JSON.
+const END: &str = "}";
+/// The end of a truncated message's JSON.
+const END_TRUNCATED: &str = ",\"truncated\":true}";
 
 /// The stable id of a message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -290,7 +294,7 @@ pub fn line_id(origin: &Origin, pos: Position) -> String {
 /// written as bytes.
 struct LineTail {
     /// The tail is `buf[start..]`, the time's digits `buf[start + 1..start + 1 + ts_len]`.
-    buf: [u8; 42],
+    buf: [u8; 2 * DECIMAL_ROOM + 2],
     start: u8,
     ts_len: u8,
     ts_ns: i64,
@@ -298,10 +302,12 @@ struct LineTail {
 
 impl LineTail {
     fn of(pos: Position) -> LineTail {
-        let mut buf = [b'-'; 42];
+        let mut buf = [b'-'; 2 * DECIMAL_ROOM + 2];
         let index = write_decimal(&mut buf, i64::from(pos.seen.saturating_sub(1)));
         let ts_end = index - 1;
+        buf[ts_end] = b'-';
         let ts = write_decimal(&mut buf[..ts_end], pos.ts_ns);
+        buf[ts - 1] = b'-';
         LineTail {
             buf,
             start: (ts - 1) as u8,
@@ -502,32 +508,33 @@ impl LogMessage {
     /// Appends the message as one JSON object (docs/CONTRACT.md §4), no trailing newline. The
     /// same message always gives the same bytes.
     pub fn write_json(&self, out: &mut impl JsonSink) {
-        let [a, b, c, d] = self.pieces();
-        out.reserve_for(a.len() + b.len() + c.len() + d.len());
-        out.put(a);
-        out.put(b);
-        out.put(c);
-        out.put(d);
+        let [head, level, tail] = self.pieces();
+        out.reserve_for(head.len() + level.len() + tail.len() + END_TRUNCATED.len());
+        out.put(head);
+        out.put(level);
+        out.put(tail);
+        // Each a constant, so that the copy is a store.
+        if self.truncated {
+            out.put(END_TRUNCATED);
+        } else {
+            out.put(END);
+        }
     }
 
     /// The length of [`LogMessage::write_json`]'s output, without making it.
     pub fn json_len(&self) -> usize {
-        self.pieces().iter().map(|p| p.len()).sum()
+        let end = if self.truncated { END_TRUNCATED } else { END };
+        self.pieces().iter().map(|p| p.len()).sum::<usize>() + end.len()
     }
 
     /// The JSON in four pieces; the one place that knows the shape (with [`LogMessage::new`],
     /// [`Origin::new`] and [`level_and_kind`], which make the pieces).
-    fn pieces(&self) -> [&str; 4] {
+    fn pieces(&self) -> [&str; 3] {
         let system = self.kind == SourceKind::System;
         [
             &self.head,
             level_and_kind(self.level, self.kind),
             &self.origin.tails[tail_index(self.is_stderr, system)],
-            if self.truncated {
-                ",\"truncated\":true}"
-            } else {
-                "}"
-            },
         ]
     }
 
@@ -569,13 +576,13 @@ fn level_and_kind(level: Level, kind: SourceKind) -> &'static str {
 #[derive(Debug, Clone, Copy)]
 struct Digits {
     /// The digits (and sign) are `buf[start..]`.
-    buf: [u8; 20],
+    buf: [u8; DECIMAL_ROOM],
     start: u8,
 }
 
 impl Digits {
     fn of(n: i64) -> Digits {
-        let mut buf = [b'0'; 20];
+        let mut buf = [b'0'; DECIMAL_ROOM];
         let start = write_decimal(&mut buf, n) as u8;
         Digits { buf, start }
     }
@@ -586,18 +593,17 @@ impl Digits {
     }
 }
 
-/// Writes `n` in decimal at the end of `buf` (20 bytes hold any i64) and returns where it
-/// starts: eight digits at a time from two halves of four, then pairs.
+/// Writes `n` in decimal at the end of `buf` ([`DECIMAL_ROOM`] bytes hold any `n`) and
+/// returns where it starts: eight digits at a time while more are left, then pairs.
 fn write_decimal(buf: &mut [u8], n: i64) -> usize {
     let mut i = buf.len();
     let mut v = n.unsigned_abs();
     while v >= 100_000_000 {
-        let low = (v % 100_000_000) as u32;
+        buf[i - 8..i].copy_from_slice(&eight_digits(v % 100_000_000).to_le_bytes());
         v /= 100_000_000;
-        buf[i - 8..i].copy_from_slice(&eight_digits(low));
         i -= 8;
     }
-    // Below 10^8 now.
+    // The leading digits, below 10^8; often few (an index, the top of a time).
     let mut v = v as u32;
     while v >= 100 {
         let pair = (v % 100) as usize * 2;
@@ -620,18 +626,22 @@ fn write_decimal(buf: &mut [u8], n: i64) -> usize {
     i
 }
 
-/// `v` (below 10^8) as exactly eight digits.
-fn eight_digits(v: u32) -> [u8; 8] {
-    let (high, low) = (v / 10_000, v % 10_000);
-    let mut out = [0u8; 8];
-    for (k, pair) in [high / 100, high % 100, low / 100, low % 100]
-        .into_iter()
-        .enumerate()
-    {
-        let p = pair as usize * 2;
-        out[2 * k..2 * k + 2].copy_from_slice(&PAIRS[p..p + 2]);
-    }
-    out
+/// The bytes any i64 takes in decimal, its sign included.
+const DECIMAL_ROOM: usize = 20;
+
+/// `v` (below 10^8) as exactly eight ASCII digits, the first in the lowest byte: the halves,
+/// quarters and digits are split in the lanes of one word, with multiplications in place of
+/// divisions.
+fn eight_digits(v: u64) -> u64 {
+    // 4-digit halves in 32-bit lanes, the high half first (lowest).
+    let halves = (v / 10_000) | (v % 10_000) << 32;
+    // x / 100 is (x * 10486) >> 20 for x below 10^4; pairs in 16-bit lanes.
+    let high = ((halves * 10_486) >> 20) & 0x0000_007f_0000_007f;
+    let pairs = high | (halves - high * 100) << 16;
+    // x / 10 is (x * 103) >> 10 for x below 100; digits in bytes.
+    let tens = ((pairs * 103) >> 10) & 0x000f_000f_000f_000f;
+    let digits = tens | (pairs - tens * 10) << 8;
+    digits | 0x3030_3030_3030_3030
 }
 
 /// The bytes a JSON string literal must escape (and DEL, which we escape too).
@@ -644,6 +654,7 @@ const CHUNK: usize = 32;
 
 /// Whether any byte of `chunk` [`needs_escape`]: every byte tested, the answers or-ed, no
 /// branch, so that the compiler makes it a few vector instructions.
+#[inline(always)]
 fn chunk_needs_escape(chunk: &[u8; CHUNK]) -> bool {
     chunk.iter().fold(false, |any, &b| any | needs_escape(b))
 }
@@ -668,14 +679,23 @@ pub fn push_json_str(out: &mut String, s: &str) {
     out.push('"');
 }
 
-/// How many bytes at the start of `bytes` need no escaping: a chunk at a time, then one by
-/// one in the chunk (or the rest) that has one.
+/// How many bytes at the start of `bytes` need no escaping: a chunk at a time (the last one
+/// ending with `bytes`, over bytes already checked), then one by one in the chunk (or the
+/// rest) that has one.
 fn plain_prefix(bytes: &[u8]) -> usize {
     let mut plain = 0;
     for chunk in bytes.chunks_exact(CHUNK) {
         match <&[u8; CHUNK]>::try_from(chunk) {
             Ok(chunk) if !chunk_needs_escape(chunk) => plain += CHUNK,
             _ => break,
+        }
+    }
+    let last = bytes.len().saturating_sub(CHUNK);
+    if plain > last && plain < bytes.len() {
+        if let Ok(chunk) = <&[u8; CHUNK]>::try_from(&bytes[last..]) {
+            if !chunk_needs_escape(chunk) {
+                return bytes.len();
+            }
         }
     }
     plain
@@ -845,8 +865,21 @@ mod tests {
             cases.extend([p - 1, p, p + 1, -p]);
             p = next;
         }
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        for _ in 0..100_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            cases.extend([x as i64, (x >> (x % 64)) as i64]);
+        }
         for n in cases {
             assert_eq!(Digits::of(n).as_str(), n.to_string());
+            let pos = Position {
+                ts_ns: n,
+                seen: (n as u32).wrapping_add(1),
+            };
+            let want = format!("3f2a9c1b7d0e-{n}-{}", pos.seen.saturating_sub(1));
+            assert_eq!(line_id(&origin(), pos), want);
         }
     }
 
