@@ -3,7 +3,9 @@
 //!
 //!   valgrind --tool=callgrind target/release/examples/message_cost
 
+use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use container_logd::message::{
@@ -11,6 +13,27 @@ use container_logd::message::{
 };
 
 const LINES: usize = 30_000;
+
+/// The system allocator, counting the bytes asked for.
+struct Counting;
+
+static ASKED: AtomicUsize = AtomicUsize::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ASKED.fetch_add(layout.size(), Ordering::Relaxed);
+        // SAFETY: the caller's contract is passed on unchanged.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: the caller's contract is passed on unchanged.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static ALLOC: Counting = Counting;
 
 #[inline(never)]
 fn make_all(origin: &Arc<Origin>, text: &str) -> Vec<Arc<LogMessage>> {
@@ -67,7 +90,14 @@ fn main() {
         Arc::from("pi-kitchen"),
     ));
     let text: String = ("bench line ".to_string() + &"0123456789".repeat(9))[..99].to_string();
+    let before = ASKED.load(Ordering::Relaxed);
     let msgs = make_all(&origin, &text);
+    let asked = ASKED.load(Ordering::Relaxed) - before - LINES * std::mem::size_of::<usize>();
+    eprintln!(
+        "bytes asked for per message (its Arc and its own bytes): {} (LogMessage: {})",
+        asked / LINES,
+        std::mem::size_of::<LogMessage>()
+    );
     let mut buf = Vec::with_capacity(1024);
     let a = render_all(&msgs, &mut buf);
     let b = render_all(&msgs, &mut buf);
