@@ -221,16 +221,18 @@ pub struct Position {
 
 /// One log message, immutable once made; backends share it through an `Arc`.
 ///
-/// Its own bytes are one allocation, the id followed by the text as a JSON string literal:
-/// the memory ring holds thousands of messages on a Pi, and what every message of a container
-/// repeats (names, labels, ids, host) lives once, in its [`Origin`].
+/// Its own bytes are one allocation, the part of its JSON that is its own and never changes:
+/// `{"id":"<id>","message":<text literal>,"timestamp":<ms>`. The memory ring holds thousands
+/// of messages on a Pi, and what every message of a container repeats (names, labels, ids,
+/// host) lives once, in its [`Origin`]; rendering adds that and the level, a few copies.
 #[derive(Debug)]
 pub struct LogMessage {
-    /// The id (which needs no escaping), then the text's JSON string literal with its quotes.
-    lit: Box<str>,
+    /// [`OPEN`], the id (which needs no escaping), [`TO_MESSAGE`], the text's JSON string
+    /// literal with its quotes, [`TO_TIMESTAMP`] and the timestamp in milliseconds.
+    head: Box<str>,
     id_len: u32,
-    /// The length of [`LogMessage::write_json`]'s output, counted once when made.
-    json_len: u32,
+    /// Where the text's literal ends in `head`.
+    lit_end: u32,
     /// The text needed escaping, so its literal differs from the text.
     text_escaped: bool,
     pub ts_ns: i64,
@@ -243,6 +245,17 @@ pub struct LogMessage {
     pub position: Option<Position>,
 }
 
+/// A message's JSON up to its id.
+const OPEN: &str = "{\"id\":\"";
+/// Between the id and the text's literal.
+const TO_MESSAGE: &str = "\",\"message\":";
+/// Between the text's literal and the timestamp.
+const TO_TIMESTAMP: &str = ",\"timestamp\":";
+/// The end of a message's JSON.
+const END: &str = "}";
+/// The end of a truncated message's JSON.
+const END_TRUNCATED: &str = ",\"truncated\":true}";
+
 /// The stable id of a message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Id {
@@ -253,9 +266,10 @@ pub enum Id {
     Given(String),
 }
 
-/// What a message is made from; [`LogMessage::new`] adds the id and the JSON.
-pub struct Draft {
-    pub text: String,
+/// What a message is made from; [`LogMessage::new`] adds the id and the JSON. The text is
+/// borrowed: the message keeps its JSON literal, never the text itself.
+pub struct Draft<'a> {
+    pub text: &'a str,
     pub ts_ns: i64,
     pub level: Level,
     pub kind: SourceKind,
@@ -268,34 +282,91 @@ pub struct Draft {
 
 /// The id of a container line: the same engine line always gets the same id.
 pub fn line_id(origin: &Origin, pos: Position) -> String {
-    let mut id = String::with_capacity(line_id_len(origin, pos));
-    push_line_id(&mut id, origin, pos);
+    let tail = LineTail::of(pos);
+    let tail = tail.as_str();
+    let mut id = String::with_capacity(origin.short_id().len() + tail.len());
+    id.push_str(origin.short_id());
+    id.push_str(tail);
     id
 }
 
-/// Appends `{short id}-{ts_ns}-{index}`, the id of the line at `pos`.
-fn push_line_id(out: &mut String, origin: &Origin, pos: Position) {
-    out.push_str(origin.short_id());
-    // The two numbers and their dashes, made as bytes and checked as text once.
-    let mut tail = [0u8; 42];
-    let mut len = 0;
-    let mut buf = [0u8; 20];
-    for n in [pos.ts_ns, i64::from(pos.seen.saturating_sub(1))] {
-        let digits = decimal_digits(n, &mut buf);
-        tail[len] = b'-';
-        tail[len + 1..len + 1 + digits.len()].copy_from_slice(digits);
-        len += 1 + digits.len();
-    }
-    // Digits and dashes are ASCII: this never falls back.
-    out.push_str(std::str::from_utf8(&tail[..len]).unwrap_or_default());
+/// `-{ts_ns}-{index}`, the numbers of a container line's id (`{short id}-{ts_ns}-{index}`),
+/// written as bytes.
+struct LineTail {
+    /// The tail is `buf[start..]`, the time's digits `buf[start + 1..start + 1 + ts_len]`.
+    buf: [u8; 2 * DECIMAL_ROOM + 2],
+    start: u8,
+    ts_len: u8,
+    ts_ns: i64,
 }
 
-/// The length of [`line_id`]'s output.
-fn line_id_len(origin: &Origin, pos: Position) -> usize {
-    origin.short_id().len()
-        + 2
-        + decimal_len(pos.ts_ns)
-        + decimal_len(i64::from(pos.seen.saturating_sub(1)))
+impl LineTail {
+    fn of(pos: Position) -> LineTail {
+        let mut buf = [b'-'; 2 * DECIMAL_ROOM + 2];
+        let index = write_decimal(&mut buf, i64::from(pos.seen.saturating_sub(1)));
+        let ts_end = index - 1;
+        buf[ts_end] = b'-';
+        let ts = write_decimal(&mut buf[..ts_end], pos.ts_ns);
+        buf[ts - 1] = b'-';
+        LineTail {
+            buf,
+            start: (ts - 1) as u8,
+            ts_len: (ts_end - ts) as u8,
+            ts_ns: pos.ts_ns,
+        }
+    }
+
+    /// The tail as text, checked once: digits and dashes are ASCII, so this never falls back.
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.buf[usize::from(self.start)..]).unwrap_or_default()
+    }
+
+    /// The tail as text and, when `ts_ns` is the line's time and has more than six digits, its
+    /// milliseconds, which are the time's digits but the last six: no second conversion.
+    fn texts(&self, ts_ns: i64) -> (&str, Option<&str>) {
+        let tail = self.as_str();
+        let ms = (self.ts_ns == ts_ns && ts_ns >= 1_000_000)
+            .then(|| tail.get(1..1 + usize::from(self.ts_len) - 6))
+            .flatten();
+        (tail, ms)
+    }
+}
+
+/// A message's id as [`LogMessage::new`] writes it.
+enum IdText<'a> {
+    /// A container line's: the short id and the [`LineTail`].
+    Line(&'a str, &'a str),
+    /// Any other, written with what would need escaping replaced.
+    Given(&'a str),
+}
+
+impl IdText<'_> {
+    /// The length of what [`IdText::push_to`] appends, or more when it replaces a character
+    /// longer than `_`.
+    fn len(&self) -> usize {
+        match self {
+            IdText::Line(short, tail) => short.len() + tail.len(),
+            IdText::Given(id) => id.len(),
+        }
+    }
+
+    fn push_to(&self, out: &mut String) {
+        match self {
+            IdText::Line(short, tail) => {
+                out.push_str(short);
+                out.push_str(tail);
+            }
+            // Ids are made from hex ids, numbers and sanitised actions; anything else is
+            // replaced so that the id never needs escaping.
+            IdText::Given(id) => out.extend(id.chars().map(|c| {
+                if c.is_control() || c == '"' || c == '\\' {
+                    '_'
+                } else {
+                    c
+                }
+            })),
+        }
+    }
 }
 
 /// The position a container line's id encodes (the inverse of [`line_id`]; engine timestamps
@@ -327,21 +398,15 @@ pub fn manager_id(ts_ns: i64, seq: u64) -> String {
     format!("manager-{ts_ns}-{seq}")
 }
 
-/// Where a message's JSON goes: a `String` (the API), bytes (files, MQTT payloads), or a count
-/// of its bytes.
+/// Where a message's JSON goes: a `String` (the API) or bytes (files, MQTT payloads).
 pub trait JsonSink {
     fn put(&mut self, piece: &str);
-    fn put_decimal(&mut self, n: i64);
     fn reserve_for(&mut self, additional: usize);
 }
 
 impl JsonSink for String {
     fn put(&mut self, piece: &str) {
         self.push_str(piece);
-    }
-
-    fn put_decimal(&mut self, n: i64) {
-        push_decimal(self, n);
     }
 
     fn reserve_for(&mut self, additional: usize) {
@@ -354,59 +419,52 @@ impl JsonSink for Vec<u8> {
         self.extend_from_slice(piece.as_bytes());
     }
 
-    fn put_decimal(&mut self, n: i64) {
-        let mut buf = [0u8; 20];
-        self.extend_from_slice(decimal_digits(n, &mut buf));
-    }
-
     fn reserve_for(&mut self, additional: usize) {
         self.reserve(additional);
     }
 }
 
-/// Counts what would be written.
-struct Count(usize);
-
-impl JsonSink for Count {
-    fn put(&mut self, piece: &str) {
-        self.0 += piece.len();
-    }
-
-    fn put_decimal(&mut self, n: i64) {
-        self.0 += decimal_len(n);
-    }
-
-    fn reserve_for(&mut self, _: usize) {}
-}
-
 impl LogMessage {
     pub fn new(d: Draft) -> LogMessage {
-        let id_len = match &d.id {
-            Id::Line(pos) => line_id_len(&d.origin, *pos),
-            Id::Given(id) => id.len(),
+        // The numbers first, so that the one allocation is made to measure.
+        let line = match &d.id {
+            Id::Line(pos) => Some(LineTail::of(*pos)),
+            Id::Given(_) => None,
         };
+        let (id, line_ms) = match (&line, &d.id) {
+            (Some(t), _) => {
+                let (tail, ms) = t.texts(d.ts_ns);
+                (IdText::Line(d.origin.short_id(), tail), ms)
+            }
+            (None, Id::Given(id)) => (IdText::Given(id), None),
+            (None, Id::Line(_)) => (IdText::Given(""), None),
+        };
+        let own_ms;
+        let ms = match line_ms {
+            Some(ms) => ms,
+            None => {
+                own_ms = Digits::of(d.ts_ns.div_euclid(1_000_000));
+                own_ms.as_str()
+            }
+        };
+        let own = id.len() + d.text.len() + 2 + ms.len();
         // Exact unless the text needs escaping, so that the box below takes the buffer as is.
-        let mut lit = String::with_capacity(id_len + d.text.len() + 2);
-        match &d.id {
-            Id::Line(pos) => push_line_id(&mut lit, &d.origin, *pos),
-            // Ids are made from hex ids, numbers and sanitised actions; anything else is
-            // replaced so that the id never needs escaping.
-            Id::Given(id) => lit.extend(id.chars().map(|c| {
-                if c.is_control() || c == '"' || c == '\\' {
-                    '_'
-                } else {
-                    c
-                }
-            })),
-        }
-        let id_len = lit.len() as u32;
-        push_json_str(&mut lit, &d.text);
-        let text_escaped = lit.len() - id_len as usize != d.text.len() + 2;
-        let mut msg = LogMessage {
-            lit: lit.into_boxed_str(),
-            id_len,
-            json_len: 0,
-            text_escaped,
+        let mut head =
+            String::with_capacity(OPEN.len() + TO_MESSAGE.len() + TO_TIMESTAMP.len() + own);
+        head.push_str(OPEN);
+        id.push_to(&mut head);
+        let id_len = head.len() - OPEN.len();
+        head.push_str(TO_MESSAGE);
+        let lit_start = head.len();
+        push_json_str(&mut head, d.text);
+        let lit_end = head.len();
+        head.push_str(TO_TIMESTAMP);
+        head.push_str(ms);
+        LogMessage {
+            head: head.into_boxed_str(),
+            id_len: id_len as u32,
+            lit_end: lit_end as u32,
+            text_escaped: lit_end - lit_start != d.text.len() + 2,
             ts_ns: d.ts_ns,
             level: d.level,
             kind: d.kind,
@@ -414,11 +472,7 @@ impl LogMessage {
             is_stderr: d.is_stderr,
             truncated: d.truncated,
             position: d.position,
-        };
-        let mut count = Count(0);
-        msg.render(&mut count);
-        msg.json_len = u32::try_from(count.0).unwrap_or(u32::MAX);
-        msg
+        }
     }
 
     pub fn timestamp_ms(&self) -> i64 {
@@ -427,12 +481,18 @@ impl LogMessage {
 
     /// The stable id.
     pub fn id(&self) -> &str {
-        self.lit.get(..self.id_len as usize).unwrap_or_default()
+        let start = OPEN.len();
+        self.head
+            .get(start..start + self.id_len as usize)
+            .unwrap_or_default()
     }
 
     /// The text's JSON string literal, quotes included.
     fn text_literal(&self) -> &str {
-        self.lit.get(self.id_len as usize..).unwrap_or("\"\"")
+        let start = OPEN.len() + self.id_len as usize + TO_MESSAGE.len();
+        self.head
+            .get(start..self.lit_end as usize)
+            .unwrap_or("\"\"")
     }
 
     /// The text of the line.
@@ -448,32 +508,34 @@ impl LogMessage {
     /// Appends the message as one JSON object (docs/CONTRACT.md §4), no trailing newline. The
     /// same message always gives the same bytes.
     pub fn write_json(&self, out: &mut impl JsonSink) {
-        out.reserve_for(self.json_len());
-        self.render(out);
+        let [head, level, tail] = self.pieces();
+        out.reserve_for(head.len() + level.len() + tail.len() + END_TRUNCATED.len());
+        out.put(head);
+        out.put(level);
+        out.put(tail);
+        // Each a constant, so that the copy is a store.
+        if self.truncated {
+            out.put(END_TRUNCATED);
+        } else {
+            out.put(END);
+        }
     }
 
     /// The length of [`LogMessage::write_json`]'s output, without making it.
     pub fn json_len(&self) -> usize {
-        self.json_len as usize
+        let end = if self.truncated { END_TRUNCATED } else { END };
+        self.pieces().iter().map(|p| p.len()).sum::<usize>() + end.len()
     }
 
-    /// Hands the JSON to `out` piece by piece; the one place that knows the shape (with the
-    /// pieces [`Origin::new`] and [`level_and_kind`] make once).
-    fn render(&self, out: &mut impl JsonSink) {
-        out.put("{\"id\":\"");
-        out.put(self.id());
-        out.put("\",\"message\":");
-        out.put(self.text_literal());
-        out.put(",\"timestamp\":");
-        out.put_decimal(self.timestamp_ms());
-        out.put(level_and_kind(self.level, self.kind));
+    /// The JSON in four pieces; the one place that knows the shape (with [`LogMessage::new`],
+    /// [`Origin::new`] and [`level_and_kind`], which make the pieces).
+    fn pieces(&self) -> [&str; 3] {
         let system = self.kind == SourceKind::System;
-        out.put(&self.origin.tails[tail_index(self.is_stderr, system)]);
-        out.put(if self.truncated {
-            ",\"truncated\":true}"
-        } else {
-            "}"
-        });
+        [
+            &self.head,
+            level_and_kind(self.level, self.kind),
+            &self.origin.tails[tail_index(self.is_stderr, system)],
+        ]
     }
 
     /// The message as one JSON object, no trailing newline.
@@ -510,18 +572,39 @@ fn level_and_kind(level: Level, kind: SourceKind) -> &'static str {
     pieces!(Error "error", Warn "warn", Info "info", Debug "debug")
 }
 
-/// Appends `n` in decimal, without `fmt`: ids and timestamps are written for every line.
-fn push_decimal(out: &mut String, n: i64) {
-    let mut buf = [0u8; 20];
-    let digits = decimal_digits(n, &mut buf);
-    // Digits and a sign are ASCII: this never falls back.
-    out.push_str(std::str::from_utf8(digits).unwrap_or("0"));
+/// A number in decimal, made without `fmt`: ids and timestamps are written for every line.
+#[derive(Debug, Clone, Copy)]
+struct Digits {
+    /// The digits (and sign) are `buf[start..]`.
+    buf: [u8; DECIMAL_ROOM],
+    start: u8,
 }
 
-/// `n` in decimal, written into the end of `buf` (20 bytes hold any i64).
-fn decimal_digits(n: i64, buf: &mut [u8; 20]) -> &[u8] {
+impl Digits {
+    fn of(n: i64) -> Digits {
+        let mut buf = [b'0'; DECIMAL_ROOM];
+        let start = write_decimal(&mut buf, n) as u8;
+        Digits { buf, start }
+    }
+
+    /// The digits as text, checked once: they are ASCII, so this never falls back.
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.buf[usize::from(self.start)..]).unwrap_or_default()
+    }
+}
+
+/// Writes `n` in decimal at the end of `buf` ([`DECIMAL_ROOM`] bytes hold any `n`) and
+/// returns where it starts: eight digits at a time while more are left, then pairs.
+fn write_decimal(buf: &mut [u8], n: i64) -> usize {
     let mut i = buf.len();
     let mut v = n.unsigned_abs();
+    while v >= 100_000_000 {
+        buf[i - 8..i].copy_from_slice(&eight_digits(v % 100_000_000).to_le_bytes());
+        v /= 100_000_000;
+        i -= 8;
+    }
+    // The leading digits, below 10^8; often few (an index, the top of a time).
+    let mut v = v as u32;
     while v >= 100 {
         let pair = (v % 100) as usize * 2;
         v /= 100;
@@ -540,42 +623,45 @@ fn decimal_digits(n: i64, buf: &mut [u8; 20]) -> &[u8] {
         i -= 1;
         buf[i] = b'-';
     }
-    &buf[i..]
+    i
 }
 
-/// The number of bytes [`push_decimal`] writes.
-fn decimal_len(n: i64) -> usize {
-    let digits = n
-        .unsigned_abs()
-        .checked_ilog10()
-        .map_or(1, |l| l as usize + 1);
-    digits + usize::from(n < 0)
+/// The bytes any i64 takes in decimal, its sign included.
+const DECIMAL_ROOM: usize = 20;
+
+/// `v` (below 10^8) as exactly eight ASCII digits, the first in the lowest byte: the halves,
+/// quarters and digits are split in the lanes of one word, with multiplications in place of
+/// divisions.
+fn eight_digits(v: u64) -> u64 {
+    // 4-digit halves in 32-bit lanes, the high half first (lowest).
+    let halves = (v / 10_000) | (v % 10_000) << 32;
+    // x / 100 is (x * 10486) >> 20 for x below 10^4; pairs in 16-bit lanes.
+    let high = ((halves * 10_486) >> 20) & 0x0000_007f_0000_007f;
+    let pairs = high | (halves - high * 100) << 16;
+    // x / 10 is (x * 103) >> 10 for x below 100; digits in bytes.
+    let tens = ((pairs * 103) >> 10) & 0x000f_000f_000f_000f;
+    let digits = tens | (pairs - tens * 10) << 8;
+    digits | 0x3030_3030_3030_3030
 }
 
 /// The bytes a JSON string literal must escape (and DEL, which we escape too).
 fn needs_escape(b: u8) -> bool {
-    b < 0x20 || b == b'"' || b == b'\\' || b == 0x7f
+    (b < 0x20) | (b == b'"') | (b == b'\\') | (b == 0x7f)
 }
 
-/// Whether any of the eight bytes of `w` [`needs_escape`]: the zero-byte test of
-/// "Bit Twiddling Hacks" (exact, not only likely), for `< 0x20` and for `"`, `\` and DEL.
-fn word_needs_escape(w: u64) -> bool {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGH: u64 = 0x8080_8080_8080_8080;
-    // Each term has a byte's high bit set where that byte is a zero (below 0x20 for the first),
-    // given that the byte's own high bit is clear (`!w`); one test for all four, no branches.
-    let zero = |x: u64| x.wrapping_sub(ONES) & !x;
-    let below_space = w.wrapping_sub(ONES * 0x20) & !w;
-    let marks = below_space
-        | zero(w ^ (ONES * u64::from(b'"')))
-        | zero(w ^ (ONES * u64::from(b'\\')))
-        | zero(w ^ (ONES * 0x7f));
-    marks & HIGH != 0
+/// Bytes tested at once by [`plain_prefix`].
+const CHUNK: usize = 32;
+
+/// Whether any byte of `chunk` [`needs_escape`]: every byte tested, the answers or-ed, no
+/// branch, so that the compiler makes it a few vector instructions.
+#[inline(always)]
+fn chunk_needs_escape(chunk: &[u8; CHUNK]) -> bool {
+    chunk.iter().fold(false, |any, &b| any | needs_escape(b))
 }
 
-/// Appends `s` as a JSON string literal. Runs of plain bytes are copied at once, eight bytes
-/// checked at a time; escaped are `"`, `\`, control characters and DEL (`\n`, `\r`, `\t` by
-/// name, the others as `\u00XX`).
+/// Appends `s` as a JSON string literal. Runs of plain bytes are copied at once, 32 bytes
+/// checked at a time; escaped are `"`, `\`, control characters and DEL (`\n`, `\r`,
+/// `\t` by name, the others as `\u00XX`).
 pub fn push_json_str(out: &mut String, s: &str) {
     out.reserve(s.len() + 2);
     out.push('"');
@@ -593,16 +679,24 @@ pub fn push_json_str(out: &mut String, s: &str) {
     out.push('"');
 }
 
-/// How many bytes at the start of `bytes` need no escaping: eight at a time, then one by one.
+/// How many bytes at the start of `bytes` need no escaping: a chunk at a time (the last one
+/// ending with `bytes`, over bytes already checked), then one by one in the chunk (or the
+/// rest) that has one.
 fn plain_prefix(bytes: &[u8]) -> usize {
-    let mut words = bytes.chunks_exact(8);
     let mut plain = 0;
-    for w in &mut words {
-        let w = u64::from_le_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]);
-        if word_needs_escape(w) {
-            break;
+    for chunk in bytes.chunks_exact(CHUNK) {
+        match <&[u8; CHUNK]>::try_from(chunk) {
+            Ok(chunk) if !chunk_needs_escape(chunk) => plain += CHUNK,
+            _ => break,
         }
-        plain += 8;
+    }
+    let last = bytes.len().saturating_sub(CHUNK);
+    if plain > last && plain < bytes.len() {
+        if let Ok(chunk) = <&[u8; CHUNK]>::try_from(&bytes[last..]) {
+            if !chunk_needs_escape(chunk) {
+                return bytes.len();
+            }
+        }
     }
     plain
         + bytes[plain..]
@@ -647,9 +741,9 @@ mod tests {
         LogMessage::new(line_draft(text))
     }
 
-    fn line_draft(text: &str) -> Draft {
+    fn line_draft(text: &str) -> Draft<'_> {
         Draft {
-            text: text.into(),
+            text,
             ts_ns: 1_696_195_200_000_123_456,
             level: Level::Info,
             kind: SourceKind::Container,
@@ -707,7 +801,7 @@ mod tests {
     fn system_stderr_and_truncated_flags() {
         let o = origin();
         let m = LogMessage::new(Draft {
-            text: "exited with code 137".into(),
+            text: "exited with code 137",
             ts_ns: 5_000_000,
             level: Level::Warn,
             kind: SourceKind::System,
@@ -771,11 +865,21 @@ mod tests {
             cases.extend([p - 1, p, p + 1, -p]);
             p = next;
         }
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        for _ in 0..100_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            cases.extend([x as i64, (x >> (x % 64)) as i64]);
+        }
         for n in cases {
-            let mut out = String::from("x");
-            push_decimal(&mut out, n);
-            assert_eq!(out, format!("x{n}"));
-            assert_eq!(decimal_len(n), n.to_string().len(), "{n}");
+            assert_eq!(Digits::of(n).as_str(), n.to_string());
+            let pos = Position {
+                ts_ns: n,
+                seen: (n as u32).wrapping_add(1),
+            };
+            let want = format!("3f2a9c1b7d0e-{n}-{}", pos.seen.saturating_sub(1));
+            assert_eq!(line_id(&origin(), pos), want);
         }
     }
 
@@ -811,6 +915,67 @@ mod tests {
                 assert_eq!(out, simple(&text), "byte {b:#x} at {at}");
                 let back: String = serde_json::from_str(&out).expect("valid JSON");
                 assert_eq!(back, text);
+            }
+        }
+    }
+
+    /// The JSON as `format!` and serde write it, for any time, id and flags: the pieces
+    /// [`LogMessage::new`] writes once give the same bytes.
+    #[test]
+    fn json_is_the_same_for_any_time_and_id() {
+        let o = origin();
+        let times = [
+            0,
+            1,
+            999_999,
+            1_000_000,
+            -1,
+            -1_000_001,
+            1_696_195_200_000_123_456,
+            i64::MAX,
+            i64::MIN,
+        ];
+        let ids = |ts_ns: i64| {
+            [
+                Id::Line(Position { ts_ns, seen: 1 }),
+                Id::Line(Position {
+                    ts_ns: ts_ns.wrapping_add(1),
+                    seen: 12,
+                }),
+                Id::Line(Position { ts_ns, seen: 0 }),
+                Id::Given(format!("given-{ts_ns}")),
+            ]
+        };
+        for ts_ns in times {
+            for id in ids(ts_ns) {
+                for (truncated, is_stderr) in [(false, false), (true, true)] {
+                    let text = "say \"hi\"\n";
+                    let m = LogMessage::new(Draft {
+                        id: id.clone(),
+                        ts_ns,
+                        truncated,
+                        is_stderr,
+                        ..line_draft(text)
+                    });
+                    let id_text = match &id {
+                        Id::Line(pos) => line_id(&o, *pos),
+                        Id::Given(g) => g.clone(),
+                    };
+                    let want = format!(
+                        "{{\"id\":\"{id_text}\",\"message\":{},\"timestamp\":{},\"level\":\"info\",\"source\":{{\"type\":\"container\"{}{}}}",
+                        serde_json::to_string(text).expect("a string"),
+                        ts_ns.div_euclid(1_000_000),
+                        o.tails[tail_index(is_stderr, false)],
+                        if truncated { ",\"truncated\":true" } else { "" },
+                    );
+                    assert_eq!(m.json(), want);
+                    assert_eq!(m.json_len(), want.len());
+                    assert_eq!(m.id(), id_text);
+                    assert_eq!(m.text(), text);
+                    let mut bytes = Vec::new();
+                    m.write_json(&mut bytes);
+                    assert_eq!(bytes, want.as_bytes());
+                }
             }
         }
     }

@@ -519,7 +519,7 @@ mod tests {
 
     fn error_line(app: &str, service: &str, text: &str) -> LogMessage {
         LogMessage::new(Draft {
-            text: text.into(),
+            text,
             ts_ns: 1_700_000_000_000_000_000,
             level: Level::Error,
             kind: SourceKind::Container,

@@ -304,7 +304,7 @@ mod tests {
         ));
         let pos = Position { ts_ns, seen: 1 };
         Arc::new(LogMessage::new(Draft {
-            text: text.into(),
+            text,
             ts_ns,
             level: Level::Info,
             kind: SourceKind::Container,

@@ -401,11 +401,9 @@ impl LineCore {
                 return;
             }
         }
-        // The message keeps its text in a buffer of its own: a line's borrowed text is copied
-        // here only because a `Draft` owns its text.
         let msg = LogMessage::new(Draft {
             id: Id::Line(p.first),
-            text: text.into_owned(),
+            text: &text,
             ts_ns: p.ts_ns,
             level: p.level,
             kind: SourceKind::Container,

@@ -154,7 +154,7 @@ impl Shared {
     ) {
         self.deliver(LogMessage::new(Draft {
             id: Id::Given(event_id(origin, ts_ns, action)),
-            text,
+            text: &text,
             ts_ns,
             level,
             kind: SourceKind::System,
@@ -174,7 +174,7 @@ impl Shared {
         let seq = self.manager_seq.fetch_add(1, Ordering::Relaxed);
         self.deliver(LogMessage::new(Draft {
             id: Id::Given(manager_id(ts_ns, seq)),
-            text: note.text,
+            text: &note.text,
             ts_ns,
             level,
             kind: SourceKind::Manager,

@@ -43,7 +43,7 @@ pub fn pos(n: i64) -> Position {
 /// Container line `n` of `o`; error lines come on stderr.
 pub fn line(o: &Arc<Origin>, n: i64, level: Level, text: &str) -> Arc<LogMessage> {
     Arc::new(LogMessage::new(Draft {
-        text: text.into(),
+        text,
         ts_ns: TS0 + n,
         level,
         kind: SourceKind::Container,
@@ -62,7 +62,7 @@ pub fn event(kind: SourceKind, level: Level, text: &str) -> Arc<LogMessage> {
         _ => origin("1001", "web", "c-web"),
     };
     Arc::new(LogMessage::new(Draft {
-        text: text.into(),
+        text,
         ts_ns: TS0,
         level,
         kind,

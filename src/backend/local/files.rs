@@ -558,7 +558,7 @@ mod tests {
         let origin = origin.clone();
         let pos = Position { ts_ns: ts, seen: 1 };
         Arc::new(LogMessage::new(Draft {
-            text: text.into(),
+            text,
             ts_ns: ts,
             level: Level::Info,
             kind: SourceKind::Container,
@@ -881,7 +881,7 @@ mod cost_tests {
                 };
                 let text = format!("bench line {i:08} {}", "0123456789".repeat(9));
                 Arc::new(LogMessage::new(Draft {
-                    text: text[..99].to_string(),
+                    text: &text[..99],
                     ts_ns: pos.ts_ns,
                     level: Level::Info,
                     kind: SourceKind::Container,

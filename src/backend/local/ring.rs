@@ -111,7 +111,7 @@ mod tests {
         };
         let text = format!("bench line {i:08} {}", "0123456789".repeat(9));
         Arc::new(LogMessage::new(Draft {
-            text: text[..99].to_string(),
+            text: &text[..99],
             ts_ns: pos.ts_ns,
             level: Level::Info,
             kind: SourceKind::Container,

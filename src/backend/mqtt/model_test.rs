@@ -307,7 +307,7 @@ impl World {
             let origin = self.origins[container].clone();
             let level = if error { Level::Error } else { Level::Info };
             let msg = Arc::new(LogMessage::new(Draft {
-                text: format!("m{idx}"),
+                text: &format!("m{idx}"),
                 ts_ns: pos.ts_ns,
                 level,
                 kind: SourceKind::Container,

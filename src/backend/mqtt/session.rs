@@ -1868,7 +1868,7 @@ mod tests {
             };
             self.next += 1;
             let msg = LogMessage::new(Draft {
-                text: text.into(),
+                text,
                 ts_ns: pos.ts_ns,
                 level: Level::Info,
                 kind: SourceKind::Container,
@@ -2558,7 +2558,7 @@ mod cost_tests {
                 };
                 let text = format!("bench line {i:08} {}", "0123456789".repeat(9));
                 Arc::new(LogMessage::new(Draft {
-                    text: text[..99].to_string(),
+                    text: &text[..99],
                     ts_ns: pos.ts_ns,
                     level: Level::Info,
                     kind: SourceKind::Container,

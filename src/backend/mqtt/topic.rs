@@ -119,7 +119,7 @@ mod tests {
 
     fn msg(kind: SourceKind, app: &str, service: &str, level: Level) -> LogMessage {
         LogMessage::new(Draft {
-            text: "hello".into(),
+            text: "hello",
             ts_ns: 1_000,
             level,
             kind,
