@@ -230,9 +230,18 @@ impl Decoder {
             return None;
         }
         let content = &entry[DOCKER_TIMESTAMP_LEN + 1..];
-        if memchr(b'\n', content).is_some() {
-            return None;
-        }
+        // One search finds a `\n` inside (not this path's) and tells level detection whether
+        // the line has an `=` at all.
+        let eq_free = match memchr2(b'\n', b'=', content) {
+            None => true,
+            Some(i) if content[i] == b'=' => {
+                if memchr(b'\n', &content[i + 1..]).is_some() {
+                    return None;
+                }
+                false
+            }
+            Some(_) => return None,
+        };
         let ts = self.timestamps.parse(&entry[..DOCKER_TIMESTAMP_LEN])?;
         self.header = *header;
         self.frame_kind = FrameKind::Log(stream);
@@ -243,7 +252,7 @@ impl Decoder {
         self.tentative = false;
         self.in_prefix = false;
         self.prefix.clear();
-        self.whole_line(stream, content, emit);
+        self.whole_line(stream, content, eq_free, emit);
         Some(8 + payload.len())
     }
 
@@ -467,7 +476,7 @@ impl Decoder {
                     self.append(stream, &window[..i]);
                     self.finish_line(stream, emit);
                 } else {
-                    self.whole_line(stream, &window[..i], emit);
+                    self.whole_line(stream, &window[..i], false, emit);
                 }
                 i + 1
             }
@@ -505,8 +514,15 @@ impl Decoder {
     }
 
     /// A line that is whole in `bytes` (none of it pending): handed out where it lies in the
-    /// input, as [`Decoder::append`] then [`Decoder::finish_line`] would make it.
-    fn whole_line(&self, stream: StreamKind, bytes: &[u8], emit: &mut impl FnMut(LineRef<'_>)) {
+    /// input, as [`Decoder::append`] then [`Decoder::finish_line`] would make it; `eq_free`
+    /// says `bytes` holds no `=` (false: not known).
+    fn whole_line(
+        &self,
+        stream: StreamKind,
+        bytes: &[u8],
+        eq_free: bool,
+        emit: &mut impl FnMut(LineRef<'_>),
+    ) {
         let line = match bytes.split_last() {
             Some((b'\r', body)) if self.tty => body,
             _ => bytes,
@@ -518,6 +534,7 @@ impl Decoder {
             end_ts_ns: self.last_ts,
             bytes: &line[..take],
             truncated: take < line.len(),
+            eq_free,
         });
     }
 
@@ -532,6 +549,7 @@ impl Decoder {
             end_ts_ns: if p.active { p.end_ts } else { last_ts },
             bytes: &p.bytes,
             truncated: p.truncated,
+            eq_free: false,
         });
         p.reset();
     }

@@ -132,6 +132,7 @@ impl LogLine {
             end_ts_ns: self.end_ts_ns,
             bytes: &self.bytes,
             truncated: self.truncated,
+            eq_free: false,
         }
     }
 }
@@ -154,6 +155,10 @@ pub struct LineRef<'a> {
     pub bytes: &'a [u8],
     /// Bytes beyond `max_line_bytes` were dropped.
     pub truncated: bool,
+    /// `bytes` holds no `=`: the decoder looked for one in the same search that made sure the
+    /// line has no `\n` inside, which spares level detection its own search for logfmt's
+    /// `level=`. False when it did not look.
+    pub eq_free: bool,
 }
 
 #[cfg(any(test, feature = "internals"))]

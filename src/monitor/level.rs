@@ -6,7 +6,14 @@
 use crate::message::Level;
 
 /// The level the line names, if it names one.
+#[cfg(test)]
 pub fn detect(line: &str) -> Option<Level> {
+    detect_in(line, true)
+}
+
+/// [`detect`] for a line known to hold no `=` when `may_have_equals` is false (the log
+/// decoder found none): it cannot be logfmt, so no search for `level=` is made.
+pub fn detect_in(line: &str, may_have_equals: bool) -> Option<Level> {
     // Most lines start with a printable ASCII byte, which is no white space.
     let t = match line.as_bytes().first() {
         Some(&b) if b > b' ' && b.is_ascii() => line,
@@ -20,8 +27,10 @@ pub fn detect(line: &str) -> Option<Level> {
     if let Some(l) = syslog_prefix(t) {
         return Some(l);
     }
-    if let Some(l) = logfmt_level(t) {
-        return Some(l);
+    if may_have_equals {
+        if let Some(l) = logfmt_level(t) {
+            return Some(l);
+        }
     }
     leading_word(t)
 }
@@ -204,6 +213,11 @@ mod tests {
         ];
         for (line, want) in cases {
             assert_eq!(detect(line), *want, "{line:?}");
+            // What the log decoder's hint allows: a line without `=` is read the same without
+            // the logfmt search.
+            if !line.contains('=') {
+                assert_eq!(detect_in(line, false), *want, "{line:?}");
+            }
         }
     }
 

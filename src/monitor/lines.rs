@@ -239,7 +239,7 @@ impl LineCore {
             self.flush_pending(now);
         }
         let s = &self.settings;
-        let level = level::detect(&text).unwrap_or(if is_stderr {
+        let level = level::detect_in(&text, !line.eq_free).unwrap_or(if is_stderr {
             s.level_stderr
         } else {
             s.level_stdout
@@ -438,6 +438,9 @@ impl LineCore {
 struct Recent {
     slots: [(i64, u32); 8],
     next: usize,
+    /// The newest timestamp ever counted (no slot holds a newer one): a line newer than it,
+    /// as most are, is known to be the first at its timestamp without a look at the slots.
+    newest: i64,
 }
 
 impl Default for Recent {
@@ -445,6 +448,7 @@ impl Default for Recent {
         Recent {
             slots: [(i64::MIN, 0); 8],
             next: 0,
+            newest: i64::MIN,
         }
     }
 }
@@ -452,7 +456,9 @@ impl Default for Recent {
 impl Recent {
     /// The position of the next line stamped `ts`.
     fn position(&mut self, ts: i64) -> Position {
-        if let Some(e) = self.slots.iter_mut().find(|e| e.0 == ts) {
+        if ts > self.newest {
+            self.newest = ts;
+        } else if let Some(e) = self.slots.iter_mut().find(|e| e.0 == ts) {
             e.1 += 1;
             return Position {
                 ts_ns: ts,
@@ -609,6 +615,7 @@ mod tests {
             end_ts_ns: ts_ns,
             bytes: text.as_bytes(),
             truncated: false,
+            eq_free: !text.contains('='),
         }
     }
 
@@ -1083,6 +1090,7 @@ mod tests {
                 end_ts_ns: 2_000_000_000,
                 bytes: b"bad \xff",
                 truncated: true,
+                eq_free: false,
             },
             Instant::now,
         );
