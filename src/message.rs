@@ -470,57 +470,41 @@ impl JsonSink for Vec<u8> {
 }
 
 impl LogMessage {
-    pub fn new(d: Draft) -> LogMessage {
-        let tail = match &d.id {
-            Id::Line(pos) => Some(LineTail::of(*pos)),
-            Id::Given(_) => None,
-        };
-        let own_ms;
-        let ms = match tail.as_ref().and_then(|t| t.ms(d.ts_ns)) {
-            Some(ms) => ms,
-            None => {
-                own_ms = Digits::of(d.ts_ns.div_euclid(1_000_000));
-                own_ms.bytes()
-            }
-        };
-        let id_len = match (&tail, &d.id) {
-            (Some(t), _) => d.origin.short_id().len() + t.bytes().len(),
-            (None, Id::Given(id)) => id.len(),
-            (None, Id::Line(_)) => 0,
-        };
-        // Exact unless the text needs escaping (or a given id has a replaced character).
-        let exact = OPEN.len() + id_len + TO_MESSAGE.len() + d.text.len() + 2;
-        let exact = exact + TO_TIMESTAMP.len() + ms.len();
-        let mut inline = [0u8; INLINE];
-        let mut w = HeadWriter {
-            inline: &mut inline,
-            len: 0,
-            spill: (exact > INLINE).then(|| Vec::with_capacity(exact)),
-        };
-        w.put(OPEN.as_bytes());
-        match (&tail, &d.id) {
-            (Some(t), _) => {
-                w.put(d.origin.short_id().as_bytes());
-                w.put(t.bytes());
-            }
-            (None, Id::Given(id)) => put_given_id(&mut w, id),
-            (None, Id::Line(_)) => {}
+    pub fn new(mut d: Draft) -> LogMessage {
+        let (text, id) = (
+            d.text,
+            std::mem::replace(&mut d.id, Id::Line(Position::default())),
+        );
+        let mut m = LogMessage::blank(d);
+        m.write_head(text, &id);
+        m
+    }
+
+    /// [`LogMessage::new`] in its `Arc`, as backends share it: written where it stays rather
+    /// than moved there, its head being most of it.
+    pub fn shared(mut d: Draft) -> Arc<LogMessage> {
+        let (text, id) = (
+            d.text,
+            std::mem::replace(&mut d.id, Id::Line(Position::default())),
+        );
+        let mut arc = Arc::new(LogMessage::blank(d));
+        // A new `Arc` is never shared, so this always writes.
+        if let Some(m) = Arc::get_mut(&mut arc) {
+            m.write_head(text, &id);
         }
-        let id_len = w.len() - OPEN.len();
-        w.put(TO_MESSAGE.as_bytes());
-        let lit_start = w.len();
-        put_json_str(&mut w, d.text);
-        let lit_end = w.len();
-        w.put(TO_TIMESTAMP.as_bytes());
-        w.put(ms);
-        let (len, spill) = (w.len, w.spill);
+        arc
+    }
+
+    /// The message with an empty head.
+    #[inline(always)]
+    fn blank(d: Draft) -> LogMessage {
         LogMessage {
-            inline,
-            head_len: len as u32,
-            spilled: spill.map(Vec::into_boxed_slice),
-            id_len: id_len as u32,
-            lit_end: lit_end as u32,
-            text_escaped: lit_end - lit_start != d.text.len() + 2,
+            inline: [0; INLINE],
+            head_len: 0,
+            spilled: None,
+            id_len: 0,
+            lit_end: 0,
+            text_escaped: false,
             ts_ns: d.ts_ns,
             level: d.level,
             kind: d.kind,
@@ -529,6 +513,58 @@ impl LogMessage {
             truncated: d.truncated,
             position: d.position,
         }
+    }
+
+    /// Writes the head: `{"id":"<id>","message":<text literal>,"timestamp":<ms>`.
+    #[inline(always)]
+    fn write_head(&mut self, text: &str, id: &Id) {
+        let tail = match id {
+            Id::Line(pos) => Some(LineTail::of(*pos)),
+            Id::Given(_) => None,
+        };
+        let own_ms;
+        let ms = match tail.as_ref().and_then(|t| t.ms(self.ts_ns)) {
+            Some(ms) => ms,
+            None => {
+                own_ms = Digits::of(self.ts_ns.div_euclid(1_000_000));
+                own_ms.bytes()
+            }
+        };
+        let short_id = self.origin.short_id().as_bytes();
+        let id_len = match (&tail, id) {
+            (Some(t), _) => short_id.len() + t.bytes().len(),
+            (None, Id::Given(id)) => id.len(),
+            (None, Id::Line(_)) => 0,
+        };
+        // Exact unless the text needs escaping (or a given id has a replaced character).
+        let exact = OPEN.len() + id_len + TO_MESSAGE.len() + text.len() + 2;
+        let exact = exact + TO_TIMESTAMP.len() + ms.len();
+        let mut w = HeadWriter {
+            inline: &mut self.inline,
+            len: 0,
+            spill: (exact > INLINE).then(|| Vec::with_capacity(exact)),
+        };
+        w.put(OPEN.as_bytes());
+        match (&tail, id) {
+            (Some(t), _) => {
+                w.put(short_id);
+                w.put(t.bytes());
+            }
+            (None, Id::Given(id)) => put_given_id(&mut w, id),
+            (None, Id::Line(_)) => {}
+        }
+        let id_len = w.len() - OPEN.len();
+        w.put(TO_MESSAGE.as_bytes());
+        let lit_start = w.len();
+        put_json_str(&mut w, text);
+        let lit_end = w.len();
+        w.put(TO_TIMESTAMP.as_bytes());
+        w.put(ms);
+        self.head_len = w.len as u32;
+        self.spilled = w.spill.map(Vec::into_boxed_slice);
+        self.id_len = id_len as u32;
+        self.lit_end = lit_end as u32;
+        self.text_escaped = lit_end - lit_start != text.len() + 2;
     }
 
     /// The message's own JSON, `{"id":…,"timestamp":<ms>`: made by [`LogMessage::new`] only,
