@@ -1,5 +1,7 @@
 //! Makes 30,000 messages shaped like `make bench`'s lines and renders each twice, so that
-//! callgrind can count the instructions of making and of rendering a message apart.
+//! callgrind can count the instructions of making and of rendering a message apart; and
+//! prints the heap a message takes for texts of 20, 100 and 300 bytes (the bytes asked for,
+//! and the blocks glibc's malloc gives for them on 64-bit machines).
 //!
 //!   valgrind --tool=callgrind target/release/examples/message_cost
 
@@ -18,10 +20,20 @@ const LINES: usize = 30_000;
 struct Counting;
 
 static ASKED: AtomicUsize = AtomicUsize::new(0);
+static BLOCKS: AtomicUsize = AtomicUsize::new(0);
+static ALLOCS: AtomicUsize = AtomicUsize::new(0);
+
+/// The block glibc's malloc takes for `size` bytes on a 64-bit machine: the size and its
+/// 8-byte header rounded up to 16, at least 32.
+fn glibc_block(size: usize) -> usize {
+    ((size + 8 + 15) & !15).max(32)
+}
 
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         ASKED.fetch_add(layout.size(), Ordering::Relaxed);
+        BLOCKS.fetch_add(glibc_block(layout.size()), Ordering::Relaxed);
+        ALLOCS.fetch_add(1, Ordering::Relaxed);
         // SAFETY: the caller's contract is passed on unchanged.
         unsafe { System.alloc(layout) }
     }
@@ -42,7 +54,7 @@ fn make_all(origin: &Arc<Origin>, text: &str) -> Vec<Arc<LogMessage>> {
     for _ in 0..LINES {
         ts_ns += 1_013;
         let pos = Position { ts_ns, seen: 1 };
-        out.push(Arc::new(new_one(Draft {
+        out.push(new_one(Draft {
             id: Id::Line(pos),
             text: black_box(text),
             ts_ns,
@@ -52,15 +64,42 @@ fn make_all(origin: &Arc<Origin>, text: &str) -> Vec<Arc<LogMessage>> {
             is_stderr: false,
             truncated: false,
             position: Some(pos),
-        })));
+        }));
     }
     out
 }
 
-/// `LogMessage::new` alone, so that callgrind counts it inclusively.
+/// Messages whose heap is counted, made apart from those whose instructions are.
+const SOME: usize = 1_000;
+
 #[inline(never)]
-fn new_one(d: Draft) -> LogMessage {
-    LogMessage::new(d)
+fn make_some(origin: &Arc<Origin>, text: &str) -> Vec<Arc<LogMessage>> {
+    (0..SOME)
+        .map(|i| {
+            let pos = Position {
+                ts_ns: 1_767_225_600_123_456_789 + i as i64,
+                seen: 1,
+            };
+            LogMessage::shared(Draft {
+                id: Id::Line(pos),
+                text,
+                ts_ns: pos.ts_ns,
+                level: Level::Info,
+                kind: SourceKind::Container,
+                origin: origin.clone(),
+                is_stderr: false,
+                truncated: false,
+                position: Some(pos),
+            })
+        })
+        .collect()
+}
+
+/// `LogMessage::shared` alone (as the reader makes a line's message, in its `Arc`), so that
+/// callgrind counts it inclusively.
+#[inline(never)]
+fn new_one(d: Draft) -> Arc<LogMessage> {
+    LogMessage::shared(d)
 }
 
 /// `LogMessage::write_json` alone.
@@ -89,15 +128,25 @@ fn main() {
         Some(LabelValue::from_label("2002")),
         Arc::from("pi-kitchen"),
     ));
-    let text: String = ("bench line ".to_string() + &"0123456789".repeat(9))[..99].to_string();
-    let before = ASKED.load(Ordering::Relaxed);
-    let msgs = make_all(&origin, &text);
-    let asked = ASKED.load(Ordering::Relaxed) - before - LINES * std::mem::size_of::<usize>();
-    eprintln!(
-        "bytes asked for per message (its Arc and its own bytes): {} (LogMessage: {})",
-        asked / LINES,
-        std::mem::size_of::<LogMessage>()
-    );
+    let long = "bench line ".to_string() + &"0123456789".repeat(30);
+    eprintln!("LogMessage: {} bytes", std::mem::size_of::<LogMessage>());
+    for len in [20, 100, 300] {
+        let counted = |c: &AtomicUsize| c.load(Ordering::Relaxed);
+        let before = [&ASKED, &BLOCKS, &ALLOCS].map(counted);
+        let msgs = make_some(&origin, &long[..len]);
+        let after = [&ASKED, &BLOCKS, &ALLOCS].map(counted);
+        // Less the vector that holds them.
+        let vec = SOME * std::mem::size_of::<usize>();
+        eprintln!(
+            "text of {len} bytes: per message {} allocations, {} bytes asked for, {} in glibc blocks",
+            (after[2] - before[2] - 1) as f64 / SOME as f64,
+            (after[0] - before[0] - vec) / SOME,
+            (after[1] - before[1] - glibc_block(vec)) / SOME,
+        );
+        drop(msgs);
+    }
+    let text = &long[..99];
+    let msgs = make_all(&origin, text);
     let mut buf = Vec::with_capacity(1024);
     let a = render_all(&msgs, &mut buf);
     let b = render_all(&msgs, &mut buf);

@@ -221,17 +221,20 @@ pub struct Position {
 
 /// One log message, immutable once made; backends share it through an `Arc`.
 ///
-/// Its own bytes are one allocation, the part of its JSON that is its own and never changes:
+/// Its own bytes are the part of its JSON that is its own and never changes:
 /// `{"id":"<id>","message":<text literal>,"timestamp":<ms>`. The memory ring holds thousands
 /// of messages on a Pi, and what every message of a container repeats (names, labels, ids,
-/// host) lives once, in its [`Origin`]; rendering adds that and the level, a few copies.
-#[derive(Debug)]
+/// host) lives once, in its [`Origin`]; rendering adds that and the level, a few copies. Those
+/// bytes are kept in the message itself up to [`INLINE`] bytes (a line of about 110 bytes), so
+/// that an ordinary line is one allocation, its `Arc`; longer ones are boxed.
 pub struct LogMessage {
-    /// [`OPEN`], the id (which needs no escaping), [`TO_MESSAGE`], the text's JSON string
-    /// literal with its quotes, [`TO_TIMESTAMP`] and the timestamp in milliseconds.
-    head: Box<str>,
+    /// The message's own JSON when it fits: `inline[..head_len]`; see [`LogMessage::head`].
+    inline: [u8; INLINE],
+    head_len: u32,
+    /// The message's own JSON when it is longer than [`INLINE`] bytes.
+    spilled: Option<Box<[u8]>>,
     id_len: u32,
-    /// Where the text's literal ends in `head`.
+    /// Where the text's literal ends in the head.
     lit_end: u32,
     /// The text needed escaping, so its literal differs from the text.
     text_escaped: bool,
@@ -243,6 +246,76 @@ pub struct LogMessage {
     pub truncated: bool,
     /// Where this line sits in its container's log; `None` for system and manager messages.
     pub position: Option<Position>,
+}
+
+/// The most bytes of a message's own JSON kept in the message itself: with the other fields,
+/// the `Arc` of a message asks for 280 bytes (a 288-byte block of glibc's), what the `Arc` and
+/// a separate box of a 100-byte line took together.
+pub const INLINE: usize = 191;
+
+impl std::fmt::Debug for LogMessage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LogMessage")
+            .field("head", &String::from_utf8_lossy(self.head()))
+            .field("ts_ns", &self.ts_ns)
+            .field("level", &self.level)
+            .field("kind", &self.kind)
+            .field("origin", &self.origin)
+            .field("is_stderr", &self.is_stderr)
+            .field("truncated", &self.truncated)
+            .field("position", &self.position)
+            .finish()
+    }
+}
+
+/// A message's head being written: in place while it fits, else in a vector.
+struct HeadWriter<'a> {
+    inline: &'a mut [u8; INLINE],
+    len: usize,
+    spill: Option<Vec<u8>>,
+}
+
+impl HeadWriter<'_> {
+    /// The bytes written so far.
+    fn len(&self) -> usize {
+        match &self.spill {
+            Some(v) => v.len(),
+            None => self.len,
+        }
+    }
+}
+
+/// Where [`put_json_str`] and the message's pieces are written as bytes.
+trait PutBytes {
+    fn put(&mut self, piece: &[u8]);
+}
+
+impl PutBytes for HeadWriter<'_> {
+    #[inline(always)]
+    fn put(&mut self, piece: &[u8]) {
+        let end = self.len + piece.len();
+        match (&mut self.spill, self.inline.get_mut(self.len..end)) {
+            (None, Some(dst)) => {
+                dst.copy_from_slice(piece);
+                self.len = end;
+            }
+            (Some(v), _) => v.extend_from_slice(piece),
+            (None, None) => {
+                // Escapes made the head longer than the room; rare, so the box is cut to size
+                // once the head is done.
+                let mut v = Vec::with_capacity(2 * end);
+                v.extend_from_slice(self.inline.get(..self.len).unwrap_or_default());
+                v.extend_from_slice(piece);
+                self.spill = Some(v);
+            }
+        }
+    }
+}
+
+impl PutBytes for Vec<u8> {
+    fn put(&mut self, piece: &[u8]) {
+        self.extend_from_slice(piece);
+    }
 }
 
 /// A message's JSON up to its id.
@@ -282,16 +355,13 @@ pub struct Draft<'a> {
 
 /// The id of a container line: the same engine line always gets the same id.
 pub fn line_id(origin: &Origin, pos: Position) -> String {
-    let tail = LineTail::of(pos);
-    let tail = tail.as_str();
-    let mut id = String::with_capacity(origin.short_id().len() + tail.len());
-    id.push_str(origin.short_id());
-    id.push_str(tail);
+    let mut id = origin.short_id().to_string();
+    id.extend(LineTail::of(pos).bytes().iter().map(|&b| char::from(b)));
     id
 }
 
 /// `-{ts_ns}-{index}`, the numbers of a container line's id (`{short id}-{ts_ns}-{index}`),
-/// written as bytes.
+/// written as ASCII bytes.
 struct LineTail {
     /// The tail is `buf[start..]`, the time's digits `buf[start + 1..start + 1 + ts_len]`.
     buf: [u8; 2 * DECIMAL_ROOM + 2],
@@ -305,9 +375,7 @@ impl LineTail {
         let mut buf = [b'-'; 2 * DECIMAL_ROOM + 2];
         let index = write_decimal(&mut buf, i64::from(pos.seen.saturating_sub(1)));
         let ts_end = index - 1;
-        buf[ts_end] = b'-';
         let ts = write_decimal(&mut buf[..ts_end], pos.ts_ns);
-        buf[ts - 1] = b'-';
         LineTail {
             buf,
             start: (ts - 1) as u8,
@@ -316,56 +384,32 @@ impl LineTail {
         }
     }
 
-    /// The tail as text, checked once: digits and dashes are ASCII, so this never falls back.
-    fn as_str(&self) -> &str {
-        std::str::from_utf8(&self.buf[usize::from(self.start)..]).unwrap_or_default()
+    fn bytes(&self) -> &[u8] {
+        self.buf.get(usize::from(self.start)..).unwrap_or_default()
     }
 
-    /// The tail as text and, when `ts_ns` is the line's time and has more than six digits, its
-    /// milliseconds, which are the time's digits but the last six: no second conversion.
-    fn texts(&self, ts_ns: i64) -> (&str, Option<&str>) {
-        let tail = self.as_str();
-        let ms = (self.ts_ns == ts_ns && ts_ns >= 1_000_000)
-            .then(|| tail.get(1..1 + usize::from(self.ts_len) - 6))
-            .flatten();
-        (tail, ms)
+    /// When `ts_ns` is the line's time and has more than six digits, its milliseconds, which
+    /// are the time's digits but the last six: no second conversion.
+    fn ms(&self, ts_ns: i64) -> Option<&[u8]> {
+        let digits = usize::from(self.start) + 1;
+        (self.ts_ns == ts_ns && ts_ns >= 1_000_000)
+            .then(|| self.buf.get(digits..digits + usize::from(self.ts_len) - 6))
+            .flatten()
     }
 }
 
-/// A message's id as [`LogMessage::new`] writes it.
-enum IdText<'a> {
-    /// A container line's: the short id and the [`LineTail`].
-    Line(&'a str, &'a str),
-    /// Any other, written with what would need escaping replaced.
-    Given(&'a str),
-}
-
-impl IdText<'_> {
-    /// The length of what [`IdText::push_to`] appends, or more when it replaces a character
-    /// longer than `_`.
-    fn len(&self) -> usize {
-        match self {
-            IdText::Line(short, tail) => short.len() + tail.len(),
-            IdText::Given(id) => id.len(),
-        }
-    }
-
-    fn push_to(&self, out: &mut String) {
-        match self {
-            IdText::Line(short, tail) => {
-                out.push_str(short);
-                out.push_str(tail);
-            }
-            // Ids are made from hex ids, numbers and sanitised actions; anything else is
-            // replaced so that the id never needs escaping.
-            IdText::Given(id) => out.extend(id.chars().map(|c| {
-                if c.is_control() || c == '"' || c == '\\' {
-                    '_'
-                } else {
-                    c
-                }
-            })),
-        }
+/// Writes a given id with what would need escaping replaced: ids are made from hex ids,
+/// numbers and sanitised actions, and anything else is replaced so that the id never needs
+/// escaping.
+fn put_given_id(out: &mut impl PutBytes, id: &str) {
+    let mut utf8 = [0u8; 4];
+    for c in id.chars() {
+        let c = if c.is_control() || c == '"' || c == '\\' {
+            '_'
+        } else {
+            c
+        };
+        out.put(c.encode_utf8(&mut utf8).as_bytes());
     }
 }
 
@@ -398,15 +442,16 @@ pub fn manager_id(ts_ns: i64, seq: u64) -> String {
     format!("manager-{ts_ns}-{seq}")
 }
 
-/// Where a message's JSON goes: a `String` (the API) or bytes (files, MQTT payloads).
+/// Where a message's JSON goes: a `String` (the API) or bytes (files, MQTT payloads). The
+/// pieces are always UTF-8; a `String` checks them, bytes take them as they are.
 pub trait JsonSink {
-    fn put(&mut self, piece: &str);
+    fn put(&mut self, piece: &[u8]);
     fn reserve_for(&mut self, additional: usize);
 }
 
 impl JsonSink for String {
-    fn put(&mut self, piece: &str) {
-        self.push_str(piece);
+    fn put(&mut self, piece: &[u8]) {
+        self.push_str(&String::from_utf8_lossy(piece));
     }
 
     fn reserve_for(&mut self, additional: usize) {
@@ -415,8 +460,8 @@ impl JsonSink for String {
 }
 
 impl JsonSink for Vec<u8> {
-    fn put(&mut self, piece: &str) {
-        self.extend_from_slice(piece.as_bytes());
+    fn put(&mut self, piece: &[u8]) {
+        self.extend_from_slice(piece);
     }
 
     fn reserve_for(&mut self, additional: usize) {
@@ -425,46 +470,41 @@ impl JsonSink for Vec<u8> {
 }
 
 impl LogMessage {
-    pub fn new(d: Draft) -> LogMessage {
-        // The numbers first, so that the one allocation is made to measure.
-        let line = match &d.id {
-            Id::Line(pos) => Some(LineTail::of(*pos)),
-            Id::Given(_) => None,
-        };
-        let (id, line_ms) = match (&line, &d.id) {
-            (Some(t), _) => {
-                let (tail, ms) = t.texts(d.ts_ns);
-                (IdText::Line(d.origin.short_id(), tail), ms)
-            }
-            (None, Id::Given(id)) => (IdText::Given(id), None),
-            (None, Id::Line(_)) => (IdText::Given(""), None),
-        };
-        let own_ms;
-        let ms = match line_ms {
-            Some(ms) => ms,
-            None => {
-                own_ms = Digits::of(d.ts_ns.div_euclid(1_000_000));
-                own_ms.as_str()
-            }
-        };
-        let own = id.len() + d.text.len() + 2 + ms.len();
-        // Exact unless the text needs escaping, so that the box below takes the buffer as is.
-        let mut head =
-            String::with_capacity(OPEN.len() + TO_MESSAGE.len() + TO_TIMESTAMP.len() + own);
-        head.push_str(OPEN);
-        id.push_to(&mut head);
-        let id_len = head.len() - OPEN.len();
-        head.push_str(TO_MESSAGE);
-        let lit_start = head.len();
-        push_json_str(&mut head, d.text);
-        let lit_end = head.len();
-        head.push_str(TO_TIMESTAMP);
-        head.push_str(ms);
+    pub fn new(mut d: Draft) -> LogMessage {
+        let (text, id) = (
+            d.text,
+            std::mem::replace(&mut d.id, Id::Line(Position::default())),
+        );
+        let mut m = LogMessage::blank(d);
+        m.write_head(text, &id);
+        m
+    }
+
+    /// [`LogMessage::new`] in its `Arc`, as backends share it: written where it stays rather
+    /// than moved there, its head being most of it.
+    pub fn shared(mut d: Draft) -> Arc<LogMessage> {
+        let (text, id) = (
+            d.text,
+            std::mem::replace(&mut d.id, Id::Line(Position::default())),
+        );
+        let mut arc = Arc::new(LogMessage::blank(d));
+        // A new `Arc` is never shared, so this always writes.
+        if let Some(m) = Arc::get_mut(&mut arc) {
+            m.write_head(text, &id);
+        }
+        arc
+    }
+
+    /// The message with an empty head.
+    #[inline(always)]
+    fn blank(d: Draft) -> LogMessage {
         LogMessage {
-            head: head.into_boxed_str(),
-            id_len: id_len as u32,
-            lit_end: lit_end as u32,
-            text_escaped: lit_end - lit_start != d.text.len() + 2,
+            inline: [0; INLINE],
+            head_len: 0,
+            spilled: None,
+            id_len: 0,
+            lit_end: 0,
+            text_escaped: false,
             ts_ns: d.ts_ns,
             level: d.level,
             kind: d.kind,
@@ -475,34 +515,99 @@ impl LogMessage {
         }
     }
 
+    /// Writes the head: `{"id":"<id>","message":<text literal>,"timestamp":<ms>`.
+    #[inline(always)]
+    fn write_head(&mut self, text: &str, id: &Id) {
+        let tail = match id {
+            Id::Line(pos) => Some(LineTail::of(*pos)),
+            Id::Given(_) => None,
+        };
+        let own_ms;
+        let ms = match tail.as_ref().and_then(|t| t.ms(self.ts_ns)) {
+            Some(ms) => ms,
+            None => {
+                own_ms = Digits::of(self.ts_ns.div_euclid(1_000_000));
+                own_ms.bytes()
+            }
+        };
+        let short_id = self.origin.short_id().as_bytes();
+        let id_len = match (&tail, id) {
+            (Some(t), _) => short_id.len() + t.bytes().len(),
+            (None, Id::Given(id)) => id.len(),
+            (None, Id::Line(_)) => 0,
+        };
+        // Exact unless the text needs escaping (or a given id has a replaced character).
+        let exact = OPEN.len() + id_len + TO_MESSAGE.len() + text.len() + 2;
+        let exact = exact + TO_TIMESTAMP.len() + ms.len();
+        let mut w = HeadWriter {
+            inline: &mut self.inline,
+            len: 0,
+            spill: (exact > INLINE).then(|| Vec::with_capacity(exact)),
+        };
+        w.put(OPEN.as_bytes());
+        match (&tail, id) {
+            (Some(t), _) => {
+                w.put(short_id);
+                w.put(t.bytes());
+            }
+            (None, Id::Given(id)) => put_given_id(&mut w, id),
+            (None, Id::Line(_)) => {}
+        }
+        let id_len = w.len() - OPEN.len();
+        w.put(TO_MESSAGE.as_bytes());
+        let lit_start = w.len();
+        put_json_str(&mut w, text);
+        let lit_end = w.len();
+        w.put(TO_TIMESTAMP.as_bytes());
+        w.put(ms);
+        self.head_len = w.len as u32;
+        self.spilled = w.spill.map(Vec::into_boxed_slice);
+        self.id_len = id_len as u32;
+        self.lit_end = lit_end as u32;
+        self.text_escaped = lit_end - lit_start != text.len() + 2;
+    }
+
+    /// The message's own JSON, `{"id":…,"timestamp":<ms>`: made by [`LogMessage::new`] only,
+    /// from UTF-8 text, ASCII escapes and digits, so always UTF-8; kept as bytes because
+    /// backends write bytes, and checked only where it is read as text.
+    fn head(&self) -> &[u8] {
+        match &self.spilled {
+            Some(b) => b,
+            None => self
+                .inline
+                .get(..self.head_len as usize)
+                .unwrap_or_default(),
+        }
+    }
+
     pub fn timestamp_ms(&self) -> i64 {
         self.ts_ns.div_euclid(1_000_000)
     }
 
-    /// The stable id.
+    /// The stable id (checked as text here: the head is kept as bytes).
     pub fn id(&self) -> &str {
         let start = OPEN.len();
-        self.head
-            .get(start..start + self.id_len as usize)
-            .unwrap_or_default()
+        let id = self.head().get(start..start + self.id_len as usize);
+        std::str::from_utf8(id.unwrap_or_default()).unwrap_or_default()
     }
 
     /// The text's JSON string literal, quotes included.
-    fn text_literal(&self) -> &str {
+    fn text_literal(&self) -> &[u8] {
         let start = OPEN.len() + self.id_len as usize + TO_MESSAGE.len();
-        self.head
+        self.head()
             .get(start..self.lit_end as usize)
-            .unwrap_or("\"\"")
+            .unwrap_or(b"\"\"")
     }
 
-    /// The text of the line.
+    /// The text of the line (checked as text here: the head is kept as bytes).
     pub fn text(&self) -> std::borrow::Cow<'_, str> {
         let literal = self.text_literal();
         if !self.text_escaped {
-            return std::borrow::Cow::Borrowed(&literal[1..literal.len() - 1]);
+            let inner = literal.get(1..literal.len().saturating_sub(1));
+            return String::from_utf8_lossy(inner.unwrap_or_default());
         }
         // Only messages with quotes, backslashes or control characters pay for this.
-        std::borrow::Cow::Owned(serde_json::from_str::<String>(literal).unwrap_or_default())
+        std::borrow::Cow::Owned(serde_json::from_slice::<String>(literal).unwrap_or_default())
     }
 
     /// Appends the message as one JSON object (docs/CONTRACT.md §4), no trailing newline. The
@@ -515,9 +620,9 @@ impl LogMessage {
         out.put(tail);
         // Each a constant, so that the copy is a store.
         if self.truncated {
-            out.put(END_TRUNCATED);
+            out.put(END_TRUNCATED.as_bytes());
         } else {
-            out.put(END);
+            out.put(END.as_bytes());
         }
     }
 
@@ -529,12 +634,12 @@ impl LogMessage {
 
     /// The JSON in four pieces; the one place that knows the shape (with [`LogMessage::new`],
     /// [`Origin::new`] and [`level_and_kind`], which make the pieces).
-    fn pieces(&self) -> [&str; 3] {
+    fn pieces(&self) -> [&[u8]; 3] {
         let system = self.kind == SourceKind::System;
         [
-            &self.head,
-            level_and_kind(self.level, self.kind),
-            &self.origin.tails[tail_index(self.is_stderr, system)],
+            self.head(),
+            level_and_kind(self.level, self.kind).as_bytes(),
+            self.origin.tails[tail_index(self.is_stderr, system)].as_bytes(),
         ]
     }
 
@@ -587,9 +692,9 @@ impl Digits {
         Digits { buf, start }
     }
 
-    /// The digits as text, checked once: they are ASCII, so this never falls back.
-    fn as_str(&self) -> &str {
-        std::str::from_utf8(&self.buf[usize::from(self.start)..]).unwrap_or_default()
+    /// The digits (and sign), ASCII.
+    fn bytes(&self) -> &[u8] {
+        self.buf.get(usize::from(self.start)..).unwrap_or_default()
     }
 }
 
@@ -665,18 +770,51 @@ fn chunk_needs_escape(chunk: &[u8; CHUNK]) -> bool {
 pub fn push_json_str(out: &mut String, s: &str) {
     out.reserve(s.len() + 2);
     out.push('"');
+    escape_runs(s.as_bytes(), |run, escaped| {
+        // `s` is split before and after escaped bytes, which are ASCII: always at a character
+        // boundary.
+        out.push_str(s.get(run).unwrap_or_default());
+        if let Some(b) = escaped {
+            let (escape, len) = escape_of(b);
+            out.extend(escape[..len].iter().map(|&b| char::from(b)));
+        }
+    });
+    out.push('"');
+}
+
+/// [`push_json_str`] into bytes, as a message's head is written.
+pub fn push_json_bytes(out: &mut Vec<u8>, s: &str) {
+    out.reserve(s.len() + 2);
+    put_json_str(out, s);
+}
+
+/// Writes `s` as a JSON string literal, as [`push_json_str`] does.
+#[inline(always)]
+fn put_json_str(out: &mut impl PutBytes, s: &str) {
+    out.put(b"\"");
     let bytes = s.as_bytes();
+    escape_runs(bytes, |run, escaped| {
+        out.put(bytes.get(run).unwrap_or_default());
+        if let Some(b) = escaped {
+            let (escape, len) = escape_of(b);
+            out.put(&escape[..len]);
+        }
+    });
+    out.put(b"\"");
+}
+
+/// Splits `bytes` into runs that need no escaping, each given to `put` with the byte after it
+/// that needs escaping (`None` after the last run).
+#[inline(always)]
+fn escape_runs(bytes: &[u8], mut put: impl FnMut(std::ops::Range<usize>, Option<u8>)) {
     let mut start = 0;
     let mut i = plain_prefix(bytes);
-    while i < bytes.len() {
-        // `bytes[i]` needs escaping; it is ASCII, so `i` is a character boundary.
-        out.push_str(&s[start..i]);
-        push_escape(out, bytes[i]);
+    while let Some(&b) = bytes.get(i) {
+        put(start..i, Some(b));
         start = i + 1;
-        i = start + plain_prefix(&bytes[start..]);
+        i = start + plain_prefix(bytes.get(start..).unwrap_or_default());
     }
-    out.push_str(&s[start..]);
-    out.push('"');
+    put(start..bytes.len(), None);
 }
 
 /// How many bytes at the start of `bytes` need no escaping: a chunk at a time (the last one
@@ -705,20 +843,26 @@ fn plain_prefix(bytes: &[u8]) -> usize {
             .unwrap_or(bytes.len() - plain)
 }
 
-/// Appends the escape of one byte that [`needs_escape`].
-fn push_escape(out: &mut String, b: u8) {
+/// The escape of one byte that [`needs_escape`]: its first `len` bytes.
+fn escape_of(b: u8) -> ([u8; 6], usize) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     match b {
-        b'"' => out.push_str("\\\""),
-        b'\\' => out.push_str("\\\\"),
-        b'\n' => out.push_str("\\n"),
-        b'\r' => out.push_str("\\r"),
-        b'\t' => out.push_str("\\t"),
-        _ => {
-            out.push_str("\\u00");
-            out.push(char::from(HEX[usize::from(b >> 4)]));
-            out.push(char::from(HEX[usize::from(b & 0xf)]));
-        }
+        b'"' => (*b"\\\"    ", 2),
+        b'\\' => (*b"\\\\    ", 2),
+        b'\n' => (*b"\\n    ", 2),
+        b'\r' => (*b"\\r    ", 2),
+        b'\t' => (*b"\\t    ", 2),
+        _ => (
+            [
+                b'\\',
+                b'u',
+                b'0',
+                b'0',
+                HEX[usize::from(b >> 4)],
+                HEX[usize::from(b & 0xf)],
+            ],
+            6,
+        ),
     }
 }
 
@@ -873,7 +1017,7 @@ mod tests {
             cases.extend([x as i64, (x >> (x % 64)) as i64]);
         }
         for n in cases {
-            assert_eq!(Digits::of(n).as_str(), n.to_string());
+            assert_eq!(Digits::of(n).bytes(), n.to_string().as_bytes());
             let pos = Position {
                 ts_ns: n,
                 seen: (n as u32).wrapping_add(1),
@@ -913,6 +1057,9 @@ mod tests {
                 let mut out = String::new();
                 push_json_str(&mut out, &text);
                 assert_eq!(out, simple(&text), "byte {b:#x} at {at}");
+                let mut bytes = Vec::new();
+                push_json_bytes(&mut bytes, &text);
+                assert_eq!(bytes, out.as_bytes(), "byte {b:#x} at {at}");
                 let back: String = serde_json::from_str(&out).expect("valid JSON");
                 assert_eq!(back, text);
             }
@@ -976,6 +1123,31 @@ mod tests {
                     m.write_json(&mut bytes);
                     assert_eq!(bytes, want.as_bytes());
                 }
+            }
+        }
+    }
+
+    /// Heads that fit in the message and heads that do not, and heads that stop fitting
+    /// part way because of escapes, read and render alike.
+    #[test]
+    fn heads_in_place_and_boxed_are_the_same() {
+        let o = origin();
+        for len in (0..2 * INLINE).step_by(7).chain(100..130) {
+            for fill in ["x", "\"", "é", "\u{1}"] {
+                let text: String = "a".repeat(len / 2) + &fill.repeat(len - len / 2);
+                let m = line(&text);
+                let want = format!(
+                    "{{\"id\":\"3f2a9c1b7d0e-1696195200000123456-0\",\"message\":{},\"timestamp\":1696195200000,\"level\":\"info\",\"source\":{{\"type\":\"container\"{}}}",
+                    serde_json::to_string(&text).expect("a string"),
+                    o.tails[tail_index(false, false)],
+                );
+                assert_eq!(m.json(), want, "{len} {fill:?}");
+                let mut bytes = Vec::new();
+                m.write_json(&mut bytes);
+                assert_eq!(bytes, want.as_bytes());
+                assert_eq!(m.json_len(), want.len());
+                assert_eq!(m.text(), text);
+                assert_eq!(m.id(), "3f2a9c1b7d0e-1696195200000123456-0");
             }
         }
     }

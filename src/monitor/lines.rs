@@ -401,7 +401,7 @@ impl LineCore {
                 return;
             }
         }
-        let msg = LogMessage::new(Draft {
+        let msg = LogMessage::shared(Draft {
             id: Id::Line(p.first),
             text: &text,
             ts_ns: p.ts_ns,
@@ -412,7 +412,7 @@ impl LineCore {
             truncated: p.truncated,
             position: Some(p.last),
         });
-        self.out.push(Arc::new(msg));
+        self.out.push(msg);
     }
 
     /// Notes the suppressed lines when a report is due (or `at_once`).

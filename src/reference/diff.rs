@@ -243,14 +243,21 @@ pub fn timestamp_run(seq: &[&[u8]]) -> Result<(), String> {
     Ok(())
 }
 
-/// `message::push_json_str` and its reference copy, appending to the same text; and the
-/// literal reads back as `s`.
+/// `message::push_json_str` (and `push_json_bytes`, which writes messages) and its reference
+/// copy, appending to the same text; and the literal reads back as `s`.
 pub fn json_str(before: &str, s: &str) -> Result<(), String> {
     let mut new = before.to_string();
     message::push_json_str(&mut new, s);
     let mut old = before.to_string();
     old_message::push_json_str(&mut old, s);
     same(|| format!("push_json_str {s:?}"), &new, &old)?;
+    let mut bytes = before.as_bytes().to_vec();
+    message::push_json_bytes(&mut bytes, s);
+    same(
+        || format!("push_json_bytes {s:?}"),
+        &bytes,
+        &old.as_bytes().to_vec(),
+    )?;
     let literal = new.get(before.len()..).unwrap_or_default();
     match serde_json::from_str::<String>(literal) {
         Ok(back) if back == s => Ok(()),
