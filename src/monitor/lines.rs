@@ -239,7 +239,7 @@ impl LineCore {
             self.flush_pending(now);
         }
         let s = &self.settings;
-        let level = level::detect_in(&text, !line.eq_free).unwrap_or(if is_stderr {
+        let level = level::detect_in(text.as_bytes(), !line.eq_free).unwrap_or(if is_stderr {
             s.level_stderr
         } else {
             s.level_stdout
