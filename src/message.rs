@@ -329,6 +329,23 @@ const END: &str = "}";
 /// The end of a truncated message's JSON.
 const END_TRUNCATED: &str = ",\"truncated\":true}";
 
+/// A message's text: text, or a container line's bytes, which may hold invalid UTF-8.
+#[derive(Clone, Copy)]
+enum Text<'a> {
+    Str(&'a str),
+    Bytes(&'a [u8]),
+}
+
+impl Text<'_> {
+    /// The bytes given, before any replacement.
+    fn len(self) -> usize {
+        match self {
+            Text::Str(s) => s.len(),
+            Text::Bytes(b) => b.len(),
+        }
+    }
+}
+
 /// The stable id of a message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Id {
@@ -476,23 +493,34 @@ impl LogMessage {
             std::mem::replace(&mut d.id, Id::Line(Position::default())),
         );
         let mut m = LogMessage::blank(d);
-        m.write_head(text, &id);
+        m.write_head(Text::Str(text), &id);
         m
     }
 
     /// [`LogMessage::new`] in its `Arc`, as backends share it: written where it stays rather
     /// than moved there, its head being most of it.
-    pub fn shared(mut d: Draft) -> Arc<LogMessage> {
-        let (text, id) = (
-            d.text,
-            std::mem::replace(&mut d.id, Id::Line(Position::default())),
-        );
+    pub fn shared(d: Draft) -> Arc<LogMessage> {
+        let text = Text::Str(d.text);
+        LogMessage::shared_text(d, text).0
+    }
+
+    /// [`LogMessage::shared`] for a container line given as its bytes, which need not be UTF-8:
+    /// its text is the bytes with invalid sequences replaced (U+FFFD), as
+    /// `String::from_utf8_lossy` replaces them, and the answer says whether any was. The
+    /// draft's `text` is not read. The scan for bytes to escape also finds the plain ASCII
+    /// bytes, which need no other check; only the bytes from the first other one on are
+    /// checked as UTF-8.
+    pub fn shared_line(d: Draft, bytes: &[u8]) -> (Arc<LogMessage>, bool) {
+        LogMessage::shared_text(d, Text::Bytes(bytes))
+    }
+
+    #[inline(always)]
+    fn shared_text(mut d: Draft, text: Text) -> (Arc<LogMessage>, bool) {
+        let id = std::mem::replace(&mut d.id, Id::Line(Position::default()));
         let mut arc = Arc::new(LogMessage::blank(d));
         // A new `Arc` is never shared, so this always writes.
-        if let Some(m) = Arc::get_mut(&mut arc) {
-            m.write_head(text, &id);
-        }
-        arc
+        let replaced = Arc::get_mut(&mut arc).is_some_and(|m| m.write_head(text, &id));
+        (arc, replaced)
     }
 
     /// The message with an empty head.
@@ -515,9 +543,10 @@ impl LogMessage {
         }
     }
 
-    /// Writes the head: `{"id":"<id>","message":<text literal>,"timestamp":<ms>`.
+    /// Writes the head: `{"id":"<id>","message":<text literal>,"timestamp":<ms>`; true when
+    /// invalid UTF-8 of the text was replaced.
     #[inline(always)]
-    fn write_head(&mut self, text: &str, id: &Id) {
+    fn write_head(&mut self, text: Text, id: &Id) -> bool {
         let tail = match id {
             Id::Line(pos) => Some(LineTail::of(*pos)),
             Id::Given(_) => None,
@@ -556,7 +585,13 @@ impl LogMessage {
         let id_len = w.len() - OPEN.len();
         w.put(TO_MESSAGE.as_bytes());
         let lit_start = w.len();
-        put_json_str(&mut w, text);
+        let (text_len, replaced) = match text {
+            Text::Str(s) => {
+                put_json_str(&mut w, s);
+                (s.len(), false)
+            }
+            Text::Bytes(b) => put_json_line(&mut w, b),
+        };
         let lit_end = w.len();
         w.put(TO_TIMESTAMP.as_bytes());
         w.put(ms);
@@ -564,7 +599,8 @@ impl LogMessage {
         self.spilled = w.spill.map(Vec::into_boxed_slice);
         self.id_len = id_len as u32;
         self.lit_end = lit_end as u32;
-        self.text_escaped = lit_end - lit_start != text.len() + 2;
+        self.text_escaped = lit_end - lit_start != text_len + 2;
+        replaced
     }
 
     /// The message's own JSON, `{"id":…,"timestamp":<ms>`: made by [`LogMessage::new`] only,
@@ -754,14 +790,20 @@ fn needs_escape(b: u8) -> bool {
     (b < 0x20) | (b == b'"') | (b == b'\\') | (b == 0x7f)
 }
 
+/// Whether a scan stops at `b`: it [`needs_escape`], or, in a scan for `ASCII` bytes, is none.
+#[inline(always)]
+fn stops<const ASCII: bool>(b: u8) -> bool {
+    needs_escape(b) | (ASCII & (b >= 0x80))
+}
+
 /// Bytes tested at once by [`plain_prefix`].
 const CHUNK: usize = 32;
 
-/// Whether any byte of `chunk` [`needs_escape`]: every byte tested, the answers or-ed, no
+/// Whether any byte of `chunk` [`stops`] the scan: every byte tested, the answers or-ed, no
 /// branch, so that the compiler makes it a few vector instructions.
 #[inline(always)]
-fn chunk_needs_escape(chunk: &[u8; CHUNK]) -> bool {
-    chunk.iter().fold(false, |any, &b| any | needs_escape(b))
+fn chunk_stops<const ASCII: bool>(chunk: &[u8; CHUNK]) -> bool {
+    chunk.iter().fold(false, |any, &b| any | stops::<ASCII>(b))
 }
 
 /// Appends `s` as a JSON string literal. Runs of plain bytes are copied at once, 32 bytes
@@ -770,7 +812,7 @@ fn chunk_needs_escape(chunk: &[u8; CHUNK]) -> bool {
 pub fn push_json_str(out: &mut String, s: &str) {
     out.reserve(s.len() + 2);
     out.push('"');
-    escape_runs(s.as_bytes(), |run, escaped| {
+    escape_runs::<false>(s.as_bytes(), |run, escaped| {
         // `s` is split before and after escaped bytes, which are ASCII: always at a character
         // boundary.
         out.push_str(s.get(run).unwrap_or_default());
@@ -792,46 +834,90 @@ pub fn push_json_bytes(out: &mut Vec<u8>, s: &str) {
 #[inline(always)]
 fn put_json_str(out: &mut impl PutBytes, s: &str) {
     out.put(b"\"");
-    let bytes = s.as_bytes();
-    escape_runs(bytes, |run, escaped| {
+    put_escaped(out, s.as_bytes());
+    out.put(b"\"");
+}
+
+/// Writes `text`, UTF-8, escaped as in a JSON string literal, without the quotes.
+#[inline(always)]
+fn put_escaped(out: &mut impl PutBytes, text: &[u8]) {
+    escape_runs::<false>(text, |run, escaped| {
+        out.put(text.get(run).unwrap_or_default());
+        if let Some(b) = escaped {
+            let (escape, len) = escape_of(b);
+            out.put(&escape[..len]);
+        }
+    });
+}
+
+/// Writes a line's bytes as [`put_json_str`] writes them with invalid UTF-8 replaced (U+FFFD,
+/// as `String::from_utf8_lossy` replaces it), and returns the length of that text and whether
+/// anything was replaced. Plain ASCII is copied as the scan for escapes finds it; from the
+/// first byte that is not ASCII, the rest is checked (and replaced) as a whole, as an ASCII
+/// byte always ends what came before it.
+#[inline(always)]
+fn put_json_line(out: &mut impl PutBytes, bytes: &[u8]) -> (usize, bool) {
+    out.put(b"\"");
+    let ascii = escape_runs::<true>(bytes, |run, escaped| {
         out.put(bytes.get(run).unwrap_or_default());
         if let Some(b) = escaped {
             let (escape, len) = escape_of(b);
             out.put(&escape[..len]);
         }
     });
+    let rest = bytes.get(ascii..).unwrap_or_default();
+    let (len, replaced) = if rest.is_empty() {
+        (bytes.len(), false)
+    } else {
+        let text = String::from_utf8_lossy(rest);
+        put_escaped(out, text.as_bytes());
+        (
+            ascii + text.len(),
+            matches!(text, std::borrow::Cow::Owned(_)),
+        )
+    };
     out.put(b"\"");
+    (len, replaced)
 }
 
 /// Splits `bytes` into runs that need no escaping, each given to `put` with the byte after it
-/// that needs escaping (`None` after the last run).
+/// that needs escaping (`None` after the last run). With `ASCII`, it stops at the first byte
+/// that is not ASCII, after the run before it; returns where it stopped.
 #[inline(always)]
-fn escape_runs(bytes: &[u8], mut put: impl FnMut(std::ops::Range<usize>, Option<u8>)) {
+fn escape_runs<const ASCII: bool>(
+    bytes: &[u8],
+    mut put: impl FnMut(std::ops::Range<usize>, Option<u8>),
+) -> usize {
     let mut start = 0;
-    let mut i = plain_prefix(bytes);
+    let mut i = plain_prefix::<ASCII>(bytes);
     while let Some(&b) = bytes.get(i) {
+        if ASCII && !b.is_ascii() {
+            put(start..i, None);
+            return i;
+        }
         put(start..i, Some(b));
         start = i + 1;
-        i = start + plain_prefix(bytes.get(start..).unwrap_or_default());
+        i = start + plain_prefix::<ASCII>(bytes.get(start..).unwrap_or_default());
     }
     put(start..bytes.len(), None);
+    bytes.len()
 }
 
 /// How many bytes at the start of `bytes` need no escaping: a chunk at a time (the last one
 /// ending with `bytes`, over bytes already checked), then one by one in the chunk (or the
 /// rest) that has one.
-fn plain_prefix(bytes: &[u8]) -> usize {
+fn plain_prefix<const ASCII: bool>(bytes: &[u8]) -> usize {
     let mut plain = 0;
     for chunk in bytes.chunks_exact(CHUNK) {
         match <&[u8; CHUNK]>::try_from(chunk) {
-            Ok(chunk) if !chunk_needs_escape(chunk) => plain += CHUNK,
+            Ok(chunk) if !chunk_stops::<ASCII>(chunk) => plain += CHUNK,
             _ => break,
         }
     }
     let last = bytes.len().saturating_sub(CHUNK);
     if plain > last && plain < bytes.len() {
         if let Ok(chunk) = <&[u8; CHUNK]>::try_from(&bytes[last..]) {
-            if !chunk_needs_escape(chunk) {
+            if !chunk_stops::<ASCII>(chunk) {
                 return bytes.len();
             }
         }
@@ -839,7 +925,7 @@ fn plain_prefix(bytes: &[u8]) -> usize {
     plain
         + bytes[plain..]
             .iter()
-            .position(|&b| needs_escape(b))
+            .position(|&b| stops::<ASCII>(b))
             .unwrap_or(bytes.len() - plain)
 }
 
@@ -1175,5 +1261,61 @@ mod tests {
         assert!(!Level::Info.at_least(Level::Warn));
         assert_eq!(Level::parse_name("WARNING"), Some(Level::Warn));
         assert_eq!(Level::parse_name("loud"), None);
+    }
+
+    /// A line given as bytes makes the message its text replaced would make: same JSON, same
+    /// text, and the answer says whether anything was replaced.
+    fn same_as_replaced(bytes: &[u8]) {
+        let text = String::from_utf8_lossy(bytes);
+        let want = LogMessage::shared(line_draft(&text));
+        let (got, replaced) = LogMessage::shared_line(line_draft(""), bytes);
+        assert_eq!(got.json(), want.json(), "{bytes:?}");
+        assert_eq!(got.head(), want.head(), "{bytes:?}");
+        assert_eq!(got.text(), text, "{bytes:?}");
+        assert_eq!(got.text_escaped, want.text_escaped, "{bytes:?}");
+        assert_eq!(replaced, std::str::from_utf8(bytes).is_err(), "{bytes:?}");
+    }
+
+    /// Every kind of byte and sequence, at every place around the 32-byte chunks, in lines
+    /// kept in the message and in boxed ones.
+    #[test]
+    fn a_line_as_bytes_is_its_text_replaced() {
+        let pieces: &[&[u8]] = &[
+            b"\xff",
+            b"\xc3",
+            b"\xe2\x82",
+            b"\xf0\x9f\x98",
+            b"\xed\xa0\x80",
+            b"\xc0\xaf",
+            b"\x80\x80",
+            "é".as_bytes(),
+            "€".as_bytes(),
+            "😀".as_bytes(),
+            b"\"",
+            b"\\",
+            b"\n",
+            b"\x7f",
+            b"\x00",
+            b"a",
+        ];
+        for long in [0, 200] {
+            for at in 0..70 {
+                for piece in pieces {
+                    for after in pieces {
+                        let mut line = vec![b'x'; at + long];
+                        line.extend_from_slice(piece);
+                        line.extend_from_slice(after);
+                        same_as_replaced(&line);
+                        line.extend_from_slice(b"tail of the line");
+                        same_as_replaced(&line);
+                    }
+                }
+            }
+        }
+        same_as_replaced(b"");
+        same_as_replaced(&vec![b'y'; 1 << 20]);
+        let mut big = vec![b'z'; 1 << 20];
+        big[(1 << 20) - 33] = 0xe2;
+        same_as_replaced(&big);
     }
 }

@@ -229,38 +229,50 @@ impl LineCore {
         c.truncated += u64::from(line.truncated);
         c.last_line_ms = Some(line.ts_ns.div_euclid(1_000_000));
         self.last = Some(pos.max(self.last.unwrap_or_default()));
-        let is_stderr = line.stream == StreamKind::Stderr;
-        let (text, replaced) = text_of(line.bytes);
-        c.invalid_utf8 += u64::from(replaced);
         if self.settings.multiline {
-            if self.join(&text, is_stderr, line.truncated, pos, now) {
-                return;
-            }
-            self.flush_pending(now);
+            self.line_to_join(line, pos, now);
+        } else {
+            // The bytes go to the message as they are: it checks them as UTF-8 (and replaces
+            // what is not) while escaping them, and level detection needs no check.
+            let head = self.head(line.bytes, &line, pos);
+            self.emit(Body::Line(line.bytes), head, now);
         }
+    }
+
+    /// [`LineCore::line`] when continuation lines are joined: the line is checked as text,
+    /// which a message being joined keeps.
+    fn line_to_join(&mut self, line: LineRef<'_>, pos: Position, now: Instant) {
+        let (text, replaced) = text_of(line.bytes);
+        self.counts.invalid_utf8 += u64::from(replaced);
+        let is_stderr = line.stream == StreamKind::Stderr;
+        if self.join(&text, is_stderr, line.truncated, pos, now) {
+            return;
+        }
+        self.flush_pending(now);
+        let head = self.head(text.as_bytes(), &line, pos);
+        self.pending = Some(Pending {
+            text: text.into_owned(),
+            head,
+            at: now,
+        });
+    }
+
+    /// What the message of `line`, whose text is `text`, is made of besides its text.
+    fn head(&self, text: &[u8], line: &LineRef<'_>, pos: Position) -> Head {
         let s = &self.settings;
-        let level = level::detect_in(text.as_bytes(), !line.eq_free).unwrap_or(if is_stderr {
+        let is_stderr = line.stream == StreamKind::Stderr;
+        let level = level::detect_in(text, !line.eq_free).unwrap_or(if is_stderr {
             s.level_stderr
         } else {
             s.level_stdout
         });
-        let head = Head {
+        Head {
             ts_ns: line.ts_ns,
             first: pos,
             last: pos,
             level,
             is_stderr,
             truncated: line.truncated,
-        };
-        if self.settings.multiline {
-            let text = text.into_owned();
-            self.pending = Some(Pending {
-                text,
-                head,
-                at: now,
-            });
-        } else {
-            self.emit(text, head, now);
         }
     }
 
@@ -380,13 +392,14 @@ impl LineCore {
 
     fn flush_pending(&mut self, now: Instant) {
         if let Some(p) = self.pending.take() {
-            self.emit(Cow::Owned(p.text), p.head, now);
+            self.emit(Body::Joined(p.text), p.head, now);
         }
     }
 
     /// Makes the message, unless the rate limit holds it back (`error` lines never are). The
-    /// text is a line's own bytes (borrowed) or a message joined from several (owned).
-    fn emit(&mut self, text: Cow<'_, str>, p: Head, now: Instant) {
+    /// text is a line's own bytes (borrowed) or a message joined from several (owned). A line's
+    /// invalid UTF-8 is counted here, where its bytes are checked.
+    fn emit(&mut self, text: Body<'_>, p: Head, now: Instant) {
         if let Some(b) = self.bucket.as_mut() {
             let kept = p.level == Level::Error || b.allow(now);
             if !kept {
@@ -398,12 +411,15 @@ impl LineCore {
             }
             self.report_suppressed(now, false);
             if !kept {
+                if let Body::Line(bytes) = text {
+                    self.counts.invalid_utf8 += u64::from(std::str::from_utf8(bytes).is_err());
+                }
                 return;
             }
         }
-        let msg = LogMessage::shared(Draft {
+        let draft = Draft {
             id: Id::Line(p.first),
-            text: &text,
+            text: "",
             ts_ns: p.ts_ns,
             level: p.level,
             kind: SourceKind::Container,
@@ -411,7 +427,15 @@ impl LineCore {
             is_stderr: p.is_stderr,
             truncated: p.truncated,
             position: Some(p.last),
-        });
+        };
+        let msg = match &text {
+            Body::Line(bytes) => {
+                let (msg, replaced) = LogMessage::shared_line(draft, bytes);
+                self.counts.invalid_utf8 += u64::from(replaced);
+                msg
+            }
+            Body::Joined(text) => LogMessage::shared(Draft { text, ..draft }),
+        };
         self.out.push(msg);
     }
 
@@ -472,6 +496,14 @@ impl Recent {
 }
 
 /// A message being assembled (`MULTILINE=auto`).
+/// A message's text as [`LineCore::emit`] takes it.
+enum Body<'a> {
+    /// A line's own bytes, which may hold invalid UTF-8.
+    Line(&'a [u8]),
+    /// A message joined from several lines, checked as they came.
+    Joined(String),
+}
+
 struct Pending {
     text: String,
     head: Head,
