@@ -1071,6 +1071,34 @@ mod tests {
         assert_eq!(core.take_counts(), Counts::default(), "taken once");
     }
 
+    /// Invalid UTF-8 is counted in every line, whether its message is made (and replaced
+    /// there), held back by the rate limit or joined.
+    #[test]
+    fn invalid_lines_are_counted_however_they_end() {
+        for (settings, made) in [(LIMITED, 2), (MULTILINE, 1), (PLAIN, 4)] {
+            let t = Instant::now();
+            let mut core = LineCore::new(settings, origin(), None, t);
+            for (i, bytes) in [&b"a \xff"[..], b" b \xe2\x82", b" c", b" d \xc3"]
+                .into_iter()
+                .enumerate()
+            {
+                let mut l = line(StreamKind::Stdout, i as i64 + 1, "");
+                l.bytes = bytes;
+                core.line(l, || t);
+            }
+            core.finish(t);
+            let mut texts = Vec::new();
+            core.drain(|o| {
+                if let Out::Messages(m) = o {
+                    texts.extend(m.iter().map(|m| m.text().into_owned()));
+                }
+            });
+            assert_eq!(texts.len(), made, "{texts:?}");
+            assert_eq!(texts[0].split('\n').next(), Some("a \u{fffd}"));
+            assert_eq!(core.take_counts().invalid_utf8, 3);
+        }
+    }
+
     #[test]
     fn idle_says_when_a_tick_has_work() {
         let (_, core) = run(PLAIN, None, &[Stdout(1, "a")]);
