@@ -6,6 +6,7 @@
 //! This module owns the JSON shape. It never decides levels (see `monitor::level`) and never
 //! does I/O.
 
+use std::cell::Cell;
 use std::sync::Arc;
 
 /// Severity of a message, worst first.
@@ -392,7 +393,7 @@ impl LineTail {
         let mut buf = [b'-'; 2 * DECIMAL_ROOM + 2];
         let index = write_decimal(&mut buf, i64::from(pos.seen.saturating_sub(1)));
         let ts_end = index - 1;
-        let ts = write_decimal(&mut buf[..ts_end], pos.ts_ns);
+        let ts = write_time(&mut buf[..ts_end], pos.ts_ns);
         LineTail {
             buf,
             start: (ts - 1) as u8,
@@ -767,6 +768,41 @@ fn write_decimal(buf: &mut [u8], n: i64) -> usize {
     i
 }
 
+thread_local! {
+    /// The digits above the last eight of the newest time [`write_time`] wrote on this thread,
+    /// right-aligned, with that number and their count: lines come in bursts, and a time in
+    /// nanoseconds changes those digits only every 0.1 s.
+    static TIME_TOP: Cell<(u64, [u8; TOP_ROOM], u8)> =
+        const { Cell::new((u64::MAX, [0; TOP_ROOM], 0)) };
+}
+
+/// The digits of `i64::MAX / 10^8`.
+const TOP_ROOM: usize = 11;
+
+/// [`write_decimal`] for a time in nanoseconds: the digits above the last eight are copied from
+/// the previous time's when they are the same.
+fn write_time(buf: &mut [u8], ns: i64) -> usize {
+    let Ok(v) = u64::try_from(ns) else {
+        return write_decimal(buf, ns);
+    };
+    if v < 100_000_000 {
+        return write_decimal(buf, ns);
+    }
+    let (top, low) = (v / 100_000_000, v % 100_000_000);
+    let i = buf.len() - 8;
+    buf[i..].copy_from_slice(&eight_digits(low).to_le_bytes());
+    let (cached, mut digits, mut len) = TIME_TOP.get();
+    if cached != top {
+        // `top` is below 10^11: it fits in i64 and in TOP_ROOM digits.
+        let start = write_decimal(&mut digits, top as i64);
+        len = (TOP_ROOM - start) as u8;
+        TIME_TOP.set((top, digits, len));
+    }
+    let len = usize::from(len);
+    buf[i - len..i].copy_from_slice(&digits[TOP_ROOM - len..]);
+    i - len
+}
+
 /// The bytes any i64 takes in decimal, its sign included.
 const DECIMAL_ROOM: usize = 20;
 
@@ -1101,6 +1137,10 @@ mod tests {
             x ^= x >> 7;
             x ^= x << 17;
             cases.extend([x as i64, (x >> (x % 64)) as i64]);
+        }
+        // Times in a burst: the digits above the last eight repeat, then change.
+        for base in [1_696_195_199_950_000_000i64, 99_999_999, 999_999_999_999] {
+            cases.extend((0..400).map(|k| base + k * 997_331));
         }
         for n in cases {
             assert_eq!(Digits::of(n).bytes(), n.to_string().as_bytes());
