@@ -253,7 +253,8 @@ pub struct Counters {
 /// from the spool, or a message cut to fit a packet).
 enum Body {
     Msg(Arc<LogMessage>),
-    Text(String),
+    /// Boxed, not a `String`: every queued part carries a body, so its size counts.
+    Text(Box<str>),
 }
 
 impl Body {
@@ -683,7 +684,7 @@ impl Session {
         let topic = self.topic_of(&msg);
         let seq = match (msg.kind, msg.position) {
             (SourceKind::Container, Some(pos)) => {
-                Some(self.tracker.push(msg.origin.container_id.clone(), pos))
+                Some(self.tracker.push(&msg.origin.container_id, pos))
             }
             _ => None,
         };
@@ -691,7 +692,7 @@ impl Session {
         // alone when it does not fit a batch.
         let mut json = Body::Msg(msg);
         if json.len() + topic.len() + 4096 > MAX_PACKET {
-            json = Body::Text(cut(&json.text(), MAX_PACKET - topic.len() - 8192));
+            json = Body::Text(cut(&json.text(), MAX_PACKET - topic.len() - 8192).into_boxed_str());
         }
         let len = json.len();
         let part = Part {
@@ -1259,7 +1260,7 @@ impl Session {
         let text = cut(&unit.parts[0].json.text(), room);
         if text.len() <= room {
             unit.bytes = text.len();
-            unit.parts[0].json = Body::Text(text);
+            unit.parts[0].json = Body::Text(text.into_boxed_str());
             return Some(unit);
         }
         let token = self.token();
@@ -1734,7 +1735,7 @@ impl Session {
         for r in records {
             let len = r.json.len();
             let part = Part {
-                json: Body::Text(r.json),
+                json: Body::Text(r.json.into_boxed_str()),
                 seq: None,
                 spool: Some((r.seg, r.end)),
             };
