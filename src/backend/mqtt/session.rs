@@ -39,6 +39,7 @@
 
 use std::borrow::Cow;
 use std::collections::{HashSet, VecDeque};
+use std::num::NonZeroU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -285,8 +286,9 @@ struct Part {
     json: Body,
     /// Its slot in the progress tracker (container messages with a position only).
     seq: Option<Seq>,
-    /// Where it sits in the spool, for messages read back from it.
-    spool: Option<(u64, u64)>,
+    /// Where it sits in the spool (its segment and the offset after its line, never 0), for
+    /// messages read back from it; the `NonZeroU64` keeps the part small.
+    spool: Option<(u64, NonZeroU64)>,
 }
 
 /// A unit's messages: one, held in place (an unbatched publish allocates nothing for it), or a
@@ -1328,11 +1330,15 @@ impl Session {
     }
 
     /// MQTT 5: the properties and alias of a publish of `unit` (the status when `None`).
-    #[inline]
+    #[inline(always)]
     fn meta(&mut self, unit: Option<&Unit>) -> (Option<Arc<Props>>, Alias) {
         if !self.set.v5 {
             return (None, Alias::None);
         }
+        self.meta_v5(unit)
+    }
+
+    fn meta_v5(&mut self, unit: Option<&Unit>) -> (Option<Arc<Props>>, Alias) {
         let Some(u) = unit else {
             return (Some(self.status_props.clone()), Alias::None);
         };
@@ -1524,7 +1530,7 @@ impl Session {
                 self.tracker.take(seq);
             }
             if let Some((seg, end)) = p.spool {
-                self.spool.ack(seg, end);
+                self.spool.ack(seg, end.get());
             }
         }
     }
@@ -1737,7 +1743,7 @@ impl Session {
             let part = Part {
                 json: Body::Text(r.json.into_boxed_str()),
                 seq: None,
-                spool: Some((r.seg, r.end)),
+                spool: NonZeroU64::new(r.end).map(|end| (r.seg, end)),
             };
             if self.set.batch {
                 let cap = cap_of(&r.topic);
