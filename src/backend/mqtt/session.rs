@@ -39,6 +39,7 @@
 
 use std::borrow::Cow;
 use std::collections::{HashSet, VecDeque};
+use std::num::NonZeroU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -253,7 +254,8 @@ pub struct Counters {
 /// from the spool, or a message cut to fit a packet).
 enum Body {
     Msg(Arc<LogMessage>),
-    Text(String),
+    /// Boxed, not a `String`: every queued part carries a body, so its size counts.
+    Text(Box<str>),
 }
 
 impl Body {
@@ -284,8 +286,9 @@ struct Part {
     json: Body,
     /// Its slot in the progress tracker (container messages with a position only).
     seq: Option<Seq>,
-    /// Where it sits in the spool, for messages read back from it.
-    spool: Option<(u64, u64)>,
+    /// Where it sits in the spool (its segment and the offset after its line, never 0), for
+    /// messages read back from it; the `NonZeroU64` keeps the part small.
+    spool: Option<(u64, NonZeroU64)>,
 }
 
 /// A unit's messages: one, held in place (an unbatched publish allocates nothing for it), or a
@@ -683,7 +686,7 @@ impl Session {
         let topic = self.topic_of(&msg);
         let seq = match (msg.kind, msg.position) {
             (SourceKind::Container, Some(pos)) => {
-                Some(self.tracker.push(msg.origin.container_id.clone(), pos))
+                Some(self.tracker.push(&msg.origin.container_id, pos))
             }
             _ => None,
         };
@@ -691,7 +694,7 @@ impl Session {
         // alone when it does not fit a batch.
         let mut json = Body::Msg(msg);
         if json.len() + topic.len() + 4096 > MAX_PACKET {
-            json = Body::Text(cut(&json.text(), MAX_PACKET - topic.len() - 8192));
+            json = Body::Text(cut(&json.text(), MAX_PACKET - topic.len() - 8192).into_boxed_str());
         }
         let len = json.len();
         let part = Part {
@@ -1259,7 +1262,7 @@ impl Session {
         let text = cut(&unit.parts[0].json.text(), room);
         if text.len() <= room {
             unit.bytes = text.len();
-            unit.parts[0].json = Body::Text(text);
+            unit.parts[0].json = Body::Text(text.into_boxed_str());
             return Some(unit);
         }
         let token = self.token();
@@ -1327,11 +1330,15 @@ impl Session {
     }
 
     /// MQTT 5: the properties and alias of a publish of `unit` (the status when `None`).
-    #[inline]
+    #[inline(always)]
     fn meta(&mut self, unit: Option<&Unit>) -> (Option<Arc<Props>>, Alias) {
         if !self.set.v5 {
             return (None, Alias::None);
         }
+        self.meta_v5(unit)
+    }
+
+    fn meta_v5(&mut self, unit: Option<&Unit>) -> (Option<Arc<Props>>, Alias) {
         let Some(u) = unit else {
             return (Some(self.status_props.clone()), Alias::None);
         };
@@ -1355,7 +1362,9 @@ impl Session {
         }
     }
 
-    /// Puts a publish in flight and makes its request.
+    /// Puts a publish in flight and makes its request; inlined, so the unit is moved once, into
+    /// the window.
+    #[inline(always)]
     fn hand_out(
         &mut self,
         unit: Option<Unit>,
@@ -1464,14 +1473,14 @@ impl Session {
             }
             self.free_pkid(s.pkid);
             self.inflight_bytes = self.inflight_bytes.saturating_sub(s.bytes);
-            self.finish(s);
+            self.finish(&s);
         }
     }
 
     /// A publish answered for good: its messages are delivered, or refused and dropped.
-    #[inline]
-    fn finish(&mut self, s: Sent) {
-        let Some(u) = s.unit else {
+    #[inline(always)]
+    fn finish(&mut self, s: &Sent) {
+        let Some(u) = &s.unit else {
             if let Some(code) = s.refused {
                 let topic = self.set.status_topic.clone();
                 self.warn_refused(code, &topic);
@@ -1480,9 +1489,9 @@ impl Session {
         };
         match s.refused {
             None => self.counters.acknowledged += u.parts.len() as u64,
-            Some(code) => self.count_refused(code, &u),
+            Some(code) => self.count_refused(code, u),
         }
-        self.settle_unit(&u);
+        self.settle_unit(u);
     }
 
     /// The broker refused a unit's messages for good: counted by reason and as dropped, and
@@ -1523,7 +1532,7 @@ impl Session {
                 self.tracker.take(seq);
             }
             if let Some((seg, end)) = p.spool {
-                self.spool.ack(seg, end);
+                self.spool.ack(seg, end.get());
             }
         }
     }
@@ -1540,7 +1549,7 @@ impl Session {
                 None => continue,
                 Some(u) if u.from_spool => continue,
                 Some(_) if s.acked => {
-                    self.finish(s);
+                    self.finish(&s);
                     continue;
                 }
                 Some(_) => {}
@@ -1734,9 +1743,9 @@ impl Session {
         for r in records {
             let len = r.json.len();
             let part = Part {
-                json: Body::Text(r.json),
+                json: Body::Text(r.json.into_boxed_str()),
                 seq: None,
-                spool: Some((r.seg, r.end)),
+                spool: NonZeroU64::new(r.end).map(|end| (r.seg, end)),
             };
             if self.set.batch {
                 let cap = cap_of(&r.topic);

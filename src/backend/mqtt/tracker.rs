@@ -7,6 +7,7 @@
 //! talks to `Progress` itself: [`Tracker::report`] hands the positions to its caller.
 
 use std::collections::VecDeque;
+use std::num::NonZeroU32;
 use std::sync::Arc;
 
 use rustc_hash::FxHashMap;
@@ -20,6 +21,8 @@ pub(super) struct Tracker {
     /// The lanes, found by container through `index`.
     lanes: Vec<Lane>,
     index: FxHashMap<Arc<str>, usize>,
+    /// The lanes by id, for seqs pushed before empty lanes were dropped.
+    by_id: FxHashMap<NonZeroU32, usize>,
     /// The lane of the last message pushed: messages come in runs from one container, and the
     /// container need not be hashed and compared for each (its `Arc` is the same).
     last: usize,
@@ -28,25 +31,31 @@ pub(super) struct Tracker {
     dirty: Vec<usize>,
     /// Empty lanes are dropped when there are more lanes than this.
     prune_at: usize,
+    /// The id of the lane made last.
+    last_id: NonZeroU32,
 }
 
 struct Lane {
     container: Arc<str>,
+    /// Names the lane for its seqs: a seq's lane is the one at its place with its id, or found
+    /// by id after empty lanes were dropped.
+    id: NonZeroU32,
     /// The seq of the first slot.
     base: u64,
     /// Positions in intake order, and whether each is taken.
     slots: VecDeque<(Position, bool)>,
 }
 
-/// A container message's place in the tracker.
+/// A container message's place in the tracker: small (no `Arc`), as every message queued or
+/// in flight carries one.
 #[derive(Clone)]
 pub(super) struct Seq {
-    /// The lane's container; its lane holds this `Arc` too, so no other container's id can
-    /// take its address while the lane lives.
-    container: Arc<str>,
+    /// Its lane's id: a lane lives while it holds a slot, so no other lane has this id then
+    /// (ids wrap after 2^32 lanes made).
+    id: NonZeroU32,
     /// Where its lane was in `lanes` when pushed: still there unless empty lanes were dropped
-    /// since, which `Arc::ptr_eq` on the container tells.
-    lane: usize,
+    /// since, which the id there tells.
+    lane: u32,
     n: u64,
 }
 
@@ -55,26 +64,28 @@ impl Default for Tracker {
         Tracker {
             lanes: Vec::new(),
             index: FxHashMap::default(),
+            by_id: FxHashMap::default(),
             last: 0,
             dirty: Vec::new(),
             prune_at: IDLE_LANES,
+            last_id: NonZeroU32::MIN,
         }
     }
 }
 
 impl Tracker {
-    pub(super) fn push(&mut self, container: Arc<str>, pos: Position) -> Seq {
+    pub(super) fn push(&mut self, container: &Arc<str>, pos: Position) -> Seq {
         let i = match self.lanes.get(self.last) {
-            Some(l) if Arc::ptr_eq(&l.container, &container) => self.last,
-            _ => self.find_or_add(&container),
+            Some(l) if Arc::ptr_eq(&l.container, container) => self.last,
+            _ => self.find_or_add(container),
         };
         self.last = i;
         let lane = &mut self.lanes[i];
         lane.slots.push_back((pos, false));
         Seq {
             n: lane.base + lane.slots.len() as u64 - 1,
-            container,
-            lane: i,
+            id: lane.id,
+            lane: i as u32,
         }
     }
 
@@ -83,20 +94,23 @@ impl Tracker {
         if let Some(&i) = self.index.get(container) {
             return i;
         }
+        self.last_id = self.last_id.checked_add(1).unwrap_or(NonZeroU32::MIN);
         self.lanes.push(Lane {
             container: container.clone(),
+            id: self.last_id,
             base: 0,
             slots: VecDeque::new(),
         });
         let i = self.lanes.len() - 1;
         self.index.insert(container.clone(), i);
+        self.by_id.insert(self.last_id, i);
         i
     }
 
     pub(super) fn take(&mut self, seq: &Seq) {
-        let i = match self.lanes.get(seq.lane) {
-            Some(l) if Arc::ptr_eq(&l.container, &seq.container) => seq.lane,
-            _ => match self.index.get(&seq.container) {
+        let i = match self.lanes.get(seq.lane as usize) {
+            Some(l) if l.id == seq.id => seq.lane as usize,
+            _ => match self.by_id.get(&seq.id) {
                 Some(&i) => i,
                 None => return,
             },
@@ -143,8 +157,10 @@ impl Tracker {
             // No seq of an empty lane is outstanding, so a new lane may start again at 0.
             self.lanes.retain(|l| !l.slots.is_empty());
             self.index.clear();
+            self.by_id.clear();
             for (i, l) in self.lanes.iter().enumerate() {
                 self.index.insert(l.container.clone(), i);
+                self.by_id.insert(l.id, i);
             }
             self.prune_at = IDLE_LANES.max(2 * self.lanes.len());
         }
@@ -168,9 +184,9 @@ mod tests {
         let c: Arc<str> = Arc::from("c");
         let d: Arc<str> = Arc::from("d");
         let pos = |n| Position { ts_ns: n, seen: 1 };
-        let a = t.push(c.clone(), pos(1));
-        let b = t.push(c.clone(), pos(2));
-        let other: Vec<Seq> = (10..20).map(|n| t.push(d.clone(), pos(n))).collect();
+        let a = t.push(&c, pos(1));
+        let b = t.push(&c, pos(2));
+        let other: Vec<Seq> = (10..20).map(|n| t.push(&d, pos(n))).collect();
         t.take(&b);
         for s in &other {
             t.take(s);
@@ -197,9 +213,9 @@ mod tests {
         let lane = p.lane();
         let mut t = Tracker::default();
         let pos = |n| Position { ts_ns: n, seen: 1 };
-        let a = t.push(Arc::from("c"), pos(1));
-        let b = t.push(Arc::from("d"), pos(2));
-        let c = t.push(Arc::from("c"), pos(3));
+        let a = t.push(&Arc::from("c"), pos(1));
+        let b = t.push(&Arc::from("d"), pos(2));
+        let c = t.push(&Arc::from("c"), pos(3));
         assert_eq!(t.lanes.len(), 2);
         t.take(&c);
         t.take(&b);
@@ -218,10 +234,10 @@ mod tests {
         let lane = p.lane();
         let mut t = Tracker::default();
         for i in 0..=IDLE_LANES {
-            let s = t.push(Arc::from(format!("c{i}")), Position { ts_ns: 1, seen: 1 });
+            let s = t.push(&Arc::from(format!("c{i}")), Position { ts_ns: 1, seen: 1 });
             t.take(&s);
         }
-        let held = t.push(Arc::from("busy"), Position { ts_ns: 1, seen: 1 });
+        let held = t.push(&Arc::from("busy"), Position { ts_ns: 1, seen: 1 });
         report(&mut t, &lane);
         assert_eq!(
             t.lanes.len(),
