@@ -398,7 +398,8 @@ def agent_env(broker, name, qos, batch):
                 MQTT_CLIENT_ID="bench-agent-" + name, SINCE="all",
                 LOG_LEVEL=os.environ.get("BENCH_LOG_LEVEL", "warn"),
                 # As the systemd unit runs it (etc/container-logd.service).
-                MALLOC_ARENA_MAX=os.environ.get("MALLOC_ARENA_MAX", "1")), d
+                MALLOC_ARENA_MAX=os.environ.get("MALLOC_ARENA_MAX", "1"),
+                GLIBC_TUNABLES=os.environ.get("GLIBC_TUNABLES", "glibc.malloc.tcache_max=128")), d
 
 
 def agent_health(agent):

@@ -78,6 +78,7 @@ impl std::error::Error for Error {}
 /// wait, stop. READY=1 never waits for the engine, so installing the agent before the engine,
 /// or with `DOCKER_HOST` wrong, does not hold up systemd (and `apt install`).
 pub fn run(cfg: Config) -> Result<(), Error> {
+    allocator::configure();
     let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP]).map_err(Error::Signals)?;
     let mut pipeline = Pipeline::new(cfg);
     let started = pipeline.start().and_then(|()| {
@@ -488,8 +489,29 @@ impl TrimSchedule {
 /// glibc's allocator (the builds for the Pi link glibc statically).
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 mod allocator {
+    use std::ffi::c_int;
+
     extern "C" {
-        fn malloc_trim(pad: usize) -> std::ffi::c_int;
+        fn malloc_trim(pad: usize) -> c_int;
+        fn mallopt(param: c_int, value: c_int) -> c_int;
+    }
+
+    /// `mallopt(3)`'s bound on the number of malloc pools (`<malloc.h>`).
+    const M_ARENA_MAX: c_int = -8;
+
+    /// One malloc pool for all threads, as `MALLOC_ARENA_MAX=1` in the unit, wherever the agent
+    /// runs: glibc would otherwise make up to eight per core as threads contend, and each keeps
+    /// its own free pages (the unit's comment has the figures). An arena bound given in the
+    /// environment is left as it is. Called before the agent starts its threads.
+    pub fn configure() {
+        let tuned = std::env::var("GLIBC_TUNABLES").is_ok_and(|t| t.contains("arena_max"));
+        if tuned || std::env::var_os("MALLOC_ARENA_MAX").is_some() {
+            return;
+        }
+        // SAFETY: takes no pointer; glibc sets a parameter under its own lock.
+        unsafe {
+            mallopt(M_ARENA_MAX, 1);
+        }
     }
 
     /// Hands the free pages of every arena back to the kernel (`malloc_trim(3)`), those in the
@@ -502,9 +524,12 @@ mod allocator {
     }
 }
 
-/// Other allocators give their free pages back by themselves, or not at all.
+/// Other allocators give their free pages back by themselves, or not at all, and have no pools
+/// to bound.
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 mod allocator {
+    pub fn configure() {}
+
     pub fn trim() {}
 }
 
