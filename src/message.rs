@@ -988,6 +988,42 @@ fn escape_of(b: u8) -> ([u8; 6], usize) {
     }
 }
 
+/// Messages of the shape `make bench` measures, for the cost harnesses of the backends: one
+/// container, 99-byte lines `bench line {i:08} 0123…`, a microsecond apart.
+#[cfg(test)]
+pub fn bench_lines(n: usize) -> Vec<Arc<LogMessage>> {
+    let origin = Arc::new(Origin::new(
+        Arc::from("0123456789abcdef".repeat(4)),
+        "bench-lines".into(),
+        LabelValue::from_label("bench-lines"),
+        "bench-lines".into(),
+        None,
+        Arc::from("host"),
+    ));
+    (0..n).map(|i| bench_line(&origin, i)).collect()
+}
+
+/// Line `i` of [`bench_lines`], from `origin`.
+#[cfg(test)]
+pub fn bench_line(origin: &Arc<Origin>, i: usize) -> Arc<LogMessage> {
+    let pos = Position {
+        ts_ns: 1_700_000_000_000_000_000 + i as i64 * 1000,
+        seen: 1,
+    };
+    let text = format!("bench line {i:08} {}", "0123456789".repeat(9));
+    Arc::new(LogMessage::new(Draft {
+        text: &text[..99],
+        ts_ns: pos.ts_ns,
+        level: Level::Info,
+        kind: SourceKind::Container,
+        origin: origin.clone(),
+        is_stderr: false,
+        truncated: false,
+        position: Some(pos),
+        id: Id::Line(pos),
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

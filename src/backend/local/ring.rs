@@ -102,25 +102,10 @@ fn newest(inner: &Inner, limit: usize, keep: impl Fn(&LogMessage) -> bool) -> Ve
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::message::{Draft, Id, LabelValue, Level, Origin, Position, SourceKind};
+    use crate::message::{LabelValue, Origin};
 
     fn line(origin: &Arc<Origin>, i: usize) -> Arc<LogMessage> {
-        let pos = Position {
-            ts_ns: 1_700_000_000_000_000_000 + i as i64 * 1000,
-            seen: 1,
-        };
-        let text = format!("bench line {i:08} {}", "0123456789".repeat(9));
-        Arc::new(LogMessage::new(Draft {
-            text: &text[..99],
-            ts_ns: pos.ts_ns,
-            level: Level::Info,
-            kind: SourceKind::Container,
-            origin: origin.clone(),
-            is_stderr: false,
-            truncated: false,
-            position: Some(pos),
-            id: Id::Line(pos),
-        }))
+        crate::message::bench_line(origin, i)
     }
 
     /// What a reader does with a run of lines, as `make bench` makes them: 64 messages made,

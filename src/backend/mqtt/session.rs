@@ -2532,7 +2532,6 @@ mod tests {
 mod cost_tests {
     use super::*;
     use crate::config::Config;
-    use crate::message::{Draft, Id, LabelValue};
     use std::collections::HashMap;
 
     fn session(batch: bool, dir: &std::path::Path, t0: Instant) -> Session {
@@ -2551,34 +2550,7 @@ mod cost_tests {
     }
 
     fn lines(n: usize) -> Vec<Arc<LogMessage>> {
-        let origin = Arc::new(Origin::new(
-            Arc::from("0123456789abcdef".repeat(4)),
-            "bench-lines".into(),
-            LabelValue::from_label("bench-lines"),
-            "bench-lines".into(),
-            None,
-            Arc::from("host"),
-        ));
-        (0..n)
-            .map(|i| {
-                let pos = Position {
-                    ts_ns: 1_700_000_000_000_000_000 + i as i64 * 1000,
-                    seen: 1,
-                };
-                let text = format!("bench line {i:08} {}", "0123456789".repeat(9));
-                Arc::new(LogMessage::new(Draft {
-                    text: &text[..99],
-                    ts_ns: pos.ts_ns,
-                    level: Level::Info,
-                    kind: SourceKind::Container,
-                    origin: origin.clone(),
-                    is_stderr: false,
-                    truncated: false,
-                    position: Some(pos),
-                    id: Id::Line(pos),
-                }))
-            })
-            .collect()
+        crate::message::bench_lines(n)
     }
 
     /// What the publisher and the connection thread do with the lines: intake, tick, poll,
