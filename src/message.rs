@@ -992,15 +992,30 @@ fn escape_of(b: u8) -> ([u8; 6], usize) {
 /// container, 99-byte lines `bench line {i:08} 0123…`, a microsecond apart.
 #[cfg(test)]
 pub fn bench_lines(n: usize) -> Vec<Arc<LogMessage>> {
-    let origin = Arc::new(Origin::new(
+    let origin = bench_origin();
+    (0..n).map(|i| bench_line(&origin, i)).collect()
+}
+
+/// The container of [`bench_lines`].
+#[cfg(test)]
+pub fn bench_origin() -> Arc<Origin> {
+    Arc::new(Origin::new(
         Arc::from("0123456789abcdef".repeat(4)),
         "bench-lines".into(),
         LabelValue::from_label("bench-lines"),
         "bench-lines".into(),
         None,
         Arc::from("host"),
-    ));
-    (0..n).map(|i| bench_line(&origin, i)).collect()
+    ))
+}
+
+/// How many lines a cost harness runs: `CLD_COST_LINES` (30,000 to measure), else 3,000.
+#[cfg(test)]
+pub fn cost_lines() -> usize {
+    std::env::var("CLD_COST_LINES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3000)
 }
 
 /// Line `i` of [`bench_lines`], from `origin`.

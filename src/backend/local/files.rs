@@ -863,10 +863,6 @@ mod cost_tests {
     use super::*;
     use crate::backend::Progress;
 
-    fn lines(n: usize) -> Vec<Arc<LogMessage>> {
-        crate::message::bench_lines(n)
-    }
-
     /// What the writer thread does with the lines: a command of 64, then a flush (its queue
     /// ran dry).
     #[inline(never)]
@@ -879,10 +875,7 @@ mod cost_tests {
 
     #[test]
     fn a_run_of_lines_is_written_whole_and_reported() {
-        let n: usize = std::env::var("CLD_COST_LINES")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(3000);
+        let n = crate::message::cost_lines();
         let dir = std::env::temp_dir().join(format!("cld-files-cost-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         let progress = Progress::new();
@@ -896,7 +889,7 @@ mod cost_tests {
             progress.lane(),
             stats.clone(),
         );
-        let msgs = lines(n);
+        let msgs = crate::message::bench_lines(n);
         drive(&mut w, &msgs);
         drop(w);
         let mut want = Vec::new();

@@ -102,11 +102,7 @@ fn newest(inner: &Inner, limit: usize, keep: impl Fn(&LogMessage) -> bool) -> Ve
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::message::{LabelValue, Origin};
-
-    fn line(origin: &Arc<Origin>, i: usize) -> Arc<LogMessage> {
-        crate::message::bench_line(origin, i)
-    }
+    use crate::message::{bench_line, bench_origin, Origin};
 
     /// What a reader does with a run of lines, as `make bench` makes them: 64 messages made,
     /// handed to the ring, let go of. It is also the harness for measuring the ring's cost per
@@ -116,7 +112,7 @@ mod tests {
     fn drive(ring: &Ring, origin: &Arc<Origin>, n: usize) {
         let mut batch = Vec::with_capacity(64);
         for start in (0..n).step_by(64) {
-            batch.extend((start..n.min(start + 64)).map(|i| line(origin, i)));
+            batch.extend((start..n.min(start + 64)).map(|i| bench_line(origin, i)));
             ring.push_many(&batch);
             batch.clear();
         }
@@ -124,18 +120,8 @@ mod tests {
 
     #[test]
     fn the_ring_keeps_the_newest_messages_in_order() {
-        let n: usize = std::env::var("CLD_COST_LINES")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(3000);
-        let origin = Arc::new(Origin::new(
-            Arc::from("0123456789abcdef".repeat(4)),
-            "bench-lines".into(),
-            LabelValue::from_label("bench-lines"),
-            "bench-lines".into(),
-            None,
-            Arc::from("host"),
-        ));
+        let n = crate::message::cost_lines();
+        let origin = bench_origin();
         // A third of the lines, as the bench's LOG_MAX_MEMORY of its 30,000.
         let cap = n / 3;
         let ring = Ring::new(cap);

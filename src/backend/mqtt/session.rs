@@ -2549,10 +2549,6 @@ mod cost_tests {
         Session::new(&cfg, spool, "host", "online".into(), "offline".into(), t0)
     }
 
-    fn lines(n: usize) -> Vec<Arc<LogMessage>> {
-        crate::message::bench_lines(n)
-    }
-
     /// What the publisher and the connection thread do with the lines: intake, tick, poll,
     /// write (payloads given back), acknowledge. Returns the messages published and the last
     /// position reported.
@@ -2596,16 +2592,13 @@ mod cost_tests {
     }
 
     fn run(batch: bool) {
-        let n: usize = std::env::var("CLD_COST_LINES")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(3000);
+        let n = crate::message::cost_lines();
         let dir =
             std::env::temp_dir().join(format!("cld-session-cost-{batch}-{}", std::process::id()));
         let t0 = Instant::now();
         let mut s = session(batch, &dir, t0);
         s.connected(Granted::v311(false), t0);
-        let msgs = lines(n);
+        let msgs = crate::message::bench_lines(n);
         let (bytes, last) = drive(&mut s, &msgs, t0);
         let _ = std::fs::remove_dir_all(&dir);
         assert!(bytes > n * 100, "every line went out ({bytes} bytes)");
