@@ -47,6 +47,21 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static ALLOC: Counting = Counting;
 
+/// A container line at `pos` saying `text`, as the reader drafts it.
+fn line<'a>(origin: &Arc<Origin>, text: &'a str, pos: Position) -> Draft<'a> {
+    Draft {
+        id: Id::Line(pos),
+        text,
+        ts_ns: pos.ts_ns,
+        level: Level::Info,
+        kind: SourceKind::Container,
+        origin: origin.clone(),
+        is_stderr: false,
+        truncated: false,
+        position: Some(pos),
+    }
+}
+
 #[inline(never)]
 fn make_all(origin: &Arc<Origin>, text: &str) -> Vec<Arc<LogMessage>> {
     let mut out = Vec::with_capacity(LINES);
@@ -54,17 +69,7 @@ fn make_all(origin: &Arc<Origin>, text: &str) -> Vec<Arc<LogMessage>> {
     for _ in 0..LINES {
         ts_ns += 1_013;
         let pos = Position { ts_ns, seen: 1 };
-        out.push(new_one(Draft {
-            id: Id::Line(pos),
-            text: black_box(text),
-            ts_ns,
-            level: Level::Info,
-            kind: SourceKind::Container,
-            origin: origin.clone(),
-            is_stderr: false,
-            truncated: false,
-            position: Some(pos),
-        }));
+        out.push(new_one(line(origin, black_box(text), pos)));
     }
     out
 }
@@ -80,17 +85,7 @@ fn make_some(origin: &Arc<Origin>, text: &str) -> Vec<Arc<LogMessage>> {
                 ts_ns: 1_767_225_600_123_456_789 + i as i64,
                 seen: 1,
             };
-            LogMessage::shared(Draft {
-                id: Id::Line(pos),
-                text,
-                ts_ns: pos.ts_ns,
-                level: Level::Info,
-                kind: SourceKind::Container,
-                origin: origin.clone(),
-                is_stderr: false,
-                truncated: false,
-                position: Some(pos),
-            })
+            LogMessage::shared(line(origin, text, pos))
         })
         .collect()
 }
