@@ -1021,14 +1021,21 @@ pub fn cost_lines() -> usize {
 /// Line `i` of [`bench_lines`], from `origin`.
 #[cfg(test)]
 pub fn bench_line(origin: &Arc<Origin>, i: usize) -> Arc<LogMessage> {
-    let pos = Position {
-        ts_ns: 1_700_000_000_000_000_000 + i as i64 * 1000,
-        seen: 1,
-    };
     let text = format!("bench line {i:08} {}", "0123456789".repeat(9));
+    test_line(
+        origin,
+        &text[..99],
+        1_700_000_000_000_000_000 + i as i64 * 1000,
+    )
+}
+
+/// A container line of `origin` saying `text`, stamped `ts_ns`, the first at that time.
+#[cfg(test)]
+pub fn test_line(origin: &Arc<Origin>, text: &str, ts_ns: i64) -> Arc<LogMessage> {
+    let pos = Position { ts_ns, seen: 1 };
     Arc::new(LogMessage::new(Draft {
-        text: &text[..99],
-        ts_ns: pos.ts_ns,
+        text,
+        ts_ns,
         level: Level::Info,
         kind: SourceKind::Container,
         origin: origin.clone(),

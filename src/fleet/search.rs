@@ -293,7 +293,7 @@ mod tests {
     }
 
     fn msg(text: &str, ts_ns: i64) -> Arc<LogMessage> {
-        use crate::message::{Draft, Id, LabelValue, Origin, Position, SourceKind};
+        use crate::message::{LabelValue, Origin};
         let origin = Arc::new(Origin::new(
             Arc::from("c0ffee"),
             "web".into(),
@@ -302,18 +302,7 @@ mod tests {
             None,
             Arc::from("h"),
         ));
-        let pos = Position { ts_ns, seen: 1 };
-        Arc::new(LogMessage::new(Draft {
-            text,
-            ts_ns,
-            level: Level::Info,
-            kind: SourceKind::Container,
-            is_stderr: false,
-            truncated: false,
-            position: Some(pos),
-            id: Id::Line(pos),
-            origin,
-        }))
+        crate::message::test_line(&origin, text, ts_ns)
     }
 
     fn texts(found: &Found) -> Vec<String> {

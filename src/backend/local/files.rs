@@ -537,7 +537,7 @@ fn tail_positions(path: &Path, max: u64) -> Vec<(String, Position)> {
 mod tests {
     use super::*;
     use crate::backend::Progress;
-    use crate::message::{Draft, Id, LabelValue, Level, Origin};
+    use crate::message::{LabelValue, Origin};
 
     fn origin(app: &str, service: &str) -> Arc<Origin> {
         Arc::new(Origin::new(
@@ -555,19 +555,7 @@ mod tests {
     }
 
     fn line(origin: &Arc<Origin>, text: &str, ts: i64) -> Arc<LogMessage> {
-        let origin = origin.clone();
-        let pos = Position { ts_ns: ts, seen: 1 };
-        Arc::new(LogMessage::new(Draft {
-            text,
-            ts_ns: ts,
-            level: Level::Info,
-            kind: SourceKind::Container,
-            is_stderr: false,
-            truncated: false,
-            position: Some(pos),
-            id: Id::Line(pos),
-            origin,
-        }))
+        crate::message::test_line(origin, text, ts)
     }
 
     fn tempdir(tag: &str) -> PathBuf {
