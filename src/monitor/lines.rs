@@ -462,9 +462,6 @@ impl LineCore {
 struct Recent {
     slots: [(i64, u32); 8],
     next: usize,
-    /// The newest timestamp ever counted (no slot holds a newer one): a line newer than it,
-    /// as most are, is known to be the first at its timestamp without a look at the slots.
-    newest: i64,
 }
 
 impl Default for Recent {
@@ -472,7 +469,6 @@ impl Default for Recent {
         Recent {
             slots: [(i64::MIN, 0); 8],
             next: 0,
-            newest: i64::MIN,
         }
     }
 }
@@ -480,9 +476,7 @@ impl Default for Recent {
 impl Recent {
     /// The position of the next line stamped `ts`.
     fn position(&mut self, ts: i64) -> Position {
-        if ts > self.newest {
-            self.newest = ts;
-        } else if let Some(e) = self.slots.iter_mut().find(|e| e.0 == ts) {
+        if let Some(e) = self.slots.iter_mut().find(|e| e.0 == ts) {
             e.1 += 1;
             return Position {
                 ts_ns: ts,
@@ -495,7 +489,6 @@ impl Recent {
     }
 }
 
-/// A message being assembled (`MULTILINE=auto`).
 /// A message's text as [`LineCore::emit`] takes it.
 enum Body<'a> {
     /// A line's own bytes, which may hold invalid UTF-8.
@@ -504,6 +497,7 @@ enum Body<'a> {
     Joined(String),
 }
 
+/// A message being assembled (`MULTILINE=auto`).
 struct Pending {
     text: String,
     head: Head,
