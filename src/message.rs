@@ -518,7 +518,17 @@ impl LogMessage {
     #[inline(always)]
     fn shared_text(mut d: Draft, text: Text) -> (Arc<LogMessage>, bool) {
         let id = std::mem::replace(&mut d.id, Id::Line(Position::default()));
-        let mut arc = Arc::new(LogMessage::blank(d));
+        let fresh = LogMessage::blank(d);
+        let mut arc = match spares::take() {
+            Some(mut spare) => match Arc::get_mut(&mut spare) {
+                Some(m) => {
+                    *m = fresh;
+                    spare
+                }
+                None => Arc::new(fresh),
+            },
+            None => Arc::new(fresh),
+        };
         // A new `Arc` is never shared, so this always writes.
         let replaced = Arc::get_mut(&mut arc).is_some_and(|m| m.write_head(text, &id));
         (arc, replaced)
@@ -685,6 +695,64 @@ impl LogMessage {
         let mut out = String::new();
         self.write_json(&mut out);
         out
+    }
+}
+
+/// Messages the memory ring let go of, kept by the thread that pushed the ones replacing them,
+/// to be written over by the next messages that thread makes ([`LogMessage::shared`]).
+///
+/// Once the ring is full (any agent that has run a while), each line a reader hands over
+/// replaces the oldest message, so a reader frees a batch of messages and allocates the next
+/// batch, in one thread. A message (about 280 bytes) is larger than the chunks glibc caches per
+/// thread, so each would cost a trip through the shared heap both ways; written over, it costs
+/// neither. A thread keeps at most [`spares::MAX`], and only those of its last push: the rest
+/// are freed as before, so a reader that goes quiet holds at most one batch.
+pub mod spares {
+    use std::cell::RefCell;
+    use std::sync::Arc;
+
+    use super::LogMessage;
+
+    /// The most messages a thread keeps: a reader's batch.
+    pub const MAX: usize = 64;
+
+    thread_local! {
+        static SPARES: RefCell<Vec<Arc<LogMessage>>> = const { RefCell::new(Vec::new()) };
+    }
+
+    /// Frees what this thread kept and did not use, before it pushes more.
+    pub fn clear() {
+        let kept = SPARES.with(|s| std::mem::take(&mut *s.borrow_mut()));
+        drop(kept);
+    }
+
+    /// Keeps a message the ring let go of when nothing else holds it and there is room; else
+    /// drops it.
+    #[inline]
+    pub fn keep(mut msg: Arc<LogMessage>) {
+        if Arc::get_mut(&mut msg).is_none() {
+            return;
+        }
+        SPARES.with(|s| {
+            let mut s = s.borrow_mut();
+            if s.len() < MAX {
+                if s.capacity() == 0 {
+                    s.reserve_exact(MAX);
+                }
+                s.push(msg);
+            }
+        });
+    }
+
+    /// A kept message, held by nothing else, to write over.
+    #[inline]
+    pub(super) fn take() -> Option<Arc<LogMessage>> {
+        SPARES.with(|s| s.borrow_mut().pop())
+    }
+
+    /// How many this thread keeps.
+    pub fn held() -> usize {
+        SPARES.with(|s| s.borrow().len())
     }
 }
 
@@ -1033,7 +1101,7 @@ pub fn bench_line(origin: &Arc<Origin>, i: usize) -> Arc<LogMessage> {
 #[cfg(test)]
 pub fn test_line(origin: &Arc<Origin>, text: &str, ts_ns: i64) -> Arc<LogMessage> {
     let pos = Position { ts_ns, seen: 1 };
-    Arc::new(LogMessage::new(Draft {
+    LogMessage::shared(Draft {
         text,
         ts_ns,
         level: Level::Info,
@@ -1043,7 +1111,7 @@ pub fn test_line(origin: &Arc<Origin>, text: &str, ts_ns: i64) -> Arc<LogMessage
         truncated: false,
         position: Some(pos),
         id: Id::Line(pos),
-    }))
+    })
 }
 
 #[cfg(test)]

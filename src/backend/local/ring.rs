@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
-use crate::message::LogMessage;
+use crate::message::{spares, LogMessage};
 
 /// A bounded, newest-last list of messages.
 pub struct Ring {
@@ -37,8 +37,10 @@ impl Ring {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Pushes messages in order under one lock.
+    /// Pushes messages in order under one lock. The messages they replace are kept by this
+    /// thread for its next ones ([`spares`]).
     pub fn push_many(&self, msgs: &[Arc<LogMessage>]) {
+        spares::clear();
         let mut inner = self.lock();
         for msg in msgs {
             Self::push_locked(&mut inner, self.cap, msg);
@@ -47,7 +49,9 @@ impl Ring {
 
     fn push_locked(inner: &mut Inner, cap: usize, msg: &Arc<LogMessage>) {
         if inner.items.len() == cap {
-            inner.items.pop_front();
+            if let Some(old) = inner.items.pop_front() {
+                spares::keep(old);
+            }
         }
         inner.items.push_back(msg.clone());
         // A full subscriber queue means a slow client: drop it (its stream ends), keep going.
@@ -116,6 +120,52 @@ mod tests {
             ring.push_many(&batch);
             batch.clear();
         }
+    }
+
+    #[test]
+    fn messages_the_ring_lets_go_of_are_written_over_by_the_next_ones() {
+        let origin = bench_origin();
+        let ring = Ring::new(100);
+        let first: Vec<_> = (0..100).map(|i| bench_line(&origin, i)).collect();
+        ring.push_many(&first);
+        assert_eq!(spares::held(), 0, "nothing was replaced yet");
+        // One of the oldest is still held elsewhere (an API answer, a queued MQTT message).
+        let held = first[1].clone();
+        let addresses: Vec<_> = first.iter().map(Arc::as_ptr).collect();
+        drop(first);
+        let batch: Vec<_> = (100..170).map(|i| bench_line(&origin, i)).collect();
+        ring.push_many(&batch);
+        // 70 replaced, one of them held elsewhere; at most a batch is kept.
+        assert_eq!(spares::held(), spares::MAX);
+        drop(batch);
+        let next: Vec<_> = (170..180).map(|i| bench_line(&origin, i)).collect();
+        for (k, m) in next.iter().enumerate() {
+            assert!(
+                addresses.contains(&Arc::as_ptr(m)),
+                "line {k} was allocated anew"
+            );
+            assert_ne!(Arc::as_ptr(m), Arc::as_ptr(&held));
+            // Made in a thread of its own, which keeps no spares.
+            let fresh = std::thread::scope(|s| {
+                let made = s.spawn(|| bench_line(&origin, 170 + k).json());
+                made.join().ok()
+            });
+            assert_eq!(
+                Some(m.json()),
+                fresh,
+                "a written-over message renders as a new one"
+            );
+        }
+        assert_eq!(
+            held.ts_ns, 1_700_000_000_000_001_000,
+            "the held one is untouched"
+        );
+        ring.push_many(&next);
+        assert_eq!(
+            spares::held(),
+            10,
+            "the unused ones were freed, the replaced kept"
+        );
     }
 
     #[test]
