@@ -391,7 +391,14 @@ struct LineTail {
 impl LineTail {
     fn of(pos: Position) -> LineTail {
         let mut buf = [b'-'; 2 * DECIMAL_ROOM + 2];
-        let index = write_decimal(&mut buf, i64::from(pos.seen.saturating_sub(1)));
+        // Most lines are the first of their time: a one-digit index needs no conversion.
+        let index = match pos.seen.saturating_sub(1) {
+            i @ 0..=9 => {
+                buf[buf.len() - 1] = b'0' + i as u8;
+                buf.len() - 1
+            }
+            i => write_decimal(&mut buf, i64::from(i)),
+        };
         let ts_end = index - 1;
         let ts = write_time(&mut buf[..ts_end], pos.ts_ns);
         LineTail {
@@ -518,16 +525,15 @@ impl LogMessage {
     #[inline(always)]
     fn shared_text(mut d: Draft, text: Text) -> (Arc<LogMessage>, bool) {
         let id = std::mem::replace(&mut d.id, Id::Line(Position::default()));
-        let fresh = LogMessage::blank(d);
         let mut arc = match spares::take() {
             Some(mut spare) => match Arc::get_mut(&mut spare) {
                 Some(m) => {
-                    *m = fresh;
+                    m.reset(d);
                     spare
                 }
-                None => Arc::new(fresh),
+                None => Arc::new(LogMessage::blank(d)),
             },
-            None => Arc::new(fresh),
+            None => Arc::new(LogMessage::blank(d)),
         };
         // A new `Arc` is never shared, so this always writes.
         let replaced = Arc::get_mut(&mut arc).is_some_and(|m| m.write_head(text, &id));
@@ -552,6 +558,24 @@ impl LogMessage {
             truncated: d.truncated,
             position: d.position,
         }
+    }
+
+    /// [`LogMessage::blank`] written over a message: its head's bytes are left, since
+    /// [`LogMessage::write_head`] writes them before anything reads them.
+    #[inline(always)]
+    fn reset(&mut self, d: Draft) {
+        self.head_len = 0;
+        self.spilled = None;
+        self.id_len = 0;
+        self.lit_end = 0;
+        self.text_escaped = false;
+        self.ts_ns = d.ts_ns;
+        self.level = d.level;
+        self.kind = d.kind;
+        self.origin = d.origin;
+        self.is_stderr = d.is_stderr;
+        self.truncated = d.truncated;
+        self.position = d.position;
     }
 
     /// Writes the head: `{"id":"<id>","message":<text literal>,"timestamp":<ms>`; true when
@@ -660,16 +684,27 @@ impl LogMessage {
     /// Appends the message as one JSON object (docs/CONTRACT.md §4), no trailing newline. The
     /// same message always gives the same bytes.
     pub fn write_json(&self, out: &mut impl JsonSink) {
+        self.write_json_then(out, END.as_bytes(), END_TRUNCATED.as_bytes());
+    }
+
+    /// [`LogMessage::write_json`] and a newline, as a line of a log file.
+    pub fn write_json_line(&self, out: &mut impl JsonSink) {
+        self.write_json_then(out, b"}\n", b",\"truncated\":true}\n");
+    }
+
+    /// The message's JSON ending with `end`, or `end_truncated` for a truncated one; each a
+    /// constant, so that the copy is a store.
+    #[inline(always)]
+    fn write_json_then(&self, out: &mut impl JsonSink, end: &[u8], end_truncated: &[u8]) {
         let [head, level, tail] = self.pieces();
-        out.reserve_for(head.len() + level.len() + tail.len() + END_TRUNCATED.len());
+        out.reserve_for(head.len() + level.len() + tail.len() + end_truncated.len());
         out.put(head);
         out.put(level);
         out.put(tail);
-        // Each a constant, so that the copy is a store.
         if self.truncated {
-            out.put(END_TRUNCATED.as_bytes());
+            out.put(end_truncated);
         } else {
-            out.put(END.as_bytes());
+            out.put(end);
         }
     }
 
@@ -705,8 +740,8 @@ impl LogMessage {
 /// replaces the oldest message, so a reader frees a batch of messages and allocates the next
 /// batch, in one thread. A message (about 280 bytes) is larger than the chunks glibc caches per
 /// thread, so each would cost a trip through the shared heap both ways; written over, it costs
-/// neither. A thread keeps at most [`spares::MAX`], and only those of its last push: the rest
-/// are freed as before, so a reader that goes quiet holds at most one batch.
+/// neither. A thread keeps at most [`spares::MAX`], a reader's batch; the rest are freed as
+/// before, so a reader that goes quiet holds at most one batch.
 pub mod spares {
     use std::cell::RefCell;
     use std::sync::Arc;
@@ -718,12 +753,6 @@ pub mod spares {
 
     thread_local! {
         static SPARES: RefCell<Vec<Arc<LogMessage>>> = const { RefCell::new(Vec::new()) };
-    }
-
-    /// Frees what this thread kept and did not use, before it pushes more.
-    pub fn clear() {
-        let kept = SPARES.with(|s| std::mem::take(&mut *s.borrow_mut()));
-        drop(kept);
     }
 
     /// Keeps a message the ring let go of when nothing else holds it and there is room; else

@@ -78,8 +78,7 @@ impl Open {
         if !self.buf.is_empty() && self.buf.len() as u64 + len > BUFFER as u64 {
             self.flush()?;
         }
-        msg.write_json(&mut self.buf);
-        self.buf.push(b'\n');
+        msg.write_json_line(&mut self.buf);
         self.size += len;
         if self.buf.len() >= BUFFER {
             self.flush()?;
