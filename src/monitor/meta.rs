@@ -56,13 +56,27 @@ pub fn followed(
 /// The id of the container we run in, if any: found in `/proc/self/mountinfo` (the engine
 /// bind-mounts `/etc/hostname` from `…/containers/<id>/`) or `/proc/self/cgroup`.
 pub fn own_container_id() -> Option<String> {
-    let sources = ["/proc/self/mountinfo", "/proc/self/cgroup"];
-    sources
-        .iter()
-        .filter_map(|p| std::fs::read_to_string(p).ok())
-        .find_map(|text| find_container_id(&text))
+    let in_file = |path: &str, find: fn(&str) -> Option<String>| {
+        std::fs::read_to_string(path).ok().and_then(|t| find(&t))
+    };
+    in_file("/proc/self/mountinfo", id_in_mountinfo)
+        .or_else(|| in_file("/proc/self/cgroup", find_container_id))
 }
 
+/// The container id in the mount of `/etc/hostname`, the only mount that says which container
+/// this is: a host's own table can list other containers' mounts (a shareable IPC namespace's
+/// `…/containers/<id>/mounts/shm`), and on a busy host it is long (scanned with `memmem`).
+fn id_in_mountinfo(text: &str) -> Option<String> {
+    // Fields: id, parent, device, root, mount point, …
+    let at = memchr::memmem::find(text.as_bytes(), b" /etc/hostname ")?;
+    let start = text.get(..at)?.rfind('\n').map_or(0, |i| i + 1);
+    let line = text.get(start..)?.lines().next()?;
+    let mut fields = line.split(' ');
+    let root = fields.nth(3)?;
+    (fields.next()? == "/etc/hostname").then(|| find_container_id(root))?
+}
+
+/// The first 64-digit hex id after one of the engines' path or cgroup markers in `text`.
 fn find_container_id(text: &str) -> Option<String> {
     for marker in ["/containers/", "/docker/", "docker-", "/libpod-"] {
         let mut rest = text;
@@ -150,10 +164,20 @@ mod tests {
     #[test]
     fn finds_own_id() {
         let id = "a".repeat(64);
+        let other = "b".repeat(64);
+        // A container's table: the other container's path is not this container.
         let mountinfo = format!(
-            "612 600 0:50 /var/lib/docker/containers/{id}/hostname /etc/hostname rw - ext4"
+            "600 1 0:40 / / rw - overlay overlay rw\n\
+             611 600 0:49 /var/lib/docker/containers/{other}/mounts/shm /x/shm rw - tmpfs\n\
+             612 600 0:50 /var/lib/docker/containers/{id}/hostname /etc/hostname rw - ext4\n"
         );
-        assert_eq!(find_container_id(&mountinfo), Some(id.clone()));
+        assert_eq!(id_in_mountinfo(&mountinfo), Some(id.clone()));
+        // A host's table lists every container's mounts, and none of them is the agent.
+        let host = format!(
+            "25 1 8:1 / / rw - ext4 /dev/sda1 rw\n\
+             611 25 0:49 / /var/lib/docker/containers/{other}/mounts/shm rw - tmpfs shm rw\n"
+        );
+        assert_eq!(id_in_mountinfo(&host), None);
         assert_eq!(
             find_container_id(&format!("0::/system.slice/docker-{id}.scope")),
             Some(id)
