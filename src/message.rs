@@ -321,10 +321,10 @@ impl PutBytes for Vec<u8> {
 
 /// A message's JSON up to its id.
 const OPEN: &str = "{\"id\":\"";
-/// Between the id and the text's literal.
-const TO_MESSAGE: &str = "\",\"message\":";
-/// Between the text's literal and the timestamp.
-const TO_TIMESTAMP: &str = ",\"timestamp\":";
+/// Between the id and the text, with the literal's opening quote.
+const TO_MESSAGE: &str = "\",\"message\":\"";
+/// Between the text and the timestamp, with the literal's closing quote.
+const TO_TIMESTAMP: &str = "\",\"timestamp\":";
 /// The end of a message's JSON.
 const END: &str = "}";
 /// The end of a truncated message's JSON.
@@ -389,6 +389,7 @@ struct LineTail {
 }
 
 impl LineTail {
+    #[inline(always)]
     fn of(pos: Position) -> LineTail {
         let mut buf = [b'-'; 2 * DECIMAL_ROOM + 2];
         // Most lines are the first of their time: a one-digit index needs no conversion.
@@ -601,7 +602,7 @@ impl LogMessage {
             (None, Id::Line(_)) => 0,
         };
         // Exact unless the text needs escaping (or a given id has a replaced character).
-        let exact = OPEN.len() + id_len + TO_MESSAGE.len() + text.len() + 2;
+        let exact = OPEN.len() + id_len + TO_MESSAGE.len() + text.len();
         let exact = exact + TO_TIMESTAMP.len() + ms.len();
         let mut w = HeadWriter {
             inline: &mut self.inline,
@@ -611,23 +612,28 @@ impl LogMessage {
         w.put(OPEN.as_bytes());
         match (&tail, id) {
             (Some(t), _) => {
-                w.put(short_id);
+                // A container's short id is 12 digits: copied as a constant length, a store.
+                match <&[u8; 12]>::try_from(short_id) {
+                    Ok(twelve) => w.put(twelve),
+                    Err(_) => w.put(short_id),
+                }
                 w.put(t.bytes());
             }
             (None, Id::Given(id)) => put_given_id(&mut w, id),
             (None, Id::Line(_)) => {}
         }
         let id_len = w.len() - OPEN.len();
+        // The literal's quotes are the last byte of one piece and the first of the next.
         w.put(TO_MESSAGE.as_bytes());
-        let lit_start = w.len();
+        let lit_start = w.len() - 1;
         let (text_len, replaced) = match text {
             Text::Str(s) => {
-                put_json_str(&mut w, s);
+                put_escaped(&mut w, s.as_bytes());
                 (s.len(), false)
             }
-            Text::Bytes(b) => put_json_line(&mut w, b),
+            Text::Bytes(b) => put_line_escaped(&mut w, b),
         };
-        let lit_end = w.len();
+        let lit_end = w.len() + 1;
         w.put(TO_TIMESTAMP.as_bytes());
         w.put(ms);
         self.head_len = w.len as u32;
@@ -664,7 +670,7 @@ impl LogMessage {
 
     /// The text's JSON string literal, quotes included.
     fn text_literal(&self) -> &[u8] {
-        let start = OPEN.len() + self.id_len as usize + TO_MESSAGE.len();
+        let start = OPEN.len() + self.id_len as usize + TO_MESSAGE.len() - 1;
         self.head()
             .get(start..self.lit_end as usize)
             .unwrap_or(b"\"\"")
@@ -983,14 +989,13 @@ fn put_escaped(out: &mut impl PutBytes, text: &[u8]) {
     });
 }
 
-/// Writes a line's bytes as [`put_json_str`] writes them with invalid UTF-8 replaced (U+FFFD,
+/// Writes a line's bytes as [`put_escaped`] writes text, with invalid UTF-8 replaced (U+FFFD,
 /// as `String::from_utf8_lossy` replaces it), and returns the length of that text and whether
 /// anything was replaced. Plain ASCII is copied as the scan for escapes finds it; from the
 /// first byte that is not ASCII, the rest is checked (and replaced) as a whole, as an ASCII
 /// byte always ends what came before it.
 #[inline(always)]
-fn put_json_line(out: &mut impl PutBytes, bytes: &[u8]) -> (usize, bool) {
-    out.put(b"\"");
+fn put_line_escaped(out: &mut impl PutBytes, bytes: &[u8]) -> (usize, bool) {
     let ascii = escape_runs::<true>(bytes, |run, escaped| {
         out.put(bytes.get(run).unwrap_or_default());
         if let Some(b) = escaped {
@@ -1009,7 +1014,6 @@ fn put_json_line(out: &mut impl PutBytes, bytes: &[u8]) -> (usize, bool) {
             matches!(text, std::borrow::Cow::Owned(_)),
         )
     };
-    out.put(b"\"");
     (len, replaced)
 }
 

@@ -53,6 +53,9 @@ impl Ring {
             }
         }
         inner.items.push_back(msg.clone());
+        if inner.subscribers.is_empty() {
+            return;
+        }
         // A full subscriber queue means a slow client: drop it (its stream ends), keep going.
         inner.subscribers.retain(|tx| {
             !matches!(
