@@ -902,7 +902,11 @@ fn write_time(buf: &mut [u8], ns: i64) -> usize {
         TIME_TOP.set((top, digits, len));
     }
     let len = usize::from(len);
-    buf[i - len..i].copy_from_slice(&digits[TOP_ROOM - len..]);
+    match buf.get_mut(i - TOP_ROOM..i) {
+        // Every time since 2001 has TOP_ROOM digits there: a copy of constant length, a store.
+        Some(dst) if len == TOP_ROOM => dst.copy_from_slice(&digits),
+        _ => buf[i - len..i].copy_from_slice(&digits[TOP_ROOM - len..]),
+    }
     i - len
 }
 
