@@ -8,6 +8,8 @@ pub(crate) mod local;
 pub mod mqtt;
 
 use std::collections::HashMap;
+
+use rustc_hash::FxHashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use crossbeam_channel::Sender;
@@ -59,7 +61,8 @@ pub trait Backend: Send + Sync {
 /// What one backend has taken, per container: the last position; and whom to tell when a
 /// container is taken for the first time.
 struct Taken {
-    map: Mutex<HashMap<Arc<str>, Position>>,
+    /// Looked up at every batch a backend takes: FxHash, not SipHash (keys are engine ids).
+    map: Mutex<FxHashMap<Arc<str>, Position>>,
     first: Arc<OnceLock<Sender<()>>>,
 }
 
@@ -109,7 +112,7 @@ impl Progress {
     pub fn lane(&self) -> Lane {
         let lane = Lane {
             taken: Arc::new(Taken {
-                map: Mutex::new(HashMap::new()),
+                map: Mutex::new(FxHashMap::default()),
                 first: self.first.clone(),
             }),
         };
@@ -142,7 +145,7 @@ impl Progress {
         for taken in self.lanes().iter() {
             let map = taken.map.lock().unwrap_or_else(|p| p.into_inner());
             out = Some(match out {
-                None => map.clone(),
+                None => map.iter().map(|(k, p)| (k.clone(), *p)).collect(),
                 Some(prev) => prev
                     .into_iter()
                     .filter_map(|(k, p)| map.get(&k).map(|q| (k, p.min(*q))))

@@ -148,8 +148,8 @@ pub struct Counts {
     /// Lines held back by the rate limit.
     pub suppressed: u64,
     pub gaps: u64,
-    /// Engine time of the last line, ms since the epoch.
-    pub last_line_ms: Option<i64>,
+    /// Engine time of the last line, ns since the epoch.
+    pub last_line_ns: Option<i64>,
 }
 
 /// The per-stream state of a reader; see the module documentation.
@@ -227,7 +227,7 @@ impl LineCore {
         c.lines += 1;
         c.bytes += line.bytes.len() as u64;
         c.truncated += u64::from(line.truncated);
-        c.last_line_ms = Some(line.ts_ns.div_euclid(1_000_000));
+        c.last_line_ns = Some(line.ts_ns);
         self.last = Some(pos.max(self.last.unwrap_or_default()));
         if self.settings.multiline {
             self.line_to_join(line, pos, now);
@@ -1170,7 +1170,7 @@ mod tests {
                 invalid_utf8: 1,
                 suppressed: 0,
                 gaps: 0,
-                last_line_ms: Some(2000),
+                last_line_ns: Some(2_000_000_000),
             }
         );
     }

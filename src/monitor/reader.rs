@@ -284,7 +284,7 @@ impl Reader<'_> {
             Stats::add(&stats.invalid_utf8, c.invalid_utf8);
             let mut v = self.slot.view.lock().unwrap_or_else(|p| p.into_inner());
             v.lines += c.lines;
-            v.last_line_ms = c.last_line_ms;
+            v.last_line_ms = c.last_line_ns.map(|ns| ns.div_euclid(1_000_000));
         }
     }
 }

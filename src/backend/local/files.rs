@@ -130,7 +130,7 @@ pub struct Writer {
     /// Keyed by the path relative to `LOG_DIR` as bytes: `Path`'s own hash walks its components.
     files: FxHashMap<OsString, Open>,
     /// Per container, the last position written since the last flush.
-    unflushed: HashMap<Arc<str>, Position>,
+    unflushed: FxHashMap<Arc<str>, Position>,
     lane: Lane,
     stats: Arc<FileStats>,
     last_error_log: Option<Instant>,
@@ -184,7 +184,7 @@ impl Writer {
         Writer {
             settings,
             files: FxHashMap::default(),
-            unflushed: HashMap::new(),
+            unflushed: FxHashMap::default(),
             lane,
             written_before: HashMap::new(),
             hot: None,

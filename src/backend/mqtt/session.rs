@@ -299,6 +299,7 @@ enum Parts {
 }
 
 impl Parts {
+    #[inline]
     fn push(&mut self, part: Part) {
         match self {
             Parts::Many(v) => v.push(part),
@@ -693,10 +694,11 @@ impl Session {
         // A message too large for one packet is cut to fit; anything smaller goes out whole,
         // alone when it does not fit a batch.
         let mut json = Body::Msg(msg);
-        if json.len() + topic.len() + 4096 > MAX_PACKET {
+        let mut len = json.len();
+        if len + topic.len() + 4096 > MAX_PACKET {
             json = Body::Text(cut(&json.text(), MAX_PACKET - topic.len() - 8192).into_boxed_str());
+            len = json.len();
         }
-        let len = json.len();
         let part = Part {
             json,
             seq,
