@@ -57,7 +57,12 @@ pub fn followed(
 /// bind-mounts `/etc/hostname` from `…/containers/<id>/`) or `/proc/self/cgroup`.
 pub fn own_container_id() -> Option<String> {
     let in_file = |path: &str, find: fn(&str) -> Option<String>| {
-        std::fs::read_to_string(path).ok().and_then(|t| find(&t))
+        // A /proc file tells no size: read into room for a busy host's table at once, not
+        // into a buffer doubled a dozen times.
+        let mut text = String::with_capacity(128 << 10);
+        let mut file = std::fs::File::open(path).ok()?;
+        std::io::Read::read_to_string(&mut file, &mut text).ok()?;
+        find(&text)
     };
     in_file("/proc/self/mountinfo", id_in_mountinfo)
         .or_else(|| in_file("/proc/self/cgroup", find_container_id))
