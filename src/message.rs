@@ -746,10 +746,13 @@ impl LogMessage {
 /// replaces the oldest message, so a reader frees a batch of messages and allocates the next
 /// batch, in one thread. A message (about 280 bytes) is larger than the chunks glibc caches per
 /// thread, so each would cost a trip through the shared heap both ways; written over, it costs
-/// neither. A thread keeps at most [`spares::MAX`], a reader's batch; the rest are freed as
-/// before, so a reader that goes quiet holds at most one batch.
+/// neither. A thread keeps at most [`spares::MAX`] (a reader's batch) and all threads together
+/// at most [`spares::ALL_MAX`]; the rest are freed as before. So the memory kept aside is
+/// bounded whatever the number of containers (144 KiB), and a reader that goes quiet holds at
+/// most one batch.
 pub mod spares {
     use std::cell::RefCell;
+    use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
 
     use super::LogMessage;
@@ -757,8 +760,23 @@ pub mod spares {
     /// The most messages a thread keeps: a reader's batch.
     pub const MAX: usize = 64;
 
+    /// The most messages all threads keep together.
+    pub const ALL_MAX: usize = 512;
+
+    /// Messages kept by all threads.
+    static KEPT: AtomicUsize = AtomicUsize::new(0);
+
+    /// A thread's spares; those left when the thread ends leave the count with them.
+    struct Kept(Vec<Arc<LogMessage>>);
+
+    impl Drop for Kept {
+        fn drop(&mut self) {
+            KEPT.fetch_sub(self.0.len(), Ordering::Relaxed);
+        }
+    }
+
     thread_local! {
-        static SPARES: RefCell<Vec<Arc<LogMessage>>> = const { RefCell::new(Vec::new()) };
+        static SPARES: RefCell<Kept> = const { RefCell::new(Kept(Vec::new())) };
     }
 
     /// Keeps a message the ring let go of when nothing else holds it and there is room; else
@@ -769,25 +787,37 @@ pub mod spares {
             return;
         }
         SPARES.with(|s| {
-            let mut s = s.borrow_mut();
-            if s.len() < MAX {
-                if s.capacity() == 0 {
-                    s.reserve_exact(MAX);
-                }
-                s.push(msg);
+            let list = &mut s.borrow_mut().0;
+            if list.len() >= MAX {
+                return;
             }
+            if KEPT.fetch_add(1, Ordering::Relaxed) >= ALL_MAX {
+                KEPT.fetch_sub(1, Ordering::Relaxed);
+                return;
+            }
+            if list.capacity() == 0 {
+                list.reserve_exact(MAX);
+            }
+            list.push(msg);
         });
     }
 
     /// A kept message, held by nothing else, to write over.
     #[inline]
     pub(super) fn take() -> Option<Arc<LogMessage>> {
-        SPARES.with(|s| s.borrow_mut().pop())
+        let msg = SPARES.with(|s| s.borrow_mut().0.pop())?;
+        KEPT.fetch_sub(1, Ordering::Relaxed);
+        Some(msg)
     }
 
     /// How many this thread keeps.
     pub fn held() -> usize {
-        SPARES.with(|s| s.borrow().len())
+        SPARES.with(|s| s.borrow().0.len())
+    }
+
+    /// How many all threads keep.
+    pub fn held_in_all() -> usize {
+        KEPT.load(Ordering::Relaxed)
     }
 }
 

@@ -124,8 +124,12 @@ mod tests {
         }
     }
 
+    /// Taken by the tests that fill spares: the bound on all threads' spares is shared.
+    static SPARES_BUDGET: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
     #[test]
     fn messages_the_ring_lets_go_of_are_written_over_by_the_next_ones() {
+        let _budget = SPARES_BUDGET.lock().unwrap_or_else(|p| p.into_inner());
         let origin = bench_origin();
         let ring = Ring::new(100);
         let first: Vec<_> = (0..100).map(|i| bench_line(&origin, i)).collect();
@@ -164,6 +168,44 @@ mod tests {
         );
         ring.push_many(&next);
         assert_eq!(spares::held(), spares::MAX, "never more than a batch");
+    }
+
+    #[test]
+    fn all_threads_together_keep_a_bounded_number_of_spares() {
+        let _budget = SPARES_BUDGET.lock().unwrap_or_else(|p| p.into_inner());
+        let origin = bench_origin();
+        let threads = spares::ALL_MAX / spares::MAX + 4;
+        let filled = std::sync::Barrier::new(threads);
+        let held: Vec<usize> = std::thread::scope(|s| {
+            let each: Vec<_> = (0..threads)
+                .map(|_| {
+                    s.spawn(|| {
+                        // Each thread its own full ring, then a batch that replaces 64.
+                        let ring = Ring::new(64);
+                        ring.push_many(
+                            &(0..64).map(|i| bench_line(&origin, i)).collect::<Vec<_>>(),
+                        );
+                        ring.push_many(
+                            &(64..128)
+                                .map(|i| bench_line(&origin, i))
+                                .collect::<Vec<_>>(),
+                        );
+                        let mine = spares::held();
+                        filled.wait();
+                        assert!(spares::held_in_all() <= spares::ALL_MAX);
+                        mine
+                    })
+                })
+                .collect();
+            each.into_iter().filter_map(|t| t.join().ok()).collect()
+        });
+        assert_eq!(held.len(), threads);
+        assert!(held.iter().all(|&n| n <= spares::MAX));
+        assert!(held.iter().sum::<usize>() <= spares::ALL_MAX);
+        assert!(
+            held.iter().any(|&n| n < spares::MAX),
+            "some thread was refused room"
+        );
     }
 
     #[test]
