@@ -65,17 +65,18 @@ else
 fi
 
 # The Pi gets static binaries (packaging/cross.sh): build this host's one the same way, for the
-# idle RSS beside the dynamically linked one (libc's pages count in RSS). BENCH_STATIC=0 skips it.
+# idle and peak RSS beside the dynamically linked one (libc's pages count in RSS). BENCH_STATIC=0
+# skips it.
 STATIC=${BENCH_AGENT_STATIC:-}
-# Only the idle phase uses it.
-case ",${BENCH_ONLY:-idle}," in *,idle,*) want_static=1 ;; *) want_static=0 ;; esac
+# Only the idle and peak phases use it.
+case ",${BENCH_ONLY:-idle}," in *,idle,* | *,peak,*) want_static=1 ;; *) want_static=0 ;; esac
 if [ -z "${BENCH_AGENT:-}" ] && [ "${BENCH_STATIC:-1}" != 0 ] && [ "$want_static" = 1 ] \
   && [ "$(uname -m)" = x86_64 ]; then
   if CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS="-C target-feature=+crt-static" \
     "$CARGO" build --release --locked --target x86_64-unknown-linux-gnu; then
     STATIC=$TARGET_DIR/x86_64-unknown-linux-gnu/release/container-logd
   else
-    echo "bench: the static build failed; the idle RSS of the static build is left out" >&2
+    echo "bench: the static build failed; the RSS of the static build is left out" >&2
   fi
 fi
 
