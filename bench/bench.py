@@ -786,6 +786,9 @@ def agent_lines_run(name, batch, n, tool=None, binary=None):
     cid, cname, flag = lines_container("ins-" + name, n)
     out = os.path.join(work, "%s-%s.out" % (tool, name)) if tool else None
     wrap = ("valgrind", "--tool=" + tool, "--%s-out-file=%s" % (tool, out)) if tool else ()
+    if tool == "callgrind":
+        # Instruction addresses too: packaging/hot-text.py makes the hot text's list from them.
+        wrap += ("--dump-instr=yes",)
     broker = Broker(name)
     sub = Subscriber(broker, name)
     agent = None

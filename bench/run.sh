@@ -83,14 +83,15 @@ fi
 # The instructions phase: the same release profile with line tables and symbols (for
 # callgrind_annotate's function names), and the floor reader (examples/floor.rs), in a target
 # directory of their own so that the shipped build stays as it is. BENCH_AGENT_SYMBOLS and
-# BENCH_FLOOR name ready binaries instead.
+# BENCH_FLOOR name ready binaries instead. CLD_HOT_TEXT=0: valgrind names only functions in
+# .text, so this build keeps the functions the agent runs there (build.rs).
 SYMBOLS=${BENCH_AGENT_SYMBOLS:-}
 FLOOR=${BENCH_FLOOR:-}
 case ",${BENCH_ONLY:-instructions}," in
 *,instructions,*)
   SYM_DIR=$TARGET_DIR/bench-symbols
   sym_build() {
-    CARGO_PROFILE_RELEASE_DEBUG=line-tables-only CARGO_PROFILE_RELEASE_STRIP=none \
+    CLD_HOT_TEXT=0 CARGO_PROFILE_RELEASE_DEBUG=line-tables-only CARGO_PROFILE_RELEASE_STRIP=none \
       "$CARGO" build --release --locked --target-dir "$SYM_DIR" "$@"
   }
   if [ -z "$SYMBOLS" ]; then
