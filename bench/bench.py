@@ -776,21 +776,24 @@ def callgrind_dump(pid):
         raise RuntimeError("callgrind_control: %s" % r.stdout.strip()[-300:])
 
 
-def agent_lines_run(name, batch, n, tool=None):
-    """One agent (SINCE=all, files on, QoS 1, only its own container) and a container of its own
-    that prints n lines once the agent follows it; stopped with SIGTERM once the subscriber has
-    them all. `tool`: None (native), "callgrind" (what it counted before the lines, while they
-    went through, and after, in FILE.1, FILE.2 and FILE) or "dhat". Returns the lines delivered,
-    Threads and VmHWM when they had all arrived (valgrind's own memory counts in them too), and
-    the tool's output file."""
+def agent_lines_run(name, batch, n, tool=None, binary=None):
+    """One agent (`binary`, else --agent; SINCE=all, files on, QoS 1, only its own container) and
+    a container of its own that prints n lines once the agent follows it; stopped with SIGTERM
+    once the subscriber has them all. `tool`: None (native), "callgrind" (what it counted before
+    the lines, while they went through, and after, in FILE.1, FILE.2 and FILE) or "dhat". Returns
+    the lines delivered, Threads and VmHWM when they had all arrived (valgrind's own memory counts
+    in them too), and the tool's output file."""
     cid, cname, flag = lines_container("ins-" + name, n)
     out = os.path.join(work, "%s-%s.out" % (tool, name)) if tool else None
     wrap = ("valgrind", "--tool=" + tool, "--%s-out-file=%s" % (tool, out)) if tool else ()
+    if tool == "callgrind":
+        # Instruction addresses too: packaging/hot-text.py makes the hot text's list from them.
+        wrap += ("--dump-instr=yes",)
     broker = Broker(name)
     sub = Subscriber(broker, name)
     agent = None
     try:
-        agent = start_agent(broker, sub, name, 1, batch, wrap=wrap,
+        agent = start_agent(broker, sub, name, 1, batch, binary=binary, wrap=wrap,
                             env_extra={"CONTAINERS_INCLUDE": cname}, online_s=120 if tool else 15)
         following(agent, cname, 120)
         if tool == "callgrind":
@@ -838,8 +841,6 @@ def instructions_mode(key, batch, runs):
                 "bytes_per_line": (with_lines[0] - without[0]) / n,
                 "allocations_per_line": (with_lines[1] - without[1]) / n,
                 "heap_peak_bytes": with_lines[2]})
-    native = agent_lines_run(key + "-native", batch, n)
-    out.update({"vm_hwm": native["vm_hwm"], "threads": native["threads"]})
     return out
 
 
@@ -887,6 +888,22 @@ def instructions_run():
             out[key] = instructions_mode(key, batch, args.instr_runs)
     finally:
         args.agent = saved
+    return out
+
+
+def peak_run():
+    """The peak phase: the instructions phase's backlog (--instr-lines lines of 100 bytes in one
+    container) read natively by the shipped build and by its static twin, unbatched and batched:
+    VmHWM and threads once every line arrived."""
+    builds = [("dynamic", args.agent)]
+    if args.agent_static:
+        builds.append(("static", args.agent_static))
+    out = {"lines": args.instr_lines}
+    for key, batch in (("unbatched", False), ("batched", True)):
+        for build, binary in builds:
+            a = agent_lines_run("peak-%s-%s" % (key, build), batch, args.instr_lines,
+                                binary=binary)
+            out.setdefault(key, {})[build] = {"vm_hwm": a["vm_hwm"], "threads": a["threads"]}
     return out
 
 
@@ -1047,15 +1064,21 @@ def report(r):
                 "floor reader (decode only)", fl["bytes_per_line"])
             row("agent %s [allocations/line]" % label, a["allocations_per_line"], "",
                 "floor reader (decode only)", fl["allocations_per_line"])
-            row("agent %s: peak RSS reading the lines [MiB]" % label, a["vm_hwm"] / 2**20,
-                "MiB", "-", None, "<= 6 MiB", a["vm_hwm"] <= 6 * 2**20)
+
+    def s_lines_peak():
+        for key, label in (("unbatched", "QoS 1 unbatched"), ("batched", "QoS 1 batched 50/1s")):
+            for build, a in r["peak"].get(key, {}).items():
+                row("agent %s: peak RSS reading the lines%s [MiB]"
+                    % (label, ", static build" if build == "static" else ""),
+                    a["vm_hwm"] / 2**20, "MiB", "-", None, "<= 6 MiB", a["vm_hwm"] <= 6 * 2**20)
 
     def s_size():
         row("agent binary size, stripped [MiB]", r["binary_bytes"] / 2**20, "MiB",
             "docker CLI + mosquitto_pub + libmosquitto", r["naive_binary_bytes"] / 2**20)
 
     # A phase that failed or was skipped leaves its rows out; the others still print.
-    for section in (s_throughput, s_latency, s_peak, s_idle, s_cpu, s_instructions, s_size):
+    for section in (s_throughput, s_latency, s_peak, s_idle, s_cpu, s_instructions,
+                    s_lines_peak, s_size):
         try:
             section()
         except (KeyError, TypeError, ValueError, ZeroDivisionError) as e:
@@ -1109,7 +1132,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--agent", required=True)
     ap.add_argument("--agent-static", default="",
-                    help="the same agent linked statically (as the ARM builds), for the idle RSS")
+                    help="the same agent linked statically (as the ARM builds), for the idle and "
+                    "peak RSS")
     ap.add_argument("--docker-host", required=True)
     ap.add_argument("--out", required=True)
     ap.add_argument("--engine-pid", type=int, default=0,
@@ -1138,7 +1162,7 @@ def main():
                     help="comma list of agent throughput runs, e.g. q1-1,q1b-20 (default all)")
     ap.add_argument("--only", default=os.environ.get("BENCH_ONLY", ""),
                     help="comma list of phases: "
-                    "engine,mosquitto,naive,agent,latency,idle,instructions")
+                    "engine,mosquitto,naive,agent,latency,idle,instructions,peak")
     args = ap.parse_args()
     args.containers = [int(x) for x in args.containers.split(",")]
     only = set(filter(None, args.only.split(",")))
@@ -1147,7 +1171,8 @@ def main():
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     r = {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "host": socket.gethostname(),
          "cpus": os.cpu_count(), "lines_per_run": args.lines, "line_bytes": len(LINE) + 1,
-         "engine": {}, "agent": {}, "naive": {}, "mosquitto": {}, "repeat": args.repeat}
+         "engine": {}, "agent": {}, "naive": {}, "mosquitto": {}, "peak": {},
+         "repeat": args.repeat}
     busy0, total0 = host_cpu()
     try:
         rm_containers()
@@ -1240,6 +1265,9 @@ def main():
         if want("instructions"):
             log("instructions: floor and agent, %d lines" % args.instr_lines)
             r["instructions"] = attempt("instructions", instructions_run)
+        if want("peak"):
+            log("peak: agent reading %d lines, native" % args.instr_lines)
+            r["peak"] = attempt("peak", peak_run)
         if want("idle"):
             log("idle: %d quiet containers for %gs" % (args.idle_containers, args.idle_secs))
             r["idle"] = attempt("idle", idle_run, args.idle_containers)

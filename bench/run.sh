@@ -65,31 +65,33 @@ else
 fi
 
 # The Pi gets static binaries (packaging/cross.sh): build this host's one the same way, for the
-# idle RSS beside the dynamically linked one (libc's pages count in RSS). BENCH_STATIC=0 skips it.
+# idle and peak RSS beside the dynamically linked one (libc's pages count in RSS). BENCH_STATIC=0
+# skips it.
 STATIC=${BENCH_AGENT_STATIC:-}
-# Only the idle phase uses it.
-case ",${BENCH_ONLY:-idle}," in *,idle,*) want_static=1 ;; *) want_static=0 ;; esac
+# Only the idle and peak phases use it.
+case ",${BENCH_ONLY:-idle}," in *,idle,* | *,peak,*) want_static=1 ;; *) want_static=0 ;; esac
 if [ -z "${BENCH_AGENT:-}" ] && [ "${BENCH_STATIC:-1}" != 0 ] && [ "$want_static" = 1 ] \
   && [ "$(uname -m)" = x86_64 ]; then
   if CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS="-C target-feature=+crt-static" \
     "$CARGO" build --release --locked --target x86_64-unknown-linux-gnu; then
     STATIC=$TARGET_DIR/x86_64-unknown-linux-gnu/release/container-logd
   else
-    echo "bench: the static build failed; the idle RSS of the static build is left out" >&2
+    echo "bench: the static build failed; the RSS of the static build is left out" >&2
   fi
 fi
 
 # The instructions phase: the same release profile with line tables and symbols (for
 # callgrind_annotate's function names), and the floor reader (examples/floor.rs), in a target
 # directory of their own so that the shipped build stays as it is. BENCH_AGENT_SYMBOLS and
-# BENCH_FLOOR name ready binaries instead.
+# BENCH_FLOOR name ready binaries instead. CLD_HOT_TEXT=0: valgrind names only functions in
+# .text, so this build keeps the functions the agent runs there (build.rs).
 SYMBOLS=${BENCH_AGENT_SYMBOLS:-}
 FLOOR=${BENCH_FLOOR:-}
 case ",${BENCH_ONLY:-instructions}," in
 *,instructions,*)
   SYM_DIR=$TARGET_DIR/bench-symbols
   sym_build() {
-    CARGO_PROFILE_RELEASE_DEBUG=line-tables-only CARGO_PROFILE_RELEASE_STRIP=none \
+    CLD_HOT_TEXT=0 CARGO_PROFILE_RELEASE_DEBUG=line-tables-only CARGO_PROFILE_RELEASE_STRIP=none \
       "$CARGO" build --release --locked --target-dir "$SYM_DIR" "$@"
   }
   if [ -z "$SYMBOLS" ]; then

@@ -1301,8 +1301,9 @@ impl Session {
                 }),
             )
         } else {
+            // No reserve here: writing the message reserves its room (a little more than its
+            // length), and a buffer reserved to the length alone would then double.
             let mut json = self.spare_buffer();
-            json.reserve(unit.bytes);
             if let Some(p) = unit.parts.first() {
                 p.json.write(&mut json);
             }

@@ -1,0 +1,195 @@
+#!/usr/bin/env python3
+"""packaging/hot-text.py owns the making of packaging/hot-text.ld, the linker script that puts
+the functions the agent runs next to each other (build.rs hands it to the linker).
+
+The kernel maps a binary's code 64 KiB around each page a process touches (fault-around), so a
+function run once costs its whole neighbourhood in resident memory. The ~440 functions the agent
+runs (start-up, a backlog of lines to files and MQTT, stop: 490 KiB) lay in 25 of the 38 such
+windows of its code; in a section of their own they fill 11 (`make bench`, peak phase: about
+0.9 MiB less at the peak, for the dynamic and the static build).
+
+Input: the release build with symbols that `make bench` makes (target/bench-symbols, linked
+without the script) and the callgrind files of its instructions phase, which hold instruction
+addresses (`--dump-instr=yes`). Each address run is mapped to its function (`nm`), and each
+function to a glob of its section's name (`-ffunction-sections`) that holds whatever the
+toolchain, the target and the mangling: this host's rustc mangles the legacy way, Debian's
+(the Pi's builds) v0, so the names are demangled and rebuilt from their identifiers (`pattern`).
+One script serves every build; a function renamed since only falls back to its place in
+`.text`, and a generic function's other instances come along (about 130 KiB more, of 660). It
+says which functions of the profile no glob takes, should a name defeat them. To make it again:
+
+    BENCH_ONLY=instructions BENCH_KEEP_TMP=1 make bench
+    packaging/hot-text.py target/bench-symbols/release/container-logd \\
+        WORK/callgrind-*.out* > packaging/hot-text.ld
+"""
+import bisect
+import fnmatch
+import os
+import re
+import subprocess
+import sys
+
+HEAD = """\
+/* packaging/hot-text.ld puts the functions the agent runs (start-up, a backlog of lines to files
+   and MQTT, stop) at the start of its code, so that the pages they share are few. Made by
+   packaging/hot-text.py from a profile; a function renamed since only falls back to its place in
+   .text. build.rs hands it to the linker (GNU ld and LLD both read INSERT); it stays out of
+   the builds valgrind reads (CLD_HOT_TEXT=0), which names only functions in .text. */
+SECTIONS
+{
+  .text.hot : {
+"""
+TAIL = """\
+  }
+}
+INSERT BEFORE .text;
+"""
+
+
+def symbols(binary):
+    """(address, size, name) of every function of the binary, by address."""
+    out = subprocess.run(["nm", "-S", binary], stdout=subprocess.PIPE, text=True,
+                         check=True).stdout
+    syms = []
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) == 4 and parts[2] in "tTwW":
+            syms.append((int(parts[0], 16), int(parts[1], 16), parts[3]))
+    return sorted(syms)
+
+
+def addresses(path, name):
+    """Instruction addresses run in the object called `name` (its file name) in one callgrind
+    file (`--dump-instr=yes`): absolute (0x…), relative to the last (+n, -n) or the same (*)."""
+    names, obj, last, run = {}, None, 0, set()
+    with open(path) as f:
+        for line in f:
+            if line.startswith(("ob=", "cob=")):
+                m = re.match(r"(c?ob)=\((\d+)\)(?: (.*))?", line.strip())
+                if m.group(3):
+                    names[m.group(2)] = m.group(3)
+                if m.group(1) == "ob":
+                    obj = os.path.basename(names[m.group(2)])
+                continue
+            tok = line.split(maxsplit=1)[0] if line.strip() else ""
+            if tok.startswith("0x"):
+                last = int(tok, 16)
+            elif tok[:1] in ("+", "-") and tok[1:].isdigit():
+                last += int(tok)
+            elif tok != "*":
+                continue
+            if obj == name:
+                run.add(last)
+    return run
+
+
+def demangle(names):
+    """Rust's legacy and v0 names, demangled by c++filt."""
+    out = subprocess.run(["c++filt"], input="\n".join(names), stdout=subprocess.PIPE, text=True,
+                         check=True).stdout
+    return out.splitlines()
+
+
+def split(s, sep):
+    """`s` cut at `sep` where no bracket is open."""
+    parts, depth, start, i = [], 0, 0, 0
+    while i < len(s):
+        if s[i] in "<{([":
+            depth += 1
+        elif s[i] in ">})]":
+            depth -= 1
+        elif depth == 0 and s.startswith(sep, i):
+            parts.append(s[start:i])
+            start = i + len(sep)
+            i = start
+            continue
+        i += 1
+    return parts + [s[start:]]
+
+
+def closing(s):
+    """Where the bracket that opens `s` closes."""
+    depth = 0
+    for i, c in enumerate(s):
+        depth += (c in "<{([") - (c in ">})]")
+        if depth == 0:
+            return i
+    return len(s)
+
+
+def types(s):
+    """The type names (capitals) in `s`, in order; a generic parameter (`T`) is none."""
+    return [w for w in re.findall(r"[A-Za-z_][A-Za-z0-9_]*", s) if w[0].isupper() and len(w) > 1]
+
+
+def pattern(demangled):
+    """A glob of the section of a function (`.text.SYMBOL`, or `.text.unlikely.SYMBOL` for a
+    cold one) that holds under both manglings. Legacy writes a path's segments each after its
+    length and generic arguments only in shims; v0 writes generic arguments, the module of an
+    impl before its type, and refers back to a path already written. So: a leading run of
+    modules as written (`4core3ptr`); after it anything before each further segment, written
+    with its length when it is a plain identifier (a method: `*4emit`), bare otherwise
+    (`*RawVec`, `*drop_in_place`); of generic arguments and of `<Type as Trait>` only the type
+    names, each once; closure and shim marks, crate hashes and the legacy hash left out."""
+    s = re.sub(r"::h[0-9a-f]{16}$|\[[0-9a-f]+\]|'[a-z_]+", "", demangled)
+    out, said, head = [], set(), True
+
+    def names(text):
+        for w in types(text):
+            if w not in said:
+                said.add(w)
+                out.append("*" + w)
+
+    if s.startswith("<"):
+        end = closing(s)
+        for part in split(s[1:end], " as "):
+            names(part)
+        s, head = s[end + 1:].lstrip(":"), False
+    for seg in split(s, "::"):
+        m = re.match(r"[A-Za-z_][A-Za-z0-9_]*", seg)
+        if not m:
+            # Generic arguments (`::<T>`), an impl block (`<impl Trait for Type>`), a closure.
+            names(seg)
+            head = False
+            continue
+        word = m.group(0)
+        plain = seg == word
+        if head and plain and word[0].islower() and word[0] != "_":
+            out.append("%d%s" % (len(word), word))
+            continue
+        head = False
+        # v0 puts a `_` between the length and an identifier that starts with one.
+        out.append("*" + ("%d%s" % (len(word), word) if plain and word[0] != "_" else word))
+        said.add(word)
+        names(seg[len(word):])
+    return ".text.*" + "".join(out).lstrip("*") + "*"
+
+
+def main():
+    if len(sys.argv) < 3:
+        sys.exit("usage: packaging/hot-text.py BINARY CALLGRIND_FILE... > packaging/hot-text.ld")
+    binary = sys.argv[1]
+    syms = symbols(binary)
+    starts = [s[0] for s in syms]
+    run = set()
+    for path in sys.argv[2:]:
+        for a in addresses(path, os.path.basename(binary)):
+            i = bisect.bisect_right(starts, a) - 1
+            if i >= 0 and a < syms[i][0] + max(syms[i][1], 1):
+                run.add(syms[i][2])
+    # Rust's functions only: the C ones (crt, libc's when static) have no section of their own.
+    rust = sorted(n for n in run if n.startswith(("_ZN", "_R")))
+    if not rust:
+        sys.exit("hot-text.py: no function of %s in the callgrind files" % binary)
+    hot = sorted(set(pattern(d) for d in demangle(rust)) | {".text.main"})
+    # Each function left out costs up to 64 KiB again: say so, should a name defeat the patterns.
+    every = re.compile("|".join(fnmatch.translate(p) for p in hot))
+    missed = [n for n in rust if not every.match(".text." + n)]
+    if missed:
+        print("hot-text.py: %d functions match no pattern:\n  %s" % (len(missed), "\n  ".join(missed)),
+              file=sys.stderr)
+    sys.stdout.write(HEAD + "".join("    *(%s)\n" % p for p in hot) + TAIL)
+
+
+if __name__ == "__main__":
+    main()
