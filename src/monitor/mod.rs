@@ -55,10 +55,10 @@ pub struct Slot {
     from_event: bool,
     /// A `start` came while the reader was ending; it must attach again.
     restart_pending: AtomicBool,
-    /// The container's events that matter to its reader (`retry::wakes`) end the reader's wait
-    /// at once. One token is enough: a woken reader looks at the container afresh.
-    wake_tx: Sender<()>,
-    wake_rx: Receiver<()>,
+    /// Set by the container's events that matter to its reader (`retry::wakes`), which end the
+    /// reader's wait at once (its thread is unparked). One flag is enough: a woken reader looks
+    /// at the container afresh. A channel did the same for 0.6 KiB a container.
+    woken: AtomicBool,
     closer: Mutex<Option<Closer>>,
     handle: Mutex<Option<JoinHandle<()>>>,
     pub view: Mutex<View>,
@@ -66,13 +66,11 @@ pub struct Slot {
 
 impl Slot {
     fn new(id: &str, name: &str, from_event: bool) -> Slot {
-        let (wake_tx, wake_rx) = crossbeam_channel::bounded(1);
         Slot {
             id: id.to_string(),
             from_event,
             restart_pending: AtomicBool::new(false),
-            wake_tx,
-            wake_rx,
+            woken: AtomicBool::new(false),
             closer: Mutex::new(None),
             handle: Mutex::new(None),
             view: Mutex::new(View {
@@ -90,8 +88,22 @@ impl Slot {
 
     /// Ends the reader's wait, now or at its next one.
     fn wake(&self) {
-        // Full means a token is already there, which is as good.
-        let _ = self.wake_tx.try_send(());
+        self.woken.store(true, Ordering::Release);
+        self.unpark();
+    }
+
+    /// Ends the reader's wait now, should it wait, so that it looks at `woken` and the agent's
+    /// stop. Its thread may be parked elsewhere (a channel's blocking send): that wait checks
+    /// its own condition and parks again.
+    fn unpark(&self) {
+        if let Some(h) = self
+            .handle
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+        {
+            h.thread().unpark();
+        }
     }
 }
 
@@ -214,6 +226,11 @@ impl Shared {
             return Ok(());
         };
         let mut reg = self.registry.lock().unwrap_or_else(|p| p.into_inner());
+        // Under the lock: a stop either finds this reader in the registry (and wakes it) or
+        // keeps it from starting.
+        if self.stopping() {
+            return Ok(());
+        }
         if let Some(slot) = reg.get(&info.id) {
             slot.restart_pending.store(true, Ordering::Release);
             slot.wake();
@@ -222,11 +239,13 @@ impl Shared {
         let slot = Arc::new(Slot::new(&info.id, &info.name, from_event));
         let shared = self.clone();
         let s = slot.clone();
-        let looked = info.clone();
+        // Boxed: the thread's closure stays allocated for the thread's life, the box only
+        // until the reader has taken it.
+        let looked = Box::new(info.clone());
         let spawned = std::thread::Builder::new()
             .name(thread_name(&info.name))
             .stack_size(192 * 1024)
-            .spawn(move || reader::follow(shared, s, looked));
+            .spawn(move || reader::follow(shared, s, *looked));
         match spawned {
             Ok(h) => {
                 *slot.handle.lock().unwrap_or_else(|p| p.into_inner()) = Some(h);
@@ -495,6 +514,8 @@ impl Monitor {
             .cloned()
             .collect();
         for slot in &slots {
+            // A reader waiting between two streams.
+            slot.unpark();
             if let Some(c) = slot
                 .closer
                 .lock()

@@ -17,6 +17,7 @@
 //! follows a running container: it stays within two pages (`make bench`'s idle cost per
 //! followed container; an inspect after a stream ended can take a third).
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -126,21 +127,29 @@ impl Reader<'_> {
     }
 
     /// Waits `d`, or until the container's next event wakes the reader; false when the agent
-    /// stops first. Never inlined (stack pages).
+    /// stops first. Both unpark the thread after setting their flag, and a park returns at once
+    /// when the unpark came before it. Never inlined (stack pages).
     #[inline(never)]
     fn wait(&mut self, d: Duration) -> bool {
-        crossbeam_channel::select! {
-            // Never sent on: it disconnects when the agent stops.
-            recv(self.shared.stop_rx) -> _ => return false,
-            recv(self.slot.wake_rx) -> _ => {
+        let until = Instant::now().checked_add(d);
+        while !self.shared.stopping() {
+            if self.slot.woken.swap(false, Ordering::AcqRel) {
                 self.retry.woken();
                 self.started = self.created.take().map(|mut info| {
                     // Its `start` (or `destroy`, which the stream then finds) woke us.
                     info.running = true;
                     info
                 });
+                break;
             }
-            default(d) => {}
+            let left = until.map(|u| u.saturating_duration_since(Instant::now()));
+            if left == Some(Duration::ZERO) {
+                break;
+            }
+            match left {
+                Some(left) => std::thread::park_timeout(left),
+                None => std::thread::park(),
+            }
         }
         !self.shared.stopping()
     }
