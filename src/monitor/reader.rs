@@ -192,21 +192,16 @@ impl Reader<'_> {
         })
     }
 
-    /// The container's origin, also shown in its view.
+    /// The container's origin, the slot's (also shown in its view): made again only when the
+    /// container was renamed, its labels being fixed at its creation.
     fn origin(&self, info: &ContainerInfo) -> Arc<Origin> {
-        let s = self.shared;
-        let origin = Arc::new(meta::origin(
-            &s.cfg,
-            &s.host,
-            &info.id,
-            &info.name,
-            &info.labels,
-        ));
-        let mut v = self.slot.view.lock().unwrap_or_else(|p| p.into_inner());
-        v.name = origin.name.clone();
-        v.app_id = origin.app_id.as_str().to_string();
-        v.service_name = origin.service_name.clone();
-        origin
+        let mut live = self.slot.live();
+        if live.origin.name != info.name.trim_start_matches('/') {
+            let s = self.shared;
+            let made = meta::origin(&s.cfg, &s.host, &info.id, &info.name, &info.labels);
+            live.origin = Arc::new(made);
+        }
+        live.origin.clone()
     }
 
     /// Reads the stream to its end and tells the retry core how it went. Never inlined (stack
@@ -291,9 +286,9 @@ impl Reader<'_> {
             Stats::add(&stats.bytes_read, c.bytes);
             Stats::add(&stats.truncated, c.truncated);
             Stats::add(&stats.invalid_utf8, c.invalid_utf8);
-            let mut v = self.slot.view.lock().unwrap_or_else(|p| p.into_inner());
-            v.lines += c.lines;
-            v.last_line_ms = c.last_line_ms;
+            let mut live = self.slot.live();
+            live.lines += c.lines;
+            live.last_line_ms = c.last_line_ms;
         }
     }
 }
@@ -310,7 +305,7 @@ fn new_core(
 }
 
 fn set_state(slot: &Slot, state: &'static str) {
-    slot.view.lock().unwrap_or_else(|p| p.into_inner()).state = state;
+    slot.live().state = state;
 }
 
 /// Where a container without a cursor starts (`SINCE`). That start is its first cursor, in
@@ -338,9 +333,8 @@ fn first_since(shared: &Shared, slot: &Slot, started_at_ns: i64) -> Since {
         Since::All => 0,
         Since::At(t) => t,
     };
-    let id: Arc<str> = Arc::from(slot.id.as_str());
     shared
         .progress
-        .taken_by_all(&id, Position { ts_ns, seen: 0 });
+        .taken_by_all(&slot.id, Position { ts_ns, seen: 0 });
     since
 }
