@@ -399,7 +399,9 @@ def agent_env(broker, name, qos, batch):
                 LOG_LEVEL=os.environ.get("BENCH_LOG_LEVEL", "warn"),
                 # As the systemd unit runs it (etc/container-logd.service).
                 MALLOC_ARENA_MAX=os.environ.get("MALLOC_ARENA_MAX", "1"),
-                GLIBC_TUNABLES=os.environ.get("GLIBC_TUNABLES", "glibc.malloc.tcache_max=128")), d
+                GLIBC_TUNABLES=os.environ.get(
+                    "GLIBC_TUNABLES",
+                    "glibc.malloc.tcache_max=128:glibc.rtld.nns=1:glibc.rtld.optional_static_tls=0")), d
 
 
 def agent_health(agent):

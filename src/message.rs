@@ -135,15 +135,70 @@ pub struct Origin {
     pub service_name: String,
     pub service_id: Option<LabelValue>,
     pub host: Arc<str>,
-    /// Everything of a message's JSON after `"source":{"type":…"`, without the closing brace,
-    /// rendered once for each [`tail_index`]: `,"name":…},"appId":…,"serviceId":…,
-    /// "serviceName":…,"containerId":…,"isStdErr":…,"isSystem":…,"host":…`.
-    tails: [Box<str>; 4],
+    /// Everything of a message's JSON after `"source":{"type":…"`, without the closing brace
+    /// (`,"name":…},"appId":…,"serviceId":…,"serviceName":…,"containerId":…,"isStdErr":…,
+    /// "isSystem":…,"host":…`), rendered once for the container's lines: stdout's tail, then
+    /// stderr's, in one allocation.
+    tails: Box<str>,
+    /// Where stderr's tail starts in `tails`.
+    stderr_at: usize,
+    /// The tails of `system` messages (stdout, stderr), rendered when one is first written:
+    /// most origins never have one.
+    system: [SystemTail; 2],
 }
 
-/// Which of [`Origin`]'s tails a message takes.
-fn tail_index(is_stderr: bool, is_system: bool) -> usize {
-    usize::from(is_stderr) | usize::from(is_system) << 1
+/// A `system` message's tail once rendered. It is made from the origin's other fields, so it
+/// takes no part in comparing two origins.
+#[derive(Debug, Default)]
+struct SystemTail(std::sync::OnceLock<Box<str>>);
+
+impl PartialEq for SystemTail {
+    fn eq(&self, _: &SystemTail) -> bool {
+        true
+    }
+}
+
+impl Eq for SystemTail {}
+
+/// `,"name":…},"appId":…,"serviceId":…,"serviceName":…,"containerId":…`: the part of a tail
+/// before the flags.
+fn ident_json(
+    container_id: &str,
+    name: &str,
+    app_id: &LabelValue,
+    service_name: &str,
+    service_id: Option<&LabelValue>,
+) -> String {
+    let mut ident = String::from(",\"name\":");
+    push_json_str(&mut ident, name);
+    ident.push_str("},\"appId\":");
+    app_id.write_json(&mut ident);
+    ident.push_str(",\"serviceId\":");
+    match service_id {
+        Some(v) => v.write_json(&mut ident),
+        None => ident.push_str("null"),
+    }
+    ident.push_str(",\"serviceName\":");
+    push_json_str(&mut ident, service_name);
+    ident.push_str(",\"containerId\":");
+    push_json_str(&mut ident, container_id);
+    ident
+}
+
+/// Appends the tail after `ident` ([`ident_json`]) for a message on stderr or not, `system`
+/// or not.
+fn push_tail(out: &mut String, ident: &str, host: &str, is_stderr: bool, is_system: bool) {
+    out.push_str(ident);
+    out.push_str(match is_stderr {
+        false => ",\"isStdErr\":false",
+        true => ",\"isStdErr\":true",
+    });
+    out.push_str(match is_system {
+        false => ",\"isSystem\":false",
+        true => ",\"isSystem\":true",
+    });
+    out.push_str(",\"host\":");
+    push_json_str(out, host);
 }
 
 impl Origin {
@@ -155,34 +210,17 @@ impl Origin {
         service_id: Option<LabelValue>,
         host: Arc<str>,
     ) -> Origin {
-        let mut ident_json = String::from(",\"name\":");
-        push_json_str(&mut ident_json, &name);
-        ident_json.push_str("},\"appId\":");
-        app_id.write_json(&mut ident_json);
-        ident_json.push_str(",\"serviceId\":");
-        match &service_id {
-            Some(v) => v.write_json(&mut ident_json),
-            None => ident_json.push_str("null"),
-        }
-        ident_json.push_str(",\"serviceName\":");
-        push_json_str(&mut ident_json, &service_name);
-        ident_json.push_str(",\"containerId\":");
-        push_json_str(&mut ident_json, &container_id);
-        let tail = |i: usize| {
-            let mut t = ident_json.clone();
-            t.push_str(match i & 1 {
-                0 => ",\"isStdErr\":false",
-                _ => ",\"isStdErr\":true",
-            });
-            t.push_str(match i & 2 {
-                0 => ",\"isSystem\":false",
-                _ => ",\"isSystem\":true",
-            });
-            t.push_str(",\"host\":");
-            push_json_str(&mut t, &host);
-            t.into_boxed_str()
-        };
-        let tails = [tail(0), tail(1), tail(2), tail(3)];
+        let ident = ident_json(
+            &container_id,
+            &name,
+            &app_id,
+            &service_name,
+            service_id.as_ref(),
+        );
+        let mut tails = String::new();
+        push_tail(&mut tails, &ident, &host, false, false);
+        let stderr_at = tails.len();
+        push_tail(&mut tails, &ident, &host, true, false);
         Origin {
             container_id,
             name,
@@ -190,8 +228,40 @@ impl Origin {
             service_name,
             service_id,
             host,
-            tails,
+            tails: tails.into_boxed_str(),
+            stderr_at,
+            system: Default::default(),
         }
+    }
+
+    /// The tail of a message's JSON (see `tails`) on stderr or not, `system` or not.
+    fn tail(&self, is_stderr: bool, is_system: bool) -> &[u8] {
+        if is_system {
+            return self.system_tail(is_stderr).as_bytes();
+        }
+        let (tails, at) = (self.tails.as_bytes(), self.stderr_at);
+        match is_stderr {
+            false => tails.get(..at),
+            true => tails.get(at..),
+        }
+        .unwrap_or_default()
+    }
+
+    /// A `system` message's tail, rendered the first time.
+    #[cold]
+    fn system_tail(&self, is_stderr: bool) -> &str {
+        self.system[usize::from(is_stderr)].0.get_or_init(|| {
+            let ident = ident_json(
+                &self.container_id,
+                &self.name,
+                &self.app_id,
+                &self.service_name,
+                self.service_id.as_ref(),
+            );
+            let mut t = String::new();
+            push_tail(&mut t, &ident, &self.host, is_stderr, true);
+            t.into_boxed_str()
+        })
     }
 
     /// The origin of the agent's own (`manager`) messages.
@@ -727,7 +797,7 @@ impl LogMessage {
         [
             self.head(),
             level_and_kind(self.level, self.kind).as_bytes(),
-            self.origin.tails[tail_index(self.is_stderr, system)].as_bytes(),
+            self.origin.tail(self.is_stderr, system),
         ]
     }
 
@@ -1431,7 +1501,7 @@ mod tests {
                         "{{\"id\":\"{id_text}\",\"message\":{},\"timestamp\":{},\"level\":\"info\",\"source\":{{\"type\":\"container\"{}{}}}",
                         serde_json::to_string(text).expect("a string"),
                         ts_ns.div_euclid(1_000_000),
-                        o.tails[tail_index(is_stderr, false)],
+                        std::str::from_utf8(o.tail(is_stderr, false)).expect("UTF-8"),
                         if truncated { ",\"truncated\":true" } else { "" },
                     );
                     assert_eq!(m.json(), want);
@@ -1458,7 +1528,7 @@ mod tests {
                 let want = format!(
                     "{{\"id\":\"3f2a9c1b7d0e-1696195200000123456-0\",\"message\":{},\"timestamp\":1696195200000,\"level\":\"info\",\"source\":{{\"type\":\"container\"{}}}",
                     serde_json::to_string(&text).expect("a string"),
-                    o.tails[tail_index(false, false)],
+                    std::str::from_utf8(o.tail(false, false)).expect("UTF-8"),
                 );
                 assert_eq!(m.json(), want, "{len} {fill:?}");
                 let mut bytes = Vec::new();
@@ -1469,6 +1539,25 @@ mod tests {
                 assert_eq!(m.id(), "3f2a9c1b7d0e-1696195200000123456-0");
             }
         }
+    }
+
+    /// The lines' tails share one allocation and `system` tails are rendered when first asked
+    /// for; each is the tail it names, the second time too, and comparing origins ignores
+    /// which were rendered.
+    #[test]
+    fn tails_of_each_stream_and_kind() {
+        let (o, fresh) = (origin(), origin());
+        for _ in 0..2 {
+            for is_stderr in [false, true] {
+                for is_system in [false, true] {
+                    let want = format!(
+                        ",\"name\":\"web\"}},\"appId\":1001,\"serviceId\":1001,\"serviceName\":\"web\",\"containerId\":\"3f2a9c1b7d0e55aa\",\"isStdErr\":{is_stderr},\"isSystem\":{is_system},\"host\":\"pi-kitchen\""
+                    );
+                    assert_eq!(o.tail(is_stderr, is_system), want.as_bytes());
+                }
+            }
+        }
+        assert_eq!(o, fresh);
     }
 
     #[test]

@@ -18,14 +18,14 @@ use super::Error;
 /// it is small: 16 KiB is 160 lines of 100 bytes per read.
 pub const BUF_BYTES: usize = 16 * 1024;
 /// What a connection starts with: a quiet container's reader never needs more (a log stream's
-/// response head is about 200 bytes). A read that fills the buffer doubles it, up to
-/// [`BUF_BYTES`], so a stream whose reads hover about one size settles there (the events stream:
-/// an event is about 1 KiB); a response head larger than that grows it further (up to
-/// `MAX_HEAD_BYTES`).
-const START_BYTES: usize = 1024;
+/// response head is about 200 bytes, a quiet container's read a line or two). A read that fills
+/// the buffer doubles it, up to [`BUF_BYTES`], so a stream whose reads hover about one size
+/// settles there (the events stream: an event is about 1 KiB); a response head that fills it
+/// doubles it too (up to `MAX_HEAD_BYTES`).
+const START_BYTES: usize = 512;
 /// A grown buffer is halved after this many reads in a row that would have fitted in a quarter
 /// of it: a container that printed a backlog or a burst and then only a line now and then is
-/// back at [`START_BYTES`] after 32 reads, and keeps no more than one that was always quiet; a
+/// back at [`START_BYTES`] after 40 reads, and keeps no more than one that was always quiet; a
 /// busy stream that now and then catches up with the engine stays between 8 and 16 KiB. (One
 /// that falls silent right after its burst keeps its buffer until it prints again.)
 const SHRINK_AFTER: u8 = 8;
@@ -247,9 +247,7 @@ impl Reader {
                 if end > MAX_HEAD_BYTES {
                     return Err(Error::Protocol("response head too large".into()));
                 }
-                reader
-                    .buf
-                    .resize((2 * end).clamp(BUF_BYTES, MAX_HEAD_BYTES + 1), 0);
+                reader.buf.resize((2 * end).min(MAX_HEAD_BYTES + 1), 0);
             }
             let n = match reader.conn.read(&mut reader.buf[end..]) {
                 Ok(0) => {
@@ -337,8 +335,8 @@ mod tests {
         theirs.write_all(b"HTTP/1.1 200 OK\r\n\r\n").unwrap();
         let (mut reader, _) = Reader::send(Conn::Unix(ours), b"", Duration::from_secs(5)).unwrap();
         assert_eq!(reader.buf.len(), START_BYTES);
-        // Reads of 1, 2, 4, 8, 16 and 16 KiB, the last one full.
-        let burst = vec![b'x'; 47 * START_BYTES];
+        // Reads of 0.5, 1, 2, 4, 8 and 16 KiB, the last one full.
+        let burst = vec![b'x'; 63 * START_BYTES];
         let mut read = |theirs: &mut UnixStream, bytes: &[u8]| {
             theirs.write_all(bytes).unwrap();
             let mut got = 0;
@@ -349,17 +347,23 @@ mod tests {
         };
         assert_eq!(read(&mut theirs, &burst), BUF_BYTES);
         let mut sizes = Vec::new();
-        for _ in 0..4 * SHRINK_AFTER {
+        for _ in 0..5 * SHRINK_AFTER {
             sizes.push(read(&mut theirs, b"a line\n"));
         }
         let step = usize::from(SHRINK_AFTER);
         assert_eq!(sizes[step - 2], BUF_BYTES);
         assert_eq!(
-            [step - 1, 2 * step - 1, 3 * step - 1, 4 * step - 1].map(|i| sizes[i]),
-            [BUF_BYTES / 2, BUF_BYTES / 4, BUF_BYTES / 8, START_BYTES]
+            [1, 2, 3, 4, 5].map(|k| sizes[k * step - 1]),
+            [
+                BUF_BYTES / 2,
+                BUF_BYTES / 4,
+                BUF_BYTES / 8,
+                BUF_BYTES / 16,
+                START_BYTES
+            ]
         );
         assert_eq!(read(&mut theirs, &burst), BUF_BYTES);
-        for _ in 0..4 * SHRINK_AFTER {
+        for _ in 0..5 * SHRINK_AFTER {
             read(&mut theirs, b"a line\n");
         }
         // Reads of 1.5 KiB: the buffer doubles once and stays there.

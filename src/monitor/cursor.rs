@@ -39,7 +39,8 @@ pub struct CursorStore {
 }
 
 struct Inner {
-    cursors: HashMap<String, Position>,
+    /// Keyed by the id the backends' lanes hold, which is the reader's (one allocation).
+    cursors: HashMap<Arc<str>, Position>,
     dirty: bool,
     last_alive: Option<i64>,
 }
@@ -132,7 +133,7 @@ impl CursorStore {
                     .into_iter()
                     .map(|(k, e)| {
                         (
-                            k,
+                            Arc::from(k),
                             Position {
                                 ts_ns: e.ts,
                                 seen: e.seen,
@@ -170,7 +171,7 @@ impl CursorStore {
                     inner.dirty = true;
                 }
                 None => {
-                    inner.cursors.insert(id.to_string(), *pos);
+                    inner.cursors.insert(id.clone(), *pos);
                     inner.dirty = true;
                 }
             }
@@ -210,7 +211,7 @@ impl CursorStore {
                     .iter()
                     .map(|(k, p)| {
                         (
-                            k.clone(),
+                            k.to_string(),
                             Entry {
                                 ts: p.ts_ns,
                                 seen: p.seen,

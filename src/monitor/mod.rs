@@ -20,7 +20,7 @@ pub mod retry;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -50,37 +50,67 @@ pub struct View {
 
 /// One followed container.
 pub struct Slot {
-    pub id: String,
+    /// Full container id: its origin's, which the registry, the backends' lanes and the cursors
+    /// share, one allocation for all.
+    pub id: Arc<str>,
     /// Seen first through a `start` event, i.e. started while we run: read all it has.
     from_event: bool,
     /// A `start` came while the reader was ending; it must attach again.
     restart_pending: AtomicBool,
-    /// The container's events that matter to its reader (`retry::wakes`) end the reader's wait
-    /// at once. One token is enough: a woken reader looks at the container afresh.
-    wake_tx: Sender<()>,
-    wake_rx: Receiver<()>,
+    /// Set by the container's events that matter to its reader (`retry::wakes`), which end the
+    /// reader's wait at once (its thread is unparked). One flag is enough: a woken reader looks
+    /// at the container afresh. A channel did the same for 0.6 KiB a container.
+    woken: AtomicBool,
     closer: Mutex<Option<Closer>>,
     handle: Mutex<Option<JoinHandle<()>>>,
-    pub view: Mutex<View>,
+    live: Mutex<Live>,
+}
+
+/// What its reader makes of a followed container, and what the API shows of it ([`View`]).
+struct Live {
+    /// The container's messages' origin, its `system` messages' too: made at the attach, made
+    /// again when a stream opens after a rename (labels are fixed when a container is created).
+    origin: Arc<Origin>,
+    /// `following`, `reconnecting` or `starting`.
+    state: &'static str,
+    lines: u64,
+    /// Engine time of the last line, ms since the epoch.
+    last_line_ms: Option<i64>,
 }
 
 impl Slot {
-    fn new(id: &str, name: &str, from_event: bool) -> Slot {
-        let (wake_tx, wake_rx) = crossbeam_channel::bounded(1);
+    fn new(origin: Arc<Origin>, from_event: bool) -> Slot {
         Slot {
-            id: id.to_string(),
+            id: origin.container_id.clone(),
             from_event,
             restart_pending: AtomicBool::new(false),
-            wake_tx,
-            wake_rx,
+            woken: AtomicBool::new(false),
             closer: Mutex::new(None),
             handle: Mutex::new(None),
-            view: Mutex::new(View {
-                id: id.to_string(),
-                name: name.to_string(),
+            live: Mutex::new(Live {
+                origin,
                 state: "starting",
-                ..View::default()
+                lines: 0,
+                last_line_ms: None,
             }),
+        }
+    }
+
+    fn live(&self) -> MutexGuard<'_, Live> {
+        self.live.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The container as the API shows it.
+    fn view(&self) -> View {
+        let l = self.live();
+        View {
+            id: self.id.to_string(),
+            name: l.origin.name.clone(),
+            app_id: l.origin.app_id.as_str().to_string(),
+            service_name: l.origin.service_name.clone(),
+            state: l.state,
+            lines: l.lines,
+            last_line_ms: l.last_line_ms,
         }
     }
 
@@ -90,8 +120,22 @@ impl Slot {
 
     /// Ends the reader's wait, now or at its next one.
     fn wake(&self) {
-        // Full means a token is already there, which is as good.
-        let _ = self.wake_tx.try_send(());
+        self.woken.store(true, Ordering::Release);
+        self.unpark();
+    }
+
+    /// Ends the reader's wait now, should it wait, so that it looks at `woken` and the agent's
+    /// stop. Its thread may be parked elsewhere (a channel's blocking send): that wait checks
+    /// its own condition and parks again.
+    fn unpark(&self) {
+        if let Some(h) = self
+            .handle
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+        {
+            h.thread().unpark();
+        }
     }
 }
 
@@ -109,7 +153,7 @@ pub struct Shared {
     /// Never sent on; dropped on stop so every interruptible sleep wakes at once.
     stop_tx: Mutex<Option<Sender<()>>>,
     stop_rx: Receiver<()>,
-    registry: Mutex<HashMap<String, Arc<Slot>>>,
+    registry: Mutex<HashMap<Arc<str>, Arc<Slot>>>,
     /// Container ids with an attach retry under way (`attach_retry`).
     retrying: Mutex<BTreeSet<String>>,
     events_closer: Mutex<Option<Closer>>,
@@ -188,10 +232,7 @@ impl Shared {
     /// The followed containers, for the API.
     pub fn views(&self) -> Vec<View> {
         let reg = self.registry.lock().unwrap_or_else(|p| p.into_inner());
-        let mut v: Vec<View> = reg
-            .values()
-            .map(|s| s.view.lock().unwrap_or_else(|p| p.into_inner()).clone())
-            .collect();
+        let mut v: Vec<View> = reg.values().map(|s| s.view()).collect();
         v.sort_by(|a, b| a.name.cmp(&b.name));
         v
     }
@@ -214,23 +255,31 @@ impl Shared {
             return Ok(());
         };
         let mut reg = self.registry.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(slot) = reg.get(&info.id) {
+        // Under the lock: a stop either finds this reader in the registry (and wakes it) or
+        // keeps it from starting.
+        if self.stopping() {
+            return Ok(());
+        }
+        if let Some(slot) = reg.get(info.id.as_str()) {
             slot.restart_pending.store(true, Ordering::Release);
             slot.wake();
             return Ok(());
         }
-        let slot = Arc::new(Slot::new(&info.id, &info.name, from_event));
+        let origin = meta::origin(&self.cfg, &self.host, &info.id, &info.name, &info.labels);
+        let slot = Arc::new(Slot::new(Arc::new(origin), from_event));
         let shared = self.clone();
         let s = slot.clone();
-        let looked = info.clone();
+        // Boxed: the thread's closure stays allocated for the thread's life, the box only
+        // until the reader has taken it.
+        let looked = Box::new(info.clone());
         let spawned = std::thread::Builder::new()
             .name(thread_name(&info.name))
             .stack_size(192 * 1024)
-            .spawn(move || reader::follow(shared, s, looked));
+            .spawn(move || reader::follow(shared, s, *looked));
         match spawned {
             Ok(h) => {
                 *slot.handle.lock().unwrap_or_else(|p| p.into_inner()) = Some(h);
-                reg.insert(info.id.clone(), slot);
+                reg.insert(slot.id.clone(), slot);
                 log::info!("following {} ({})", info.name, short(&info.id));
                 Ok(())
             }
@@ -288,8 +337,19 @@ impl Shared {
         if slot.restart_pending.swap(false, Ordering::AcqRel) && !self.stopping() {
             return false;
         }
-        reg.remove(&slot.id);
+        reg.remove(&*slot.id);
         true
+    }
+
+    /// The origin of a container's `system` message: its reader's when the event says the same
+    /// of it, so that the ring holds one origin per container, not one per message.
+    fn event_origin(&self, ev: &Event, name: &str) -> Arc<Origin> {
+        let made = meta::origin(&self.cfg, &self.host, &ev.id, name, &ev.attributes);
+        let reg = self.registry.lock().unwrap_or_else(|p| p.into_inner());
+        match reg.get(ev.id.as_str()).map(|s| s.live().origin.clone()) {
+            Some(o) if *o == made => o,
+            _ => Arc::new(made),
+        }
     }
 
     fn on_event(self: &Arc<Self>, ev: Event) {
@@ -303,13 +363,6 @@ impl Shared {
         ) {
             return;
         }
-        let origin = Arc::new(meta::origin(
-            &self.cfg,
-            &self.host,
-            &ev.id,
-            &name,
-            &ev.attributes,
-        ));
         let action = ev.action.as_str();
         // The reader's wake comes first: no inspect stands between a `start` and its stream.
         let woken = retry::wakes(action) && self.wake(&ev.id, action == "start");
@@ -320,6 +373,7 @@ impl Shared {
             }
             _ => {
                 if let Some((level, kind, text)) = lifecycle(action, &name, &ev.attributes) {
+                    let origin = self.event_origin(&ev, &name);
                     self.system(&origin, ev.time_nano, level, kind, text);
                 }
                 // A reader waits from `create` on, so that a container that prints and exits
@@ -495,6 +549,8 @@ impl Monitor {
             .cloned()
             .collect();
         for slot in &slots {
+            // A reader waiting between two streams.
+            slot.unpark();
             if let Some(c) = slot
                 .closer
                 .lock()

@@ -17,6 +17,7 @@
 //! follows a running container: it stays within two pages (`make bench`'s idle cost per
 //! followed container; an inspect after a stream ended can take a third).
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -126,21 +127,29 @@ impl Reader<'_> {
     }
 
     /// Waits `d`, or until the container's next event wakes the reader; false when the agent
-    /// stops first. Never inlined (stack pages).
+    /// stops first. Both unpark the thread after setting their flag, and a park returns at once
+    /// when the unpark came before it. Never inlined (stack pages).
     #[inline(never)]
     fn wait(&mut self, d: Duration) -> bool {
-        crossbeam_channel::select! {
-            // Never sent on: it disconnects when the agent stops.
-            recv(self.shared.stop_rx) -> _ => return false,
-            recv(self.slot.wake_rx) -> _ => {
+        let until = Instant::now().checked_add(d);
+        while !self.shared.stopping() {
+            if self.slot.woken.swap(false, Ordering::AcqRel) {
                 self.retry.woken();
                 self.started = self.created.take().map(|mut info| {
                     // Its `start` (or `destroy`, which the stream then finds) woke us.
                     info.running = true;
                     info
                 });
+                break;
             }
-            default(d) => {}
+            let left = until.map(|u| u.saturating_duration_since(Instant::now()));
+            if left == Some(Duration::ZERO) {
+                break;
+            }
+            match left {
+                Some(left) => std::thread::park_timeout(left),
+                None => std::thread::park(),
+            }
         }
         !self.shared.stopping()
     }
@@ -183,21 +192,16 @@ impl Reader<'_> {
         })
     }
 
-    /// The container's origin, also shown in its view.
+    /// The container's origin, the slot's (also shown in its view): made again only when the
+    /// container was renamed, its labels being fixed at its creation.
     fn origin(&self, info: &ContainerInfo) -> Arc<Origin> {
-        let s = self.shared;
-        let origin = Arc::new(meta::origin(
-            &s.cfg,
-            &s.host,
-            &info.id,
-            &info.name,
-            &info.labels,
-        ));
-        let mut v = self.slot.view.lock().unwrap_or_else(|p| p.into_inner());
-        v.name = origin.name.clone();
-        v.app_id = origin.app_id.as_str().to_string();
-        v.service_name = origin.service_name.clone();
-        origin
+        let mut live = self.slot.live();
+        if live.origin.name != info.name.trim_start_matches('/') {
+            let s = self.shared;
+            let made = meta::origin(&s.cfg, &s.host, &info.id, &info.name, &info.labels);
+            live.origin = Arc::new(made);
+        }
+        live.origin.clone()
     }
 
     /// Reads the stream to its end and tells the retry core how it went. Never inlined (stack
@@ -282,9 +286,9 @@ impl Reader<'_> {
             Stats::add(&stats.bytes_read, c.bytes);
             Stats::add(&stats.truncated, c.truncated);
             Stats::add(&stats.invalid_utf8, c.invalid_utf8);
-            let mut v = self.slot.view.lock().unwrap_or_else(|p| p.into_inner());
-            v.lines += c.lines;
-            v.last_line_ms = c.last_line_ns.map(|ns| ns.div_euclid(1_000_000));
+            let mut live = self.slot.live();
+            live.lines += c.lines;
+            live.last_line_ms = c.last_line_ns.map(|ns| ns.div_euclid(1_000_000));
         }
     }
 }
@@ -301,7 +305,7 @@ fn new_core(
 }
 
 fn set_state(slot: &Slot, state: &'static str) {
-    slot.view.lock().unwrap_or_else(|p| p.into_inner()).state = state;
+    slot.live().state = state;
 }
 
 /// Where a container without a cursor starts (`SINCE`). That start is its first cursor, in
@@ -329,9 +333,8 @@ fn first_since(shared: &Shared, slot: &Slot, started_at_ns: i64) -> Since {
         Since::All => 0,
         Since::At(t) => t,
     };
-    let id: Arc<str> = Arc::from(slot.id.as_str());
     shared
         .progress
-        .taken_by_all(&id, Position { ts_ns, seen: 0 });
+        .taken_by_all(&slot.id, Position { ts_ns, seen: 0 });
     since
 }
