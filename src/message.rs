@@ -494,6 +494,17 @@ impl LineTail {
     }
 }
 
+/// Writes a container line's id: its origin's short id and the line's tail.
+#[inline(always)]
+fn put_line_id(out: &mut impl PutBytes, short_id: &[u8], tail: &LineTail) {
+    // A container's short id is 12 digits: copied as a constant length, a store.
+    match <&[u8; 12]>::try_from(short_id) {
+        Ok(twelve) => out.put(twelve),
+        Err(_) => out.put(short_id),
+    }
+    out.put(tail.bytes());
+}
+
 /// Writes a given id with what would need escaping replaced: ids are made from hex ids,
 /// numbers and sanitised actions, and anything else is replaced so that the id never needs
 /// escaping.
@@ -681,14 +692,7 @@ impl LogMessage {
         };
         w.put(OPEN.as_bytes());
         match (&tail, id) {
-            (Some(t), _) => {
-                // A container's short id is 12 digits: copied as a constant length, a store.
-                match <&[u8; 12]>::try_from(short_id) {
-                    Ok(twelve) => w.put(twelve),
-                    Err(_) => w.put(short_id),
-                }
-                w.put(t.bytes());
-            }
+            (Some(t), _) => put_line_id(&mut w, short_id, t),
             (None, Id::Given(id)) => put_given_id(&mut w, id),
             (None, Id::Line(_)) => {}
         }
