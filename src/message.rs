@@ -235,6 +235,7 @@ impl Origin {
     }
 
     /// The tail of a message's JSON (see `tails`) on stderr or not, `system` or not.
+    #[inline(always)]
     fn tail(&self, is_stderr: bool, is_system: bool) -> &[u8] {
         if is_system {
             return self.system_tail(is_stderr).as_bytes();
@@ -789,6 +790,7 @@ impl LogMessage {
     }
 
     /// The length of [`LogMessage::write_json`]'s output, without making it.
+    #[inline]
     pub fn json_len(&self) -> usize {
         let end = if self.truncated { END_TRUNCATED } else { END };
         self.pieces().iter().map(|p| p.len()).sum::<usize>() + end.len()
@@ -796,6 +798,7 @@ impl LogMessage {
 
     /// The JSON in four pieces; the one place that knows the shape (with [`LogMessage::new`],
     /// [`Origin::new`] and [`level_and_kind`], which make the pieces).
+    #[inline(always)]
     fn pieces(&self) -> [&[u8]; 3] {
         let system = self.kind == SourceKind::System;
         [

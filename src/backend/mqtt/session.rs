@@ -259,6 +259,7 @@ enum Body {
 }
 
 impl Body {
+    #[inline]
     fn len(&self) -> usize {
         match self {
             Body::Msg(m) => m.json_len(),
