@@ -11,11 +11,13 @@
 //!
 //! Stack: a page of a thread's stack, once touched, stays resident for the thread's life, so
 //! every followed container costs all the pages its reader's deepest path ever reached (glibc
-//! puts its thread block and static TLS, about 4.3 KiB, at the top). The stream, its decoder and
-//! the core live on the heap, and the functions that open, read, inspect and wait have frames
-//! of their own (never inlined), so their locals do not add up on the path that opens and
-//! follows a running container: it stays within two pages (`make bench`'s idle cost per
-//! followed container; an inspect after a stream ended can take a third).
+//! puts its thread block and static TLS at the top: about 3.8 KiB with the unit's
+//! `GLIBC_TUNABLES`, 4.3 KiB without in the static build, 5.2 KiB in the dynamically linked
+//! one). The stream, its decoder and the core live on the heap, and the functions that open,
+//! read, inspect and wait have frames of their own (never inlined), so their locals do not add
+//! up on the path that opens and follows a running container: about 3.4 KiB deep, it stays
+//! within two pages (`make bench`'s idle cost per followed container; an inspect after a stream
+//! ended can take a third).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
