@@ -19,6 +19,7 @@ pub mod containers;
 pub mod events;
 pub mod frames;
 pub mod http;
+pub mod pace;
 pub mod timestamp;
 pub(crate) mod transport;
 
@@ -438,6 +439,8 @@ pub struct LogStream {
     /// stack a page deeper (monitor/reader.rs says why that counts).
     frames: Box<Decoder>,
     ended: bool,
+    /// The wait before the next read ([`pace`]).
+    wait: Duration,
 }
 
 impl LogStream {
@@ -447,6 +450,7 @@ impl LogStream {
             body,
             frames,
             ended: false,
+            wait: Duration::ZERO,
         }
     }
 
@@ -454,7 +458,8 @@ impl LogStream {
     /// completed, in order, borrowed from the read buffer (the lines are not kept). With
     /// `idle = Some(d)`: if no complete line arrives within about `d`, a pending partial line
     /// (no newline yet) is given as a line, else [`Next::Idle`] is returned. Lines completed
-    /// before an error are given before it is returned.
+    /// before an error are given before it is returned. A busy stream waits a moment before
+    /// its next read ([`pace`]).
     pub fn next(
         &mut self,
         idle: Option<Duration>,
@@ -469,7 +474,12 @@ impl LogStream {
         let or = |none: Next| if given.get() { Next::Lines } else { none };
         let frames = &mut self.frames;
         while !self.ended {
+            if !self.wait.is_zero() {
+                std::thread::sleep(std::mem::take(&mut self.wait));
+            }
             self.reader.set_timeout(idle)?;
+            let room = self.reader.room();
+            let read_at = Instant::now();
             let bytes = match self.reader.read() {
                 Ok(b) => b,
                 Err(e) if is_timeout(&e) && idle.is_some() => {
@@ -492,6 +502,11 @@ impl LogStream {
                 self.ended = true;
                 break;
             }
+            self.wait = pace::wait_after(pace::Read {
+                took: read_at.elapsed(),
+                // The bytes that came with the head: read on at once.
+                filled: room.is_none_or(|r| bytes.len() == r),
+            });
             self.body
                 .decode(bytes, &mut |b| frames.feed(b, &mut emit))?;
             if self.body.is_done() {

@@ -272,6 +272,12 @@ impl Reader {
         self.closer.clone()
     }
 
+    /// How many bytes the next read can take at most, or `None` when it gives the body bytes
+    /// that came with the head (they need no read).
+    pub fn room(&self) -> Option<usize> {
+        (self.leftover == 0).then_some(self.buf.len())
+    }
+
     /// Sets the socket's read timeout if it differs from the one set.
     pub fn set_timeout(&mut self, timeout: Option<Duration>) -> io::Result<()> {
         if self.timeout != timeout {
