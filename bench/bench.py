@@ -929,8 +929,10 @@ def report(r):
                      "baseline_value": base, "ratio": ratio, "target": target, "met": ok})
 
     def s_throughput():
+        # The broker's and the naive pipeline's rows only when their phases ran (BENCH_ONLY).
         eng = r["engine"]
-        mq = r["mosquitto"]
+        mq = {k: v.get("lines_per_s") for k, v in r["mosquitto"].items() if isinstance(v, dict)}
+        nv = r["naive"].get("flat")
         for key, label in (("q0", "QoS 0 unbatched"), ("q1", "QoS 1 unbatched"),
                            ("q1b", "QoS 1 batched 50/1s")):
             for n in args.containers:
@@ -938,36 +940,33 @@ def report(r):
                 if not a:
                     continue
                 fig = "agent %s, %d container%s" % (label, n, "" if n == 1 else "s")
+                rate = a["lines_per_s"] or 0
                 base = eng.get(str(n), {}).get("lines_per_s")
                 target, ok = None, None
                 if key == "q1b" and n == 1:
-                    target, ok = ">= 0.8 x engine, 0 lost", (a["lines_per_s"] or 0) >= 0.8 * (base or 1e18) and a["lost"] == 0
+                    target, ok = ">= 0.8 x engine, 0 lost", rate >= 0.8 * (base or 1e18) and a["lost"] == 0
                 row(fig + " [lines/s]", a["lines_per_s"], "lines/s",
                     "engine read limit, %d stream%s (best of 2)" % (n, "" if n == 1 else "s"), base,
-                target, ok)
-                if key == "q1" and n == 1:
+                    target, ok)
+                if key == "q1" and n == 1 and "q1" in mq:
                     row(fig + " vs broker [lines/s]", a["lines_per_s"], "lines/s",
-                        "mosquitto_pub -q 1 -l (well fed)", mq["q1"]["lines_per_s"])
-                    mb = max(mq["q1x4"]["lines_per_s"] or 0, mq["q1"]["lines_per_s"] or 0)
+                        "mosquitto_pub -q 1 -l (well fed)", mq["q1"])
+                    mb = max(mq.get("q1x4") or 0, mq["q1"] or 0)
                     row(fig + " vs broker [lines/s]", a["lines_per_s"], "lines/s",
                         "best of 1 and 4 mosquitto_pub -q 1 -l", mb, ">= 0.8 x",
-                        (a["lines_per_s"] or 0) >= 0.8 * (mb or 1e18))
-                    nv = r["naive"]["flat"]
+                        rate >= 0.8 * (mb or 1e18))
+                if key in ("q1", "q1b") and n == 1 and nv:
                     row(fig + " vs naive [lines/s]", a["lines_per_s"], "lines/s",
                         "docker logs -f | mosquitto_pub -q 1 -l", nv["lines_per_s"],
-                        ">= 3 x, 0 lost", (a["lines_per_s"] or 0) >= 3 * (nv["lines_per_s"] or 1e18)
+                        ">= 3 x, 0 lost", rate >= 3 * (nv["lines_per_s"] or 1e18)
                         and a["lost"] == 0)
+                if key == "q1" and n == 1:
                     row("agent QoS 1 unbatched, 1 container: lines lost", a["lost"], "lines",
-                        "naive pipeline lines lost", nv["lost"], "0", a["lost"] == 0)
-                if key == "q1b" and n == 1:
-                    nv = r["naive"]["flat"]
-                    row(fig + " vs naive [lines/s]", a["lines_per_s"], "lines/s",
-                        "docker logs -f | mosquitto_pub -q 1 -l", nv["lines_per_s"],
-                        ">= 3 x, 0 lost", (a["lines_per_s"] or 0) >= 3 * (nv["lines_per_s"] or 1e18)
-                        and a["lost"] == 0)
-                if key == "q0" and n == 1:
+                        "naive pipeline lines lost", nv["lost"] if nv else None, "0",
+                        a["lost"] == 0)
+                if key == "q0" and n == 1 and "q0" in mq:
                     row(fig + " vs broker [lines/s]", a["lines_per_s"], "lines/s",
-                        "mosquitto_pub -q 0 -l (well fed)", mq["q0"]["lines_per_s"])
+                        "mosquitto_pub -q 0 -l (well fed)", mq["q0"])
                 if a["lost"]:
                     row(fig + ": lines lost", a["lost"], "lines", "lines sent", a["expected"])
 
@@ -1027,24 +1026,23 @@ def report(r):
             naive, idle["naive_cpu_pct"] * scale, "<= 0.1 %", idle["agent_cpu_pct"] <= 0.1)
 
     def s_cpu():
-        a = r["agent"].get("q1-1")
-        if a:
-            row("agent CPU per million lines, QoS 1 unbatched [s]", a["cpu_s_per_mline"], "s",
-                "naive pipeline", r["naive"]["flat"]["cpu_s_per_mline"])
-        a = r["agent"].get("q1b-1")
-        if a:
-            row("agent CPU per million lines, QoS 1 batched [s]", a["cpu_s_per_mline"], "s",
-                "naive pipeline", r["naive"]["flat"]["cpu_s_per_mline"])
+        naive = r["naive"].get("flat", {}).get("cpu_s_per_mline")
+        for key, label in (("q1-1", "unbatched"), ("q1b-1", "batched")):
+            a = r["agent"].get(key)
+            if a:
+                row("agent CPU per million lines, QoS 1 %s [s]" % label, a["cpu_s_per_mline"],
+                    "s", "naive pipeline", naive)
         e = r["engine"].get("1")
         a = r["agent"].get("q1b-1")
         if a and e and e.get("engine_cpu_s_per_mline"):
             row("agent CPU per million lines, QoS 1 batched vs engine [s]", a["cpu_s_per_mline"],
                 "s", "dockerd serving them (raw reader run)", e["engine_cpu_s_per_mline"])
-        idle = r["idle"]
-        n, k = idle["containers"], idle.get("naive_pipelines", idle["containers"])
-        row("agent threads, %d containers idle" % n, idle["agent_threads"], "",
-            "%d naive pipelines" % n + ("" if k == n else " (%d measured, scaled)" % k),
-            idle["naive_threads"] * n / k)
+        idle = r.get("idle")
+        if idle:
+            n, k = idle["containers"], idle.get("naive_pipelines", idle["containers"])
+            row("agent threads, %d containers idle" % n, idle["agent_threads"], "",
+                "%d naive pipelines" % n + ("" if k == n else " (%d measured, scaled)" % k),
+                idle["naive_threads"] * n / k)
 
     def s_instructions():
         ins = r["instructions"]
