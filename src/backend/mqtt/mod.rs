@@ -54,9 +54,14 @@ const ACK_WAIT: Duration = Duration::from_secs(2);
 /// The limit of each socket write at shutdown: a broker that stopped reading must not hold the
 /// stop past its deadline.
 const STOP_WRITE: Duration = Duration::from_millis(500);
-/// How long the connection thread waits for a packet before it ticks the session (which
-/// decides on pings, a missing PINGRESP and the ack-stall watchdog).
-const CONN_TICK: Duration = Duration::from_secs(1);
+/// How long the connection thread waits for a packet before it ticks the session. Pings, a
+/// missing PINGRESP and the ack-stall watchdog are the session's deadlines, which the publisher
+/// thread sleeps until; this tick is a second watch, so it is rare (an idle agent wakes for it).
+const CONN_TICK: Duration = Duration::from_secs(5);
+/// The longest the publisher sleeps when the session names no deadline (it names one whenever
+/// something is timed: `Session::next_deadline`); a safety net, rare enough to cost nothing
+/// when idle. It slept at most 200 ms before: 5 wake-ups a second of an idle agent.
+const IDLE_CHECK: Duration = Duration::from_secs(5);
 /// The limit of each step of a connection attempt: TCP connect, TLS handshake, CONNACK.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// The largest packet we take from the broker: we subscribe to nothing, and its answers are
@@ -373,8 +378,8 @@ fn wait_for_input(
     };
     let timeout = deadline
         .map(|d| d.saturating_duration_since(now))
-        .unwrap_or(Duration::from_millis(200))
-        .min(Duration::from_millis(200));
+        .unwrap_or(IDLE_CHECK)
+        .min(IDLE_CHECK);
     let mut stop = false;
     if accept {
         select! {

@@ -90,6 +90,9 @@ const STALL: Duration = Duration::from_secs(2);
 const ACK_STALL: Duration = Duration::from_secs(10);
 /// How long a disconnect may last before [`Session::healthy`] says so.
 const GRACE: Duration = Duration::from_secs(3);
+/// How soon a session that held a publish back (the adapter could not take it) tries again
+/// when no event comes first.
+const HELD_RETRY: Duration = Duration::from_millis(200);
 /// How long after a dropped message [`Session::healthy`] says so.
 const DROP_UNHEALTHY: Duration = Duration::from_secs(60);
 /// The first wait before a publish the broker refused for now (MQTT 5: quota exceeded, server
@@ -619,8 +622,12 @@ impl Session {
         !self.overflowing() || self.may_spool(now)
     }
 
-    /// When [`Session::tick`] has something to do next: an open batch is due, a ping, or a
-    /// publish the broker refused for now is to be sent again.
+    /// When [`Session::tick`] has something to do next: an open batch is due, a ping, a ping's
+    /// answer, the watchdogs of publishes waiting for their acknowledgement, a publish the
+    /// broker refused for now is to be sent again, or a held publish is to be tried again.
+    /// `None`: nothing is due until an event comes (an idle, connected session is always due
+    /// a ping). The adapter sleeps until then, so every timed decision of `tick` and
+    /// [`Session::accepting`] must have its time here.
     pub fn next_deadline(&self) -> Option<Instant> {
         let batch = self
             .open
@@ -629,10 +636,41 @@ impl Session {
             .min();
         let retry = (self.resending > 0).then_some(self.retry_at);
         let status = self.status_release_at();
-        [batch, self.ping_due(), retry, status]
-            .into_iter()
-            .flatten()
-            .min()
+        let held = self.held.then(|| self.now + HELD_RETRY);
+        [
+            batch,
+            self.ping_due(),
+            self.ping_answer_due(),
+            self.stall_due(),
+            retry,
+            status,
+            held,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// While a ping waits for its answer: when the connection is given up without one.
+    fn ping_answer_due(&self) -> Option<Instant> {
+        self.granted?;
+        Some(self.ping_sent? + self.keep_alive())
+    }
+
+    /// While publishes wait for their acknowledgement: just past [`STALL`] since the last one
+    /// (memory overflow may go to the spool from then on), then just past [`ACK_STALL`] (the
+    /// connection is given up).
+    fn stall_due(&self) -> Option<Instant> {
+        if self.granted.is_none() || self.inflight.is_empty() {
+            return None;
+        }
+        let past = Duration::from_millis(1);
+        let soft = self.last_ack + STALL + past;
+        Some(if soft > self.now {
+            soft
+        } else {
+            self.last_ack + ACK_STALL + past
+        })
     }
 
     /// When the next PINGREQ is due, while connected and none is unanswered.
@@ -2222,6 +2260,63 @@ mod tests {
         assert_eq!(f.names(), ["pubrel 2"], "only a QoS 2 publish in flight");
         f.s.acked(2, Ack::Ok, f.at(3));
         assert_eq!(progress(&f.actions()), [a]);
+    }
+
+    /// The publisher sleeps until `next_deadline` (or an event): a timed decision without its
+    /// deadline would wait for an unrelated event.
+    #[test]
+    fn every_timed_decision_has_its_deadline() {
+        // Keep-alive 60 s: a ping 45 s after the last write, its answer within 60 s.
+        let mut f = fixture("deadlines", &[("MQTT_KEEPALIVE_S", "60")]);
+        assert_eq!(
+            f.s.next_deadline(),
+            None,
+            "nothing is timed before a connection"
+        );
+        f.connect(0);
+        assert_eq!(f.pkids(), [1], "the status");
+        f.s.acked(1, Ack::Ok, f.at(100));
+        assert_eq!(
+            f.s.next_deadline(),
+            Some(f.at(45_000)),
+            "idle: only the ping"
+        );
+        f.intake("a", 1_000);
+        assert_eq!(f.names(), ["publish"]);
+        assert_eq!(
+            f.s.next_deadline(),
+            Some(f.at(3_001)),
+            "in flight: just past the stall since the watch began (the first publish out)"
+        );
+        f.s.tick(f.at(3_001));
+        assert_eq!(
+            f.s.next_deadline(),
+            Some(f.at(11_001)),
+            "then the ack-stall watchdog"
+        );
+        f.s.tick(f.at(11_001));
+        assert_eq!(f.names(), ["reconnect"], "given up at that deadline");
+        assert_eq!(f.s.next_deadline(), None, "not connected: nothing is timed");
+
+        f.connect(20_000);
+        for id in f.pkids() {
+            f.s.acked(id, Ack::Ok, f.at(20_100));
+        }
+        f.names();
+        assert_eq!(f.s.next_deadline(), Some(f.at(65_000)), "the ping again");
+        f.s.tick(f.at(65_000));
+        assert_eq!(f.names(), ["ping"]);
+        assert_eq!(
+            f.s.next_deadline(),
+            Some(f.at(125_000)),
+            "while the ping waits: its answer's limit"
+        );
+        f.s.tick(f.at(125_000));
+        assert_eq!(
+            f.names(),
+            ["reconnect"],
+            "no answer: given up at that deadline"
+        );
     }
 
     #[test]
