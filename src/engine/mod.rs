@@ -474,13 +474,8 @@ impl LogStream {
         let or = |none: Next| if given.get() { Next::Lines } else { none };
         let frames = &mut self.frames;
         while !self.ended {
-            if !self.wait.is_zero() {
-                std::thread::sleep(std::mem::take(&mut self.wait));
-            }
             self.reader.set_timeout(idle)?;
-            let room = self.reader.room();
-            let read_at = Instant::now();
-            let bytes = match self.reader.read() {
+            let bytes = match read_paced(&mut self.reader, &mut self.wait) {
                 Ok(b) => b,
                 Err(e) if is_timeout(&e) && idle.is_some() => {
                     frames.flush_partial(&mut emit);
@@ -502,11 +497,6 @@ impl LogStream {
                 self.ended = true;
                 break;
             }
-            self.wait = pace::wait_after(pace::Read {
-                took: read_at.elapsed(),
-                // The bytes that came with the head: read on at once.
-                filled: room.is_none_or(|r| bytes.len() == r),
-            });
             self.body
                 .decode(bytes, &mut |b| frames.feed(b, &mut emit))?;
             if self.body.is_done() {
@@ -528,6 +518,23 @@ impl LogStream {
     pub fn closer(&self) -> Closer {
         self.reader.closer()
     }
+}
+
+/// One read of a log stream, after the wait the read before asked for; sets the wait the next
+/// one needs ([`pace`]).
+fn read_paced<'r>(reader: &'r mut Reader, wait: &mut Duration) -> std::io::Result<&'r [u8]> {
+    if !wait.is_zero() {
+        std::thread::sleep(std::mem::take(wait));
+    }
+    let room = reader.room();
+    let read_at = Instant::now();
+    let bytes = reader.read()?;
+    *wait = pace::wait_after(pace::Read {
+        took: read_at.elapsed(),
+        // The bytes that came with the head: read on at once.
+        filled: room.is_none_or(|r| bytes.len() == r),
+    });
+    Ok(bytes)
 }
 
 /// A followed `/events` stream of container events.
