@@ -34,6 +34,11 @@ use crate::stats::Stats;
 pub const SAVE_EVERY: Duration = Duration::from_secs(2);
 /// How soon a container's first cursor is written (firsts within it are written together).
 const SAVE_FIRST: Duration = Duration::from_millis(50);
+/// The rounds' interval while nothing moves (no line read, no container come or gone, the
+/// engine as it was): an idle agent wakes for them; the next line read is saved within
+/// [`SAVE_FIRST`], and the MQTT status's health follows other changes within this time (it goes
+/// out at most every 10 s anyway). Each round cost 2.4 ms of CPU on the bench's machine.
+const QUIET_EVERY: Duration = Duration::from_secs(10);
 /// How long the agent must have been quiet (no line read, no container come or gone) before the
 /// allocator's free pages go back to the kernel.
 const TRIM_QUIET: Duration = Duration::from_secs(2);
@@ -555,7 +560,7 @@ struct Housekeeping {
 impl Housekeeping {
     fn run(&self, stop: &Receiver<()>, firsts: &Receiver<()>) {
         let watchdog = notify::watchdog_interval();
-        let mut schedule = SaveSchedule::new(SAVE_EVERY, SAVE_FIRST, Instant::now());
+        let mut schedule = SaveSchedule::new(SAVE_EVERY, SAVE_FIRST, QUIET_EVERY, Instant::now());
         let mut trim = TrimSchedule::new(Instant::now());
         let mut pinged = Instant::now();
         let mut rate = LineRate::since(self.stats.started);
@@ -570,16 +575,23 @@ impl Housekeeping {
                 default(schedule.wait(now).min(ping_in)) => {}
             }
             let now = Instant::now();
+            let activity = (
+                Stats::get(&self.stats.lines_read),
+                self.monitor.followed(),
+                self.stats.docker_up.load(Ordering::Relaxed),
+            );
             if schedule.due(now) {
                 self.save_cursors();
                 self.report_health(&mut rate, now);
+                if schedule.saw(activity) {
+                    self.progress.watch_next();
+                }
             }
             if watchdog.is_some_and(|w| now.saturating_duration_since(pinged) >= w) {
                 pinged = now;
                 self.tell_systemd();
             }
-            let activity = (Stats::get(&self.stats.lines_read), self.monitor.followed());
-            if trim.due(activity, now) {
+            if trim.due((activity.0, activity.1), now) {
                 allocator::trim();
             }
         }

@@ -10,6 +10,7 @@ pub mod mqtt;
 use std::collections::HashMap;
 
 use rustc_hash::FxHashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use crossbeam_channel::Sender;
@@ -64,6 +65,7 @@ struct Taken {
     /// Looked up at every batch a backend takes: FxHash, not SipHash (keys are engine ids).
     map: Mutex<FxHashMap<Arc<str>, Position>>,
     first: Arc<OnceLock<Sender<()>>>,
+    watch: Arc<AtomicBool>,
 }
 
 /// Per backend, per container: the last position the backend has taken. Each backend holds
@@ -72,6 +74,8 @@ struct Taken {
 pub struct Progress {
     lanes: Mutex<Vec<Arc<Taken>>>,
     first: Arc<OnceLock<Sender<()>>>,
+    /// Set by [`Progress::watch_next`]: the next position any lane takes is told too.
+    watch: Arc<AtomicBool>,
 }
 
 /// One backend's lane in [`Progress`]: where it reports what it has taken.
@@ -90,15 +94,22 @@ impl Lane {
 /// Moves `container` forward to `pos` in one lane; never back.
 fn advance(taken: &Taken, container: &Arc<str>, pos: Position) {
     let mut map = taken.map.lock().unwrap_or_else(|p| p.into_inner());
-    match map.get_mut(container) {
-        Some(p) if *p >= pos => {}
-        Some(p) => *p = pos,
+    let news = match map.get_mut(container) {
+        Some(p) if *p >= pos => false,
+        Some(p) => {
+            *p = pos;
+            // One load per batch; the swap only once a watch was asked for.
+            taken.watch.load(Ordering::Relaxed) && taken.watch.swap(false, Ordering::Relaxed)
+        }
         None => {
             map.insert(container.clone(), pos);
-            drop(map);
-            if let Some(tx) = taken.first.get() {
-                let _ = tx.try_send(());
-            }
+            true
+        }
+    };
+    drop(map);
+    if news {
+        if let Some(tx) = taken.first.get() {
+            let _ = tx.try_send(());
         }
     }
 }
@@ -114,6 +125,7 @@ impl Progress {
             taken: Arc::new(Taken {
                 map: Mutex::new(FxHashMap::default()),
                 first: self.first.clone(),
+                watch: self.watch.clone(),
             }),
         };
         self.lanes().push(lane.taken.clone());
@@ -125,6 +137,12 @@ impl Progress {
     /// ignored.
     pub fn tell_first(&self, tx: Sender<()>) {
         let _ = self.first.set(tx);
+    }
+
+    /// The next position any lane takes is told too (once, as a first is): a housekeeping
+    /// that sleeps long while nothing moves hears when lines flow again.
+    pub fn watch_next(&self) {
+        self.watch.store(true, Ordering::Relaxed);
     }
 
     fn lanes(&self) -> std::sync::MutexGuard<'_, Vec<Arc<Taken>>> {
@@ -206,5 +224,12 @@ mod tests {
         assert!(rx.try_recv().is_err(), "a moving on is not news");
         p.taken_by_all(&Arc::from("b"), pos(3, 0));
         assert!(rx.try_recv().is_ok(), "b read from now on");
+        p.watch_next();
+        lane.taken(&a, pos(2, 1));
+        assert!(rx.try_recv().is_err(), "no move, no news");
+        lane.taken(&a, pos(3, 1));
+        assert!(rx.try_recv().is_ok(), "watched: the next move is told");
+        lane.taken(&a, pos(4, 1));
+        assert!(rx.try_recv().is_err(), "once");
     }
 }

@@ -48,22 +48,43 @@ struct Inner {
 /// When the cursors are written: at most every `every`, and soon after a container got its
 /// first position, so that an agent killed young does not start over (or, for a container
 /// without a cursor, from "now") on its next start. Firsts coming together are written
-/// together, at most every `soon`.
+/// together, at most every `soon`. A round that saw the same activity as the round before
+/// (nothing read, nothing come or gone, the engine as it was) makes the schedule quiet: the
+/// next round is `quiet` later, and the caller has the next line told as a first
+/// ([`SaveSchedule::first_taken`]), so an idle agent wakes rarely and a line after a quiet
+/// spell is saved as soon as a first.
 pub struct SaveSchedule {
     every: Duration,
     soon: Duration,
+    quiet: Duration,
     last: Instant,
     first_pending: bool,
+    /// The activity the last round saw, and whether it was the round before's.
+    seen: Option<Activity>,
+    is_quiet: bool,
 }
 
+/// What a round compares with the last: lines read, containers followed, engine up.
+pub type Activity = (u64, usize, bool);
+
 impl SaveSchedule {
-    pub fn new(every: Duration, soon: Duration, now: Instant) -> SaveSchedule {
+    pub fn new(every: Duration, soon: Duration, quiet: Duration, now: Instant) -> SaveSchedule {
         SaveSchedule {
             every,
             soon,
+            quiet,
             last: now,
             first_pending: false,
+            seen: None,
+            is_quiet: false,
         }
+    }
+
+    /// A round saw `activity`; true when it is the last round's (the schedule is quiet now).
+    pub fn saw(&mut self, activity: Activity) -> bool {
+        self.is_quiet = self.seen == Some(activity);
+        self.seen = Some(activity);
+        self.is_quiet
     }
 
     /// A container was taken for the first time.
@@ -75,6 +96,8 @@ impl SaveSchedule {
     pub fn wait(&self, now: Instant) -> Duration {
         let after = if self.first_pending {
             self.soon
+        } else if self.is_quiet {
+            self.quiet
         } else {
             self.every
         };
@@ -281,7 +304,7 @@ mod tests {
     fn saves_soon_after_a_first_position_then_every_interval() {
         let t0 = Instant::now();
         let ms = Duration::from_millis;
-        let mut s = SaveSchedule::new(ms(2000), ms(250), t0);
+        let mut s = SaveSchedule::new(ms(2000), ms(250), ms(10_000), t0);
         assert!(!s.due(t0 + ms(100)), "nothing new yet");
         assert_eq!(s.wait(t0 + ms(100)), ms(1900));
         s.first_taken();
@@ -298,6 +321,34 @@ mod tests {
         s.first_taken();
         assert!(s.due(t0 + ms(2500)), "another container's first position");
         assert_eq!(s.wait(t0 + ms(2500)), ms(2000));
+    }
+
+    #[test]
+    fn rounds_slow_down_while_nothing_moves_and_a_line_ends_the_quiet() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut s = SaveSchedule::new(ms(2000), ms(250), ms(10_000), t0);
+        // (round at ms, the activity it saw, quiet after it, the wait before the next round)
+        let rounds = [
+            (2_000, (5, 1, true), false, 2_000),
+            (4_000, (9, 1, true), false, 2_000),
+            (6_000, (9, 1, true), true, 10_000),
+            (16_000, (9, 1, true), true, 10_000),
+            (26_000, (9, 2, true), false, 2_000),
+            (28_000, (9, 2, true), true, 10_000),
+            (38_000, (9, 2, false), false, 2_000),
+        ];
+        for (at, activity, quiet, wait) in rounds {
+            let now = t0 + ms(at);
+            assert!(s.due(now), "round at {at} ms");
+            assert_eq!(s.saw(activity), quiet, "round at {at} ms");
+            assert_eq!(s.wait(now), ms(wait), "after the round at {at} ms");
+        }
+        let now = t0 + ms(40_000);
+        assert!(s.due(now));
+        assert!(s.saw((9, 2, false)), "quiet again");
+        s.first_taken();
+        assert_eq!(s.wait(now), ms(250), "a line while quiet is saved soon");
     }
 
     #[test]
