@@ -581,7 +581,11 @@ impl Housekeeping {
                 self.stats.docker_up.load(Ordering::Relaxed),
             );
             if schedule.due(now) {
-                self.save_cursors();
+                // A watch still waiting: no backend took a line since the last round, so no
+                // cursor moved.
+                if !self.progress.watching() {
+                    self.save_cursors();
+                }
                 self.report_health(&mut rate, now);
                 if schedule.saw(activity) {
                     self.progress.watch_next();

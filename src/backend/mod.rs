@@ -145,6 +145,11 @@ impl Progress {
         self.watch.store(true, Ordering::Relaxed);
     }
 
+    /// True while a watch asked for is still waiting: no lane has moved since.
+    pub fn watching(&self) -> bool {
+        self.watch.load(Ordering::Relaxed)
+    }
+
     fn lanes(&self) -> std::sync::MutexGuard<'_, Vec<Arc<Taken>>> {
         self.lanes.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -227,8 +232,10 @@ mod tests {
         p.watch_next();
         lane.taken(&a, pos(2, 1));
         assert!(rx.try_recv().is_err(), "no move, no news");
+        assert!(p.watching());
         lane.taken(&a, pos(3, 1));
         assert!(rx.try_recv().is_ok(), "watched: the next move is told");
+        assert!(!p.watching());
         lane.taken(&a, pos(4, 1));
         assert!(rx.try_recv().is_err(), "once");
     }
