@@ -612,13 +612,19 @@ impl Housekeeping {
         let Some(mqtt) = &self.mqtt else {
             return;
         };
-        let views = self.monitor.views();
-        if let Some(d) = &self.discovery {
-            let followed = views
-                .iter()
-                .map(|v| (v.app_id.as_str(), v.service_name.as_str()));
-            crate::fleet::discovery::lock(d).followed(followed, now);
-        }
+        // The count only, unless discovery needs the services: views copy every container's
+        // names, which made most of an idle round's cost.
+        let containers = match &self.discovery {
+            Some(d) => {
+                let views = self.monitor.views();
+                let followed = views
+                    .iter()
+                    .map(|v| (v.app_id.as_str(), v.service_name.as_str()));
+                crate::fleet::discovery::lock(d).followed(followed, now);
+                views.len()
+            }
+            None => self.monitor.followed(),
+        };
         let (mut dropped, mut spool_bytes) = (0, 0);
         for b in &self.backends {
             let sum = b.summary();
@@ -627,7 +633,7 @@ impl Housekeeping {
         }
         mqtt.set_health(&crate::backend::mqtt::topic::Health {
             started_at: mqtt.started_at().to_string(),
-            containers: views.len(),
+            containers,
             spool_bytes,
             dropped,
             engine_up: self.stats.docker_up.load(Ordering::Relaxed),

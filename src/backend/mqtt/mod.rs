@@ -243,8 +243,11 @@ impl MqttBackend {
     /// goes out (on change, at most every 10 s).
     pub fn set_health(&self, health: &topic::Health) {
         let payload = topic::status_payload("online", &self.host, &self.version, Some(health));
-        self.shared.lock().session.status(payload, Instant::now());
-        self.shared.wake();
+        let news = self.shared.lock().session.status(payload, Instant::now());
+        // The same health again changes nothing: the publisher sleeps on.
+        if news {
+            self.shared.wake();
+        }
     }
 }
 

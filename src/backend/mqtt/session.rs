@@ -881,14 +881,18 @@ impl Session {
     /// Event: the online status has a new payload (fresh health, docs/CONTRACT.md §10). An
     /// unchanged one is nothing; a changed one is published (retained) while connected, at most
     /// once every [`STATUS_EVERY`]; the newest wins, and a new connection publishes it at once.
-    pub fn status(&mut self, online: String, now: Instant) {
+    /// True when the payload is new (the adapter has something to do, or a new deadline).
+    pub fn status(&mut self, online: String, now: Instant) -> bool {
         self.now = now;
         if online == self.set.online {
-            self.status_pending = None;
-            return;
+            return self.status_pending.take().is_some();
+        }
+        if self.status_pending.as_ref() == Some(&online) {
+            return false;
         }
         self.status_pending = Some(online);
         self.release_status(now);
+        true
     }
 
     /// Moves a pending status into place when it may go out.
@@ -2182,11 +2186,15 @@ mod tests {
         assert!(f.publishes().is_empty(), "nothing before CONNACK");
         f.connect(0);
         assert_eq!(f.publishes(), [("logs/status".into(), "h1".into())]);
-        f.s.status("h1".into(), f.at(1_000));
+        assert!(
+            !f.s.status("h1".into(), f.at(1_000)),
+            "unchanged: nothing to wake for"
+        );
         f.s.tick(f.at(1_000));
         assert!(f.publishes().is_empty(), "unchanged");
-        f.s.status("h2".into(), f.at(2_000));
-        f.s.status("h3".into(), f.at(3_000));
+        assert!(f.s.status("h2".into(), f.at(2_000)), "new");
+        assert!(f.s.status("h3".into(), f.at(3_000)), "newer");
+        assert!(!f.s.status("h3".into(), f.at(3_500)), "pending already");
         assert!(f.publishes().is_empty(), "within 10 s of the last");
         assert_eq!(
             f.s.next_deadline(),
