@@ -37,7 +37,8 @@ const SAVE_FIRST: Duration = Duration::from_millis(50);
 /// The rounds' interval while nothing moves (no line read, no container come or gone, the
 /// engine as it was): an idle agent wakes for them; the next line read is saved within
 /// [`SAVE_FIRST`], and the MQTT status's health follows other changes within this time (it goes
-/// out at most every 10 s anyway). Each round cost 2.4 ms of CPU on the bench's machine.
+/// out at most every 10 s anyway). A round after a sleep cost 2.4 to 8 ms of CPU on the bench's
+/// machine, where memory touched after a sleep is slow (README, Performance).
 const QUIET_EVERY: Duration = Duration::from_secs(10);
 /// How long the agent must have been quiet (no line read, no container come or gone) before the
 /// allocator's free pages go back to the kernel.
