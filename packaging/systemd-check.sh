@@ -102,6 +102,7 @@ build_rootfs() {
 root=
 nspawn=
 leader=
+started_engine= # the private engine, when this run started it
 cleanup() {
     if [ -n "$nspawn" ] && kill -0 "$nspawn" 2>/dev/null; then
         kill -TERM "$nspawn" 2>/dev/null || true
@@ -121,6 +122,7 @@ cleanup() {
     fi
     if [ -n "$registered_qemu" ]; then echo -1 >"$registered_qemu" || true; fi
     if [ -n "$mounted_binfmt" ]; then umount "$mounted_binfmt" || true; fi
+    if [ -n "$started_engine" ]; then tests/env.sh down >/dev/null || true; fi
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
@@ -538,8 +540,14 @@ main() {
     need_tools
     [ "$arch" = armhf ] && register_qemu
     if [ "$arch" = armhf ]; then
-        tests/env.sh up >/dev/null # shared with the tests: never taken down here
-        engine_dir=$(dirname "$(tests/env.sh host | sed 's|^unix://||')")
+        # Shared with the tests when they run: taken down at the end only if started here.
+        local sock
+        sock=$(tests/env.sh host | sed 's|^unix://||')
+        if ! curl -sf --max-time 2 --unix-socket "$sock" http://docker/_ping >/dev/null 2>&1; then
+            started_engine=1
+        fi
+        tests/env.sh up >/dev/null
+        engine_dir=$(dirname "$sock")
     fi
     build_rootfs
     prepare_root
