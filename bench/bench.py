@@ -994,9 +994,17 @@ def report(r):
             row("agent peak RSS at full rate, 1 container [MiB]", max(one) / 2**20, "MiB",
                 "naive pipeline peak RSS, 1 container", base, "<= 6 MiB",
                 max(one) <= 6 * 2**20)
-        peak = max(a["vm_hwm"] for a in r["agent"].values() if a)
-        row("agent peak RSS at full rate [MiB]", peak / 2**20, "MiB",
-            "naive pipeline peak RSS, 1 container", base, "<= 8 MiB", peak <= 8 * 2**20)
+        peaks = [a["vm_hwm"] for a in r["agent"].values() if a]
+        if peaks:
+            peak = max(peaks)
+            row("agent peak RSS at full rate [MiB]", peak / 2**20, "MiB",
+                "naive pipeline peak RSS, 1 container", base, "<= 8 MiB", peak <= 8 * 2**20)
+
+    def mib(v):
+        return v / 2**20 if v is not None else None
+
+    def kib(v):
+        return v / 1024 if v is not None else None
 
     def s_idle():
         idle = r["idle"]
@@ -1005,25 +1013,27 @@ def report(r):
         scale = n / k if k else None
         naive = "%d naive pipelines" % n + ("" if k == n else " (%d measured, scaled)" % k)
         goal = n <= 20  # the 4 MiB goal is for the default 20 containers
+        # BENCH_IDLE_NAIVE=0 measures no naive pipeline: its baselines are left empty.
+        per_naive = (lambda v: v / k) if k else (lambda v: None)
         row("agent RSS, idle, no containers [MiB]", idle["agent_rss_no_containers"] / 2**20, "MiB",
-            "1 naive pipeline (1/%d of the sum)" % k, idle["naive_rss"] / k / 2**20)
+            "1 naive pipeline (1/%d of the sum)" % k, mib(per_naive(idle["naive_rss"])))
         row("agent RSS after %gs idle, %d containers [MiB]" % (idle["idle_s"], n),
-            idle["agent_rss"] / 2**20, "MiB", naive, idle["naive_rss"] * scale / 2**20,
+            idle["agent_rss"] / 2**20, "MiB", naive, mib(idle["naive_rss"] * scale if scale else None),
             "<= 4 MiB" if goal else None, idle["agent_rss"] <= 4 * 2**20 if goal else None)
         row("agent idle cost per followed container, %d containers [KiB]" % n,
             idle["agent_rss_per_container"] / 1024, "KiB", "1 naive pipeline",
-            idle["naive_rss"] / k / 1024, "<= 16 KiB", idle["agent_rss_per_container"] <= 16 * 1024)
+            kib(per_naive(idle["naive_rss"])), "<= 16 KiB", idle["agent_rss_per_container"] <= 16 * 1024)
         if idle.get("static_rss"):
             row("agent RSS after %gs idle, %d containers, static build [MiB]"
                 % (idle["idle_s"], n), idle["static_rss"] / 2**20, "MiB", naive,
-                idle["naive_rss"] * scale / 2**20, "<= 4 MiB" if goal else None,
+                mib(idle["naive_rss"] * scale if scale else None), "<= 4 MiB" if goal else None,
                 idle["static_rss"] <= 4 * 2**20 if goal else None)
             row("agent idle cost per followed container, %d containers, static [KiB]" % n,
                 idle["static_rss_per_container"] / 1024, "KiB", "1 naive pipeline",
-                idle["naive_rss"] / k / 1024, "<= 16 KiB",
+                kib(per_naive(idle["naive_rss"])), "<= 16 KiB",
                 idle["static_rss_per_container"] <= 16 * 1024)
         row("agent idle CPU, %d containers [%%]" % n, idle["agent_cpu_pct"], "%",
-            naive, idle["naive_cpu_pct"] * scale, "<= 0.1 %", idle["agent_cpu_pct"] <= 0.1)
+            naive, idle["naive_cpu_pct"] * scale if scale else None, "<= 0.1 %", idle["agent_cpu_pct"] <= 0.1)
 
     def s_cpu():
         naive = r["naive"].get("flat", {}).get("cpu_s_per_mline")
@@ -1042,7 +1052,7 @@ def report(r):
             n, k = idle["containers"], idle.get("naive_pipelines", idle["containers"])
             row("agent threads, %d containers idle" % n, idle["agent_threads"], "",
                 "%d naive pipelines" % n + ("" if k == n else " (%d measured, scaled)" % k),
-                idle["naive_threads"] * n / k)
+                idle["naive_threads"] * n / k if k else None)
 
     def s_instructions():
         ins = r["instructions"]
