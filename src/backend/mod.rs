@@ -64,8 +64,16 @@ pub trait Backend: Send + Sync {
 struct Taken {
     /// Looked up at every batch a backend takes: FxHash, not SipHash (keys are engine ids).
     map: Mutex<FxHashMap<Arc<str>, Position>>,
-    first: Arc<OnceLock<Sender<()>>>,
-    watch: Arc<AtomicBool>,
+    tell: Arc<Tell>,
+}
+
+/// Whom the lanes tell of news, and whether a move is news now: shared by [`Progress`] and
+/// its lanes.
+#[derive(Default)]
+struct Tell {
+    first: OnceLock<Sender<()>>,
+    /// Set by [`Progress::watch_next`]: the next position any lane takes is told too.
+    watch: AtomicBool,
 }
 
 /// Per backend, per container: the last position the backend has taken. Each backend holds
@@ -73,9 +81,7 @@ struct Taken {
 #[derive(Default)]
 pub struct Progress {
     lanes: Mutex<Vec<Arc<Taken>>>,
-    first: Arc<OnceLock<Sender<()>>>,
-    /// Set by [`Progress::watch_next`]: the next position any lane takes is told too.
-    watch: Arc<AtomicBool>,
+    tell: Arc<Tell>,
 }
 
 /// One backend's lane in [`Progress`]: where it reports what it has taken.
@@ -99,7 +105,8 @@ fn advance(taken: &Taken, container: &Arc<str>, pos: Position) {
         Some(p) => {
             *p = pos;
             // One load per batch; the swap only once a watch was asked for.
-            taken.watch.load(Ordering::Relaxed) && taken.watch.swap(false, Ordering::Relaxed)
+            let watch = &taken.tell.watch;
+            watch.load(Ordering::Relaxed) && watch.swap(false, Ordering::Relaxed)
         }
         None => {
             map.insert(container.clone(), pos);
@@ -108,7 +115,7 @@ fn advance(taken: &Taken, container: &Arc<str>, pos: Position) {
     };
     drop(map);
     if news {
-        if let Some(tx) = taken.first.get() {
+        if let Some(tx) = taken.tell.first.get() {
             let _ = tx.try_send(());
         }
     }
@@ -124,8 +131,7 @@ impl Progress {
         let lane = Lane {
             taken: Arc::new(Taken {
                 map: Mutex::new(FxHashMap::default()),
-                first: self.first.clone(),
-                watch: self.watch.clone(),
+                tell: self.tell.clone(),
             }),
         };
         self.lanes().push(lane.taken.clone());
@@ -136,18 +142,18 @@ impl Progress {
     /// first time, so that its first cursor can be saved at once. Set once; later calls are
     /// ignored.
     pub fn tell_first(&self, tx: Sender<()>) {
-        let _ = self.first.set(tx);
+        let _ = self.tell.first.set(tx);
     }
 
     /// The next position any lane takes is told too (once, as a first is): a housekeeping
     /// that sleeps long while nothing moves hears when lines flow again.
     pub fn watch_next(&self) {
-        self.watch.store(true, Ordering::Relaxed);
+        self.tell.watch.store(true, Ordering::Relaxed);
     }
 
     /// True while a watch asked for is still waiting: no lane has moved since.
     pub fn watching(&self) -> bool {
-        self.watch.load(Ordering::Relaxed)
+        self.tell.watch.load(Ordering::Relaxed)
     }
 
     fn lanes(&self) -> std::sync::MutexGuard<'_, Vec<Arc<Taken>>> {
