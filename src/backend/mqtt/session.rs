@@ -887,12 +887,10 @@ impl Session {
         if online == self.set.online {
             return self.status_pending.take().is_some();
         }
-        if self.status_pending.as_ref() == Some(&online) {
-            return false;
-        }
+        let news = self.status_pending.as_ref() != Some(&online);
         self.status_pending = Some(online);
         self.release_status(now);
-        true
+        news
     }
 
     /// Moves a pending status into place when it may go out.
