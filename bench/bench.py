@@ -1015,10 +1015,11 @@ def report(r):
         goal = n <= 20  # the 4 MiB goal is for the default 20 containers
         # BENCH_IDLE_NAIVE=0 measures no naive pipeline: its baselines are left empty.
         per_naive = (lambda v: v / k) if k else (lambda v: None)
+        scaled = (lambda v: v * scale) if scale else (lambda v: None)
         row("agent RSS, idle, no containers [MiB]", idle["agent_rss_no_containers"] / 2**20, "MiB",
             "1 naive pipeline (1/%d of the sum)" % k, mib(per_naive(idle["naive_rss"])))
         row("agent RSS after %gs idle, %d containers [MiB]" % (idle["idle_s"], n),
-            idle["agent_rss"] / 2**20, "MiB", naive, mib(idle["naive_rss"] * scale if scale else None),
+            idle["agent_rss"] / 2**20, "MiB", naive, mib(scaled(idle["naive_rss"])),
             "<= 4 MiB" if goal else None, idle["agent_rss"] <= 4 * 2**20 if goal else None)
         row("agent idle cost per followed container, %d containers [KiB]" % n,
             idle["agent_rss_per_container"] / 1024, "KiB", "1 naive pipeline",
@@ -1026,14 +1027,14 @@ def report(r):
         if idle.get("static_rss"):
             row("agent RSS after %gs idle, %d containers, static build [MiB]"
                 % (idle["idle_s"], n), idle["static_rss"] / 2**20, "MiB", naive,
-                mib(idle["naive_rss"] * scale if scale else None), "<= 4 MiB" if goal else None,
+                mib(scaled(idle["naive_rss"])), "<= 4 MiB" if goal else None,
                 idle["static_rss"] <= 4 * 2**20 if goal else None)
             row("agent idle cost per followed container, %d containers, static [KiB]" % n,
                 idle["static_rss_per_container"] / 1024, "KiB", "1 naive pipeline",
                 kib(per_naive(idle["naive_rss"])), "<= 16 KiB",
                 idle["static_rss_per_container"] <= 16 * 1024)
         row("agent idle CPU, %d containers [%%]" % n, idle["agent_cpu_pct"], "%",
-            naive, idle["naive_cpu_pct"] * scale if scale else None, "<= 0.1 %", idle["agent_cpu_pct"] <= 0.1)
+            naive, scaled(idle["naive_cpu_pct"]), "<= 0.1 %", idle["agent_cpu_pct"] <= 0.1)
 
     def s_cpu():
         naive = r["naive"].get("flat", {}).get("cpu_s_per_mline")
