@@ -121,6 +121,9 @@ fn logfmt_in(head: &str) -> Option<Level> {
     None
 }
 
+/// The longest name [`Level::parse_name`] knows: `information`.
+const LONGEST_NAME: usize = 11;
+
 fn leading_word(t: &[u8]) -> Option<Level> {
     // Skip a leading timestamp-ish token (digits, `-`, `:`, `.`, `T`, `Z`, `+`) once.
     let mut s = t;
@@ -140,10 +143,15 @@ fn leading_word(t: &[u8]) -> Option<Level> {
         .position(|c| !matches!(c, b'[' | b'(' | b'<'))
         .unwrap_or(s.len());
     let s = &s[open..];
+    // A word longer than every level name names none: its end is not looked for.
     let end = s
         .iter()
+        .take(LONGEST_NAME + 1)
         .position(|c| !c.is_ascii_alphabetic())
-        .unwrap_or(s.len());
+        .unwrap_or(s.len().min(LONGEST_NAME + 1));
+    if end > LONGEST_NAME {
+        return None;
+    }
     let word = &s[..end];
     let closed = matches!(s.get(end), Some(b']' | b':' | b')'));
     // A single letter only counts with brackets or a colon (`[W]`, `E:`), not as a word.
@@ -381,6 +389,7 @@ mod tests {
 
     #[test]
     fn named_levels() {
+        let long = "x".repeat(300);
         let cases: &[(&str, Option<Level>)] = &[
             (r#"{"level":"warn","msg":"x"}"#, Some(Level::Warn)),
             (r#"{"msg":"x","severity": "ERROR"}"#, Some(Level::Error)),
@@ -423,6 +432,12 @@ mod tests {
             ("(E) x", Some(Level::Error)),
             ("Eé x", None),
             ("WARNé x", Some(Level::Warn)),
+            // The longest name, ending the line or not; a longer word is no name.
+            ("INFORMATION", Some(Level::Info)),
+            ("[Information] x", Some(Level::Info)),
+            ("INFORMATIONS x", None),
+            ("WARNINGWARNING: x", None),
+            (&long, None),
         ];
         for (line, want) in cases {
             assert_eq!(detect(line), *want, "{line:?}");
