@@ -293,37 +293,48 @@ pub struct Position {
 
 /// One log message, immutable once made; backends share it through an `Arc`.
 ///
-/// Its own bytes are the part of its JSON that is its own and never changes:
-/// `{"id":"<id>","message":<text literal>,"timestamp":<ms>`. The memory ring holds thousands
-/// of messages on a Pi, and what every message of a container repeats (names, labels, ids,
-/// host) lives once, in its [`Origin`]; rendering adds that and the level, a few copies. Those
-/// bytes are kept in the message itself up to [`INLINE`] bytes (a line of about 110 bytes), so
-/// that an ordinary line is one allocation, its `Arc`; longer ones are boxed.
+/// Its own bytes, its head, are the part of its JSON that is its own and that no other field
+/// holds: `{"id":"<id>","message":<text literal>`. Rendering writes `,"timestamp":<ms>` after
+/// them, the milliseconds copied from the digits of the id when the
+/// id is a line's of that time (most messages), and then what every message of a container
+/// repeats (names, labels, ids, host), which lives once, in its [`Origin`], and the level: a
+/// few copies. The memory ring holds thousands of messages on a Pi. The head is kept in the
+/// message itself up to [`INLINE`] bytes (a line of 100 bytes), so that an ordinary line is one
+/// allocation, its `Arc`; longer ones are boxed.
 pub struct LogMessage {
-    /// The message's own JSON when it fits: `inline[..head_len]`; see [`LogMessage::head`].
+    /// The head when it fits: `inline[..head_len]`; see [`LogMessage::head`].
     inline: [u8; INLINE],
-    head_len: u32,
-    /// The message's own JSON when it is longer than [`INLINE`] bytes.
-    spilled: Option<Box<[u8]>>,
-    id_len: u32,
-    /// Where the text's literal ends in the head.
-    lit_end: u32,
+    head_len: u8,
+    /// The id's length: ids are made by the agent and never longer than [`MAX_ID`].
+    id_len: u8,
+    /// Where the id holds the 13 digits of the time's milliseconds; 0 when it does not.
+    ms_at: u8,
     /// The text needed escaping, so its literal differs from the text.
     text_escaped: bool,
+    /// The head when it is longer than [`INLINE`] bytes: boxed twice, so that the message keeps
+    /// one word for what most messages do not have.
+    spilled: Option<Box<Box<[u8]>>>,
     pub ts_ns: i64,
     pub level: Level,
     pub kind: SourceKind,
     pub origin: Arc<Origin>,
     pub is_stderr: bool,
     pub truncated: bool,
-    /// Where this line sits in its container's log; `None` for system and manager messages.
-    pub position: Option<Position>,
+    /// Where this line sits in its container's log, when `has_position` (see
+    /// [`LogMessage::position`]): kept apart, the two fit where an `Option` would not.
+    position_ts_ns: i64,
+    position_seen: u32,
+    has_position: bool,
 }
 
-/// The most bytes of a message's own JSON kept in the message itself: with the other fields,
-/// the `Arc` of a message asks for 280 bytes (a 288-byte block of glibc's), what the `Arc` and
-/// a separate box of a 100-byte line took together.
-pub const INLINE: usize = 191;
+/// The most bytes of a message's head kept in the message itself: a line of 100 plain bytes
+/// and its id. With the other fields the `Arc` of a message asks for 216 bytes, a 224-byte
+/// block of glibc's (288 when the head also held the timestamp).
+pub const INLINE: usize = 155;
+
+/// The longest id a message keeps: ids are a container's short id and numbers, or an event's
+/// action (sanitised), so never near it; a longer given id is cut.
+pub const MAX_ID: usize = 255;
 
 impl std::fmt::Debug for LogMessage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -335,7 +346,7 @@ impl std::fmt::Debug for LogMessage {
             .field("origin", &self.origin)
             .field("is_stderr", &self.is_stderr)
             .field("truncated", &self.truncated)
-            .field("position", &self.position)
+            .field("position", &self.position())
             .finish()
     }
 }
@@ -394,8 +405,12 @@ impl PutBytes for Vec<u8> {
 const OPEN: &str = "{\"id\":\"";
 /// Between the id and the text, with the literal's opening quote.
 const TO_MESSAGE: &str = "\",\"message\":\"";
-/// Between the text and the timestamp, with the literal's closing quote.
-const TO_TIMESTAMP: &str = "\",\"timestamp\":";
+/// Between the text's literal and the timestamp's digits.
+const TO_TIMESTAMP: &str = ",\"timestamp\":";
+/// The digits of the milliseconds of a time from 2001-09-09 to 2286 (`ms_at`).
+const MS_DIGITS: usize = 13;
+/// The first time in nanoseconds whose milliseconds have [`MS_DIGITS`] digits.
+const MS_DIGITS_FROM: i64 = 1_000_000_000_000_000_000;
 /// The end of a message's JSON.
 const END: &str = "}";
 /// The end of a truncated message's JSON.
@@ -452,11 +467,9 @@ pub fn line_id(origin: &Origin, pos: Position) -> String {
 /// `-{ts_ns}-{index}`, the numbers of a container line's id (`{short id}-{ts_ns}-{index}`),
 /// written as ASCII bytes.
 struct LineTail {
-    /// The tail is `buf[start..]`, the time's digits `buf[start + 1..start + 1 + ts_len]`.
+    /// The tail is `buf[start..]`.
     buf: [u8; 2 * DECIMAL_ROOM + 2],
     start: u8,
-    ts_len: u8,
-    ts_ns: i64,
 }
 
 impl LineTail {
@@ -471,27 +484,15 @@ impl LineTail {
             }
             i => write_decimal(&mut buf, i64::from(i)),
         };
-        let ts_end = index - 1;
-        let ts = write_time(&mut buf[..ts_end], pos.ts_ns);
+        let ts = write_time(&mut buf[..index - 1], pos.ts_ns);
         LineTail {
             buf,
             start: (ts - 1) as u8,
-            ts_len: (ts_end - ts) as u8,
-            ts_ns: pos.ts_ns,
         }
     }
 
     fn bytes(&self) -> &[u8] {
         self.buf.get(usize::from(self.start)..).unwrap_or_default()
-    }
-
-    /// When `ts_ns` is the line's time and has more than six digits, its milliseconds, which
-    /// are the time's digits but the last six: no second conversion.
-    fn ms(&self, ts_ns: i64) -> Option<&[u8]> {
-        let digits = usize::from(self.start) + 1;
-        (self.ts_ns == ts_ns && ts_ns >= 1_000_000)
-            .then(|| self.buf.get(digits..digits + usize::from(self.ts_len) - 6))
-            .flatten()
     }
 }
 
@@ -508,10 +509,16 @@ fn put_line_id(out: &mut impl PutBytes, short_id: &[u8], tail: &LineTail) {
 
 /// Writes a given id with what would need escaping replaced: ids are made from hex ids,
 /// numbers and sanitised actions, and anything else is replaced so that the id never needs
-/// escaping.
+/// escaping. Its first [`MAX_ID`] bytes at most, whole characters.
 fn put_given_id(out: &mut impl PutBytes, id: &str) {
     let mut utf8 = [0u8; 4];
-    for c in id.chars() {
+    let cut = id
+        .char_indices()
+        .map(|(i, c)| i + c.len_utf8())
+        .take_while(|&end| end <= MAX_ID)
+        .last()
+        .unwrap_or(0);
+    for c in id[..cut].chars() {
         let c = if c.is_control() || c == '"' || c == '\\' {
             '_'
         } else {
@@ -629,17 +636,19 @@ impl LogMessage {
         LogMessage {
             inline: [0; INLINE],
             head_len: 0,
-            spilled: None,
             id_len: 0,
-            lit_end: 0,
+            ms_at: 0,
             text_escaped: false,
+            spilled: None,
             ts_ns: d.ts_ns,
             level: d.level,
             kind: d.kind,
             origin: d.origin,
             is_stderr: d.is_stderr,
             truncated: d.truncated,
-            position: d.position,
+            position_ts_ns: d.position.map_or(0, |p| p.ts_ns),
+            position_seen: d.position.map_or(0, |p| p.seen),
+            has_position: d.position.is_some(),
         }
     }
 
@@ -648,44 +657,37 @@ impl LogMessage {
     #[inline(always)]
     fn reset(&mut self, d: Draft) {
         self.head_len = 0;
-        self.spilled = None;
         self.id_len = 0;
-        self.lit_end = 0;
+        self.ms_at = 0;
         self.text_escaped = false;
+        self.spilled = None;
         self.ts_ns = d.ts_ns;
         self.level = d.level;
         self.kind = d.kind;
         self.origin = d.origin;
         self.is_stderr = d.is_stderr;
         self.truncated = d.truncated;
-        self.position = d.position;
+        self.position_ts_ns = d.position.map_or(0, |p| p.ts_ns);
+        self.position_seen = d.position.map_or(0, |p| p.seen);
+        self.has_position = d.position.is_some();
     }
 
-    /// Writes the head: `{"id":"<id>","message":<text literal>,"timestamp":<ms>`; true when
-    /// invalid UTF-8 of the text was replaced.
+    /// Writes the head: `{"id":"<id>","message":<text literal>`; true when invalid UTF-8 of
+    /// the text was replaced.
     #[inline(always)]
     fn write_head(&mut self, text: Text, id: &Id) -> bool {
         let tail = match id {
             Id::Line(pos) => Some(LineTail::of(*pos)),
             Id::Given(_) => None,
         };
-        let own_ms;
-        let ms = match tail.as_ref().and_then(|t| t.ms(self.ts_ns)) {
-            Some(ms) => ms,
-            None => {
-                own_ms = Digits::of(self.ts_ns.div_euclid(1_000_000));
-                own_ms.bytes()
-            }
-        };
         let short_id = self.origin.short_id().as_bytes();
         let id_len = match (&tail, id) {
             (Some(t), _) => short_id.len() + t.bytes().len(),
-            (None, Id::Given(id)) => id.len(),
+            (None, Id::Given(id)) => id.len().min(MAX_ID),
             (None, Id::Line(_)) => 0,
         };
         // Exact unless the text needs escaping (or a given id has a replaced character).
-        let exact = OPEN.len() + id_len + TO_MESSAGE.len() + text.len();
-        let exact = exact + TO_TIMESTAMP.len() + ms.len();
+        let exact = OPEN.len() + id_len + TO_MESSAGE.len() + text.len() + 1;
         let mut w = HeadWriter {
             inline: &mut self.inline,
             len: 0,
@@ -698,7 +700,7 @@ impl LogMessage {
             (None, Id::Line(_)) => {}
         }
         let id_len = w.len() - OPEN.len();
-        // The literal's quotes are the last byte of one piece and the first of the next.
+        // The literal's quotes are the last byte of one piece and a piece of their own.
         w.put(TO_MESSAGE.as_bytes());
         let lit_start = w.len() - 1;
         let (text_len, replaced) = match text {
@@ -708,18 +710,25 @@ impl LogMessage {
             }
             Text::Bytes(b) => put_line_escaped(&mut w, b),
         };
-        let lit_end = w.len() + 1;
-        w.put(TO_TIMESTAMP.as_bytes());
-        w.put(ms);
-        self.head_len = w.len as u32;
-        self.spilled = w.spill.map(Vec::into_boxed_slice);
-        self.id_len = id_len as u32;
-        self.lit_end = lit_end as u32;
-        self.text_escaped = lit_end - lit_start != text_len + 2;
+        w.put(b"\"");
+        // A line's id holds its time's digits after the short id and `-`; the milliseconds
+        // are those digits but the last six.
+        let ms_in_id =
+            matches!(id, Id::Line(p) if p.ts_ns == self.ts_ns && p.ts_ns >= MS_DIGITS_FROM);
+        self.ms_at = if ms_in_id {
+            (OPEN.len() + short_id.len() + 1) as u8
+        } else {
+            0
+        };
+        self.text_escaped = w.len() - lit_start != text_len + 2;
+        // In place, the head is at most `INLINE` bytes and the id at most `MAX_ID`.
+        self.head_len = w.len as u8;
+        self.id_len = id_len as u8;
+        self.spilled = w.spill.map(|v| Box::new(v.into_boxed_slice()));
         replaced
     }
 
-    /// The message's own JSON, `{"id":…,"timestamp":<ms>`: made by [`LogMessage::new`] only,
+    /// The message's head, `{"id":"<id>","message":<text literal>`: made by [`LogMessage::new`] only,
     /// from UTF-8 text, ASCII escapes and digits, so always UTF-8; kept as bytes because
     /// backends write bytes, and checked only where it is read as text.
     fn head(&self) -> &[u8] {
@@ -727,9 +736,37 @@ impl LogMessage {
             Some(b) => b,
             None => self
                 .inline
-                .get(..self.head_len as usize)
+                .get(..usize::from(self.head_len))
                 .unwrap_or_default(),
         }
+    }
+
+    /// The digits of the milliseconds in the id, when it holds them; `head` is
+    /// [`LogMessage::head`].
+    #[inline(always)]
+    fn ms_in_id<'a>(&self, head: &'a [u8]) -> Option<&'a [u8; MS_DIGITS]> {
+        let at = usize::from(self.ms_at);
+        if at == 0 {
+            return None;
+        }
+        head.get(at..).and_then(<[u8]>::first_chunk)
+    }
+
+    /// The milliseconds written, for a message whose id does not hold them (the agent's own
+    /// messages and events, times before 2001).
+    #[cold]
+    #[inline(never)]
+    fn ms_written(&self) -> Digits {
+        Digits::of(self.timestamp_ms())
+    }
+
+    /// Where this line sits in its container's log; `None` for system and manager messages.
+    #[inline]
+    pub fn position(&self) -> Option<Position> {
+        self.has_position.then_some(Position {
+            ts_ns: self.position_ts_ns,
+            seen: self.position_seen,
+        })
     }
 
     pub fn timestamp_ms(&self) -> i64 {
@@ -738,17 +775,16 @@ impl LogMessage {
 
     /// The stable id (checked as text here: the head is kept as bytes).
     pub fn id(&self) -> &str {
-        let start = OPEN.len();
-        let id = self.head().get(start..start + self.id_len as usize);
+        let id = self
+            .head()
+            .get(OPEN.len()..OPEN.len() + usize::from(self.id_len));
         std::str::from_utf8(id.unwrap_or_default()).unwrap_or_default()
     }
 
-    /// The text's JSON string literal, quotes included.
+    /// The text's JSON string literal, quotes included: the head's end.
     fn text_literal(&self) -> &[u8] {
-        let start = OPEN.len() + self.id_len as usize + TO_MESSAGE.len() - 1;
-        self.head()
-            .get(start..self.lit_end as usize)
-            .unwrap_or(b"\"\"")
+        let start = OPEN.len() + usize::from(self.id_len) + TO_MESSAGE.len() - 1;
+        self.head().get(start..).unwrap_or(b"\"\"")
     }
 
     /// The text of the line (checked as text here: the head is kept as bytes).
@@ -778,8 +814,15 @@ impl LogMessage {
     #[inline(always)]
     fn write_json_then(&self, out: &mut impl JsonSink, end: &[u8], end_truncated: &[u8]) {
         let [head, level, tail] = self.pieces();
-        out.reserve_for(head.len() + level.len() + tail.len() + end_truncated.len());
+        let fixed = TO_TIMESTAMP.len() + DECIMAL_ROOM + end_truncated.len();
+        out.reserve_for(fixed + head.len() + level.len() + tail.len());
         out.put(head);
+        out.put(TO_TIMESTAMP.as_bytes());
+        // Mostly the id's thirteen digits: copied as a constant length, a store.
+        match self.ms_in_id(head) {
+            Some(digits) => out.put(digits),
+            None => out.put(self.ms_written().bytes()),
+        }
         out.put(level);
         out.put(tail);
         if self.truncated {
@@ -790,14 +833,22 @@ impl LogMessage {
     }
 
     /// The length of [`LogMessage::write_json`]'s output, without making it.
-    #[inline]
+    #[inline(always)]
     pub fn json_len(&self) -> usize {
         let end = if self.truncated { END_TRUNCATED } else { END };
-        self.pieces().iter().map(|p| p.len()).sum::<usize>() + end.len()
+        let [head, level, tail] = self.pieces();
+        // The id holds the digits whenever `ms_at` says so (`write_head`).
+        let ms = match self.ms_at {
+            0 => self.ms_written().bytes().len(),
+            _ => MS_DIGITS,
+        };
+        let fixed = TO_TIMESTAMP.len() + ms + end.len();
+        head.len() + level.len() + tail.len() + fixed
     }
 
-    /// The JSON in four pieces; the one place that knows the shape (with [`LogMessage::new`],
-    /// [`Origin::new`] and [`level_and_kind`], which make the pieces).
+    /// The JSON's pieces that vary: the head, the level and the origin's tail, which with the
+    /// timestamp and the end make the JSON (see [`LogMessage::write_json_then`];
+    /// [`LogMessage::new`], [`Origin::new`] and [`level_and_kind`] make the pieces).
     #[inline(always)]
     fn pieces(&self) -> [&[u8]; 3] {
         let system = self.kind == SourceKind::System;
@@ -1520,6 +1571,38 @@ mod tests {
                     assert_eq!(bytes, want.as_bytes());
                 }
             }
+        }
+    }
+
+    /// The memory ring holds thousands of messages: a line of 100 bytes is one block of 224
+    /// bytes of glibc's, the `Arc`'s counts included, and no box.
+    #[test]
+    fn a_line_of_100_bytes_is_one_224_byte_block() {
+        let counts = 2 * std::mem::size_of::<usize>();
+        let size = std::mem::size_of::<LogMessage>();
+        assert!(size + counts <= 216, "{size}");
+        let m = line(&"x".repeat(100));
+        assert!(m.spilled.is_none());
+        assert_eq!(
+            m.ms_in_id(m.head()).map(|d| &d[..]),
+            Some(&b"1696195200000"[..])
+        );
+    }
+
+    /// A given id longer than [`MAX_ID`] is cut at a character's end; the JSON stays whole.
+    #[test]
+    fn a_long_given_id_is_cut() {
+        for id in ["x".repeat(300), "é".repeat(200)] {
+            let m = LogMessage::new(Draft {
+                id: Id::Given(id.clone()),
+                ..line_draft("hi")
+            });
+            assert!(m.id().len() <= MAX_ID && m.id().len() > MAX_ID - 4);
+            assert!(id.starts_with(m.id()));
+            let v: serde_json::Value = serde_json::from_str(&m.json()).expect("JSON");
+            assert_eq!(v["id"], m.id());
+            assert_eq!(v["message"], "hi");
+            assert_eq!(m.json_len(), m.json().len());
         }
     }
 

@@ -650,7 +650,7 @@ fn outage(vars: &[(&str, &str)]) {
             let last = sent
                 .iter()
                 .filter(|m| m.origin.container_id == o.container_id)
-                .map(|m| m.position)
+                .map(|m| m.position())
                 .max()
                 .flatten();
             safe.get(&o.container_id).copied() == last

@@ -144,11 +144,11 @@ fn leading_word(t: &[u8]) -> Option<Level> {
         .unwrap_or(s.len());
     let s = &s[open..];
     // A word longer than every level name names none: its end is not looked for.
-    let end = s
+    let scan = &s[..s.len().min(LONGEST_NAME + 1)];
+    let end = scan
         .iter()
-        .take(LONGEST_NAME + 1)
         .position(|c| !c.is_ascii_alphabetic())
-        .unwrap_or(s.len().min(LONGEST_NAME + 1));
+        .unwrap_or(scan.len());
     if end > LONGEST_NAME {
         return None;
     }

@@ -796,7 +796,7 @@ mod tests {
         core.drain(|o| {
             if let Out::Messages(m) = o {
                 got.extend(m.iter().map(|m| {
-                    let pos = m.position.unwrap();
+                    let pos = m.position().unwrap();
                     (m.id().to_string(), m.text().to_string(), pos)
                 }));
             }
@@ -987,7 +987,7 @@ mod tests {
             if let Out::Messages(m) = o {
                 truncated = Some(m[0].truncated);
                 assert_eq!(
-                    m[0].position,
+                    m[0].position(),
                     Some(at(3, 1)),
                     "the message ends at its last line"
                 );

@@ -339,7 +339,7 @@ impl Writer {
 
     /// Notes a container line as taken; reported to `Progress` at the next flush.
     fn taken(&mut self, msg: &LogMessage) {
-        let Some(pos) = msg.position else {
+        let Some(pos) = msg.position() else {
             return;
         };
         match &mut self.run {
@@ -891,7 +891,7 @@ mod cost_tests {
         let _ = fs::remove_dir_all(&dir);
         assert!(got == want, "the files hold every line once, in order");
         assert_eq!(stats.written.load(Ordering::Relaxed), n as u64);
-        let last = msgs.last().and_then(|m| m.position);
+        let last = msgs.last().and_then(|m| m.position());
         assert_eq!(
             progress.safe().get("0123456789abcdef".repeat(4).as_str()),
             last.as_ref()

@@ -114,7 +114,7 @@ impl Backend for LocalBackend {
             }
             None => {
                 for m in msgs {
-                    if let Some(pos) = m.position {
+                    if let Some(pos) = m.position() {
                         self.lane.taken(&m.origin.container_id, pos);
                     }
                 }

@@ -270,6 +270,7 @@ impl Body {
         }
     }
 
+    #[inline]
     fn write(&self, out: &mut Vec<u8>) {
         match self {
             Body::Msg(m) => m.write_json(out),
@@ -303,15 +304,19 @@ enum Parts {
 }
 
 impl Parts {
-    #[inline]
+    /// Adds a part: a batch's (`Many`) for every line, so only that is inlined.
+    #[inline(always)]
     fn push(&mut self, part: Part) {
         match self {
             Parts::Many(v) => v.push(part),
-            Parts::One(_) => {
-                if let Parts::One([first]) = std::mem::replace(self, Parts::Many(Vec::new())) {
-                    *self = Parts::Many(vec![first, part]);
-                }
-            }
+            Parts::One(_) => self.push_to_one(part),
+        }
+    }
+
+    #[cold]
+    fn push_to_one(&mut self, part: Part) {
+        if let Parts::One([first]) = std::mem::replace(self, Parts::Many(Vec::new())) {
+            *self = Parts::Many(vec![first, part]);
         }
     }
 
@@ -724,7 +729,7 @@ impl Session {
     pub fn intake(&mut self, msg: Arc<LogMessage>, now: Instant) {
         self.now = now;
         let topic = self.topic_of(&msg);
-        let seq = match (msg.kind, msg.position) {
+        let seq = match (msg.kind, msg.position()) {
             (SourceKind::Container, Some(pos)) => {
                 Some(self.tracker.push(&msg.origin.container_id, pos))
             }
@@ -2708,7 +2713,7 @@ mod cost_tests {
         let _ = std::fs::remove_dir_all(&dir);
         assert!(bytes > n * 100, "every line went out ({bytes} bytes)");
         assert_eq!(s.counters().acknowledged, n as u64);
-        assert_eq!(last, msgs.last().and_then(|m| m.position));
+        assert_eq!(last, msgs.last().and_then(|m| m.position()));
         assert!(s.drained());
     }
 
