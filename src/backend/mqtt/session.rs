@@ -47,7 +47,7 @@ use rumqttc::QoS;
 
 use super::spool::{Dropped, Spool};
 use super::topic;
-use super::tracker::{Seq, Tracker};
+use super::tracker::{push_gently, Seq, Tracker};
 use super::v5::{Topics, Who};
 use super::wire::{self, Alias, Props};
 use crate::config::{MqttConfig, MqttVersion};
@@ -753,12 +753,15 @@ impl Session {
         if self.set.batch {
             self.add_to_batch(topic, part, len, now);
         } else {
-            self.memory.push_back(Unit {
-                topic,
-                parts: Parts::One([part]),
-                bytes: len,
-                from_spool: false,
-            });
+            push_gently(
+                &mut self.memory,
+                Unit {
+                    topic,
+                    parts: Parts::One([part]),
+                    bytes: len,
+                    from_spool: false,
+                },
+            );
         }
     }
 
@@ -787,7 +790,7 @@ impl Session {
         let found = match found {
             Some(i) if self.open[i].unit.bytes + len > cap => {
                 let o = self.open.remove(i);
-                self.memory.push_back(o.unit);
+                push_gently(&mut self.memory, o.unit);
                 None
             }
             f => f,
@@ -814,7 +817,7 @@ impl Session {
         o.unit.bytes += len;
         if o.unit.parts.len() >= self.set.batch_max {
             let o = self.open.remove(i);
-            self.memory.push_back(o.unit);
+            push_gently(&mut self.memory, o.unit);
         }
     }
 
