@@ -70,11 +70,21 @@ const GENTLE_FROM: usize = 1024;
 /// instead of doubling. The session's queues stop growing a little past their bounds (about
 /// 1,024 messages and what one intake adds), so a burst leaves them about 1.25 × their bound,
 /// not 2 ×, in memory.
+#[inline(always)]
 pub(super) fn push_gently<T>(q: &mut VecDeque<T>, item: T) {
-    if q.len() == q.capacity() && q.len() >= GENTLE_FROM {
-        q.reserve_exact(q.len() / 4);
+    if q.len() == q.capacity() {
+        grow_gently(q);
     }
     q.push_back(item);
+}
+
+/// Makes room in a full queue of [`GENTLE_FROM`] items or more; a smaller one is left to
+/// double as it does.
+#[cold]
+fn grow_gently<T>(q: &mut VecDeque<T>) {
+    if q.len() >= GENTLE_FROM {
+        q.reserve_exact(q.len() / 4);
+    }
 }
 
 /// A container message's place in the tracker: small (no `Arc`), as every message queued or
