@@ -409,6 +409,10 @@ const TO_MESSAGE: &str = "\",\"message\":\"";
 const TO_TIMESTAMP: &str = ",\"timestamp\":";
 /// The digits of the milliseconds of a time from 2001-09-09 to 2286 (`ms_at`).
 const MS_DIGITS: usize = 13;
+/// The most room a message's render reserves beyond what it writes (it reserves for the
+/// longest timestamp and end rather than work out which it writes): a sink sized for whole
+/// messages and this much more is never grown, which would double it.
+pub const RENDER_SLACK: usize = DECIMAL_ROOM - 1 + END_TRUNCATED.len() - END.len();
 /// The first time in nanoseconds whose milliseconds have [`MS_DIGITS`] digits.
 const MS_DIGITS_FROM: i64 = 1_000_000_000_000_000_000;
 /// The end of a message's JSON.
@@ -1569,6 +1573,18 @@ mod tests {
                     let mut bytes = Vec::new();
                     m.write_json(&mut bytes);
                     assert_eq!(bytes, want.as_bytes());
+                    // A sink sized for the JSON and the slack (a batch, a file's buffer) is
+                    // not grown.
+                    for line in [false, true] {
+                        let room = m.json_len() + usize::from(line) + RENDER_SLACK;
+                        let mut sized = Vec::with_capacity(room);
+                        let room = sized.capacity();
+                        match line {
+                            false => m.write_json(&mut sized),
+                            true => m.write_json_line(&mut sized),
+                        }
+                        assert_eq!(sized.capacity(), room, "{want}");
+                    }
                 }
             }
         }

@@ -19,7 +19,7 @@ use crossbeam_channel::{Receiver, Sender};
 use rustc_hash::FxHashMap;
 
 use crate::backend::Lane;
-use crate::message::{line_position, LogMessage, Origin, Position, SourceKind};
+use crate::message::{line_position, LogMessage, Origin, Position, SourceKind, RENDER_SLACK};
 
 /// What the writer thread is asked to do.
 pub enum Cmd {
@@ -103,7 +103,7 @@ impl Open {
         self.buf.drain(..written);
         if self.buf.capacity() > 2 * BUFFER && self.buf.len() <= BUFFER {
             // After a line longer than the buffer: give that memory back.
-            self.buf.shrink_to(BUFFER);
+            self.buf.shrink_to(BUFFER + RENDER_SLACK);
         }
         result
     }
@@ -402,7 +402,8 @@ impl Writer {
         let size = file.metadata()?.len();
         Ok(Open {
             file,
-            buf: Vec::with_capacity(BUFFER),
+            // A line's render reserves a little more than it writes: room for it at the end.
+            buf: Vec::with_capacity(BUFFER + RENDER_SLACK),
             size,
         })
     }

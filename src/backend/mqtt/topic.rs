@@ -55,7 +55,8 @@ pub fn batch_payload(
     mut write: impl FnMut(usize, &mut Vec<u8>),
 ) -> Vec<u8> {
     out.clear();
-    out.reserve(bytes + batch_overhead(count));
+    // The last message's render reserves a little more than it writes: room for it too.
+    out.reserve(bytes + batch_overhead(count) + crate::message::RENDER_SLACK);
     out.extend_from_slice(b"{\"count\":");
     out.extend_from_slice(count.to_string().as_bytes());
     out.extend_from_slice(b",\"logs\":[");
@@ -175,6 +176,24 @@ mod tests {
         let v: serde_json::Value = serde_json::from_slice(&p).expect("valid json");
         assert_eq!(v["count"], 2);
         assert!(batch_overhead(2) >= p.len() - a.len() - b.len());
+    }
+
+    /// A batch of messages is written into the room reserved for it: its buffer is not
+    /// grown (doubled) for the last message.
+    #[test]
+    fn a_batch_of_messages_fits_its_reserved_room() {
+        let origin = crate::message::bench_origin();
+        for n in [1, 2, 50] {
+            let msgs: Vec<_> = (0..n)
+                .map(|i| crate::message::test_line(&origin, "hi", 1_700_000_000_000_000_000 + i))
+                .collect();
+            let bytes = msgs.iter().map(|m| m.json_len()).sum();
+            let p = batch_payload(Vec::new(), n as usize, bytes, |i, out| {
+                msgs[i].write_json(out)
+            });
+            let reserved = bytes + batch_overhead(n as usize) + crate::message::RENDER_SLACK;
+            assert!(p.capacity() <= reserved, "{} > {reserved}", p.capacity());
+        }
     }
 
     #[test]
