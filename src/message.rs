@@ -1517,6 +1517,20 @@ mod tests {
         }
     }
 
+    /// A sink sized for the message's JSON (or line) and [`RENDER_SLACK`], as a batch's payload
+    /// and a file's buffer are, is not grown by rendering it.
+    fn fits_a_sized_sink(m: &LogMessage) {
+        for line in [false, true] {
+            let mut sized = Vec::with_capacity(m.json_len() + usize::from(line) + RENDER_SLACK);
+            let room = sized.capacity();
+            match line {
+                false => m.write_json(&mut sized),
+                true => m.write_json_line(&mut sized),
+            }
+            assert_eq!(sized.capacity(), room, "{m:?}");
+        }
+    }
+
     /// The JSON as `format!` and serde write it, for any time, id and flags: the pieces
     /// [`LogMessage::new`] writes once give the same bytes.
     #[test]
@@ -1573,18 +1587,7 @@ mod tests {
                     let mut bytes = Vec::new();
                     m.write_json(&mut bytes);
                     assert_eq!(bytes, want.as_bytes());
-                    // A sink sized for the JSON and the slack (a batch, a file's buffer) is
-                    // not grown.
-                    for line in [false, true] {
-                        let room = m.json_len() + usize::from(line) + RENDER_SLACK;
-                        let mut sized = Vec::with_capacity(room);
-                        let room = sized.capacity();
-                        match line {
-                            false => m.write_json(&mut sized),
-                            true => m.write_json_line(&mut sized),
-                        }
-                        assert_eq!(sized.capacity(), room, "{want}");
-                    }
+                    fits_a_sized_sink(&m);
                 }
             }
         }
