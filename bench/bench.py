@@ -1013,6 +1013,8 @@ def report(r):
         scale = n / k if k else None
         naive = "%d naive pipelines" % n + ("" if k == n else " (%d measured, scaled)" % k)
         goal = n <= 20  # the 4 MiB goal is for the default 20 containers
+        # The 16 KiB a container is for 200 idle ones: at 20 the agent's fixed cost dominates.
+        per_goal = n >= 200
         # BENCH_IDLE_NAIVE=0 measures no naive pipeline: its baselines are left empty.
         per_naive = (lambda v: v / k) if k else (lambda v: None)
         scaled = (lambda v: v * scale) if scale else (lambda v: None)
@@ -1023,7 +1025,8 @@ def report(r):
             "<= 4 MiB" if goal else None, idle["agent_rss"] <= 4 * 2**20 if goal else None)
         row("agent idle cost per followed container, %d containers [KiB]" % n,
             idle["agent_rss_per_container"] / 1024, "KiB", "1 naive pipeline",
-            kib(per_naive(idle["naive_rss"])), "<= 16 KiB", idle["agent_rss_per_container"] <= 16 * 1024)
+            kib(per_naive(idle["naive_rss"])), "<= 16 KiB" if per_goal else None,
+            idle["agent_rss_per_container"] <= 16 * 1024 if per_goal else None)
         if idle.get("static_rss"):
             row("agent RSS after %gs idle, %d containers, static build [MiB]"
                 % (idle["idle_s"], n), idle["static_rss"] / 2**20, "MiB", naive,
@@ -1031,8 +1034,8 @@ def report(r):
                 idle["static_rss"] <= 4 * 2**20 if goal else None)
             row("agent idle cost per followed container, %d containers, static [KiB]" % n,
                 idle["static_rss_per_container"] / 1024, "KiB", "1 naive pipeline",
-                kib(per_naive(idle["naive_rss"])), "<= 16 KiB",
-                idle["static_rss_per_container"] <= 16 * 1024)
+                kib(per_naive(idle["naive_rss"])), "<= 16 KiB" if per_goal else None,
+                idle["static_rss_per_container"] <= 16 * 1024 if per_goal else None)
         row("agent idle CPU, %d containers [%%]" % n, idle["agent_cpu_pct"], "%",
             naive, scaled(idle["naive_cpu_pct"]), "<= 0.1 %", idle["agent_cpu_pct"] <= 0.1)
 
