@@ -368,6 +368,16 @@ impl HeadWriter<'_> {
     }
 }
 
+/// A message's position as it keeps it: its two numbers and whether it has one
+/// ([`LogMessage::position`] puts them back together).
+#[inline(always)]
+fn split_position(p: Option<Position>) -> (i64, u32, bool) {
+    match p {
+        Some(p) => (p.ts_ns, p.seen, true),
+        None => (0, 0, false),
+    }
+}
+
 /// Where [`put_json_str`] and the message's pieces are written as bytes.
 trait PutBytes {
     fn put(&mut self, piece: &[u8]);
@@ -516,13 +526,7 @@ fn put_line_id(out: &mut impl PutBytes, short_id: &[u8], tail: &LineTail) {
 /// escaping. Its first [`MAX_ID`] bytes at most, whole characters.
 fn put_given_id(out: &mut impl PutBytes, id: &str) {
     let mut utf8 = [0u8; 4];
-    let cut = id
-        .char_indices()
-        .map(|(i, c)| i + c.len_utf8())
-        .take_while(|&end| end <= MAX_ID)
-        .last()
-        .unwrap_or(0);
-    for c in id[..cut].chars() {
+    for c in id[..floor_char_boundary(id, MAX_ID)].chars() {
         let c = if c.is_control() || c == '"' || c == '\\' {
             '_'
         } else {
@@ -530,6 +534,17 @@ fn put_given_id(out: &mut impl PutBytes, id: &str) {
         };
         out.put(c.encode_utf8(&mut utf8).as_bytes());
     }
+}
+
+/// The largest character boundary of `s` at or before `i` (`s.len()` past its end).
+pub fn floor_char_boundary(s: &str, mut i: usize) -> usize {
+    if i >= s.len() {
+        return s.len();
+    }
+    while !s.is_char_boundary(i) {
+        i -= 1;
+    }
+    i
 }
 
 /// The position a container line's id encodes (the inverse of [`line_id`]; engine timestamps
@@ -637,6 +652,7 @@ impl LogMessage {
     /// The message with an empty head.
     #[inline(always)]
     fn blank(d: Draft) -> LogMessage {
+        let (position_ts_ns, position_seen, has_position) = split_position(d.position);
         LogMessage {
             inline: [0; INLINE],
             head_len: 0,
@@ -650,9 +666,9 @@ impl LogMessage {
             origin: d.origin,
             is_stderr: d.is_stderr,
             truncated: d.truncated,
-            position_ts_ns: d.position.map_or(0, |p| p.ts_ns),
-            position_seen: d.position.map_or(0, |p| p.seen),
-            has_position: d.position.is_some(),
+            position_ts_ns,
+            position_seen,
+            has_position,
         }
     }
 
@@ -671,9 +687,7 @@ impl LogMessage {
         self.origin = d.origin;
         self.is_stderr = d.is_stderr;
         self.truncated = d.truncated;
-        self.position_ts_ns = d.position.map_or(0, |p| p.ts_ns);
-        self.position_seen = d.position.map_or(0, |p| p.seen);
-        self.has_position = d.position.is_some();
+        (self.position_ts_ns, self.position_seen, self.has_position) = split_position(d.position);
     }
 
     /// Writes the head: `{"id":"<id>","message":<text literal>`; true when invalid UTF-8 of

@@ -3,7 +3,7 @@
 //! a syslog `<N>` prefix. Looks only at the start of the line (and JSON fields), so a word deep
 //! in a message never changes its level. Allocation-free.
 
-use crate::message::Level;
+use crate::message::{floor_char_boundary, Level};
 
 /// The level the line names, if it names one.
 #[cfg(test)]
@@ -215,16 +215,6 @@ fn trim_start(mut b: &[u8]) -> &[u8] {
             _ => return b,
         }
     }
-}
-
-fn floor_char_boundary(s: &str, mut i: usize) -> usize {
-    if i >= s.len() {
-        return s.len();
-    }
-    while !s.is_char_boundary(i) {
-        i -= 1;
-    }
-    i
 }
 
 /// The detection on text that [`detect_in`] replaced: kept to check that the two agree on every

@@ -218,6 +218,7 @@ impl Tracker {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::{Lane, Progress};
 
     /// A queue that a burst takes a little past 1,024 items grows by a quarter, not to 2,048,
     /// and keeps every item in order.
@@ -235,7 +236,6 @@ mod tests {
         assert!(q.iter().copied().eq(0..1300));
         assert_eq!(std::mem::size_of::<Slot>(), 16);
     }
-    use crate::backend::{Lane, Progress};
 
     fn report(t: &mut Tracker, lane: &Lane) {
         t.report(|c, pos| lane.taken(&c, pos));
