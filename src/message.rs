@@ -305,31 +305,55 @@ pub struct LogMessage {
     /// The head when it fits: `inline[..head_len]`; see [`LogMessage::head`].
     inline: [u8; INLINE],
     head_len: u8,
-    /// The id's length: ids are made by the agent and never longer than [`MAX_ID`].
-    id_len: u8,
-    /// Where the id holds the 13 digits of the time's milliseconds; 0 when it does not.
+    /// Where the id holds the 13 digits of the time's milliseconds; 0 when it does not. The id
+    /// ends at the head's first `"` after [`OPEN`]: no id holds one.
     ms_at: u8,
-    /// The text needed escaping, so its literal differs from the text.
-    text_escaped: bool,
-    /// The head when it is longer than [`INLINE`] bytes: boxed twice, so that the message keeps
-    /// one word for what most messages do not have.
-    spilled: Option<Box<Box<[u8]>>>,
-    pub ts_ns: i64,
     pub level: Level,
     pub kind: SourceKind,
+    /// The stream, whether the line was cut, whether the text needed escaping (so that its
+    /// literal differs from the text) and where the position is, in one byte: see [`flag`].
+    flags: u8,
+    /// What most messages do not have: a head longer than [`INLINE`] bytes, a position other
+    /// than the first line of the message's own time. One word when it is not there.
+    extra: Option<Box<Extra>>,
+    pub ts_ns: i64,
     pub origin: Arc<Origin>,
-    pub is_stderr: bool,
-    pub truncated: bool,
-    /// Where this line sits in its container's log, when `has_position` (see
-    /// [`LogMessage::position`]): kept apart, the two fit where an `Option` would not.
-    position_ts_ns: i64,
-    position_seen: u32,
-    has_position: bool,
+}
+
+/// The bits of [`LogMessage`]'s `flags`.
+mod flag {
+    pub const STDERR: u8 = 1;
+    pub const TRUNCATED: u8 = 1 << 1;
+    pub const ESCAPED: u8 = 1 << 2;
+    /// Where the position is: none, the first line of the message's time (`ts_ns`, seen 1:
+    /// nearly every line), or in the message's [`super::Extra`].
+    pub const POSITION: u8 = 3 << 5;
+    pub const POSITION_FIRST: u8 = 1 << 5;
+    pub const POSITION_KEPT: u8 = 2 << 5;
+}
+
+/// The parts of a message that most messages do not have (see [`LogMessage`]'s `extra`).
+#[derive(Default)]
+struct Extra {
+    /// The head when it is longer than [`INLINE`] bytes.
+    head: Option<Box<[u8]>>,
+    /// The position when it is not the first line of the message's time.
+    position: Position,
+}
+
+impl Extra {
+    fn at(position: Position) -> Box<Extra> {
+        Box::new(Extra {
+            head: None,
+            position,
+        })
+    }
 }
 
 /// The most bytes of a message's head kept in the message itself: a line of 100 plain bytes
-/// and its id. With the other fields the `Arc` of a message asks for 216 bytes, a 224-byte
-/// block of glibc's (288 when the head also held the timestamp).
+/// and its id. With the other fields the `Arc` of a message asks for 200 bytes, a 208-byte
+/// block of glibc's (224 when the flags and the position took 17 bytes more, 288 when the head
+/// also held the timestamp).
 pub const INLINE: usize = 155;
 
 /// The longest id a message keeps: ids are a container's short id and numbers, or an event's
@@ -344,8 +368,8 @@ impl std::fmt::Debug for LogMessage {
             .field("level", &self.level)
             .field("kind", &self.kind)
             .field("origin", &self.origin)
-            .field("is_stderr", &self.is_stderr)
-            .field("truncated", &self.truncated)
+            .field("is_stderr", &self.is_stderr())
+            .field("truncated", &self.truncated())
             .field("position", &self.position())
             .finish()
     }
@@ -354,11 +378,28 @@ impl std::fmt::Debug for LogMessage {
 /// A message's head being written: in place while it fits, else in a vector.
 struct HeadWriter<'a> {
     inline: &'a mut [u8; INLINE],
+    /// The bytes written in place; [`SPILLED`] once they go to `spill`, so that no piece fits
+    /// in place any more.
     len: usize,
     spill: Option<Vec<u8>>,
 }
 
-impl HeadWriter<'_> {
+/// [`HeadWriter`]'s `len` once the head is written in its vector.
+const SPILLED: usize = INLINE + 1;
+
+impl<'a> HeadWriter<'a> {
+    /// A writer in place, or in a vector from the start when the head's length as far as it
+    /// is known (`exact`) does not fit.
+    #[inline(always)]
+    fn new(inline: &'a mut [u8; INLINE], exact: usize) -> HeadWriter<'a> {
+        let spill = (exact > INLINE).then(|| Vec::with_capacity(exact));
+        HeadWriter {
+            inline,
+            len: if spill.is_some() { SPILLED } else { 0 },
+            spill,
+        }
+    }
+
     /// The bytes written so far.
     fn len(&self) -> usize {
         match &self.spill {
@@ -368,14 +409,19 @@ impl HeadWriter<'_> {
     }
 }
 
-/// A message's position as it keeps it: its two numbers and whether it has one
-/// ([`LogMessage::position`] puts them back together).
+/// The flags of a draft (stream, cut and position), and its position when the flags cannot
+/// say it ([`LogMessage::position`] reads them).
 #[inline(always)]
-fn split_position(p: Option<Position>) -> (i64, u32, bool) {
-    match p {
-        Some(p) => (p.ts_ns, p.seen, true),
-        None => (0, 0, false),
-    }
+fn draft_flags(d: &Draft) -> (u8, Option<Position>) {
+    let (position, kept) = match d.position {
+        None => (0, None),
+        Some(p) if p.ts_ns == d.ts_ns && p.seen == 1 => (flag::POSITION_FIRST, None),
+        Some(p) => (flag::POSITION_KEPT, Some(p)),
+    };
+    let flags = position
+        | if d.is_stderr { flag::STDERR } else { 0 }
+        | if d.truncated { flag::TRUNCATED } else { 0 };
+    (flags, kept)
 }
 
 /// Where [`put_json_str`] and the message's pieces are written as bytes.
@@ -387,19 +433,30 @@ impl PutBytes for HeadWriter<'_> {
     #[inline(always)]
     fn put(&mut self, piece: &[u8]) {
         let end = self.len + piece.len();
-        match (&mut self.spill, self.inline.get_mut(self.len..end)) {
-            (None, Some(dst)) => {
+        match self.inline.get_mut(self.len..end) {
+            Some(dst) => {
                 dst.copy_from_slice(piece);
                 self.len = end;
             }
-            (Some(v), _) => v.extend_from_slice(piece),
-            (None, None) => {
+            None => self.put_spilled(piece),
+        }
+    }
+}
+
+impl HeadWriter<'_> {
+    /// [`PutBytes::put`] of a piece that does not fit in place.
+    #[inline(never)]
+    fn put_spilled(&mut self, piece: &[u8]) {
+        match &mut self.spill {
+            Some(v) => v.extend_from_slice(piece),
+            None => {
                 // Escapes made the head longer than the room; rare, so the box is cut to size
                 // once the head is done.
-                let mut v = Vec::with_capacity(2 * end);
+                let mut v = Vec::with_capacity(2 * (self.len + piece.len()));
                 v.extend_from_slice(self.inline.get(..self.len).unwrap_or_default());
                 v.extend_from_slice(piece);
                 self.spill = Some(v);
+                self.len = SPILLED;
             }
         }
     }
@@ -652,23 +709,17 @@ impl LogMessage {
     /// The message with an empty head.
     #[inline(always)]
     fn blank(d: Draft) -> LogMessage {
-        let (position_ts_ns, position_seen, has_position) = split_position(d.position);
+        let (flags, kept) = draft_flags(&d);
         LogMessage {
             inline: [0; INLINE],
             head_len: 0,
-            id_len: 0,
             ms_at: 0,
-            text_escaped: false,
-            spilled: None,
-            ts_ns: d.ts_ns,
             level: d.level,
             kind: d.kind,
+            flags,
+            extra: kept.map(Extra::at),
+            ts_ns: d.ts_ns,
             origin: d.origin,
-            is_stderr: d.is_stderr,
-            truncated: d.truncated,
-            position_ts_ns,
-            position_seen,
-            has_position,
         }
     }
 
@@ -676,18 +727,15 @@ impl LogMessage {
     /// [`LogMessage::write_head`] writes them before anything reads them.
     #[inline(always)]
     fn reset(&mut self, d: Draft) {
+        let (flags, kept) = draft_flags(&d);
         self.head_len = 0;
-        self.id_len = 0;
         self.ms_at = 0;
-        self.text_escaped = false;
-        self.spilled = None;
-        self.ts_ns = d.ts_ns;
         self.level = d.level;
         self.kind = d.kind;
+        self.flags = flags;
+        self.extra = kept.map(Extra::at);
+        self.ts_ns = d.ts_ns;
         self.origin = d.origin;
-        self.is_stderr = d.is_stderr;
-        self.truncated = d.truncated;
-        (self.position_ts_ns, self.position_seen, self.has_position) = split_position(d.position);
     }
 
     /// Writes the head: `{"id":"<id>","message":<text literal>`; true when invalid UTF-8 of
@@ -706,18 +754,13 @@ impl LogMessage {
         };
         // Exact unless the text needs escaping (or a given id has a replaced character).
         let exact = OPEN.len() + id_len + TO_MESSAGE.len() + text.len() + 1;
-        let mut w = HeadWriter {
-            inline: &mut self.inline,
-            len: 0,
-            spill: (exact > INLINE).then(|| Vec::with_capacity(exact)),
-        };
+        let mut w = HeadWriter::new(&mut self.inline, exact);
         w.put(OPEN.as_bytes());
         match (&tail, id) {
             (Some(t), _) => put_line_id(&mut w, short_id, t),
             (None, Id::Given(id)) => put_given_id(&mut w, id),
             (None, Id::Line(_)) => {}
         }
-        let id_len = w.len() - OPEN.len();
         // The literal's quotes are the last byte of one piece and a piece of their own.
         w.put(TO_MESSAGE.as_bytes());
         let lit_start = w.len() - 1;
@@ -738,11 +781,14 @@ impl LogMessage {
         } else {
             0
         };
-        self.text_escaped = w.len() - lit_start != text_len + 2;
+        if w.len() - lit_start != text_len + 2 {
+            self.flags |= flag::ESCAPED;
+        }
         // In place, the head is at most `INLINE` bytes and the id at most `MAX_ID`.
         self.head_len = w.len as u8;
-        self.id_len = id_len as u8;
-        self.spilled = w.spill.map(|v| Box::new(v.into_boxed_slice()));
+        if let Some(v) = w.spill {
+            self.extra.get_or_insert_with(Box::default).head = Some(v.into_boxed_slice());
+        }
         replaced
     }
 
@@ -750,9 +796,9 @@ impl LogMessage {
     /// from UTF-8 text, ASCII escapes and digits, so always UTF-8; kept as bytes because
     /// backends write bytes, and checked only where it is read as text.
     fn head(&self) -> &[u8] {
-        match &self.spilled {
-            Some(b) => b,
-            None => self
+        match self.extra.as_deref() {
+            Some(Extra { head: Some(b), .. }) => b,
+            _ => self
                 .inline
                 .get(..usize::from(self.head_len))
                 .unwrap_or_default(),
@@ -781,10 +827,33 @@ impl LogMessage {
     /// Where this line sits in its container's log; `None` for system and manager messages.
     #[inline]
     pub fn position(&self) -> Option<Position> {
-        self.has_position.then_some(Position {
-            ts_ns: self.position_ts_ns,
-            seen: self.position_seen,
-        })
+        if self.flags & flag::POSITION == flag::POSITION_FIRST {
+            return Some(Position {
+                ts_ns: self.ts_ns,
+                seen: 1,
+            });
+        }
+        self.other_position()
+    }
+
+    /// [`LogMessage::position`] when it is not the first line of the message's time.
+    #[cold]
+    #[inline(never)]
+    fn other_position(&self) -> Option<Position> {
+        match self.flags & flag::POSITION {
+            flag::POSITION_KEPT => self.extra.as_deref().map(|e| e.position),
+            _ => None,
+        }
+    }
+
+    /// The line came from stderr.
+    pub fn is_stderr(&self) -> bool {
+        self.flags & flag::STDERR != 0
+    }
+
+    /// The line was cut at `MAX_LINE_BYTES`.
+    pub fn truncated(&self) -> bool {
+        self.flags & flag::TRUNCATED != 0
     }
 
     pub fn timestamp_ms(&self) -> i64 {
@@ -793,22 +862,27 @@ impl LogMessage {
 
     /// The stable id (checked as text here: the head is kept as bytes).
     pub fn id(&self) -> &str {
-        let id = self
-            .head()
-            .get(OPEN.len()..OPEN.len() + usize::from(self.id_len));
+        let id = self.head().get(OPEN.len()..OPEN.len() + self.id_len());
         std::str::from_utf8(id.unwrap_or_default()).unwrap_or_default()
+    }
+
+    /// The id's length: up to the head's first `"` after [`OPEN`], since an id never holds
+    /// one (a given id's are replaced).
+    fn id_len(&self) -> usize {
+        let rest = self.head().get(OPEN.len()..).unwrap_or_default();
+        memchr::memchr(b'"', rest).unwrap_or(rest.len())
     }
 
     /// The text's JSON string literal, quotes included: the head's end.
     fn text_literal(&self) -> &[u8] {
-        let start = OPEN.len() + usize::from(self.id_len) + TO_MESSAGE.len() - 1;
+        let start = OPEN.len() + self.id_len() + TO_MESSAGE.len() - 1;
         self.head().get(start..).unwrap_or(b"\"\"")
     }
 
     /// The text of the line (checked as text here: the head is kept as bytes).
     pub fn text(&self) -> std::borrow::Cow<'_, str> {
         let literal = self.text_literal();
-        if !self.text_escaped {
+        if self.flags & flag::ESCAPED == 0 {
             let inner = literal.get(1..literal.len().saturating_sub(1));
             return String::from_utf8_lossy(inner.unwrap_or_default());
         }
@@ -843,7 +917,7 @@ impl LogMessage {
         }
         out.put(level);
         out.put(tail);
-        if self.truncated {
+        if self.truncated() {
             out.put(end_truncated);
         } else {
             out.put(end);
@@ -853,7 +927,7 @@ impl LogMessage {
     /// The length of [`LogMessage::write_json`]'s output, without making it.
     #[inline(always)]
     pub fn json_len(&self) -> usize {
-        let end = if self.truncated { END_TRUNCATED } else { END };
+        let end = if self.truncated() { END_TRUNCATED } else { END };
         let [head, level, tail] = self.pieces();
         // The id holds the digits whenever `ms_at` says so (`write_head`).
         let ms = match self.ms_at {
@@ -869,11 +943,11 @@ impl LogMessage {
     /// [`LogMessage::new`], [`Origin::new`] and [`level_and_kind`] make the pieces).
     #[inline(always)]
     fn pieces(&self) -> [&[u8]; 3] {
-        let system = self.kind == SourceKind::System;
         [
             self.head(),
             level_and_kind(self.level, self.kind).as_bytes(),
-            self.origin.tail(self.is_stderr, system),
+            self.origin
+                .tail(self.is_stderr(), self.kind == SourceKind::System),
         ]
     }
 
@@ -1366,6 +1440,58 @@ mod tests {
         }
     }
 
+    /// The flags and the position a message keeps in one byte or beside it give back what it
+    /// was made from, made anew or written over a spare, with its head in place or boxed.
+    #[test]
+    fn a_message_gives_back_its_stream_cut_and_position() {
+        let ts = 1_696_195_200_000_123_456;
+        let positions = [
+            None,
+            Some(Position { ts_ns: ts, seen: 1 }),
+            Some(Position { ts_ns: ts, seen: 2 }),
+            Some(Position {
+                ts_ns: ts + 5,
+                seen: 1,
+            }),
+        ];
+        let levels = [Level::Error, Level::Warn, Level::Info, Level::Debug];
+        let kinds = [
+            SourceKind::Container,
+            SourceKind::System,
+            SourceKind::Manager,
+        ];
+        let mut spare = Arc::new(LogMessage::new(line_draft("")));
+        for (i, (position, kind)) in positions
+            .iter()
+            .flat_map(|p| kinds.iter().map(move |k| (p, k)))
+            .enumerate()
+        {
+            for text in ["short", &"long ".repeat(40)] {
+                let draft = || Draft {
+                    kind: *kind,
+                    level: levels[i % 4],
+                    is_stderr: i % 2 == 1,
+                    truncated: i % 3 == 1,
+                    position: *position,
+                    ..line_draft(text)
+                };
+                let made = LogMessage::new(draft());
+                let rewritten = Arc::get_mut(&mut spare).expect("not shared");
+                rewritten.reset(draft());
+                rewritten.write_head(Text::Str(text), &draft().id);
+                for m in [&made, &*spare] {
+                    assert_eq!(m.kind, *kind);
+                    assert_eq!(m.level, levels[i % 4]);
+                    assert_eq!(m.is_stderr(), i % 2 == 1);
+                    assert_eq!(m.truncated(), i % 3 == 1);
+                    assert_eq!(m.position(), *position);
+                    assert_eq!(m.text(), text);
+                }
+                assert_eq!(made.json(), spare.json());
+            }
+        }
+    }
+
     #[test]
     fn a_line_id_gives_back_its_position() {
         let cases = [(0, 1), (1_696_195_200_000_123_456, 1), (5, 3)];
@@ -1607,15 +1733,16 @@ mod tests {
         }
     }
 
-    /// The memory ring holds thousands of messages: a line of 100 bytes is one block of 224
+    /// The memory ring holds thousands of messages: a line of 100 bytes is one block of 208
     /// bytes of glibc's, the `Arc`'s counts included, and no box.
     #[test]
-    fn a_line_of_100_bytes_is_one_224_byte_block() {
+    fn a_line_of_100_bytes_is_one_208_byte_block() {
         let counts = 2 * std::mem::size_of::<usize>();
         let size = std::mem::size_of::<LogMessage>();
-        assert!(size + counts <= 216, "{size}");
+        assert!(size + counts <= 200, "{size}");
         let m = line(&"x".repeat(100));
-        assert!(m.spilled.is_none());
+        assert!(m.extra.is_none());
+        assert_eq!(m.position().map(|p| p.seen), Some(1));
         assert_eq!(
             m.ms_in_id(m.head()).map(|d| &d[..]),
             Some(&b"1696195200000"[..])
@@ -1717,7 +1844,7 @@ mod tests {
         assert_eq!(got.json(), want.json(), "{bytes:?}");
         assert_eq!(got.head(), want.head(), "{bytes:?}");
         assert_eq!(got.text(), text, "{bytes:?}");
-        assert_eq!(got.text_escaped, want.text_escaped, "{bytes:?}");
+        assert_eq!(got.flags, want.flags, "{bytes:?}");
         assert_eq!(replaced, std::str::from_utf8(bytes).is_err(), "{bytes:?}");
     }
 

@@ -650,7 +650,7 @@ mod tests {
             Out::Messages(msgs) => {
                 for m in msgs {
                     let id = m.id().trim_start_matches("c0ffee-");
-                    let stream = if m.is_stderr { "err" } else { "out" };
+                    let stream = if m.is_stderr() { "err" } else { "out" };
                     shown.push(format!("{id} {stream} {}", m.text().replace('\n', "|")));
                 }
             }
@@ -985,7 +985,7 @@ mod tests {
         let mut truncated = None;
         core.drain(|o| {
             if let Out::Messages(m) = o {
-                truncated = Some(m[0].truncated);
+                truncated = Some(m[0].truncated());
                 assert_eq!(
                     m[0].position(),
                     Some(at(3, 1)),
