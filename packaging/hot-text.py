@@ -15,12 +15,25 @@ function to a glob of its section's name (`-ffunction-sections`) that holds what
 toolchain, the target and the mangling: this host's rustc mangles the legacy way, Debian's
 (the Pi's builds) v0, so the names are demangled and rebuilt from their identifiers (`pattern`).
 One script serves every build; a function renamed since only falls back to its place in
-`.text`, and a generic function's other instances come along (about 130 KiB more, of 660). It
+`.text`, and a generic function's other instances come along (about 140 KiB more, of 575). It
 says which functions of the profile no glob takes, should a name defeat them. To make it again:
 
     BENCH_ONLY=instructions BENCH_KEEP_TMP=1 make bench
     packaging/hot-text.py target/bench-symbols/release/container-logd \\
         WORK/callgrind-*.out* > packaging/hot-text.ld
+
+With `--map MAP`, the binary is the release build itself (stripped), linked with the script and
+`CLD_LINK_MAP=MAP` (build.rs), and run under callgrind; the map names the section of every
+address. The script then lists those sections by their exact names first, so that in a build
+of this toolchain and profile (the names' hashes are the same: `make`'s release build for this
+host, the .deb's) the functions run fill the first windows without the other instances of
+their generic functions, which the globs place after them. Other builds (the Pi's, made by
+another rustc; the static one, for an explicit target) match only the globs, as before:
+
+    CLD_LINK_MAP=/tmp/cld.map cargo build --release
+    (run target/release/container-logd under valgrind --tool=callgrind --dump-instr=yes)
+    packaging/hot-text.py --map /tmp/cld.map target/release/container-logd \\
+        callgrind.out.* > packaging/hot-text.ld
 """
 import bisect
 import fnmatch
@@ -165,30 +178,58 @@ def pattern(demangled):
     return ".text.*" + "".join(out).lstrip("*") + "*"
 
 
-def main():
-    if len(sys.argv) < 3:
-        sys.exit("usage: packaging/hot-text.py BINARY CALLGRIND_FILE... > packaging/hot-text.ld")
-    binary = sys.argv[1]
-    syms = symbols(binary)
+def map_sections(path):
+    """(address, size, name) of every function's section (`.text.SYMBOL`, `.text.unlikely.SYMBOL`
+    for a cold one) in an LLD map (`VMA LMA Size Align Out In Symbol`), by address, the name
+    without `.text.`."""
+    line_re = re.compile(r"^\s*([0-9a-f]+)\s+[0-9a-f]+\s+([0-9a-f]+)\s+\d+\s+\S.*:\(\.text\.([^)\s]+)\)$")
+    secs = []
+    with open(path) as f:
+        for line in f:
+            m = line_re.match(line)
+            if m and int(m.group(2), 16) > 0:
+                secs.append((int(m.group(1), 16), int(m.group(2), 16), m.group(3)))
+    return sorted(secs)
+
+
+def run_functions(binary, syms, paths):
+    """The names of `syms` (address, size, name) holding an address run in `paths`."""
     starts = [s[0] for s in syms]
     run = set()
-    for path in sys.argv[2:]:
+    for path in paths:
         for a in addresses(path, os.path.basename(binary)):
             i = bisect.bisect_right(starts, a) - 1
             if i >= 0 and a < syms[i][0] + max(syms[i][1], 1):
                 run.add(syms[i][2])
+    return run
+
+
+def main():
+    args = sys.argv[1:]
+    exact = args[:1] == ["--map"]
+    if exact:
+        mapfile, args = args[1], args[2:]
+    if len(args) < 2:
+        sys.exit("usage: packaging/hot-text.py [--map MAP] BINARY CALLGRIND_FILE... "
+                 "> packaging/hot-text.ld")
+    binary = args[0]
+    syms = map_sections(mapfile) if exact else symbols(binary)
+    run = run_functions(binary, syms, args[1:])
     # Rust's functions only: the C ones (crt, libc's when static) have no section of their own.
-    rust = sorted(n for n in run if n.startswith(("_ZN", "_R")))
+    symbol = {n: re.sub(r"^(unlikely|hot|startup|exit)\.", "", n) for n in run}
+    rust = sorted(n for n in run if symbol[n].startswith(("_ZN", "_R")))
     if not rust:
         sys.exit("hot-text.py: no function of %s in the callgrind files" % binary)
-    hot = sorted(set(pattern(d) for d in demangle(rust)) | {".text.main"})
+    hot = sorted(set(pattern(d) for d in demangle([symbol[n] for n in rust])) | {".text.main"})
     # Each function left out costs up to 64 KiB again: say so, should a name defeat the patterns.
     every = re.compile("|".join(fnmatch.translate(p) for p in hot))
-    missed = [n for n in rust if not every.match(".text." + n)]
+    missed = [n for n in rust if not every.match(".text." + symbol[n])]
     if missed:
         print("hot-text.py: %d functions match no pattern:\n  %s" % (len(missed), "\n  ".join(missed)),
               file=sys.stderr)
-    sys.stdout.write(HEAD + "".join("    *(%s)\n" % p for p in hot) + TAIL)
+    # The exact names first: the linker places a section by the first pattern that takes it.
+    named = ['".text.%s"' % n for n in rust] if exact else []
+    sys.stdout.write(HEAD + "".join("    *(%s)\n" % p for p in named + hot) + TAIL)
 
 
 if __name__ == "__main__":
