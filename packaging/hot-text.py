@@ -22,20 +22,22 @@ says which functions of the profile no glob takes, should a name defeat them. To
     packaging/hot-text.py target/bench-symbols/release/container-logd \\
         WORK/callgrind-*.out* > packaging/hot-text.ld
 
-With `--map MAP`, the binary is the release build itself (stripped), linked with the script and
-`CLD_LINK_MAP=MAP` (build.rs), and run under callgrind; the map names the section of every
-address. The script then lists those sections by their exact names first, so that in a build
-of this toolchain and profile (the names' hashes are the same: `make`'s release build for this
-host, the .deb's) the functions run fill the first windows without the other instances of
-their generic functions, which the globs place after them. In other builds (the static one,
+With `--map MAP`, the binary is a release build (stripped, the release profile as it is) linked
+without the script (`CLD_HOT_TEXT=0`: valgrind gives no object for addresses outside `.text`)
+and with `CLD_LINK_MAP=MAP` (build.rs), run under callgrind; the map names the section of
+every address. Neither setting changes a symbol's hash (the profile does), so the script then
+lists those sections by their exact names first, and in a build of this toolchain and profile
+(`make`'s release build for this host, the .deb's) the functions run fill the first windows
+without the other instances of their generic functions, which the globs place after them. In other builds (the static one,
 for an explicit target: 102 of 557 names; the Pi's, made by another rustc: none) only the
 standard library's names, built once with the toolchain, match exactly; the rest goes by the
 globs, as before:
 
-    CLD_LINK_MAP=/tmp/cld.map cargo build --release
-    (run target/release/container-logd under valgrind --tool=callgrind --dump-instr=yes)
-    packaging/hot-text.py --map /tmp/cld.map target/release/container-logd \\
-        callgrind.out.* > packaging/hot-text.ld
+    CLD_HOT_TEXT=0 CLD_LINK_MAP=/tmp/cld.map cargo build --release --target-dir /tmp/cld-hot
+    BENCH_ONLY=instructions BENCH_KEEP_TMP=1 BENCH_AGENT=/tmp/cld-hot/release/container-logd \\
+        BENCH_AGENT_SYMBOLS=/tmp/cld-hot/release/container-logd make bench
+    packaging/hot-text.py --map /tmp/cld.map /tmp/cld-hot/release/container-logd \\
+        WORK/callgrind-*.out* > packaging/hot-text.ld
 """
 import bisect
 import fnmatch
