@@ -407,6 +407,23 @@ impl<'a> HeadWriter<'a> {
             None => self.len,
         }
     }
+
+    /// [`PutBytes::put`] of a piece that does not fit in place.
+    #[inline(never)]
+    fn put_spilled(&mut self, piece: &[u8]) {
+        match &mut self.spill {
+            Some(v) => v.extend_from_slice(piece),
+            None => {
+                // Escapes made the head longer than the room; rare, so the box is cut to size
+                // once the head is done.
+                let mut v = Vec::with_capacity(2 * (self.len + piece.len()));
+                v.extend_from_slice(self.inline.get(..self.len).unwrap_or_default());
+                v.extend_from_slice(piece);
+                self.spill = Some(v);
+                self.len = SPILLED;
+            }
+        }
+    }
 }
 
 /// The flags of a draft (stream, cut and position), and its position when the flags cannot
@@ -439,25 +456,6 @@ impl PutBytes for HeadWriter<'_> {
                 self.len = end;
             }
             None => self.put_spilled(piece),
-        }
-    }
-}
-
-impl HeadWriter<'_> {
-    /// [`PutBytes::put`] of a piece that does not fit in place.
-    #[inline(never)]
-    fn put_spilled(&mut self, piece: &[u8]) {
-        match &mut self.spill {
-            Some(v) => v.extend_from_slice(piece),
-            None => {
-                // Escapes made the head longer than the room; rare, so the box is cut to size
-                // once the head is done.
-                let mut v = Vec::with_capacity(2 * (self.len + piece.len()));
-                v.extend_from_slice(self.inline.get(..self.len).unwrap_or_default());
-                v.extend_from_slice(piece);
-                self.spill = Some(v);
-                self.len = SPILLED;
-            }
         }
     }
 }
